@@ -1,0 +1,220 @@
+import * as ort from 'onnxruntime-node';
+import { EmlensError } from '../errors.js';
+import { WeightSource } from '../io/weightSource.js';
+import { leftPad } from './batch.js';
+import { cacheKey, cachedBuild, defaultCacheDir, fileFingerprint } from './cache.js';
+import { readConfig } from './config.js';
+import { MODEL_FILE, writeTransformerGraph } from './graph/build.js';
+import { IO, type Profile } from './graph/transformer.js';
+import type { WeightReader } from './graph/weights.js';
+import { allHookNames, resolveHooks } from './hooks.js';
+import { type Intervention, interventionFeeds } from './interventions.js';
+import { createSession, type Device } from './session.js';
+import { type ModelSpec, parameterCount } from './spec.js';
+import type { Float32Tensor } from './tensor.js';
+
+export interface LoadModelOptions {
+  readonly device?: Device;
+  /** Default: fp32 on the CPU, fp16 on CUDA. */
+  readonly profile?: Profile;
+  readonly threads?: number;
+  /** Where built graphs are kept (default `$EMLENS_CACHE_DIR` or `~/.cache/emlens`). */
+  readonly cacheDir?: string;
+  /** Longest sequence (prompt + generated) the graph accepts; default min(max_position_embeddings, 32768). */
+  readonly maxPositions?: number;
+  /** Replaces the folder's weights, e.g. with a LoRA adapter merged in; `weightsKey` must identify them. */
+  readonly weights?: { readonly reader: WeightReader; readonly key: string };
+  /** Called with a line of progress (graph build, session load). */
+  readonly onProgress?: (message: string) => void;
+}
+
+/** The attention keys and values of earlier positions, returned by `forward` and passed back to continue. */
+export interface KVCache {
+  readonly batch: number;
+  /** Positions held (padding included). */
+  readonly length: number;
+  /** `[batch, length]` 1 for real tokens. */
+  readonly attentionMask: BigInt64Array;
+  /** Position id the next token of each row gets. */
+  readonly nextPosition: readonly number[];
+  /** Per layer: key then value, `[batch, kv_heads, length, head_dim]`. */
+  readonly tensors: readonly ort.Tensor[];
+}
+
+export interface ForwardOptions {
+  /** Hook names or patterns to return (`blocks.*.hook_resid_post`); none by default. */
+  readonly hooks?: readonly string[];
+  readonly interventions?: readonly Intervention[];
+  /** `last` (default): `[batch, vocab]`; `all`: `[batch, seq, vocab]` (a second graph, built on first use). */
+  readonly logits?: 'last' | 'all';
+  /** Continue from this cache: `ids` are then the new tokens only, one row per cached row. */
+  readonly cache?: KVCache;
+  /** Return the updated cache. */
+  readonly returnCache?: boolean;
+}
+
+export interface ForwardResult {
+  readonly logits: Float32Tensor;
+  /** Requested hooks, each `[batch, seq, d_model]` (left padding included: see `padding`). */
+  readonly hooks: ReadonlyMap<string, Float32Tensor>;
+  /** Left padding of each row in this call. */
+  readonly padding: readonly number[];
+  readonly cache?: KVCache;
+}
+
+/** A loaded model: its spec, hook names, and a batched forward pass with hooks and interventions. */
+export class Model {
+  private readonly sessions = new Map<'last' | 'all', Promise<ort.InferenceSession>>();
+
+  private constructor(
+    readonly dir: string,
+    readonly spec: ModelSpec,
+    readonly profile: Profile,
+    readonly device: Device,
+    /** Longest sequence (cache included) the graph accepts. */
+    readonly maxPositions: number,
+    private readonly openSession: (logits: 'last' | 'all') => Promise<ort.InferenceSession>,
+  ) {}
+
+  /** @internal use `loadModel`. */
+  static async create(dir: string, opts: LoadModelOptions): Promise<Model> {
+    const spec = await readConfig(dir);
+    const device = opts.device ?? 'cpu';
+    const profile = opts.profile ?? (device === 'cuda' ? 'fp16' : 'fp32');
+    const maxPositions = opts.maxPositions ?? Math.min(spec.maxPositionEmbeddings, 32768);
+    const source = opts.weights ? null : await WeightSource.open(dir);
+    const reader = opts.weights?.reader ?? source!;
+    const weightsKey = opts.weights?.key ?? (await fileFingerprint(source!.files));
+    const cacheDir = opts.cacheDir ?? defaultCacheDir();
+    const progress = opts.onProgress ?? (() => {});
+    const open = async (logits: 'last' | 'all') => {
+      const key = cacheKey({ spec, weightsKey, profile, logits, maxPositions });
+      const t0 = performance.now();
+      const { dir: built, built: fresh } = await cachedBuild(cacheDir, key, async (tmp) => {
+        progress(`building ${profile} graph (${logits} logits) for ${dir}`);
+        await writeTransformerGraph(tmp, spec, reader, { profile, logits, maxPositions });
+      });
+      if (fresh) progress(`graph built in ${((performance.now() - t0) / 1000).toFixed(1)} s -> ${built}`);
+      const session = await createSession(`${built}/${MODEL_FILE}`, { device, threads: opts.threads });
+      progress(`session ready (${device}, ${profile})`);
+      return session;
+    };
+    const model = new Model(dir, spec, profile, device, maxPositions, open);
+    try {
+      await model.session('last');
+    } finally {
+      await source?.close();
+    }
+    return model;
+  }
+
+  /** Every hook name, block by block. */
+  get hookNames(): string[] {
+    return allHookNames(this.spec.numLayers);
+  }
+
+  get parameterCount(): number {
+    return parameterCount(this.spec);
+  }
+
+  private session(logits: 'last' | 'all'): Promise<ort.InferenceSession> {
+    let s = this.sessions.get(logits);
+    if (!s) {
+      s = this.openSession(logits);
+      this.sessions.set(logits, s);
+      s.catch(() => this.sessions.delete(logits));
+    }
+    return s;
+  }
+
+  /**
+   * Runs token ids through the model. Rows of different lengths are left-padded; each row's results equal
+   * running it alone. Only the hooks asked for are copied out of onnxruntime.
+   *
+   * @example
+   * const m = await loadModel('models/tiny');
+   * const r = await m.forward([[1, 2, 3]], { hooks: ['blocks.*.hook_resid_post'] });
+   * r.hooks.get('blocks.0.hook_resid_post'); // [1, 3, d_model]
+   */
+  async forward(ids: readonly (readonly number[])[], opts: ForwardOptions = {}): Promise<ForwardResult> {
+    const { spec } = this;
+    const hooks = opts.hooks ? resolveHooks(opts.hooks, spec.numLayers) : [];
+    const pad = spec.padTokenId ?? spec.eosTokenIds[0] ?? 0;
+    const cache = opts.cache;
+    if (cache && ids.length !== cache.batch) {
+      throw new EmlensError(`The cache holds ${cache.batch} rows but ${ids.length} were given; pass one row per cached row.`);
+    }
+    const b = leftPad(ids, pad, spec.vocabSize);
+    if (cache && b.padding.some((p) => p > 0)) {
+      throw new EmlensError('Rows continuing from a cache must all have the same number of new tokens.');
+    }
+    const past = cache?.length ?? 0;
+    if (past + b.seq > this.maxPositions) {
+      throw new EmlensError(
+        `The sequence needs ${past + b.seq} positions but the graph was built for ${this.maxPositions}; load the model with a larger maxPositions.`,
+      );
+    }
+    const total = past + b.seq;
+    const attentionMask = new BigInt64Array(b.batch * total);
+    const positionIds = b.positionIds;
+    for (let r = 0; r < b.batch; r++) {
+      if (cache) attentionMask.set(cache.attentionMask.subarray(r * past, (r + 1) * past), r * total);
+      attentionMask.set(b.attentionMask.subarray(r * b.seq, (r + 1) * b.seq), r * total + past);
+      if (cache) {
+        for (let p = 0; p < b.seq; p++) positionIds[r * b.seq + p] = BigInt(cache.nextPosition[r] + p);
+      }
+    }
+
+    const iv = interventionFeeds(opts.interventions ?? [], spec.numLayers, spec.dModel, b.batch, b.seq);
+    const sites = 2 * spec.numLayers + 1;
+    const kvType = this.profile === 'fp16' ? 'float16' : 'float32';
+    const feeds: Record<string, ort.Tensor> = {
+      [IO.inputIds]: new ort.Tensor('int64', b.inputIds, [b.batch, b.seq]),
+      [IO.attentionMask]: new ort.Tensor('int64', attentionMask, [b.batch, total]),
+      [IO.positionIds]: new ort.Tensor('int64', positionIds, [b.batch, b.seq]),
+      [IO.steerVectors]: new ort.Tensor('float32', iv.steerVectors, [sites, spec.dModel]),
+      [IO.steerMask]: new ort.Tensor('float32', iv.steerMask, [sites, b.batch, b.seq]),
+      [IO.ablateBasis]: new ort.Tensor('float32', iv.ablateBasis, [sites, iv.rank, spec.dModel]),
+      [IO.ablateMask]: new ort.Tensor('float32', iv.ablateMask, [sites, b.batch, b.seq]),
+    };
+    const emptyKv = kvType === 'float16' ? new Uint16Array(0) : new Float32Array(0);
+    for (let i = 0; i < spec.numLayers; i++) {
+      const shape = [b.batch, spec.numKvHeads, 0, spec.headDim];
+      feeds[IO.pastKey(i)] = cache?.tensors[2 * i] ?? new ort.Tensor(kvType, emptyKv, shape);
+      feeds[IO.pastValue(i)] = cache?.tensors[2 * i + 1] ?? new ort.Tensor(kvType, emptyKv, shape);
+    }
+    const fetches = [IO.logits as string, ...hooks];
+    if (opts.returnCache) {
+      for (let i = 0; i < spec.numLayers; i++) fetches.push(IO.presentKey(i), IO.presentValue(i));
+    }
+    const session = await this.session(opts.logits ?? 'last');
+    const out = await session.run(feeds, fetches);
+    const asF32 = (t: ort.Tensor): Float32Tensor => ({ data: t.data as Float32Array, dims: t.dims });
+    const result: ForwardResult = {
+      logits: asF32(out[IO.logits]),
+      hooks: new Map(hooks.map((h) => [h, asF32(out[h])])),
+      padding: cache ? cache.nextPosition.map(() => 0) : b.padding,
+    };
+    if (!opts.returnCache) return result;
+    const tensors: ort.Tensor[] = [];
+    for (let i = 0; i < spec.numLayers; i++) tensors.push(out[IO.presentKey(i)], out[IO.presentValue(i)]);
+    const nextPosition = Array.from({ length: b.batch }, (_, r) =>
+      cache ? cache.nextPosition[r] + b.seq : b.seq - b.padding[r],
+    );
+    return { ...result, cache: { batch: b.batch, length: total, attentionMask, nextPosition, tensors } };
+  }
+
+  /** Releases the onnxruntime sessions. */
+  async dispose(): Promise<void> {
+    for (const s of this.sessions.values()) await (await s).release();
+    this.sessions.clear();
+  }
+}
+
+/**
+ * Loads a Hugging Face model folder (config.json + safetensors): builds the ONNX graph on first use (cached on
+ * disk, rebuilt when the model or a build option changes) and opens an onnxruntime session.
+ */
+export async function loadModel(dir: string, opts: LoadModelOptions = {}): Promise<Model> {
+  return Model.create(dir, opts);
+}

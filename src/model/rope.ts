@@ -1,0 +1,55 @@
+import type { ModelSpec } from './spec.js';
+
+const f = Math.fround;
+
+/**
+ * RoPE inverse frequencies as transformers computes them: in float32, `1 / theta^(2i/d)` for i < d/2, then the
+ * Llama-3 wavelength-dependent rescaling when the config asks for it. `Math.fround` after every step mirrors
+ * torch's float32 arithmetic, so our cos/sin tables match HF to the last bit in most entries.
+ */
+export function ropeInvFreq(spec: ModelSpec): Float32Array {
+  const d = spec.headDim;
+  const half = d / 2;
+  const inv = new Float32Array(half);
+  for (let i = 0; i < half; i++) {
+    inv[i] = f(1 / f(f(spec.ropeTheta) ** f((2 * i) / d)));
+  }
+  const s = spec.ropeScaling;
+  if (s === null) return inv;
+  // transformers' _compute_llama3_parameters: low-frequency bands are slowed by `factor`, high ones kept,
+  // the band between is interpolated.
+  const lowFreqWavelen = f(s.originalMaxPositionEmbeddings / s.lowFreqFactor);
+  const highFreqWavelen = f(s.originalMaxPositionEmbeddings / s.highFreqFactor);
+  for (let i = 0; i < half; i++) {
+    const wavelen = f(f(2 * Math.PI) / inv[i]);
+    if (wavelen > lowFreqWavelen) {
+      inv[i] = f(inv[i] / s.factor);
+    } else if (wavelen >= highFreqWavelen) {
+      const smooth = f(
+        f(f(f(s.originalMaxPositionEmbeddings) / wavelen) - s.lowFreqFactor) / f(s.highFreqFactor - s.lowFreqFactor),
+      );
+      // Same association as the Python expression `(1 - smooth) * inv / factor + smooth * inv`.
+      inv[i] = f(f(f(f(1 - smooth) * inv[i]) / s.factor) + f(smooth * inv[i]));
+    }
+  }
+  return inv;
+}
+
+/**
+ * cos/sin tables for positions [0, maxPositions): `[maxPositions, headDim / 2]` each, float32, angles computed
+ * as float32 products like HF's `inv_freq @ position_ids`.
+ */
+export function ropeTables(spec: ModelSpec, maxPositions: number): { cos: Float32Array; sin: Float32Array } {
+  const inv = ropeInvFreq(spec);
+  const half = inv.length;
+  const cos = new Float32Array(maxPositions * half); // [pos, head_dim / 2]
+  const sin = new Float32Array(maxPositions * half);
+  for (let p = 0; p < maxPositions; p++) {
+    for (let i = 0; i < half; i++) {
+      const angle = f(p * inv[i]);
+      cos[p * half + i] = Math.cos(angle);
+      sin[p * half + i] = Math.sin(angle);
+    }
+  }
+  return { cos, sin };
+}
