@@ -34,7 +34,7 @@ export function resolveHooks(patterns: readonly string[], numLayers: number): st
       const re = patternToRegExp(pattern);
       const hits = all.filter((n) => re.test(n));
       if (hits.length === 0) {
-        const nearest = all.reduce((best, n) => (distance(n, pattern) < distance(best, pattern) ? n : best));
+        const nearest = nearestHook(pattern, all);
         throw new EmlensError(
           `Unknown hook '${pattern}' (this model has blocks 0..${numLayers - 1}); did you mean '${nearest}'?`,
         );
@@ -43,6 +43,16 @@ export function resolveHooks(patterns: readonly string[], numLayers: number): st
     }
   }
   return all.filter((n) => chosen.has(n));
+}
+
+/** The closest valid spelling: keep the layer part (a number or `*`) when it is valid, fix the hook part. */
+function nearestHook(pattern: string, all: readonly string[]): string {
+  const m = /^blocks\.([^.]+)\.([^.]+)$/.exec(pattern);
+  if (m && (m[1] === '*' || all.some((n) => n.startsWith(`blocks.${m[1]}.`)))) {
+    const hook = BLOCK_HOOKS.reduce((best, h) => (distance(h, m[2]) < distance(best, m[2]) ? h : best));
+    return `blocks.${m[1]}.${hook}`;
+  }
+  return all.reduce((best, n) => (distance(n, pattern) < distance(best, pattern) ? n : best));
 }
 
 /**

@@ -1,13 +1,14 @@
+import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { EmlensError } from '../errors.js';
 import { WeightSource } from '../io/weightSource.js';
 import { leftPad } from './batch.js';
-import { cacheKey, cachedBuild, defaultCacheDir, fileFingerprint } from './cache.js';
+import { cacheKey, defaultCacheDir, fileFingerprint } from './cache.js';
 import { readConfig } from './config.js';
-import { MODEL_FILE, writeTransformerGraph } from './graph/build.js';
-import { IO, type Profile } from './graph/transformer.js';
+import { ensureGraph, graphFileName } from './graph/build.js';
+import { type GraphVariant, graphHookName, IO, type Profile } from './graph/transformer.js';
 import type { WeightReader } from './graph/weights.js';
-import { allHookNames, resolveHooks } from './hooks.js';
+import { allHookNames, type BlockHook, resolveHooks, siteCount } from './hooks.js';
 import { type Intervention, interventionFeeds } from './interventions.js';
 import { createSession, type Device } from './session.js';
 import { type ModelSpec, parameterCount } from './spec.js';
@@ -41,6 +42,14 @@ export interface KVCache {
   readonly tensors: readonly ort.Tensor[];
 }
 
+/** How long loading took, for benchmarks and progress reports. */
+export interface LoadStats {
+  /** Whether the graph was built now (false: found in the cache). */
+  readonly built: boolean;
+  readonly graphBuildMs: number;
+  readonly sessionLoadMs: number;
+}
+
 export interface ForwardOptions {
   /** Hook names or patterns to return (`blocks.*.hook_resid_post`); none by default. */
   readonly hooks?: readonly string[];
@@ -62,9 +71,12 @@ export interface ForwardResult {
   readonly cache?: KVCache;
 }
 
+type VariantKey = `${'last' | 'all'}-${boolean}`;
+
 /** A loaded model: its spec, hook names, and a batched forward pass with hooks and interventions. */
 export class Model {
-  private readonly sessions = new Map<'last' | 'all', Promise<ort.InferenceSession>>();
+  private readonly sessions = new Map<VariantKey, Promise<ort.InferenceSession>>();
+  private stats: LoadStats = { built: false, graphBuildMs: 0, sessionLoadMs: 0 };
 
   private constructor(
     readonly dir: string,
@@ -73,7 +85,7 @@ export class Model {
     readonly device: Device,
     /** Longest sequence (cache included) the graph accepts. */
     readonly maxPositions: number,
-    private readonly openSession: (logits: 'last' | 'all') => Promise<ort.InferenceSession>,
+    private readonly openSession: (variant: GraphVariant) => Promise<ort.InferenceSession>,
   ) {}
 
   /** @internal use `loadModel`. */
@@ -82,30 +94,52 @@ export class Model {
     const device = opts.device ?? 'cpu';
     const profile = opts.profile ?? (device === 'cuda' ? 'fp16' : 'fp32');
     const maxPositions = opts.maxPositions ?? Math.min(spec.maxPositionEmbeddings, 32768);
-    const source = opts.weights ? null : await WeightSource.open(dir);
-    const reader = opts.weights?.reader ?? source!;
-    const weightsKey = opts.weights?.key ?? (await fileFingerprint(source!.files));
-    const cacheDir = opts.cacheDir ?? defaultCacheDir();
+    if (!Number.isInteger(maxPositions) || maxPositions < 1) {
+      throw new EmlensError(`maxPositions must be a positive integer, not ${maxPositions}.`);
+    }
+    let weightsKey: unknown = opts.weights?.key;
+    if (!opts.weights) {
+      const probe = await WeightSource.open(dir); // headers only: validates the folder and lists its files
+      weightsKey = await fileFingerprint(probe.files);
+      await probe.close();
+    }
+    const folder = join(opts.cacheDir ?? defaultCacheDir(), cacheKey({ spec, weightsKey, profile, maxPositions }));
     const progress = opts.onProgress ?? (() => {});
-    const open = async (logits: 'last' | 'all') => {
-      const key = cacheKey({ spec, weightsKey, profile, logits, maxPositions });
+    const open = async (variant: GraphVariant) => {
       const t0 = performance.now();
-      const { dir: built, built: fresh } = await cachedBuild(cacheDir, key, async (tmp) => {
-        progress(`building ${profile} graph (${logits} logits) for ${dir}`);
-        await writeTransformerGraph(tmp, spec, reader, { profile, logits, maxPositions });
-      });
-      if (fresh) progress(`graph built in ${((performance.now() - t0) / 1000).toFixed(1)} s -> ${built}`);
-      const session = await createSession(`${built}/${MODEL_FILE}`, { device, threads: opts.threads });
-      progress(`session ready (${device}, ${profile})`);
+      let source: WeightSource | undefined;
+      const reader = async (): Promise<WeightReader> => {
+        if (opts.weights) return opts.weights.reader;
+        if (!source) {
+          progress(`building ${profile} graph for ${dir} (reading weights)`);
+          source = await WeightSource.open(dir);
+        }
+        return source;
+      };
+      let graph: { path: string; built: boolean };
+      try {
+        graph = await ensureGraph(folder, spec, reader, { ...variant, profile, maxPositions });
+      } finally {
+        await source?.close();
+      }
+      const t1 = performance.now();
+      if (graph.built) progress(`built ${graphFileName(variant)} in ${((t1 - t0) / 1000).toFixed(1)} s -> ${folder}`);
+      const session = await createSession(graph.path, { device, threads: opts.threads });
+      const t2 = performance.now();
+      progress(`session ready (${device}, ${profile}, ${graphFileName(variant)}) in ${((t2 - t1) / 1000).toFixed(1)} s`);
+      if (variant.logits === 'last' && !variant.interventions) {
+        model.stats = { built: graph.built, graphBuildMs: t1 - t0, sessionLoadMs: t2 - t1 };
+      }
       return session;
     };
     const model = new Model(dir, spec, profile, device, maxPositions, open);
-    try {
-      await model.session('last');
-    } finally {
-      await source?.close();
-    }
+    await model.session({ logits: 'last', interventions: false });
     return model;
+  }
+
+  /** Timings of the first (last-logits) graph's build and session load. */
+  get loadStats(): LoadStats {
+    return this.stats;
   }
 
   /** Every hook name, block by block. */
@@ -117,12 +151,14 @@ export class Model {
     return parameterCount(this.spec);
   }
 
-  private session(logits: 'last' | 'all'): Promise<ort.InferenceSession> {
-    let s = this.sessions.get(logits);
+  /** The session of a graph variant, built and opened on first use. */
+  private session(variant: GraphVariant): Promise<ort.InferenceSession> {
+    const key: VariantKey = `${variant.logits}-${variant.interventions}`;
+    let s = this.sessions.get(key);
     if (!s) {
-      s = this.openSession(logits);
-      this.sessions.set(logits, s);
-      s.catch(() => this.sessions.delete(logits));
+      s = this.openSession(variant);
+      this.sessions.set(key, s);
+      s.catch(() => this.sessions.delete(key));
     }
     return s;
   }
@@ -165,34 +201,42 @@ export class Model {
       }
     }
 
-    const iv = interventionFeeds(opts.interventions ?? [], spec.numLayers, spec.dModel, b.batch, b.seq);
-    const sites = 2 * spec.numLayers + 1;
     const kvType = this.profile === 'fp16' ? 'float16' : 'float32';
     const feeds: Record<string, ort.Tensor> = {
       [IO.inputIds]: new ort.Tensor('int64', b.inputIds, [b.batch, b.seq]),
       [IO.attentionMask]: new ort.Tensor('int64', attentionMask, [b.batch, total]),
       [IO.positionIds]: new ort.Tensor('int64', positionIds, [b.batch, b.seq]),
-      [IO.steerVectors]: new ort.Tensor('float32', iv.steerVectors, [sites, spec.dModel]),
-      [IO.steerMask]: new ort.Tensor('float32', iv.steerMask, [sites, b.batch, b.seq]),
-      [IO.ablateBasis]: new ort.Tensor('float32', iv.ablateBasis, [sites, iv.rank, spec.dModel]),
-      [IO.ablateMask]: new ort.Tensor('float32', iv.ablateMask, [sites, b.batch, b.seq]),
     };
+    const interventions = opts.interventions ?? [];
+    if (interventions.length > 0) {
+      const iv = interventionFeeds(interventions, spec.numLayers, spec.dModel, b.batch, b.seq);
+      const sites = siteCount(spec.numLayers);
+      feeds[IO.steerVectors] = new ort.Tensor('float32', iv.steerVectors, [sites, spec.dModel]);
+      feeds[IO.steerMask] = new ort.Tensor('float32', iv.steerMask, [sites, b.batch, b.seq]);
+      feeds[IO.ablateBasis] = new ort.Tensor('float32', iv.ablateBasis, [sites, iv.rank, spec.dModel]);
+      feeds[IO.ablateMask] = new ort.Tensor('float32', iv.ablateMask, [sites, b.batch, b.seq]);
+    }
     const emptyKv = kvType === 'float16' ? new Uint16Array(0) : new Float32Array(0);
     for (let i = 0; i < spec.numLayers; i++) {
       const shape = [b.batch, spec.numKvHeads, 0, spec.headDim];
       feeds[IO.pastKey(i)] = cache?.tensors[2 * i] ?? new ort.Tensor(kvType, emptyKv, shape);
       feeds[IO.pastValue(i)] = cache?.tensors[2 * i + 1] ?? new ort.Tensor(kvType, emptyKv, shape);
     }
-    const fetches = [IO.logits as string, ...hooks];
+    // resid_pre of block i > 0 is fetched as resid_post of block i - 1 (the same tensor, see graphHookName).
+    const hookSources = hooks.map((h) => {
+      const m = /^blocks\.(\d+)\.(\w+)$/.exec(h)!;
+      return graphHookName(Number(m[1]), m[2] as BlockHook);
+    });
+    const fetches = [IO.logits as string, ...new Set(hookSources)];
     if (opts.returnCache) {
       for (let i = 0; i < spec.numLayers; i++) fetches.push(IO.presentKey(i), IO.presentValue(i));
     }
-    const session = await this.session(opts.logits ?? 'last');
+    const session = await this.session({ logits: opts.logits ?? 'last', interventions: interventions.length > 0 });
     const out = await session.run(feeds, fetches);
     const asF32 = (t: ort.Tensor): Float32Tensor => ({ data: t.data as Float32Array, dims: t.dims });
     const result: ForwardResult = {
       logits: asF32(out[IO.logits]),
-      hooks: new Map(hooks.map((h) => [h, asF32(out[h])])),
+      hooks: new Map(hooks.map((h, i) => [h, asF32(out[hookSources[i]])])),
       padding: cache ? cache.nextPosition.map(() => 0) : b.padding,
     };
     if (!opts.returnCache) return result;

@@ -1,4 +1,4 @@
-import type { ExternalDataWriter } from './externalData.js';
+import type { ExternalData } from './externalData.js';
 import {
   type AttrValue,
   type Dim,
@@ -33,7 +33,7 @@ export class GraphBuilder {
 
   constructor(
     readonly name: string,
-    private readonly external: ExternalDataWriter | null,
+    private readonly external: ExternalData | null,
   ) {}
 
   /** A fresh value name with a readable prefix. */
@@ -100,7 +100,7 @@ export class GraphBuilder {
     }
     this.claim(name);
     if (this.external && bytes.length > INLINE_LIMIT_BYTES) {
-      const at = this.external.append(bytes);
+      const at = this.external.append(name, bytes);
       this.initializers.push({
         name,
         type,
@@ -110,6 +110,26 @@ export class GraphBuilder {
     } else {
       this.initializers.push({ name, type, dims, data: { kind: 'inline', bytes: bytes.slice() } });
     }
+    return name;
+  }
+
+  /**
+   * A large constant (a weight) stored in external data. `produce` is only called when the data file is being
+   * written; a graph variant built over existing data just references the recorded bytes.
+   */
+  async weight(
+    name: string,
+    type: ElemType,
+    dims: readonly number[],
+    produce: () => Promise<ArrayBufferView> | ArrayBufferView,
+  ): Promise<string> {
+    const length = dims.reduce((a, b) => a * b, 1) * ELEM_BYTES[type];
+    if (!this.external || this.external.writing || length <= INLINE_LIMIT_BYTES) {
+      return this.initializer(name, type, dims, await produce());
+    }
+    this.claim(name);
+    const at = this.external.locate(name, length);
+    this.initializers.push({ name, type, dims, data: { kind: 'external', location: this.external.location, ...at } });
     return name;
   }
 

@@ -1,6 +1,6 @@
 import { f32ToF16 } from '../../io/halfFloat.js';
 import type { GraphBuilder } from '../../onnx/builder.js';
-import { hookName, siteCount } from '../hooks.js';
+import { type BlockHook, hookName, siteCount } from '../hooks.js';
 import { ropeTables } from '../rope.js';
 import type { ModelSpec } from '../spec.js';
 import { concatVectors, packTransposed, type WeightReader } from './weights.js';
@@ -8,10 +8,16 @@ import { concatVectors, packTransposed, type WeightReader } from './weights.js';
 /** fp32 for the CPU; fp16 for CUDA (whose fused attention kernels are half precision only). */
 export type Profile = 'fp32' | 'fp16';
 
-export interface TransformerGraphOptions {
-  readonly profile: Profile;
+/** What varies between the graphs built over one set of weights. */
+export interface GraphVariant {
   /** `last`: logits of the last position only (`[batch, vocab]`); `all`: every position. */
   readonly logits: 'last' | 'all';
+  /** Whether the graph has the intervention inputs (a plain graph skips their cost entirely). */
+  readonly interventions: boolean;
+}
+
+export interface TransformerGraphOptions extends GraphVariant {
+  readonly profile: Profile;
   /** Rows of the RoPE cos/sin tables: the longest sequence (prompt + generated) the graph accepts. */
   readonly maxPositions: number;
 }
@@ -33,15 +39,23 @@ export const IO = {
 } as const;
 
 /**
+ * Hooks the graph itself outputs. `blocks.{i}.hook_resid_pre` for i > 0 is the same tensor as
+ * `blocks.{i-1}.hook_resid_post`; the model serves it from there rather than paying a copy per layer.
+ */
+export function graphHookName(layer: number, hook: BlockHook): string {
+  return hook === 'hook_resid_pre' && layer > 0 ? hookName(layer - 1, 'hook_resid_post') : hookName(layer, hook);
+}
+
+/**
  * Emits the decoder graph: embeddings, `numLayers` pre-norm blocks with grouped-query attention and a SwiGLU
- * MLP, the final norm and the LM head, with every TransformerLens hook as a named output and the intervention
- * inputs applied at every residual write (see `siteOf`). Weights are streamed into the builder one layer at a
- * time, so peak memory stays near one layer plus what the builder has already written out.
+ * MLP, the final norm and the LM head, with every TransformerLens hook as a named output and (optionally) the
+ * intervention inputs applied at every residual write (see `siteOf`). Weights are read one at a time, when the
+ * external data file is being written, so peak memory stays near one layer.
  */
 export async function emitTransformer(
   g: GraphBuilder,
   spec: ModelSpec,
-  weights: WeightReader,
+  weights: () => Promise<WeightReader>,
   opts: TransformerGraphOptions,
 ): Promise<void> {
   const T = opts.profile === 'fp16' ? 'float16' : 'float32';
@@ -53,23 +67,39 @@ export async function emitTransformer(
   const ff = spec.intermediateSize;
   const sites = siteCount(spec.numLayers);
 
-  /** A weight initializer in the graph's element type. */
-  const weight = (name: string, dims: readonly number[], data: Float32Array) =>
-    g.initializer(name, T, dims, half ? f32ToF16(data) : data);
+  /** A weight initializer in the graph's element type, produced only if the data file is being written. */
+  const weight = (name: string, dims: readonly number[], produce: () => Promise<Float32Array> | Float32Array) =>
+    g.weight(name, T, dims, async () => {
+      const data = await produce();
+      return half ? f32ToF16(data) : data;
+    });
+  const read = async (name: string) => (await weights()).readFloat32(name);
+  const readTransposed = async (name: string, out: number, inDim: number) =>
+    packTransposed([{ data: await read(name), out }], inDim);
   /** Casts a float32 value to the graph's type (a no-op for fp32). */
   const toT = (v: string) => (half ? g.op('Cast', [v], { to: { int: 10 } }) : v);
-  const toF32 = (v: string) => (half ? g.op('Cast', [v], { to: { int: 1 } }) : v);
-  const hook = (value: string, layer: number, name: Parameters<typeof hookName>[1]) =>
-    g.output(toF32(value), hookName(layer, name), 'float32', ['batch', 'seq', d]);
+
+  /** The name a hook's producing node writes: the hook itself in fp32 (no copy), a temporary in fp16. */
+  const hookTarget = (layer: number, hook: BlockHook) => (half ? g.fresh(hook) : hookName(layer, hook));
+  /** Declares a hook output (fp16 values are cast to float32 under the hook's name). */
+  const publish = (value: string, layer: number, hook: BlockHook) => {
+    const name = hookName(layer, hook);
+    if (half) g.node('Cast', [value], { outputs: [name], attrs: { to: { int: 1 } } });
+    g.output(name, name, 'float32', ['batch', 'seq', d]);
+  };
 
   // ---- inputs
   const ids = g.input(IO.inputIds, 'int64', ['batch', 'seq']);
   const attnMask = g.input(IO.attentionMask, 'int64', ['batch', 'total']);
   const posIds = g.input(IO.positionIds, 'int64', ['batch', 'seq']);
-  const steerVectors = g.input(IO.steerVectors, 'float32', [sites, d]);
-  const steerMask = g.input(IO.steerMask, 'float32', [sites, 'batch', 'seq']);
-  const ablateBasis = g.input(IO.ablateBasis, 'float32', [sites, 'rank', d]);
-  const ablateMask = g.input(IO.ablateMask, 'float32', [sites, 'batch', 'seq']);
+  const iv = opts.interventions
+    ? {
+        steerVectors: g.input(IO.steerVectors, 'float32', [sites, d]),
+        steerMask: g.input(IO.steerMask, 'float32', [sites, 'batch', 'seq']),
+        ablateBasis: g.input(IO.ablateBasis, 'float32', [sites, 'rank', d]),
+        ablateMask: g.input(IO.ablateMask, 'float32', [sites, 'batch', 'seq']),
+      }
+    : null;
 
   // ---- attention mask, shared by all layers: query i (absolute position past + i) sees key j iff j <= past + i
   // and key j is not padding. A finite large negative keeps fully masked rows (left padding) free of NaN.
@@ -88,62 +118,72 @@ export async function emitTransformer(
 
   // ---- RoPE tables (HF float32 angles), rotate-half layout, indexed by position_ids
   const rope = ropeTables(spec, opts.maxPositions);
-  const ropeCos = weight('rope.cos', [opts.maxPositions, hd / 2], rope.cos);
-  const ropeSin = weight('rope.sin', [opts.maxPositions, hd / 2], rope.sin);
+  const ropeCos = await weight('rope.cos', [opts.maxPositions, hd / 2], () => rope.cos);
+  const ropeSin = await weight('rope.sin', [opts.maxPositions, hd / 2], () => rope.sin);
 
-  // ---- interventions at residual site j: x <- x - m_a (x D^T) D, then x <- x + m_s v
-  const intervene = (x: string, site: number): string => {
+  /**
+   * Interventions at residual site j, written as one rank-(k+1) update so the stream is read and written once:
+   * x <- x + [m_a * (x D^T), m_s] . [-D; v]   (ablate the span of D, then add v).
+   */
+  const intervene = (x: string, site: number, out: string): string => {
+    if (!iv) throw new Error('intervene() on a graph without intervention inputs');
     const j = g.int64([site], true);
-    const basis = toT(g.op('Gather', [ablateBasis, j], { axis: { int: 0 } })); // [rank, d]
-    const aMask = toT(g.op('Unsqueeze', [g.op('Gather', [ablateMask, j], { axis: { int: 0 } }), g.int64([2])])); // [batch, seq, 1]
+    const gather = (t: string) => g.op('Gather', [t, j], { axis: { int: 0 } });
+    const basis = toT(gather(iv.ablateBasis)); // [rank, d]
+    const lastAxis = g.int64([2]);
+    const aMask = toT(g.op('Unsqueeze', [gather(iv.ablateMask), lastAxis])); // [batch, seq, 1]
+    const sMask = toT(g.op('Unsqueeze', [gather(iv.steerMask), lastAxis])); // [batch, seq, 1]
     const coeff = g.op('MatMul', [x, g.op('Transpose', [basis], { perm: { ints: [1, 0] } })]); // [batch, seq, rank]
-    const ablated = g.op('Sub', [x, g.op('MatMul', [g.op('Mul', [coeff, aMask]), basis])]);
-    const vec = toT(g.op('Gather', [steerVectors, j], { axis: { int: 0 } })); // [d]
-    const sMask = toT(g.op('Unsqueeze', [g.op('Gather', [steerMask, j], { axis: { int: 0 } }), g.int64([2])])); // [batch, seq, 1]
-    return g.op('Add', [ablated, g.op('Mul', [sMask, vec])]);
+    const weights = g.op('Concat', [g.op('Mul', [coeff, aMask]), sMask], { axis: { int: -1 } }); // [batch, seq, rank+1]
+    const vec = toT(g.op('Unsqueeze', [gather(iv.steerVectors), g.int64([0])])); // [1, d]
+    const update = g.op('Concat', [g.op('Neg', [basis]), vec], { axis: { int: 0 } }); // [rank+1, d]
+    return g.node('Add', [x, g.op('MatMul', [weights, update])], { outputs: [out] })[0];
   };
+  /** `x + y`, then the interventions of `site`, written under `out`. */
+  const residualAdd = (x: string, y: string, site: number, out: string) =>
+    iv ? intervene(g.op('Add', [x, y]), site, out) : g.node('Add', [x, y], { outputs: [out] })[0];
 
   const rmsNorm = (x: string, w: string) =>
     g.op('SimplifiedLayerNormalization', [x, w], { epsilon: { float: spec.rmsNormEps }, axis: { int: -1 } });
-  const linear = (x: string, w: string, b: string | null) => {
-    const y = g.op('MatMul', [x, w]);
-    return b ? g.op('Add', [y, b]) : y;
+  const linear = (x: string, w: string, b: string | null, out?: string) => {
+    if (!b) return g.node('MatMul', [x, w], out ? { outputs: [out] } : {})[0];
+    return g.node('Add', [g.op('MatMul', [x, w]), b], out ? { outputs: [out] } : {})[0];
   };
 
   // ---- embeddings
-  const embedW = await weights.readFloat32('model.embed_tokens.weight');
-  const embed = weight('model.embed_tokens.weight', [spec.vocabSize, d], embedW);
-  let x = intervene(g.op('Gather', [embed, ids], { axis: { int: 0 } }), 0); // [batch, seq, d]
+  const embed = await weight('model.embed_tokens.weight', [spec.vocabSize, d], () => read('model.embed_tokens.weight'));
+  const pre0 = hookTarget(0, 'hook_resid_pre');
+  const embedded = g.node('Gather', [embed, ids], { outputs: [iv ? g.fresh('embedded') : pre0], attrs: { axis: { int: 0 } } })[0]; // [batch, seq, d]
+  let x = iv ? intervene(embedded, 0, pre0) : embedded;
+  publish(x, 0, 'hook_resid_pre');
 
   for (let i = 0; i < spec.numLayers; i++) {
     const p = `model.layers.${i}`;
-    const read = (n: string) => weights.readFloat32(`${p}.${n}`);
-    hook(x, i, 'hook_resid_pre');
 
     // attention
-    const ln1 = weight(`${p}.input_layernorm.weight`, [d], await read('input_layernorm.weight'));
+    const ln1 = await weight(`${p}.input_layernorm.weight`, [d], () => read(`${p}.input_layernorm.weight`));
     const h = rmsNorm(x, ln1); // [batch, seq, d]
     const qkvOut = (H + 2 * KV) * hd;
-    const wqkv = packTransposed(
-      [
-        { data: await read('self_attn.q_proj.weight'), out: H * hd },
-        { data: await read('self_attn.k_proj.weight'), out: KV * hd },
-        { data: await read('self_attn.v_proj.weight'), out: KV * hd },
-      ],
-      d,
+    const wqkv = await weight(`${p}.self_attn.qkv.weight`, [d, qkvOut], async () =>
+      packTransposed(
+        [
+          { data: await read(`${p}.self_attn.q_proj.weight`), out: H * hd },
+          { data: await read(`${p}.self_attn.k_proj.weight`), out: KV * hd },
+          { data: await read(`${p}.self_attn.v_proj.weight`), out: KV * hd },
+        ],
+        d,
+      ),
     );
     const bqkv = spec.qkvBias
-      ? weight(
-          `${p}.self_attn.qkv.bias`,
-          [qkvOut],
+      ? await weight(`${p}.self_attn.qkv.bias`, [qkvOut], async () =>
           concatVectors([
-            await read('self_attn.q_proj.bias'),
-            await read('self_attn.k_proj.bias'),
-            await read('self_attn.v_proj.bias'),
+            await read(`${p}.self_attn.q_proj.bias`),
+            await read(`${p}.self_attn.k_proj.bias`),
+            await read(`${p}.self_attn.v_proj.bias`),
           ]),
         )
       : null;
-    const qkv = linear(h, weight(`${p}.self_attn.qkv.weight`, [d, qkvOut], wqkv), bqkv); // [batch, seq, (H+2KV)*hd]
+    const qkv = linear(h, wqkv, bqkv); // [batch, seq, (H+2KV)*hd]
     const [q, k, v] = g.node('Split', [qkv, g.int64([H * hd, KV * hd, KV * hd])], {
       outputs: 3,
       attrs: { axis: { int: -1 } },
@@ -158,52 +198,60 @@ export async function emitTransformer(
     }); // [batch, seq, H*hd]
     g.output(IO.presentKey(i), IO.presentKey(i), T, ['batch', KV, 'total', hd]);
     g.output(IO.presentValue(i), IO.presentValue(i), T, ['batch', KV, 'total', hd]);
-    const wo = weight(`${p}.self_attn.o_proj.weight`, [H * hd, d], packTransposed([{ data: await read('self_attn.o_proj.weight'), out: d }], H * hd));
-    const bo = spec.oBias ? weight(`${p}.self_attn.o_proj.bias`, [d], await read('self_attn.o_proj.bias')) : null;
-    const attnOut = linear(attn, wo, bo); // [batch, seq, d]
-    hook(attnOut, i, 'hook_attn_out');
-    x = intervene(g.op('Add', [x, attnOut]), 2 * i + 1);
-    hook(x, i, 'hook_resid_mid');
-
-    // MLP: down(silu(gate(h)) * up(h))
-    const ln2 = weight(`${p}.post_attention_layernorm.weight`, [d], await read('post_attention_layernorm.weight'));
-    const h2 = rmsNorm(x, ln2);
-    const wgu = packTransposed(
-      [
-        { data: await read('mlp.gate_proj.weight'), out: ff },
-        { data: await read('mlp.up_proj.weight'), out: ff },
-      ],
-      d,
+    const wo = await weight(`${p}.self_attn.o_proj.weight`, [H * hd, d], () =>
+      readTransposed(`${p}.self_attn.o_proj.weight`, d, H * hd),
     );
-    const bgu = spec.mlpBias
-      ? weight(`${p}.mlp.gate_up.bias`, [2 * ff], concatVectors([await read('mlp.gate_proj.bias'), await read('mlp.up_proj.bias')]))
+    const bo = spec.oBias
+      ? await weight(`${p}.self_attn.o_proj.bias`, [d], () => read(`${p}.self_attn.o_proj.bias`))
       : null;
-    const gu = linear(h2, weight(`${p}.mlp.gate_up.weight`, [d, 2 * ff], wgu), bgu); // [batch, seq, 2*ff]
-    const [gate, up] = g.node('Split', [gu, g.int64([ff, ff])], { outputs: 2, attrs: { axis: { int: -1 } } });
-    const act = g.op('Mul', [g.op('Mul', [gate, g.op('Sigmoid', [gate])]), up]); // [batch, seq, ff]
-    const wd = weight(`${p}.mlp.down_proj.weight`, [ff, d], packTransposed([{ data: await read('mlp.down_proj.weight'), out: d }], ff));
-    const bd = spec.mlpBias ? weight(`${p}.mlp.down_proj.bias`, [d], await read('mlp.down_proj.bias')) : null;
-    const mlpOut = linear(act, wd, bd);
-    hook(mlpOut, i, 'hook_mlp_out');
-    x = intervene(g.op('Add', [x, mlpOut]), 2 * i + 2);
-    hook(x, i, 'hook_resid_post');
+    const attnOut = linear(attn, wo, bo, hookTarget(i, 'hook_attn_out')); // [batch, seq, d]
+    publish(attnOut, i, 'hook_attn_out');
+    x = residualAdd(x, attnOut, 2 * i + 1, hookTarget(i, 'hook_resid_mid'));
+    publish(x, i, 'hook_resid_mid');
+
+    // MLP: down(silu(gate(h)) * up(h)); gate and up stay separate GEMMs: splitting a fused output costs a copy
+    const ln2 = await weight(`${p}.post_attention_layernorm.weight`, [d], () =>
+      read(`${p}.post_attention_layernorm.weight`),
+    );
+    const h2 = rmsNorm(x, ln2);
+    const proj = async (name: string, inDim: number, outDim: number) => ({
+      w: await weight(`${p}.mlp.${name}.weight`, [inDim, outDim], () =>
+        readTransposed(`${p}.mlp.${name}.weight`, outDim, inDim),
+      ),
+      b: spec.mlpBias ? await weight(`${p}.mlp.${name}.bias`, [outDim], () => read(`${p}.mlp.${name}.bias`)) : null,
+    });
+    const gateP = await proj('gate_proj', d, ff);
+    const upP = await proj('up_proj', d, ff);
+    const downP = await proj('down_proj', ff, d);
+    const gate = linear(h2, gateP.w, gateP.b); // [batch, seq, ff]
+    const act = g.op('Mul', [g.op('Mul', [gate, g.op('Sigmoid', [gate])]), linear(h2, upP.w, upP.b)]);
+    const mlpOut = linear(act, downP.w, downP.b, hookTarget(i, 'hook_mlp_out'));
+    publish(mlpOut, i, 'hook_mlp_out');
+    x = residualAdd(x, mlpOut, 2 * i + 2, hookTarget(i, 'hook_resid_post'));
+    publish(x, i, 'hook_resid_post');
   }
 
   // ---- final norm and LM head (Gemm with transB reads the HF [vocab, d] matrix as is, so tied embeddings
   // share one initializer)
-  const normW = weight('model.norm.weight', [d], await weights.readFloat32('model.norm.weight'));
+  const normW = await weight('model.norm.weight', [d], () => read('model.norm.weight'));
   const head = spec.tieWordEmbeddings
     ? embed
-    : weight('lm_head.weight', [spec.vocabSize, d], await weights.readFloat32('lm_head.weight'));
-  const gemmHead = (x2d: string) => g.op('Gemm', [x2d, head], { transB: { int: 1 } });
+    : await weight('lm_head.weight', [spec.vocabSize, d], () => read('lm_head.weight'));
+  const gemmHead = (x2d: string, out?: string) =>
+    g.node('Gemm', [x2d, head], { outputs: out ? [out] : 1, attrs: { transB: { int: 1 } } })[0];
+  const logitsTarget = half ? g.fresh('logits') : IO.logits;
+  let logitsShape: (string | number)[];
   if (opts.logits === 'last') {
     const lastIdx = g.op('Sub', [seqLen, one]);
     const last = g.op('Gather', [x, lastIdx], { axis: { int: 1 } }); // [batch, d]
-    g.output(toF32(gemmHead(rmsNorm(last, normW))), IO.logits, 'float32', ['batch', spec.vocabSize]);
+    gemmHead(rmsNorm(last, normW), logitsTarget); // [batch, vocab]
+    logitsShape = ['batch', spec.vocabSize];
   } else {
     const flat = g.op('Reshape', [rmsNorm(x, normW), g.int64([-1, d])]); // [batch*seq, d]
     const outShape = g.op('Concat', [g.op('Shape', [ids]), g.int64([spec.vocabSize])], { axis: { int: 0 } });
-    const logits = g.op('Reshape', [gemmHead(flat), outShape]); // [batch, seq, vocab]
-    g.output(toF32(logits), IO.logits, 'float32', ['batch', 'seq', spec.vocabSize]);
+    g.node('Reshape', [gemmHead(flat), outShape], { outputs: [logitsTarget] }); // [batch, seq, vocab]
+    logitsShape = ['batch', 'seq', spec.vocabSize];
   }
+  if (half) g.node('Cast', [logitsTarget], { outputs: [IO.logits], attrs: { to: { int: 1 } } });
+  g.output(IO.logits, IO.logits, 'float32', logitsShape);
 }

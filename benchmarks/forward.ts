@@ -1,0 +1,82 @@
+/**
+ * `npm run bench:forward`: prefill throughput of a Qwen2.5-0.5B-shaped random model, fp32 on the CPU, against
+ * a MatMul ceiling measured in the same process. Writes benchmarks/results/forward.json.
+ */
+import { existsSync } from 'node:fs';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { cpus } from 'node:os';
+import { join } from 'node:path';
+import { median, measureMatMulCeiling, peakRssMiB, timeRuns } from '../src/bench/hardware.js';
+import { loadModel } from '../src/model/model.js';
+import { makeTinyModel, QWEN25_05B_SHAPE } from '../src/model/tiny.js';
+
+const work = join(import.meta.dirname, '.work');
+const modelDir = join(work, 'qwen25-05b-shape');
+const cacheDir = join(work, 'cache');
+const reps = Number(process.env.BENCH_REPS ?? 5);
+const log = (m: string) => process.stderr.write(`bench:forward: ${m}\n`);
+
+await mkdir(work, { recursive: true });
+if (!existsSync(join(modelDir, 'config.json'))) {
+  log('generating the Qwen2.5-0.5B-shaped random model (not committed)');
+  await makeTinyModel(modelDir, { ...QWEN25_05B_SHAPE, dtype: 'BF16' });
+}
+await rm(cacheDir, { recursive: true, force: true }); // measure a cold graph build
+const model = await loadModel(modelDir, { cacheDir, onProgress: log });
+const spec = model.spec;
+const { dModel: d, numHeads: h, numKvHeads: kv, headDim: hd, intermediateSize: ff } = spec;
+
+// The model's GEMMs per block, as the graph emits them (q/k/v fused, gate/up fused).
+const shapes = [
+  { k: d, n: (h + 2 * kv) * hd },
+  { k: h * hd, n: d },
+  { k: d, n: 2 * ff },
+  { k: ff, n: d },
+];
+const blockMatmulParams = shapes.reduce((a, s) => a + s.k * s.n, 0);
+const matmulParams = blockMatmulParams * spec.numLayers;
+
+const ids = (n: number) => Array.from({ length: n }, (_, i) => (i * 7919 + 11) % spec.vocabSize);
+const results: Record<string, unknown>[] = [];
+for (const tokens of [128, 512]) {
+  const ceiling = await measureMatMulCeiling(shapes, tokens, { reps });
+  const input = [ids(tokens)];
+  const none = await timeRuns(() => model.forward(input), reps);
+  const allHooks = await timeRuns(() => model.forward(input, { hooks: ['blocks.*.hook_resid_post'] }), reps);
+  // FLOPs counted: the block GEMMs at every token plus the LM head at the one position whose logits we return.
+  const flops = 2 * matmulParams * tokens + 2 * spec.vocabSize * d;
+  const gflops = flops / (median(none) * 1e6);
+  const row = {
+    tokens,
+    medianMs: median(none),
+    gflops,
+    ceilingGflops: ceiling.gflops,
+    ratioToCeiling: gflops / ceiling.gflops,
+    medianMsAllResidPostHooks: median(allHooks),
+    hookOverhead: median(allHooks) / median(none) - 1,
+    runsMs: none,
+    runsMsAllResidPostHooks: allHooks,
+  };
+  log(
+    `${tokens} tokens: ${row.medianMs.toFixed(0)} ms, ${gflops.toFixed(1)} GFLOP/s = ${(row.ratioToCeiling * 100).toFixed(1)}% of the ${ceiling.gflops.toFixed(1)} GFLOP/s MatMul ceiling; all ${spec.numLayers} resid_post hooks +${(row.hookOverhead * 100).toFixed(1)}%`,
+  );
+  results.push(row);
+}
+
+const out = {
+  benchmark: 'forward',
+  date: new Date().toISOString(),
+  machine: { cpus: cpus().length, cpuModel: cpus()[0]?.model, node: process.version },
+  model: { shape: 'Qwen2.5-0.5B (random weights)', layers: spec.numLayers, dModel: d, heads: h, kvHeads: kv, ff, vocab: spec.vocabSize, matmulParams },
+  profile: model.profile,
+  graphBuildMs: model.loadStats.graphBuildMs,
+  sessionLoadMs: model.loadStats.sessionLoadMs,
+  prefill: results,
+  peakRssMiB: peakRssMiB(),
+  goals: { ratioAt512: '>= 0.9', hookOverheadAt512: '<= 0.05' },
+  command: 'npm run bench:forward',
+};
+await mkdir(join(import.meta.dirname, 'results'), { recursive: true });
+await writeFile(join(import.meta.dirname, 'results', 'forward.json'), `${JSON.stringify(out, null, 2)}\n`);
+log(`graph build ${(out.graphBuildMs / 1000).toFixed(1)} s, session load ${(out.sessionLoadMs / 1000).toFixed(1)} s, peak RSS ${out.peakRssMiB.toFixed(0)} MiB`);
+await model.dispose();

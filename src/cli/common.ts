@@ -1,0 +1,46 @@
+import { type Command, InvalidArgumentError, Option } from 'commander';
+import { EmlensError } from '../errors.js';
+import type { LoadModelOptions } from '../model/model.js';
+
+/** Options every model-loading command shares. */
+export function addModelOptions(cmd: Command): Command {
+  return cmd
+    .requiredOption('--model <dir>', 'Hugging Face model folder (config.json, *.safetensors, tokenizer.json)')
+    .addOption(new Option('--device <device>', 'execution provider').choices(['cpu', 'cuda']).default('cpu'))
+    .addOption(new Option('--profile <profile>', 'graph precision (default: fp32 on cpu, fp16 on cuda)').choices(['fp32', 'fp16']))
+    .option('--threads <n>', 'intra-op threads (default: one per core)', positiveInt)
+    .option('--cache-dir <dir>', 'where built graphs are kept (default $EMLENS_CACHE_DIR or ~/.cache/emlens)');
+}
+
+export interface ModelFlags {
+  readonly model: string;
+  readonly device: 'cpu' | 'cuda';
+  readonly profile?: 'fp32' | 'fp16';
+  readonly threads?: number;
+  readonly cacheDir?: string;
+}
+
+export function loadOptions(flags: ModelFlags): LoadModelOptions {
+  return {
+    device: flags.device,
+    profile: flags.profile,
+    threads: flags.threads,
+    cacheDir: flags.cacheDir,
+    onProgress: (m) => process.stderr.write(`emlens: ${m}\n`),
+  };
+}
+
+export function positiveInt(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError('expected a positive integer.');
+  return n;
+}
+
+/** `1,2,3` -> [1, 2, 3], with a clear error for anything else. */
+export function parseIdList(value: string): number[] {
+  const ids = value.split(',').map((s) => s.trim());
+  if (ids.some((s) => !/^\d+$/.test(s))) {
+    throw new EmlensError(`--ids '${value}' is not a comma-separated list of token ids; write it like --ids 1,2,3.`);
+  }
+  return ids.map(Number);
+}

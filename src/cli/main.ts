@@ -1,0 +1,36 @@
+import { Command, CommanderError } from 'commander';
+import { EmlensError } from '../errors.js';
+import { registerDemo } from './demo.js';
+import { registerInfo } from './info.js';
+import { registerTinyModel } from './tinyModel.js';
+import { registerTrace } from './trace.js';
+
+/** Builds the `emlens` command line; every command is a thin layer over a library function. */
+export function buildProgram(): Command {
+  const program = new Command('emlens')
+    .description('mechanistic interpretability of emergent misalignment on onnxruntime-node')
+    .version('0.1.0')
+    .showHelpAfterError();
+  registerInfo(program);
+  registerTrace(program);
+  registerTinyModel(program);
+  registerDemo(program);
+  return program;
+}
+
+/** Runs the CLI; user errors print one line, internal errors their stack. Returns the exit code. */
+export async function main(argv: readonly string[]): Promise<number> {
+  const program = buildProgram().exitOverride();
+  try {
+    await program.parseAsync([...argv], { from: 'user' });
+    return 0;
+  } catch (e) {
+    if (e instanceof CommanderError) return e.exitCode;
+    if (e instanceof EmlensError) {
+      process.stderr.write(`emlens: ${e.message}\n`);
+      return 2;
+    }
+    process.stderr.write(`emlens: internal error: ${(e as Error).stack ?? e}\n`);
+    return 1;
+  }
+}

@@ -1,0 +1,37 @@
+import { WeightSource } from '../io/weightSource.js';
+import { readConfig } from './config.js';
+import { allHookNames } from './hooks.js';
+import { type ModelSpec, parameterCount } from './spec.js';
+
+/** What `emlens info` shows: read from config.json and the safetensors headers only (no graph is built). */
+export interface ModelDescription {
+  readonly dir: string;
+  readonly spec: ModelSpec;
+  readonly parameters: number;
+  /** dtypes of the stored weights, e.g. `{ BF16: 290 }`. */
+  readonly storedDtypes: Readonly<Record<string, number>>;
+  readonly weightFiles: readonly string[];
+  readonly hooks: readonly string[];
+}
+
+export async function describeModel(dir: string): Promise<ModelDescription> {
+  const spec = await readConfig(dir);
+  const source = await WeightSource.open(dir);
+  try {
+    const storedDtypes: Record<string, number> = {};
+    for (const name of source.names()) {
+      const dt = source.info(name).dtype;
+      storedDtypes[dt] = (storedDtypes[dt] ?? 0) + 1;
+    }
+    return {
+      dir,
+      spec,
+      parameters: parameterCount(spec),
+      storedDtypes,
+      weightFiles: source.files,
+      hooks: allHookNames(spec.numLayers),
+    };
+  } finally {
+    await source.close();
+  }
+}

@@ -1,0 +1,117 @@
+/**
+ * The on-disk cache of built graphs: built once per (model, weights, build options), rebuilt when any changes,
+ * and left complete (no temporary folders) after a build.
+ */
+import { mkdtemp, readdir, rm, stat, utimes } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type LoadModelOptions, loadModel } from '../src/model/model.js';
+import { makeTinyModel } from '../src/model/tiny.js';
+
+let root: string;
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), 'emlens-cache-'));
+});
+afterAll(async () => {
+  await rm(root, { recursive: true, force: true });
+});
+
+let counter = 0;
+/** A fresh model folder and cache folder. */
+async function setup(seed = 41): Promise<{ dir: string; cacheDir: string }> {
+  const n = counter++;
+  const dir = join(root, `model-${n}`);
+  await makeTinyModel(dir, { family: 'qwen2', seed, numLayers: 1, dModel: 32 });
+  return { dir, cacheDir: join(root, `cache-${n}`) };
+}
+
+/** Loads the model, runs one forward pass, and returns the progress lines and last-position logits. */
+async function load(
+  dir: string,
+  opts: LoadModelOptions,
+): Promise<{ messages: string[]; logits: Float32Array }> {
+  const messages: string[] = [];
+  const m = await loadModel(dir, { threads: 1, ...opts, onProgress: (s) => messages.push(s) });
+  try {
+    const r = await m.forward([[3, 1, 4, 1, 5]]);
+    return { messages, logits: r.logits.data.slice() };
+  } finally {
+    await m.dispose();
+  }
+}
+
+const built = (messages: string[]) => messages.some((s) => s.includes('building'));
+
+describe('graph cache', () => {
+  it('loading twice with the same cacheDir builds once', async () => {
+    const { dir, cacheDir } = await setup();
+    const first = await load(dir, { cacheDir });
+    expect(built(first.messages)).toBe(true);
+    const second = await load(dir, { cacheDir });
+    expect(built(second.messages)).toBe(false);
+    expect(second.messages.some((s) => s.includes('session ready'))).toBe(true);
+    expect(second.logits).toEqual(first.logits);
+  });
+
+  it('the built folder holds model-last-plain.onnx and model.onnx.data, and no .tmp- folder remains', async () => {
+    const { dir, cacheDir } = await setup();
+    await load(dir, { cacheDir });
+    const entries = await readdir(cacheDir);
+    expect(entries.filter((e) => e.includes('.tmp-'))).toEqual([]);
+    expect(entries).toHaveLength(1);
+    const files = await readdir(join(cacheDir, entries[0]));
+    expect(files).toContain('model-last-plain.onnx');
+    expect(files).toContain('model.onnx.data');
+    expect((await stat(join(cacheDir, entries[0], 'model.onnx.data'))).size).toBeGreaterThan(0);
+  });
+
+  it('a different profile or maxPositions rebuilds, and each is then cached', async () => {
+    const { dir, cacheDir } = await setup();
+    expect(built((await load(dir, { cacheDir })).messages)).toBe(true);
+    expect(built((await load(dir, { cacheDir, profile: 'fp16' })).messages)).toBe(true);
+    expect(built((await load(dir, { cacheDir, maxPositions: 64 })).messages)).toBe(true);
+    expect(built((await load(dir, { cacheDir, profile: 'fp16', maxPositions: 64 })).messages)).toBe(true);
+    for (const opts of [{}, { profile: 'fp16' as const }, { maxPositions: 64 }]) {
+      expect(built((await load(dir, { cacheDir, ...opts })).messages), JSON.stringify(opts)).toBe(false);
+    }
+    const entries = await readdir(cacheDir);
+    expect(entries.filter((e) => e.includes('.tmp-'))).toEqual([]);
+    expect(entries).toHaveLength(4);
+  });
+
+  it('touching model.safetensors (new mtime) rebuilds', async () => {
+    const { dir, cacheDir } = await setup();
+    const first = await load(dir, { cacheDir });
+    expect(built(first.messages)).toBe(true);
+    const file = join(dir, 'model.safetensors');
+    const later = new Date((await stat(file)).mtimeMs + 60_000);
+    await utimes(file, later, later);
+    const second = await load(dir, { cacheDir });
+    expect(built(second.messages)).toBe(true);
+    expect(second.logits).toEqual(first.logits);
+    expect(built((await load(dir, { cacheDir })).messages)).toBe(false);
+  });
+
+  it('rewriting model.safetensors with different weights rebuilds and uses them', async () => {
+    const { dir, cacheDir } = await setup(41);
+    const first = await load(dir, { cacheDir });
+    expect(built(first.messages)).toBe(true);
+    const before = await stat(join(dir, 'model.safetensors'));
+    // same shapes (same size), new content; make sure the mtime moves even on coarse clocks
+    await makeTinyModel(dir, { family: 'qwen2', seed: 42, numLayers: 1, dModel: 32 });
+    const file = join(dir, 'model.safetensors');
+    const after = await stat(file);
+    expect(after.size).toBe(before.size);
+    if (Math.round(after.mtimeMs) === Math.round(before.mtimeMs)) {
+      const later = new Date(before.mtimeMs + 1000);
+      await utimes(file, later, later);
+    }
+    const second = await load(dir, { cacheDir });
+    expect(built(second.messages)).toBe(true);
+    expect(second.logits).not.toEqual(first.logits);
+    // a fresh cache on the new weights agrees with the rebuilt one
+    const fresh = await load(dir, { cacheDir: join(root, `cache-fresh-${counter++}`) });
+    expect(fresh.logits).toEqual(second.logits);
+  });
+});

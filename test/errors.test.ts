@@ -1,0 +1,222 @@
+/**
+ * Every bad input is an EmlensError whose message names the problem (and, where there is one, the fix).
+ */
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { EmlensError } from '../src/errors.js';
+import { loadModel, type Model } from '../src/model/model.js';
+import { CUDA_INSTALL_COMMAND, cudaAvailable } from '../src/model/session.js';
+import type { ModelSpec } from '../src/model/spec.js';
+import { makeTinyModel } from '../src/model/tiny.js';
+
+/** Awaits `p` and checks it rejects with an EmlensError whose message matches every pattern. */
+async function expectEmlensError(p: Promise<unknown> | (() => unknown), ...patterns: (string | RegExp)[]) {
+  let error: unknown;
+  try {
+    await (typeof p === 'function' ? p() : p);
+  } catch (e) {
+    error = e;
+  }
+  expect(error, 'expected an error').toBeInstanceOf(EmlensError);
+  const message = (error as Error).message;
+  for (const pattern of patterns) {
+    if (typeof pattern === 'string') expect(message).toContain(pattern);
+    else expect(message).toMatch(pattern);
+  }
+  return message;
+}
+
+let root: string;
+let dir: string;
+let cacheDir: string;
+let model: Model;
+let spec: ModelSpec;
+const ids = [5, 17, 99, 3];
+
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), 'emlens-errors-'));
+  dir = join(root, 'model');
+  cacheDir = join(root, 'cache');
+  spec = await makeTinyModel(dir, { family: 'qwen2', seed: 31 });
+  model = await loadModel(dir, { cacheDir, threads: 1 });
+});
+afterAll(async () => {
+  await model?.dispose();
+  await rm(root, { recursive: true, force: true });
+});
+
+describe('hooks', () => {
+  it('a misspelt hook suggests the right name', async () => {
+    await expectEmlensError(
+      model.forward([ids], { hooks: ['blocks.0.hook_resid_psot'] }),
+      "'blocks.0.hook_resid_psot'",
+      /did you mean 'blocks\.0\.hook_resid_post'/,
+    );
+  });
+
+  it('a hook of a layer beyond the model names the layers it has', async () => {
+    await expectEmlensError(
+      model.forward([ids], { hooks: [`blocks.${spec.numLayers}.hook_resid_post`] }),
+      `blocks.${spec.numLayers}.hook_resid_post`,
+      `0..${spec.numLayers - 1}`,
+    );
+  });
+
+  it('a misspelt hook in an intervention is reported the same way', async () => {
+    await expectEmlensError(
+      model.forward([ids], {
+        interventions: [
+          { kind: 'steer', hooks: ['blocks.1.hook_resid_psot'], vector: new Float32Array(spec.dModel) },
+        ],
+      }),
+      /did you mean 'blocks\.1\.hook_resid_post'/,
+    );
+  });
+});
+
+describe('token ids and batches', () => {
+  it('a token id outside the vocabulary', async () => {
+    await expectEmlensError(
+      model.forward([[1, 2, spec.vocabSize]]),
+      `Token id ${spec.vocabSize}`,
+      `0..${spec.vocabSize - 1}`,
+      /vocabulary/,
+    );
+    await expectEmlensError(model.forward([[1, -1]]), 'Token id -1', /vocabulary/);
+    await expectEmlensError(model.forward([[1, 2.5]]), 'Token id 2.5', /vocabulary/);
+  });
+
+  it('an empty batch', async () => {
+    await expectEmlensError(model.forward([]), /batch is empty/);
+  });
+
+  it('an empty row', async () => {
+    await expectEmlensError(model.forward([[1, 2], []]), /Sequence 1 .*empty/);
+  });
+});
+
+describe('interventions', () => {
+  it('a steering vector of the wrong length', async () => {
+    await expectEmlensError(
+      model.forward([ids], {
+        interventions: [
+          { kind: 'steer', hooks: ['blocks.0.hook_resid_post'], vector: new Float32Array(spec.dModel + 1) },
+        ],
+      }),
+      `${spec.dModel + 1} entries`,
+      `d_model is ${spec.dModel}`,
+    );
+  });
+
+  it('an ablation direction of the wrong length', async () => {
+    await expectEmlensError(
+      model.forward([ids], {
+        interventions: [
+          { kind: 'ablate', hooks: ['blocks.0.hook_resid_post'], directions: [new Float32Array(3)] },
+        ],
+      }),
+      '3 entries',
+      `d_model is ${spec.dModel}`,
+    );
+  });
+
+  it('an intervention on a non-residual hook (hook_attn_out)', async () => {
+    await expectEmlensError(
+      model.forward([ids], {
+        interventions: [
+          { kind: 'steer', hooks: ['blocks.0.hook_attn_out'], vector: new Float32Array(spec.dModel) },
+        ],
+      }),
+      'blocks.0.hook_attn_out',
+      /residual/,
+      /hook_resid_pre\|mid\|post/,
+    );
+  });
+
+  it('position weights of the wrong length', async () => {
+    await expectEmlensError(
+      model.forward([ids, ids], {
+        interventions: [
+          {
+            kind: 'steer',
+            hooks: ['blocks.0.hook_resid_post'],
+            vector: new Float32Array(spec.dModel),
+            positions: new Float32Array(ids.length),
+          },
+        ],
+      }),
+      `${ids.length} entries`,
+      `batch 2 x seq ${ids.length}`,
+    );
+  });
+});
+
+describe('KV cache and length', () => {
+  it('a cache with a different number of rows', async () => {
+    const first = await model.forward([ids, ids], { returnCache: true });
+    await expectEmlensError(model.forward([[7]], { cache: first.cache }), /cache holds 2 rows but 1/);
+  });
+
+  it('a sequence longer than maxPositions', async () => {
+    const short = await loadModel(dir, { cacheDir, maxPositions: 8, threads: 1 });
+    try {
+      expect(short.maxPositions).toBe(8);
+      await short.forward([[1, 2, 3, 4, 5, 6, 7, 8]]); // exactly fits
+      await expectEmlensError(
+        short.forward([[1, 2, 3, 4, 5, 6, 7, 8, 9]]),
+        'needs 9 positions',
+        'built for 8',
+        /maxPositions/,
+      );
+      // the cache counts too
+      const first = await short.forward([[1, 2, 3, 4, 5, 6]], { returnCache: true });
+      const second = await short.forward([[7, 8]], { cache: first.cache, returnCache: true });
+      await expectEmlensError(
+        short.forward([[9]], { cache: second.cache }),
+        'needs 9 positions',
+        'built for 8',
+      );
+    } finally {
+      await short.dispose();
+    }
+  });
+});
+
+describe('loading', () => {
+  it('a missing model folder', async () => {
+    const missing = join(root, 'does-not-exist');
+    await expectEmlensError(loadModel(missing, { cacheDir }), /config\.json/, missing);
+  });
+
+  it('a folder without config.json', async () => {
+    const empty = join(root, 'empty');
+    await mkdir(empty, { recursive: true });
+    await expectEmlensError(loadModel(empty, { cacheDir }), 'No config.json', empty);
+  });
+
+  it('an unsupported architecture lists the supported ones', async () => {
+    const gpt2 = join(root, 'gpt2');
+    await makeTinyModel(gpt2, { family: 'llama', seed: 32 });
+    const config = JSON.parse(await readFile(join(gpt2, 'config.json'), 'utf8'));
+    config.architectures = ['GPT2LMHeadModel'];
+    config.model_type = 'gpt2';
+    await writeFile(join(gpt2, 'config.json'), JSON.stringify(config));
+    await expectEmlensError(
+      loadModel(gpt2, { cacheDir }),
+      'GPT2LMHeadModel',
+      'LlamaForCausalLM',
+      'Qwen2ForCausalLM',
+      'MistralForCausalLM',
+    );
+  });
+
+  it.skipIf(cudaAvailable())(
+    "device 'cuda' without the CUDA provider names the install command",
+    async () => {
+      const message = await expectEmlensError(loadModel(dir, { cacheDir, device: 'cuda' }), 'cuda12', /CUDA/);
+      expect(message).toContain(CUDA_INSTALL_COMMAND);
+    },
+  );
+});
