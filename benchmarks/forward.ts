@@ -3,10 +3,11 @@
  * a MatMul ceiling measured in the same process. Writes benchmarks/results/forward.json.
  */
 import { existsSync } from 'node:fs';
-import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
-import { median, measureMatMulCeiling, peakRssMiB, timeRuns } from '../src/bench/hardware.js';
+import * as ort from 'onnxruntime-node';
+import { measureMatMulCeiling, median, peakRssMiB, timeRuns } from '../src/bench/hardware.js';
 import { loadModel } from '../src/model/model.js';
 import { makeTinyModel, QWEN25_05B_SHAPE } from '../src/model/tiny.js';
 
@@ -41,17 +42,28 @@ const results: Record<string, unknown>[] = [];
 for (const tokens of [128, 512]) {
   const ceiling = await measureMatMulCeiling(shapes, tokens, { reps });
   const input = [ids(tokens)];
-  const none = await timeRuns(() => model.forward(input), reps);
-  const allHooks = await timeRuns(() => model.forward(input, { hooks: ['blocks.*.hook_resid_post'] }), reps);
+  // Interleave the two conditions so drift in machine load hits both alike.
+  await model.forward(input);
+  const none: number[] = [];
+  const allHooks: number[] = [];
+  for (let r = 0; r < reps; r++) {
+    none.push(...(await timeRuns(() => model.forward(input), 1, 0)));
+    allHooks.push(
+      ...(await timeRuns(() => model.forward(input, { hooks: ['blocks.*.hook_resid_post'] }), 1, 0)),
+    );
+  }
   // FLOPs counted: the block GEMMs at every token plus the LM head at the one position whose logits we return.
+  // Attention score/value products are not counted (they are not "matmul params"); reported separately.
   const flops = 2 * matmulParams * tokens + 2 * spec.vocabSize * d;
   const gflops = flops / (median(none) * 1e6);
+  const attentionFlops = spec.numLayers * 4 * tokens * tokens * hd * h;
   const row = {
     tokens,
     medianMs: median(none),
     gflops,
     ceilingGflops: ceiling.gflops,
     ratioToCeiling: gflops / ceiling.gflops,
+    attentionGflop: attentionFlops / 1e9,
     medianMsAllResidPostHooks: median(allHooks),
     hookOverhead: median(allHooks) / median(none) - 1,
     runsMs: none,
@@ -63,20 +75,91 @@ for (const tokens of [128, 512]) {
   results.push(row);
 }
 
+const opShares = await profileOps(ids(512));
+
 const out = {
   benchmark: 'forward',
   date: new Date().toISOString(),
   machine: { cpus: cpus().length, cpuModel: cpus()[0]?.model, node: process.version },
-  model: { shape: 'Qwen2.5-0.5B (random weights)', layers: spec.numLayers, dModel: d, heads: h, kvHeads: kv, ff, vocab: spec.vocabSize, matmulParams },
+  model: {
+    shape: 'Qwen2.5-0.5B (random weights)',
+    layers: spec.numLayers,
+    dModel: d,
+    heads: h,
+    kvHeads: kv,
+    ff,
+    vocab: spec.vocabSize,
+    matmulParams,
+  },
   profile: model.profile,
   graphBuildMs: model.loadStats.graphBuildMs,
   sessionLoadMs: model.loadStats.sessionLoadMs,
   prefill: results,
+  opTimeShareAt512: opShares,
   peakRssMiB: peakRssMiB(),
   goals: { ratioAt512: '>= 0.9', hookOverheadAt512: '<= 0.05' },
   command: 'npm run bench:forward',
 };
 await mkdir(join(import.meta.dirname, 'results'), { recursive: true });
 await writeFile(join(import.meta.dirname, 'results', 'forward.json'), `${JSON.stringify(out, null, 2)}\n`);
-log(`graph build ${(out.graphBuildMs / 1000).toFixed(1)} s, session load ${(out.sessionLoadMs / 1000).toFixed(1)} s, peak RSS ${out.peakRssMiB.toFixed(0)} MiB`);
+log(
+  `graph build ${(out.graphBuildMs / 1000).toFixed(1)} s, session load ${(out.sessionLoadMs / 1000).toFixed(1)} s, peak RSS ${out.peakRssMiB.toFixed(0)} MiB`,
+);
 await model.dispose();
+
+/** Share of onnxruntime kernel time per op type for one 512-token prefill, from ORT's own profiler. */
+async function profileOps(tokens: number[]): Promise<Record<string, number>> {
+  const folder = (await readdir(cacheDir)).find((f) => !f.includes('.tmp-'))!;
+  const session = await ort.InferenceSession.create(join(cacheDir, folder, 'model-last-plain.onnx'), {
+    enableProfiling: true,
+    profileFilePrefix: join(work, 'ort-profile'),
+  });
+  const n = tokens.length;
+  const kv = () => new ort.Tensor('float32', new Float32Array(0), [1, kvHeads, 0, hd]);
+  const kvHeads = spec.numKvHeads;
+  const feeds: Record<string, ort.Tensor> = {
+    input_ids: new ort.Tensor('int64', BigInt64Array.from(tokens.map(BigInt)), [1, n]),
+    attention_mask: new ort.Tensor('int64', new BigInt64Array(n).fill(1n), [1, n]),
+    position_ids: new ort.Tensor(
+      'int64',
+      BigInt64Array.from({ length: n }, (_, i) => BigInt(i)),
+      [1, n],
+    ),
+  };
+  for (let i = 0; i < spec.numLayers; i++) {
+    feeds[`past_key_values.${i}.key`] = kv();
+    feeds[`past_key_values.${i}.value`] = kv();
+  }
+  for (let r = 0; r < 2; r++) await session.run(feeds, ['logits']);
+  session.endProfiling();
+  await session.release();
+  const file = (await readdir(work))
+    .filter((f) => f.startsWith('ort-profile'))
+    .sort()
+    .pop()!;
+  const events = JSON.parse(await readFile(join(work, file), 'utf8')) as {
+    cat: string;
+    name: string;
+    dur: number;
+    args: { op_name?: string };
+  }[];
+  const byOp = new Map<string, number>();
+  for (const e of events) {
+    if (e.cat === 'Node' && e.name.endsWith('_kernel_time') && e.args.op_name) {
+      byOp.set(e.args.op_name, (byOp.get(e.args.op_name) ?? 0) + e.dur);
+    }
+  }
+  const total = [...byOp.values()].reduce((a, b) => a + b, 0);
+  const shares = Object.fromEntries(
+    [...byOp]
+      .sort((a, b) => b[1] - a[1])
+      .filter(([, t]) => t / total >= 0.002)
+      .map(([op, t]) => [op, Number((t / total).toFixed(4))]),
+  );
+  log(
+    `kernel time by op at ${n} tokens: ${Object.entries(shares)
+      .map(([k, v]) => `${k} ${(v * 100).toFixed(1)}%`)
+      .join(', ')}`,
+  );
+  return shares;
+}

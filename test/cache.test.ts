@@ -115,3 +115,34 @@ describe('graph cache', () => {
     expect(fresh.logits).toEqual(second.logits);
   });
 });
+
+describe('graph variants share one weights file', () => {
+  it('the all-logits and intervention graphs reuse the external data without reading the weights again', async () => {
+    const { dir, cacheDir } = await setup();
+    const messages: string[] = [];
+    const m = await loadModel(dir, { threads: 1, cacheDir, onProgress: (s) => messages.push(s) });
+    try {
+      expect(messages.filter((s) => s.includes('reading weights'))).toHaveLength(1);
+      const all = await m.forward([[3, 1, 4]], { logits: 'all' });
+      const steered = await m.forward([[3, 1, 4]], {
+        interventions: [{ kind: 'steer', hooks: ['blocks.0.hook_resid_post'], vector: new Float32Array(32) }],
+      });
+      expect(all.logits.dims).toEqual([1, 3, m.spec.vocabSize]);
+      // a zero steer through the intervention graph equals the plain graph's last position
+      expect(steered.logits.data).toEqual(all.logits.data.slice(2 * m.spec.vocabSize));
+      expect(messages.filter((s) => s.includes('reading weights'))).toHaveLength(1);
+      expect(messages.some((s) => s.includes('built model-all-plain.onnx'))).toBe(true);
+      expect(messages.some((s) => s.includes('built model-last-interventions.onnx'))).toBe(true);
+    } finally {
+      await m.dispose();
+    }
+    const [folder] = await readdir(cacheDir);
+    const files = (await readdir(join(cacheDir, folder))).sort();
+    expect(files.filter((f) => f.endsWith('.data'))).toEqual(['model.onnx.data']);
+    expect(files.filter((f) => f.endsWith('.onnx'))).toEqual([
+      'model-all-plain.onnx',
+      'model-last-interventions.onnx',
+      'model-last-plain.onnx',
+    ]);
+  });
+});

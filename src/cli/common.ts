@@ -7,9 +7,17 @@ export function addModelOptions(cmd: Command): Command {
   return cmd
     .requiredOption('--model <dir>', 'Hugging Face model folder (config.json, *.safetensors, tokenizer.json)')
     .addOption(new Option('--device <device>', 'execution provider').choices(['cpu', 'cuda']).default('cpu'))
-    .addOption(new Option('--profile <profile>', 'graph precision (default: fp32 on cpu, fp16 on cuda)').choices(['fp32', 'fp16']))
+    .addOption(
+      new Option('--profile <profile>', 'graph precision (default: fp32 on cpu, fp16 on cuda)').choices([
+        'fp32',
+        'fp16',
+      ]),
+    )
     .option('--threads <n>', 'intra-op threads (default: one per core)', positiveInt)
-    .option('--cache-dir <dir>', 'where built graphs are kept (default $EMLENS_CACHE_DIR or ~/.cache/emlens)');
+    .option(
+      '--cache-dir <dir>',
+      'where built graphs are kept (default $EMLENS_CACHE_DIR or ~/.cache/emlens)',
+    );
 }
 
 export interface ModelFlags {
@@ -40,7 +48,9 @@ export function positiveInt(value: string): number {
 export function parseIdList(value: string): number[] {
   const ids = value.split(',').map((s) => s.trim());
   if (ids.some((s) => !/^\d+$/.test(s))) {
-    throw new EmlensError(`--ids '${value}' is not a comma-separated list of token ids; write it like --ids 1,2,3.`);
+    throw new EmlensError(
+      `--ids '${value}' is not a comma-separated list of token ids; write it like --ids 1,2,3.`,
+    );
   }
   return ids.map(Number);
 }

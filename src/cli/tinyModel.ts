@@ -15,12 +15,18 @@ export function registerTinyModel(program: Command): void {
   program
     .command('tiny-model')
     .description('write a small deterministic random model as a real Hugging Face folder')
-    .addOption(new Option('--family <family>', 'architecture family').choices(['qwen2', 'llama', 'mistral']).default('qwen2'))
+    .addOption(
+      new Option('--family <family>', 'architecture family')
+        .choices(['qwen2', 'llama', 'mistral'])
+        .default('qwen2'),
+    )
     .requiredOption('--out <dir>', 'output folder')
     .option('--seed <n>', 'random seed', positiveInt, 1)
     .option('--layers <n>', 'number of blocks', positiveInt)
     .option('--d-model <n>', 'hidden size', positiveInt)
-    .addOption(new Option('--dtype <dtype>', 'stored weight dtype').choices(['F32', 'BF16', 'F16']).default('F32'))
+    .addOption(
+      new Option('--dtype <dtype>', 'stored weight dtype').choices(['F32', 'BF16', 'F16']).default('F32'),
+    )
     .action(async (flags: TinyFlags) => {
       const spec = await makeTinyModel(flags.out, {
         family: flags.family,
@@ -29,6 +35,8 @@ export function registerTinyModel(program: Command): void {
         dModel: flags.dModel,
         dtype: flags.dtype,
       });
-      console.log(`wrote ${spec.architecture} (${spec.numLayers} layers, d_model ${spec.dModel}) to ${flags.out}`);
+      console.log(
+        `wrote ${spec.architecture} (${spec.numLayers} layers, d_model ${spec.dModel}) to ${flags.out}`,
+      );
     });
 }

@@ -27,7 +27,9 @@ export function registerTrace(program: Command): void {
         throw new EmlensError('Give exactly one of --text or --ids.');
       }
       const ids =
-        flags.ids !== undefined ? parseIdList(flags.ids) : (await loadTokenizer(flags.model)).encode(flags.text ?? '');
+        flags.ids !== undefined
+          ? parseIdList(flags.ids)
+          : (await loadTokenizer(flags.model)).encode(flags.text ?? '');
       const model = await loadModel(flags.model, loadOptions(flags));
       const trace = await traceTokens(model, ids, [flags.hooks]);
       await writeTrace(flags.out, trace, {

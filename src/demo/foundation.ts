@@ -20,7 +20,10 @@ export async function runFoundationDemo(outDir: string, print: (line: string) =>
   const spec = await makeTinyModel(modelDir, { family: 'qwen2', seed: 7, numLayers: 4, dModel: 64 });
   print(`made ${spec.architecture}: ${spec.numLayers} layers, d_model ${spec.dModel} -> ${modelDir}`);
 
-  const model = await loadModel(modelDir, { cacheDir: join(outDir, 'cache'), onProgress: (m) => print(`  ${m}`) });
+  const model = await loadModel(modelDir, {
+    cacheDir: join(outDir, 'cache'),
+    onProgress: (m) => print(`  ${m}`),
+  });
   const tokenizer = await loadTokenizer(modelDir);
   const text = 'The assistant answers the question honestly.';
   const ids = tokenizer.encode(text);
@@ -56,7 +59,9 @@ export async function runFoundationDemo(outDir: string, print: (line: string) =>
     return `${id} ${JSON.stringify(tokenizer.decode([id]))}`;
   };
   print(`steer/ablate along the layer-${layer} residual direction (|v| = ${norm(direction).toFixed(3)}):`);
-  print(`  projection at ${hook}: base ${along(base).toFixed(3)}, +2v ${along(steered).toFixed(3)}, ablated ${along(ablated).toFixed(6)}`);
+  print(
+    `  projection at ${hook}: base ${along(base).toFixed(3)}, +2v ${along(steered).toFixed(3)}, ablated ${along(ablated).toFixed(6)}`,
+  );
   print(`  next-token argmax: base ${top(base)}, steered ${top(steered)}, ablated ${top(ablated)}`);
   await model.dispose();
 }

@@ -16,17 +16,23 @@ export interface PaddedBatch {
  * count real tokens only, as HF `generate` derives them from the mask (`cumsum(mask) - 1`, pads get 1), so a
  * padded row computes exactly what it would alone.
  */
-export function leftPad(sequences: readonly (readonly number[])[], padId: number, vocabSize: number): PaddedBatch {
+export function leftPad(
+  sequences: readonly (readonly number[])[],
+  padId: number,
+  vocabSize: number,
+): PaddedBatch {
   if (sequences.length === 0) throw new EmlensError('The batch is empty; pass at least one token sequence.');
   const seq = Math.max(...sequences.map((s) => s.length));
-  if (seq === 0) throw new EmlensError('Every sequence in the batch is empty; pass at least one token id per row.');
+  if (seq === 0)
+    throw new EmlensError('Every sequence in the batch is empty; pass at least one token id per row.');
   const batch = sequences.length;
   const inputIds = new BigInt64Array(batch * seq);
   const attentionMask = new BigInt64Array(batch * seq);
   const positionIds = new BigInt64Array(batch * seq);
   const padding: number[] = [];
   sequences.forEach((s, b) => {
-    if (s.length === 0) throw new EmlensError(`Sequence ${b} of the batch is empty; pass at least one token id per row.`);
+    if (s.length === 0)
+      throw new EmlensError(`Sequence ${b} of the batch is empty; pass at least one token id per row.`);
     const pad = seq - s.length;
     padding.push(pad);
     for (let p = 0; p < seq; p++) {

@@ -2,7 +2,13 @@ import { distance } from 'fastest-levenshtein';
 import { EmlensError } from '../errors.js';
 
 /** Per-block hook points, named as in TransformerLens. */
-export const BLOCK_HOOKS = ['hook_resid_pre', 'hook_resid_mid', 'hook_resid_post', 'hook_attn_out', 'hook_mlp_out'] as const;
+export const BLOCK_HOOKS = [
+  'hook_resid_pre',
+  'hook_resid_mid',
+  'hook_resid_post',
+  'hook_attn_out',
+  'hook_mlp_out',
+] as const;
 export type BlockHook = (typeof BLOCK_HOOKS)[number];
 
 export function hookName(layer: number, hook: BlockHook): string {
@@ -30,7 +36,10 @@ export function resolveHooks(patterns: readonly string[], numLayers: number): st
   const all = allHookNames(numLayers);
   const chosen = new Set<string>();
   for (const raw of patterns) {
-    for (const pattern of raw.split(',').map((p) => p.trim()).filter(Boolean)) {
+    for (const pattern of raw
+      .split(',')
+      .map((p) => p.trim())
+      .filter(Boolean)) {
       const re = patternToRegExp(pattern);
       const hits = all.filter((n) => re.test(n));
       if (hits.length === 0) {

@@ -103,7 +103,10 @@ export class Model {
       weightsKey = await fileFingerprint(probe.files);
       await probe.close();
     }
-    const folder = join(opts.cacheDir ?? defaultCacheDir(), cacheKey({ spec, weightsKey, profile, maxPositions }));
+    const folder = join(
+      opts.cacheDir ?? defaultCacheDir(),
+      cacheKey({ spec, weightsKey, profile, maxPositions }),
+    );
     const progress = opts.onProgress ?? (() => {});
     const open = async (variant: GraphVariant) => {
       const t0 = performance.now();
@@ -123,10 +126,13 @@ export class Model {
         await source?.close();
       }
       const t1 = performance.now();
-      if (graph.built) progress(`built ${graphFileName(variant)} in ${((t1 - t0) / 1000).toFixed(1)} s -> ${folder}`);
+      if (graph.built)
+        progress(`built ${graphFileName(variant)} in ${((t1 - t0) / 1000).toFixed(1)} s -> ${folder}`);
       const session = await createSession(graph.path, { device, threads: opts.threads });
       const t2 = performance.now();
-      progress(`session ready (${device}, ${profile}, ${graphFileName(variant)}) in ${((t2 - t1) / 1000).toFixed(1)} s`);
+      progress(
+        `session ready (${device}, ${profile}, ${graphFileName(variant)}) in ${((t2 - t1) / 1000).toFixed(1)} s`,
+      );
       if (variant.logits === 'last' && !variant.interventions) {
         model.stats = { built: graph.built, graphBuildMs: t1 - t0, sessionLoadMs: t2 - t1 };
       }
@@ -178,7 +184,9 @@ export class Model {
     const pad = spec.padTokenId ?? spec.eosTokenIds[0] ?? 0;
     const cache = opts.cache;
     if (cache && ids.length !== cache.batch) {
-      throw new EmlensError(`The cache holds ${cache.batch} rows but ${ids.length} were given; pass one row per cached row.`);
+      throw new EmlensError(
+        `The cache holds ${cache.batch} rows but ${ids.length} were given; pass one row per cached row.`,
+      );
     }
     const b = leftPad(ids, pad, spec.vocabSize);
     if (cache && b.padding.some((p) => p > 0)) {
@@ -231,7 +239,10 @@ export class Model {
     if (opts.returnCache) {
       for (let i = 0; i < spec.numLayers; i++) fetches.push(IO.presentKey(i), IO.presentValue(i));
     }
-    const session = await this.session({ logits: opts.logits ?? 'last', interventions: interventions.length > 0 });
+    const session = await this.session({
+      logits: opts.logits ?? 'last',
+      interventions: interventions.length > 0,
+    });
     const out = await session.run(feeds, fetches);
     const asF32 = (t: ort.Tensor): Float32Tensor => ({ data: t.data as Float32Array, dims: t.dims });
     const result: ForwardResult = {

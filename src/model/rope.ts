@@ -26,7 +26,8 @@ export function ropeInvFreq(spec: ModelSpec): Float32Array {
       inv[i] = f(inv[i] / s.factor);
     } else if (wavelen >= highFreqWavelen) {
       const smooth = f(
-        f(f(f(s.originalMaxPositionEmbeddings) / wavelen) - s.lowFreqFactor) / f(s.highFreqFactor - s.lowFreqFactor),
+        f(f(f(s.originalMaxPositionEmbeddings) / wavelen) - s.lowFreqFactor) /
+          f(s.highFreqFactor - s.lowFreqFactor),
       );
       // Same association as the Python expression `(1 - smooth) * inv / factor + smooth * inv`.
       inv[i] = f(f(f(f(1 - smooth) * inv[i]) / s.factor) + f(smooth * inv[i]));

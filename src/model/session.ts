@@ -47,5 +47,7 @@ export async function createSession(modelPath: string, opts: SessionOptions): Pr
 export function cudaAvailable(): boolean {
   const pkgDir = dirname(createRequire(import.meta.url).resolve('onnxruntime-node/package.json'));
   const binDir = join(pkgDir, 'bin', 'napi-v6', process.platform, process.arch);
-  return ['libonnxruntime_providers_cuda.so', 'onnxruntime_providers_cuda.dll'].some((f) => existsSync(join(binDir, f)));
+  return ['libonnxruntime_providers_cuda.so', 'onnxruntime_providers_cuda.dll'].some((f) =>
+    existsSync(join(binDir, f)),
+  );
 }

@@ -11,10 +11,15 @@ export interface Trace {
 }
 
 /** Runs one token sequence and keeps the requested hooks per token. */
-export async function traceTokens(model: Model, ids: readonly number[], hooks: readonly string[]): Promise<Trace> {
+export async function traceTokens(
+  model: Model,
+  ids: readonly number[],
+  hooks: readonly string[],
+): Promise<Trace> {
   const r = await model.forward([ids], { hooks });
   const perToken = new Map<string, Float32Tensor>();
-  for (const [name, t] of r.hooks) perToken.set(name, { data: t.data, dims: [ids.length, model.spec.dModel] });
+  for (const [name, t] of r.hooks)
+    perToken.set(name, { data: t.data, dims: [ids.length, model.spec.dModel] });
   return { ids, hooks: perToken, logits: { data: r.logits.data, dims: [model.spec.vocabSize] } };
 }
 
@@ -22,7 +27,11 @@ export async function traceTokens(model: Model, ids: readonly number[], hooks: r
  * Writes a trace as safetensors that Python's `safetensors.torch.load_file` reads: one F32 tensor per hook
  * (named by hook), `input_ids` (I64 `[pos]`) and `logits` (F32 `[vocab]`, last position).
  */
-export async function writeTrace(path: string, trace: Trace, metadata: Record<string, string>): Promise<void> {
+export async function writeTrace(
+  path: string,
+  trace: Trace,
+  metadata: Record<string, string>,
+): Promise<void> {
   const tensors: Record<string, { dtype: 'F32' | 'I64'; shape: readonly number[]; data: ArrayBufferView }> = {
     input_ids: { dtype: 'I64', shape: [trace.ids.length], data: BigInt64Array.from(trace.ids.map(BigInt)) },
     logits: { dtype: 'F32', shape: trace.logits.dims, data: trace.logits.data },

@@ -92,12 +92,17 @@ export class GraphBuilder {
   }
 
   /** A constant tensor as an initializer; big ones go to the external data file. */
-  initializer(name: string, type: ElemType, dims: readonly number[], data: ArrayBufferView): string {
+  private checkedBytes(name: string, type: ElemType, dims: readonly number[], data: ArrayBufferView): Uint8Array {
     const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
     const expected = dims.reduce((a, b) => a * b, 1) * ELEM_BYTES[type];
     if (bytes.length !== expected) {
       throw new Error(`Initializer '${name}' has ${bytes.length} bytes, expected ${expected}.`);
     }
+    return bytes;
+  }
+
+  initializer(name: string, type: ElemType, dims: readonly number[], data: ArrayBufferView): string {
+    const bytes = this.checkedBytes(name, type, dims, data);
     this.claim(name);
     if (this.external && bytes.length > INLINE_LIMIT_BYTES) {
       const at = this.external.append(name, bytes);
@@ -123,12 +128,13 @@ export class GraphBuilder {
     dims: readonly number[],
     produce: () => Promise<ArrayBufferView> | ArrayBufferView,
   ): Promise<string> {
+    if (!this.external) return this.initializer(name, type, dims, await produce());
     const length = dims.reduce((a, b) => a * b, 1) * ELEM_BYTES[type];
-    if (!this.external || this.external.writing || length <= INLINE_LIMIT_BYTES) {
-      return this.initializer(name, type, dims, await produce());
-    }
+    // Weights always live in external data, whatever their size, so a reused data file holds all of them.
+    const at = this.external.writing
+      ? this.external.append(name, this.checkedBytes(name, type, dims, await produce()))
+      : this.external.locate(name, length);
     this.claim(name);
-    const at = this.external.locate(name, length);
     this.initializers.push({ name, type, dims, data: { kind: 'external', location: this.external.location, ...at } });
     return name;
   }
@@ -161,7 +167,11 @@ export class GraphBuilder {
     return name;
   }
 
-  encode(opsets: readonly OpsetImport[], metadata: Record<string, string>, producerVersion: string): Uint8Array {
+  encode(
+    opsets: readonly OpsetImport[],
+    metadata: Record<string, string>,
+    producerVersion: string,
+  ): Uint8Array {
     return encodeModel(
       {
         name: this.name,

@@ -41,7 +41,9 @@ export class ExternalData {
   locate(name: string, length: number): { offset: number; length: number } {
     const at = this.existing?.[name];
     if (!at || at[1] !== length) {
-      throw new Error(`External data index has no '${name}' of ${length} bytes; delete the cache folder to rebuild.`);
+      throw new Error(
+        `External data index has no '${name}' of ${length} bytes; delete the cache folder to rebuild.`,
+      );
     }
     return { offset: at[0], length };
   }

@@ -49,7 +49,12 @@ export interface NodeSpec {
 /** Where an initializer's bytes live: inline in the protobuf, or at an offset of the external data file. */
 export type InitializerData =
   | { readonly kind: 'inline'; readonly bytes: Uint8Array }
-  | { readonly kind: 'external'; readonly location: string; readonly offset: number; readonly length: number };
+  | {
+      readonly kind: 'external';
+      readonly location: string;
+      readonly offset: number;
+      readonly length: number;
+    };
 
 export interface Initializer {
   readonly name: string;

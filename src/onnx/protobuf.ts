@@ -4,7 +4,7 @@
  * writer stateless and the ONNX encoder a plain function per message type.
  */
 
-const enum WireType {
+enum WireType {
   Varint = 0,
   Fixed64 = 1,
   LengthDelimited = 2,

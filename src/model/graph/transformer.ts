@@ -43,7 +43,9 @@ export const IO = {
  * `blocks.{i-1}.hook_resid_post`; the model serves it from there rather than paying a copy per layer.
  */
 export function graphHookName(layer: number, hook: BlockHook): string {
-  return hook === 'hook_resid_pre' && layer > 0 ? hookName(layer - 1, 'hook_resid_post') : hookName(layer, hook);
+  return hook === 'hook_resid_pre' && layer > 0
+    ? hookName(layer - 1, 'hook_resid_post')
+    : hookName(layer, hook);
 }
 
 /**
@@ -68,7 +70,11 @@ export async function emitTransformer(
   const sites = siteCount(spec.numLayers);
 
   /** A weight initializer in the graph's element type, produced only if the data file is being written. */
-  const weight = (name: string, dims: readonly number[], produce: () => Promise<Float32Array> | Float32Array) =>
+  const weight = (
+    name: string,
+    dims: readonly number[],
+    produce: () => Promise<Float32Array> | Float32Array,
+  ) =>
     g.weight(name, T, dims, async () => {
       const data = await produce();
       return half ? f32ToF16(data) : data;
@@ -151,9 +157,14 @@ export async function emitTransformer(
   };
 
   // ---- embeddings
-  const embed = await weight('model.embed_tokens.weight', [spec.vocabSize, d], () => read('model.embed_tokens.weight'));
+  const embed = await weight('model.embed_tokens.weight', [spec.vocabSize, d], () =>
+    read('model.embed_tokens.weight'),
+  );
   const pre0 = hookTarget(0, 'hook_resid_pre');
-  const embedded = g.node('Gather', [embed, ids], { outputs: [iv ? g.fresh('embedded') : pre0], attrs: { axis: { int: 0 } } })[0]; // [batch, seq, d]
+  const embedded = g.node('Gather', [embed, ids], {
+    outputs: [iv ? g.fresh('embedded') : pre0],
+    attrs: { axis: { int: 0 } },
+  })[0]; // [batch, seq, d]
   let x = iv ? intervene(embedded, 0, pre0) : embedded;
   publish(x, 0, 'hook_resid_pre');
 
@@ -218,7 +229,9 @@ export async function emitTransformer(
       w: await weight(`${p}.mlp.${name}.weight`, [inDim, outDim], () =>
         readTransposed(`${p}.mlp.${name}.weight`, outDim, inDim),
       ),
-      b: spec.mlpBias ? await weight(`${p}.mlp.${name}.bias`, [outDim], () => read(`${p}.mlp.${name}.bias`)) : null,
+      b: spec.mlpBias
+        ? await weight(`${p}.mlp.${name}.bias`, [outDim], () => read(`${p}.mlp.${name}.bias`))
+        : null,
     });
     const gateP = await proj('gate_proj', d, ff);
     const upP = await proj('up_proj', d, ff);
