@@ -1,7 +1,10 @@
 import { Command, CommanderError } from 'commander';
 import { EmlensError } from '../errors.js';
+import { registerCollect } from './collect.js';
 import { registerDemo } from './demo.js';
+import { registerGenerate } from './generate.js';
 import { registerInfo } from './info.js';
+import { registerStore } from './store.js';
 import { registerTinyModel } from './tinyModel.js';
 import { registerTrace } from './trace.js';
 
@@ -13,6 +16,9 @@ export function buildProgram(): Command {
     .showHelpAfterError();
   registerInfo(program);
   registerTrace(program);
+  registerGenerate(program);
+  registerCollect(program);
+  registerStore(program);
   registerTinyModel(program);
   registerDemo(program);
   return program;

@@ -1,0 +1,81 @@
+import { type Command, InvalidArgumentError, Option } from 'commander';
+import { collectToStore } from '../activations/collect.js';
+import { responsesToRecords } from '../activations/records.js';
+import { REDUCTIONS, type Reduction } from '../activations/reduce.js';
+import { readResponses } from '../eval/responses.js';
+import { loadModel } from '../model/model.js';
+import { loadTokenizer } from '../text/tokenizer.js';
+import { addModelOptions, loadOptions, type ModelFlags, positiveInt } from './common.js';
+import { createProgress } from './progress.js';
+
+interface CollectFlags extends ModelFlags {
+  readonly data: string;
+  readonly out: string;
+  readonly hooks: string;
+  readonly reduce: Reduction;
+  readonly span: 'after-user' | 'content';
+  readonly batchSize: number;
+  readonly shardSize: number;
+  readonly resume?: boolean;
+  readonly shard?: { index: number; count: number };
+  readonly adapter?: string;
+}
+
+/** `2/8` -> { index: 2, count: 8 }. */
+export function parseSlice(value: string): { index: number; count: number } {
+  const m = /^(\d+)\/(\d+)$/.exec(value);
+  if (!m || Number(m[1]) >= Number(m[2]))
+    throw new InvalidArgumentError('expected i/N with 0 <= i < N, e.g. 0/4.');
+  return { index: Number(m[1]), count: Number(m[2]) };
+}
+
+export function registerCollect(program: Command): void {
+  addModelOptions(
+    program.command('collect').description('collect residual activations of responses into a store'),
+  )
+    .requiredOption('--data <file>', 'responses (.csv or .jsonl with question and answer columns)')
+    .requiredOption('--out <dir>', 'activation store folder, e.g. activations/misaligned')
+    .option('--hooks <patterns>', 'hooks to keep, comma-separated', 'blocks.*.hook_resid_post')
+    .addOption(
+      new Option('--reduce <how>', 'per-record reduction').choices([...REDUCTIONS]).default('answer_mean'),
+    )
+    .addOption(
+      new Option('--span <span>', 'answer tokens: after the user turn, or the content only')
+        .choices(['after-user', 'content'])
+        .default('after-user'),
+    )
+    .option('--batch-size <n>', 'records per forward pass', positiveInt, 8)
+    .option('--shard-size <n>', 'records per shard file', positiveInt, 256)
+    .option('--resume', 'continue an interrupted run in --out')
+    .option(
+      '--shard <i/N>',
+      'process only slice i of N (merge the slices with `emlens store merge`)',
+      parseSlice,
+    )
+    .action(async (flags: CollectFlags) => {
+      const responses = await readResponses(flags.data);
+      const tokenizer = await loadTokenizer(flags.model);
+      const records = responsesToRecords(tokenizer, responses, flags.span);
+      const model = await loadModel(flags.model, loadOptions(flags));
+      const progress = createProgress('collect', records.length);
+      try {
+        const m = await collectToStore(model, records, flags.out, {
+          hooks: [flags.hooks],
+          reduce: flags.reduce,
+          batchSize: flags.batchSize,
+          shardSize: flags.shardSize,
+          resume: flags.resume,
+          slice: flags.shard,
+          adapter: flags.adapter ?? null,
+          onProgress: (done) => progress.update(done),
+        });
+        progress.stop();
+        console.log(
+          `${flags.out}: ${m.records} records x ${m.hooks.length} hooks (${m.reduce}) in ${m.shards.length} shards${m.slice ? `, slice ${m.slice.index}/${m.slice.count}` : ''}`,
+        );
+      } finally {
+        progress.stop();
+        await model.dispose();
+      }
+    });
+}
