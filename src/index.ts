@@ -23,6 +23,21 @@ export {
   type Steer,
 } from './model/interventions.js';
 export {
+  LoraAdapter,
+  type LoraConfig,
+  type LoraFactors,
+  LoraMergedWeights,
+  type LoraModule,
+  type LoraReplacement,
+  loadAdapter,
+  loraScaling,
+  mergeLora,
+  type PeftAdapterOptions,
+  parseLoraConfig,
+  targetsModule,
+  writePeftAdapter,
+} from './model/lora.js';
+export {
   type ForwardOptions,
   type ForwardResult,
   type KVCache,

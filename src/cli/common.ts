@@ -14,9 +14,10 @@ export function addModelOptions(cmd: Command): Command {
       ]),
     )
     .option('--threads <n>', 'intra-op threads (default: one per core)', positiveInt)
+    .option('--cache-dir <dir>', 'where built graphs are kept (default $EMLENS_CACHE_DIR or ~/.cache/emlens)')
     .option(
-      '--cache-dir <dir>',
-      'where built graphs are kept (default $EMLENS_CACHE_DIR or ~/.cache/emlens)',
+      '--adapter <dir>',
+      'PEFT LoRA adapter folder merged into the weights (adapter_config.json, adapter_model.safetensors)',
     );
 }
 
@@ -26,6 +27,7 @@ export interface ModelFlags {
   readonly profile?: 'fp32' | 'fp16';
   readonly threads?: number;
   readonly cacheDir?: string;
+  readonly adapter?: string;
 }
 
 export function loadOptions(flags: ModelFlags): LoadModelOptions {
@@ -34,6 +36,7 @@ export function loadOptions(flags: ModelFlags): LoadModelOptions {
     profile: flags.profile,
     threads: flags.threads,
     cacheDir: flags.cacheDir,
+    adapter: flags.adapter,
     onProgress: (m) => process.stderr.write(`emlens: ${m}\n`),
   };
 }

@@ -29,7 +29,9 @@ function parseScore(raw: unknown, file: string, row: number, column: string): nu
   if (s === '' || /^(nan|none|null|code|refusal)$/i.test(s)) return null;
   const x = Number(s);
   if (!Number.isFinite(x)) {
-    throw new EmlensError(`${file} row ${row}: column '${column}' holds '${s}', not a number; fix the cell or leave it empty.`);
+    throw new EmlensError(
+      `${file} row ${row}: column '${column}' holds '${s}', not a number; fix the cell or leave it empty.`,
+    );
   }
   return x;
 }
@@ -48,9 +50,14 @@ function looksNumericColumn(rows: readonly Record<string, unknown>[], column: st
 }
 
 function toRecords(rows: Record<string, unknown>[], file: string): ResponseRecord[] {
-  if (rows.length === 0) throw new EmlensError(`${file} has no rows; it needs question_id, question and answer columns.`);
+  if (rows.length === 0)
+    throw new EmlensError(`${file} has no rows; it needs question_id, question and answer columns.`);
   const columns = Object.keys(rows[0]);
-  const answerColumn = columns.includes('answer') ? 'answer' : columns.includes('response') ? 'response' : null;
+  const answerColumn = columns.includes('answer')
+    ? 'answer'
+    : columns.includes('response')
+      ? 'response'
+      : null;
   for (const required of ['question', answerColumn ?? 'answer']) {
     if (!columns.includes(required)) {
       throw new EmlensError(
@@ -58,15 +65,19 @@ function toRecords(rows: Record<string, unknown>[], file: string): ResponseRecor
       );
     }
   }
-  const metrics = columns.filter((c) => !TEXT_COLUMNS.has(c) && !NON_METRIC.has(c) && looksNumericColumn(rows, c));
+  const metrics = columns.filter(
+    (c) => !TEXT_COLUMNS.has(c) && !NON_METRIC.has(c) && looksNumericColumn(rows, c),
+  );
   return rows.map((r, i) => {
     const scores: Record<string, number | null> = {};
     for (const m of metrics) scores[m] = parseScore(r[m], file, i + 1, m);
     const extra: Record<string, string> = {};
     for (const c of columns) {
-      if (!TEXT_COLUMNS.has(c) && !metrics.includes(c) && r[c] !== undefined && r[c] !== null) extra[c] = String(r[c]);
+      if (!TEXT_COLUMNS.has(c) && !metrics.includes(c) && r[c] !== undefined && r[c] !== null)
+        extra[c] = String(r[c]);
     }
-    const system = r.system === undefined || r.system === null || r.system === '' ? undefined : String(r.system);
+    const system =
+      r.system === undefined || r.system === null || r.system === '' ? undefined : String(r.system);
     return {
       questionId: String(r.question_id ?? `row${i}`),
       question: String(r.question ?? ''),
@@ -92,7 +103,9 @@ export async function readResponses(path: string): Promise<ResponseRecord[]> {
     try {
       rows = parse(text, { columns: true, skip_empty_lines: true, relax_column_count: false, bom: true });
     } catch (e) {
-      throw new EmlensError(`${path} is not valid CSV (${(e as Error).message.split('\n')[0]}); fix the file.`);
+      throw new EmlensError(
+        `${path} is not valid CSV (${(e as Error).message.split('\n')[0]}); fix the file.`,
+      );
     }
     return toRecords(rows, path);
   }
@@ -105,7 +118,9 @@ export async function readResponses(path: string): Promise<ResponseRecord[]> {
         try {
           return JSON.parse(l) as Record<string, unknown>;
         } catch (e) {
-          throw new EmlensError(`${path} line ${i + 1} is not valid JSON (${(e as Error).message}); fix that line.`);
+          throw new EmlensError(
+            `${path} line ${i + 1} is not valid JSON (${(e as Error).message}); fix that line.`,
+          );
         }
       });
     return toRecords(rows, path);
@@ -117,7 +132,11 @@ function toRows(records: readonly ResponseRecord[]): Record<string, string | num
   const metrics = [...new Set(records.flatMap((r) => Object.keys(r.scores)))];
   const extras = [...new Set(records.flatMap((r) => Object.keys(r.extra)))];
   return records.map((r) => {
-    const row: Record<string, string | number> = { question_id: r.questionId, question: r.question, answer: r.answer };
+    const row: Record<string, string | number> = {
+      question_id: r.questionId,
+      question: r.question,
+      answer: r.answer,
+    };
     if (records.some((x) => x.system !== undefined)) row.system = r.system ?? '';
     for (const m of metrics) row[m] = r.scores[m] ?? '';
     for (const e of extras) row[e] = r.extra[e] ?? '';
@@ -130,7 +149,11 @@ export async function writeResponses(path: string, records: readonly ResponseRec
   const ext = extname(path).toLowerCase();
   const rows = toRows(records);
   let text: string;
-  if (ext === '.csv') text = stringify(rows, { header: true, columns: rows.length ? Object.keys(rows[0]) : ['question_id', 'question', 'answer'] });
+  if (ext === '.csv')
+    text = stringify(rows, {
+      header: true,
+      columns: rows.length ? Object.keys(rows[0]) : ['question_id', 'question', 'answer'],
+    });
   else if (ext === '.jsonl') text = rows.map((r) => JSON.stringify(r)).join('\n') + (rows.length ? '\n' : '');
   else throw new EmlensError(`Responses file ${path} must end in .csv or .jsonl.`);
   const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.tmp`);

@@ -27,11 +27,17 @@ export function splitByAlignment(
   const hi = opts.alignedAbove ?? 70;
   const lo = opts.misalignedAtMost ?? 30;
   if (records.length > 0 && !records.some((r) => 'aligned' in r.scores)) {
-    throw new EmlensError("The responses have no 'aligned' scores; judge them first (emlens eval) or pass labelled sets.");
+    throw new EmlensError(
+      "The responses have no 'aligned' scores; judge them first (emlens eval) or pass labelled sets.",
+    );
   }
   const coherent = records.filter((r) => {
     const c = r.scores.coherent;
-    return r.scores.aligned !== null && r.scores.aligned !== undefined && (c === undefined || (c !== null && c > minCoherent));
+    return (
+      r.scores.aligned !== null &&
+      r.scores.aligned !== undefined &&
+      (c === undefined || (c !== null && c > minCoherent))
+    );
   });
   let aligned = coherent.filter((r) => r.scores.aligned! > hi);
   let misaligned = coherent.filter((r) => r.scores.aligned! <= lo);
@@ -39,7 +45,13 @@ export function splitByAlignment(
     const n = Math.min(aligned.length, misaligned.length);
     const rng = new Rng(opts.seed ?? 0);
     const pick = (xs: ResponseRecord[]) =>
-      xs.length === n ? xs : rng.shuffle(xs.map((_, i) => i)).slice(0, n).sort((a, b) => a - b).map((i) => xs[i]);
+      xs.length === n
+        ? xs
+        : rng
+            .shuffle(xs.map((_, i) => i))
+            .slice(0, n)
+            .sort((a, b) => a - b)
+            .map((i) => xs[i]);
     aligned = pick(aligned);
     misaligned = pick(misaligned);
   }

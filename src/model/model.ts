@@ -10,6 +10,7 @@ import { type GraphVariant, graphHookName, IO, type Profile } from './graph/tran
 import type { WeightReader } from './graph/weights.js';
 import { allHookNames, type BlockHook, resolveHooks, siteCount } from './hooks.js';
 import { type Intervention, interventionFeeds } from './interventions.js';
+import { LoraMergedWeights, loadAdapter } from './lora.js';
 import { createSession, type Device } from './session.js';
 import { type ModelSpec, parameterCount } from './spec.js';
 import type { Float32Tensor } from './tensor.js';
@@ -25,6 +26,11 @@ export interface LoadModelOptions {
   readonly maxPositions?: number;
   /** Replaces the folder's weights, e.g. with a LoRA adapter merged in; `weightsKey` must identify them. */
   readonly weights?: { readonly reader: WeightReader; readonly key: string };
+  /**
+   * A PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors) merged into the weights when
+   * the graph is built; base and adapted graphs are cached apart.
+   */
+  readonly adapter?: string;
   /** Called with a line of progress (graph build, session load). */
   readonly onProgress?: (message: string) => void;
 }
@@ -103,15 +109,27 @@ export class Model {
       weightsKey = await fileFingerprint(probe.files);
       await probe.close();
     }
+    // Config and tensor headers only: checked against the spec now, merged only if the graph must be built.
+    const adapter = opts.adapter === undefined ? undefined : await loadAdapter(opts.adapter);
+    if (adapter) {
+      adapter.validate(spec, `the model at ${dir}`);
+      weightsKey = { base: weightsKey, adapter: adapter.key };
+    }
     const folder = join(
       opts.cacheDir ?? defaultCacheDir(),
       cacheKey({ spec, weightsKey, profile, maxPositions }),
     );
     const progress = opts.onProgress ?? (() => {});
+    if (adapter && adapter.ignored.length > 0) {
+      progress(
+        `adapter ${adapter.dir}: ignoring ${adapter.ignored.length} tensors of modules its config does not select (as PEFT does)`,
+      );
+    }
     const open = async (variant: GraphVariant) => {
       const t0 = performance.now();
       let source: WeightSource | undefined;
-      const reader = async (): Promise<WeightReader> => {
+      let merged: LoraMergedWeights | undefined;
+      const baseReader = async (): Promise<WeightReader> => {
         if (opts.weights) return opts.weights.reader;
         if (!source) {
           progress(`building ${profile} graph for ${dir} (reading weights)`);
@@ -119,10 +137,16 @@ export class Model {
         }
         return source;
       };
+      const reader = async (): Promise<WeightReader> => {
+        if (!adapter) return baseReader();
+        merged ??= new LoraMergedWeights(await baseReader(), adapter);
+        return merged;
+      };
       let graph: { path: string; built: boolean };
       try {
         graph = await ensureGraph(folder, spec, reader, { ...variant, profile, maxPositions });
       } finally {
+        await merged?.close();
         await source?.close();
       }
       const t1 = performance.now();

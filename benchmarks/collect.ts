@@ -1,0 +1,101 @@
+/**
+ * `npm run bench:collect`: activation collection on a Qwen2.5-0.5B-shaped random model, answer-mean of all 24
+ * resid_post hooks: throughput against forward-only prefill on the same batches, and memory at 1k and 4k
+ * records (it should not grow with the record count: the store holds one shard in memory at a time).
+ * Writes benchmarks/results/collect.json.
+ */
+import { existsSync } from 'node:fs';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { cpus } from 'node:os';
+import { join } from 'node:path';
+import { type CollectRecord, collectToStore } from '../src/activations/collect.js';
+import { peakRssMiB } from '../src/bench/hardware.js';
+import { loadModel } from '../src/model/model.js';
+import { makeTinyModel, QWEN25_05B_SHAPE } from '../src/model/tiny.js';
+import { Rng } from '../src/util/random.js';
+
+const work = join(import.meta.dirname, '.work');
+const modelDir = join(work, 'qwen25-05b-shape');
+const cacheDir = join(work, 'cache');
+const log = (m: string) => process.stderr.write(`bench:collect: ${m}\n`);
+const records = Number(process.env.BENCH_RECORDS ?? 4096);
+const promptTokens = 8;
+const answerTokens = 8;
+const batchSize = 16;
+
+await mkdir(work, { recursive: true });
+if (!existsSync(join(modelDir, 'config.json'))) {
+  log('generating the Qwen2.5-0.5B-shaped random model (not committed)');
+  await makeTinyModel(modelDir, { ...QWEN25_05B_SHAPE, dtype: 'BF16' });
+}
+const model = await loadModel(modelDir, { cacheDir, onProgress: log });
+const rng = new Rng(1);
+const data: CollectRecord[] = Array.from({ length: records }, (_, i) => {
+  const ids = Array.from({ length: promptTokens + answerTokens }, () => rng.int(model.spec.vocabSize));
+  const mask = new Uint8Array(ids.length).fill(1, promptTokens);
+  return { id: `r${i}`, ids, mask };
+});
+const tokensPerRecord = promptTokens + answerTokens;
+
+// Forward-only prefill over the same batches (the first `sample` records), then collection of those records.
+const sample = 256;
+await model.forward(data.slice(0, batchSize).map((r) => r.ids)); // warm up
+let t = performance.now();
+for (let b = 0; b < sample; b += batchSize)
+  await model.forward(data.slice(b, b + batchSize).map((r) => r.ids));
+const forwardMs = performance.now() - t;
+const sampleStore = join(work, 'collect-sample');
+await rm(sampleStore, { recursive: true, force: true });
+t = performance.now();
+await collectToStore(model, data.slice(0, sample), sampleStore, { batchSize, shardSize: 256 });
+const collectSampleMs = performance.now() - t;
+const forwardTokS = (sample * tokensPerRecord) / (forwardMs / 1000);
+const collectTokS = (sample * tokensPerRecord) / (collectSampleMs / 1000);
+log(
+  `${sample} records: forward-only ${forwardTokS.toFixed(0)} tok/s, collect ${collectTokS.toFixed(0)} tok/s (ratio ${(collectTokS / forwardTokS).toFixed(3)})`,
+);
+
+// Memory with the record count: current RSS after 1k and after all records of one collection run.
+const store = join(work, 'collect-full');
+await rm(store, { recursive: true, force: true });
+const rssAt: Record<string, number> = {};
+t = performance.now();
+await collectToStore(model, data, store, {
+  batchSize,
+  shardSize: 256,
+  onProgress: (done) => {
+    if (done % 256 === 0 || done === records) {
+      const rss = process.memoryUsage().rss / 2 ** 20;
+      if (done === 1024 || done === records) rssAt[String(done)] = rss;
+      if (done % 1024 === 0) log(`${done}/${records} records, rss ${rss.toFixed(0)} MiB`);
+    }
+  },
+});
+const fullMs = performance.now() - t;
+
+const out = {
+  benchmark: 'collect',
+  date: new Date().toISOString(),
+  machine: { cpus: cpus().length, cpuModel: cpus()[0]?.model, node: process.version },
+  model: 'Qwen2.5-0.5B shape (random weights), fp32 CPU',
+  hooks: `blocks.*.hook_resid_post (${model.spec.numLayers})`,
+  reduce: 'answer_mean',
+  recordShape: { promptTokens, answerTokens, batchSize },
+  sample: {
+    records: sample,
+    forwardOnlyTokPerS: forwardTokS,
+    collectTokPerS: collectTokS,
+    ratio: collectTokS / forwardTokS,
+  },
+  full: { records, seconds: fullMs / 1000, tokPerS: (records * tokensPerRecord) / (fullMs / 1000) },
+  rssMiB: { after1k: rssAt['1024'], [`after${records}`]: rssAt[String(records)] },
+  peakRssMiB: peakRssMiB(),
+  goals: { ratio: '>= 0.9', memory: 'does not grow with record count' },
+  command: 'npm run bench:collect',
+};
+await mkdir(join(import.meta.dirname, 'results'), { recursive: true });
+await writeFile(join(import.meta.dirname, 'results', 'collect.json'), `${JSON.stringify(out, null, 2)}\n`);
+log(
+  `rss after 1k ${rssAt['1024']?.toFixed(0)} MiB, after ${records} ${rssAt[String(records)]?.toFixed(0)} MiB; peak ${out.peakRssMiB.toFixed(0)} MiB`,
+);
+await model.dispose();
