@@ -1,12 +1,6 @@
+import type { LayerMeans } from '../directions/direction.js';
 import { EmlensError } from '../errors.js';
 import type { ActivationStore } from './store.js';
-
-/** Per-layer means of one hook type over a store, with the number of records behind them. */
-export interface LayerMeans {
-  readonly count: number;
-  /** Layer -> `[d_model]` mean, float64. */
-  readonly means: ReadonlyMap<number, Float64Array>;
-}
 
 /**
  * `token`: every answer token weighs the same (the mean over all answer tokens of all records, as the public

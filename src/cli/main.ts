@@ -1,7 +1,9 @@
 import { Command, CommanderError } from 'commander';
 import { EmlensError } from '../errors.js';
 import { registerCollect } from './collect.js';
+import { registerCompare } from './compare.js';
 import { registerDemo } from './demo.js';
+import { registerDirectionConvert } from './directionConvert.js';
 import { registerGenerate } from './generate.js';
 import { registerInfo } from './info.js';
 import { registerStore } from './store.js';
@@ -13,7 +15,9 @@ export function buildProgram(): Command {
   const program = new Command('emlens')
     .description('mechanistic interpretability of emergent misalignment on onnxruntime-node')
     .version('0.1.0')
-    .showHelpAfterError();
+    .showHelpAfterError()
+    // Before any command is registered, so every subcommand inherits it and `main` returns exit codes.
+    .exitOverride();
   registerInfo(program);
   registerTrace(program);
   registerGenerate(program);
@@ -21,12 +25,14 @@ export function buildProgram(): Command {
   registerStore(program);
   registerTinyModel(program);
   registerDemo(program);
+  registerCompare(program);
+  registerDirectionConvert(program);
   return program;
 }
 
 /** Runs the CLI; user errors print one line, internal errors their stack. Returns the exit code. */
 export async function main(argv: readonly string[]): Promise<number> {
-  const program = buildProgram().exitOverride();
+  const program = buildProgram();
   try {
     await program.parseAsync([...argv], { from: 'user' });
     return 0;

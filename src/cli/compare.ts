@@ -1,0 +1,41 @@
+import { basename, extname } from 'node:path';
+import type { Command } from 'commander';
+import { compareDirections, formatCompareTable, writeComparison } from '../directions/compare.js';
+import { type DirectionSet, loadDirections } from '../directions/direction.js';
+import { importGguf } from '../directions/gguf.js';
+import { EmlensError } from '../errors.js';
+
+/** Loads a direction file: llama.cpp control vectors by the `.gguf` extension, safetensors otherwise. */
+export function loadDirectionFile(path: string): Promise<DirectionSet> {
+  return extname(path).toLowerCase() === '.gguf' ? importGguf(path) : loadDirections(path);
+}
+
+/** Set names: file names without extension, or the paths as given where two file names collide. */
+function namesFor(files: readonly string[]): string[] {
+  const short = files.map((f) => basename(f, extname(f)));
+  return short.map((s, i) => (short.indexOf(s) === short.lastIndexOf(s) ? s : files[i]));
+}
+
+export function registerCompare(program: Command): void {
+  program
+    .command('compare')
+    .description('cosine similarity per layer between direction files (.safetensors or llama.cpp .gguf)')
+    .argument('<files...>', 'two or more direction files')
+    .option('--out <dir>', 'folder for cosine.svg, cosine.png and compare.json', './compare-out')
+    .option('--names <list>', 'comma-separated display names, one per file (default: the file names)')
+    .action(async (files: string[], flags: { out: string; names?: string }) => {
+      const names = flags.names === undefined ? namesFor(files) : flags.names.split(',').map((s) => s.trim());
+      if (names.length !== files.length) {
+        throw new EmlensError(
+          `--names lists ${names.length} names for ${files.length} files; give exactly one name per file.`,
+        );
+      }
+      const sets = [];
+      for (let i = 0; i < files.length; i++)
+        sets.push({ name: names[i], set: await loadDirectionFile(files[i]) });
+      const cmp = compareDirections(sets);
+      console.log(formatCompareTable(cmp));
+      const out = await writeComparison(cmp, flags.out);
+      console.log(`\nwrote ${out.svg}, ${out.png}, ${out.json}`);
+    });
+}

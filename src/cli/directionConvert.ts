@@ -1,0 +1,126 @@
+import { type Command, Option } from 'commander';
+import {
+  directionDModel,
+  loadDirections,
+  normMatchedRandom,
+  saveDirections,
+} from '../directions/direction.js';
+import { directionFromStores } from '../directions/fromStores.js';
+import { exportGguf, importGguf } from '../directions/gguf.js';
+import { EmlensError } from '../errors.js';
+
+/**
+ * The `emlens direction` command group (created once; every file that adds a `direction` subcommand or
+ * option goes through here, whatever the registration order).
+ */
+export function directionGroup(program: Command): Command {
+  const existing = program.commands.find((c) => c.name() === 'direction');
+  if (existing) return existing;
+  return program
+    .command('direction')
+    .description(
+      'compute a mean-difference direction from two stores (or convert direction files: see subcommands)',
+    )
+    .option('--pos <store>', 'activation store of the positive side (e.g. misaligned answers)')
+    .option('--neg <store>', 'activation store of the negative side (e.g. aligned answers)')
+    .option('--out <file>', 'direction file to write, e.g. directions/general.safetensors')
+    .option('--hook <type>', 'hook type to read', 'hook_resid_post')
+    .addOption(
+      new Option('--weighting <w>', 'token: every answer token counts once; record: every answer')
+        .choices(['token', 'record'])
+        .default('token'),
+    )
+    .option('--random-control <file>', 'also write a norm-matched random direction here')
+    .option('--seed <n>', 'seed of the random control', '0')
+    .option('--overwrite', 'replace --out if it exists')
+    .action(async (flags: DirectionFlags) => {
+      if (!flags.pos || !flags.neg || !flags.out) {
+        throw new EmlensError(
+          'emlens direction needs --pos STORE --neg STORE --out FILE (or a subcommand: export-gguf, import-gguf).',
+        );
+      }
+      const set = await directionFromStores(flags.pos, flags.neg, {
+        hookType: flags.hook,
+        weighting: flags.weighting,
+      });
+      await saveDirections(flags.out, set, { overwrite: flags.overwrite });
+      const norms = [...set.vectors.entries()].map(([l, v]) => `${l}:${Math.hypot(...v).toFixed(3)}`);
+      console.log(
+        `wrote ${flags.out}: ${set.vectors.size} layers, n_pos ${set.meta.nPos}, n_neg ${set.meta.nNeg}; norms ${norms.join(' ')}`,
+      );
+      if (flags.randomControl) {
+        await saveDirections(flags.randomControl, normMatchedRandom(set, Number(flags.seed)), {
+          overwrite: flags.overwrite,
+        });
+        console.log(`wrote ${flags.randomControl}: norm-matched random control (seed ${flags.seed})`);
+      }
+    });
+}
+
+interface DirectionFlags {
+  readonly pos?: string;
+  readonly neg?: string;
+  readonly out?: string;
+  readonly hook: string;
+  readonly weighting: 'token' | 'record';
+  readonly randomControl?: string;
+  readonly seed: string;
+  readonly overwrite?: boolean;
+}
+
+/** `emlens direction export-gguf` and `emlens direction import-gguf`. */
+export function registerDirectionConvert(program: Command): void {
+  const group = directionGroup(program);
+  group
+    .command('export-gguf')
+    .description(
+      'write a direction file as a llama.cpp control vector (block i -> direction.i, added to the output of block i; block 0 is left out)',
+    )
+    .requiredOption('--in <file>', 'direction file (.safetensors)')
+    .requiredOption('--out <file>', 'control vector to write (.gguf)')
+    .option(
+      '--model-hint <type>',
+      'controlvector.model_hint, the HF model_type (default: guessed from the model name)',
+    )
+    .option('--overwrite', 'replace --out if it exists')
+    .action(async (flags: { in: string; out: string; modelHint?: string; overwrite?: boolean }) => {
+      const set = await loadDirections(flags.in);
+      const r = await exportGguf(set, flags.out, { modelHint: flags.modelHint, overwrite: flags.overwrite });
+      console.log(
+        `wrote ${r.path}: ${r.layers.length} layers (blocks ${span(r.layers)} as direction.N), d_model ${directionDModel(set)}, model hint ${r.modelHint ?? '(none)'}`,
+      );
+      if (r.skipped.length > 0) {
+        console.log(
+          `note: block ${r.skipped.join(', ')} left out: llama.cpp control vectors start at the output of block 1`,
+        );
+      }
+    });
+  group
+    .command('import-gguf')
+    .description(
+      'read a llama.cpp control vector into a direction file (direction.N -> blocks.N.hook_resid_post)',
+    )
+    .requiredOption('--in <file>', 'control vector (.gguf)')
+    .requiredOption('--out <file>', 'direction file to write (.safetensors)')
+    .option('--overwrite', 'replace --out if it exists')
+    .action(async (flags: { in: string; out: string; overwrite?: boolean }) => {
+      const set = await importGguf(flags.in);
+      await saveDirections(flags.out, set, { overwrite: flags.overwrite });
+      const layers = [...set.vectors.keys()];
+      console.log(
+        `wrote ${flags.out}: ${layers.length} layers (blocks ${span(layers)}, hook_resid_post), d_model ${directionDModel(set)}, model ${set.meta.model}`,
+      );
+    });
+}
+
+/** [1,2,3,5] -> "1-3, 5" */
+function span(layers: readonly number[]): string {
+  const parts: string[] = [];
+  for (let i = 0; i < layers.length; ) {
+    let j = i;
+    while (j + 1 < layers.length && layers[j + 1] === layers[j] + 1) j++;
+    parts.push(j === i ? String(layers[i]) : `${layers[i]}-${layers[j]}`);
+    i = j + 1;
+  }
+  return parts.join(', ');
+}
