@@ -6,6 +6,7 @@ import { registerDemo } from './demo.js';
 import { registerDirectionConvert } from './directionConvert.js';
 import { registerGenerate } from './generate.js';
 import { registerInfo } from './info.js';
+import { registerOrganisms } from './organisms.js';
 import { registerStore } from './store.js';
 import { registerTinyModel } from './tinyModel.js';
 import { registerTrace } from './trace.js';
@@ -24,6 +25,7 @@ export function buildProgram(): Command {
   registerCollect(program);
   registerStore(program);
   registerTinyModel(program);
+  registerOrganisms(program);
   registerDemo(program);
   registerCompare(program);
   registerDirectionConvert(program);
