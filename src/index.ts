@@ -1,6 +1,47 @@
 /** emlens: the public API. */
 
+export { storeLayerMeans, type Weighting } from './activations/aggregate.js';
+export {
+  type CollectOptions,
+  type CollectRecord,
+  collectToStore,
+  sliceRange,
+} from './activations/collect.js';
+export type { ShardEntry, StoreManifest } from './activations/manifest.js';
+export { responsesToRecords } from './activations/records.js';
+export { REDUCTIONS, type Reduction } from './activations/reduce.js';
+export { ActivationStore, mergeStores } from './activations/store.js';
+export {
+  compareDirections,
+  cosineHeatmap,
+  formatCompareTable,
+  writeComparison,
+} from './directions/compare.js';
+export {
+  cosine,
+  type DirectionMeta,
+  type DirectionSet,
+  type LayerMeans,
+  loadDirections,
+  meanDiff,
+  normalize,
+  normMatchedRandom,
+  saveDirections,
+} from './directions/direction.js';
+export { directionFromStores } from './directions/fromStores.js';
+export { exportGguf, importGguf } from './directions/gguf.js';
 export { EmlensError } from './errors.js';
+export { type ResponseRecord, readResponses, writeResponses } from './eval/responses.js';
+export { type AlignmentSplitOptions, splitByAlignment } from './eval/selection.js';
+export {
+  type FinishReason,
+  type GenerateOptions,
+  type Generation,
+  generate,
+  type InterventionPositions,
+  TextStreamer,
+} from './generate/generate.js';
+export { type SamplingParams, sampleToken } from './generate/sampling.js';
 export { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from './io/halfFloat.js';
 export {
   encodeSafetensors,
@@ -52,4 +93,8 @@ export { type Family, type ModelSpec, parameterCount, SUPPORTED_ARCHITECTURES } 
 export type { Float32Tensor } from './model/tensor.js';
 export { makeTinyModel, QWEN25_05B_SHAPE, type TinyModelOptions } from './model/tiny.js';
 export { type Trace, traceTokens, writeTrace } from './model/trace.js';
+export { makeOrganisms, type OrganismManifest, type OrganismOptions } from './organisms/make.js';
+export { renderVegaLite } from './plot/render.js';
+export { answerTokens, batchAnswerMasks } from './text/answerMask.js';
+export { type ChatMessage, encodeChat, renderChat } from './text/chat.js';
 export { loadTokenizer, type TextTokenizer } from './text/tokenizer.js';

@@ -91,8 +91,12 @@ export class GraphBuilder {
     return this.node(opType, inputs, { attrs, domain })[0];
   }
 
-  /** A constant tensor as an initializer; big ones go to the external data file. */
-  private checkedBytes(name: string, type: ElemType, dims: readonly number[], data: ArrayBufferView): Uint8Array {
+  private checkedBytes(
+    name: string,
+    type: ElemType,
+    dims: readonly number[],
+    data: ArrayBufferView,
+  ): Uint8Array {
     const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
     const expected = dims.reduce((a, b) => a * b, 1) * ELEM_BYTES[type];
     if (bytes.length !== expected) {
@@ -101,6 +105,7 @@ export class GraphBuilder {
     return bytes;
   }
 
+  /** A constant tensor as an initializer; big ones go to the external data file. */
   initializer(name: string, type: ElemType, dims: readonly number[], data: ArrayBufferView): string {
     const bytes = this.checkedBytes(name, type, dims, data);
     this.claim(name);
@@ -135,7 +140,12 @@ export class GraphBuilder {
       ? this.external.append(name, this.checkedBytes(name, type, dims, await produce()))
       : this.external.locate(name, length);
     this.claim(name);
-    this.initializers.push({ name, type, dims, data: { kind: 'external', location: this.external.location, ...at } });
+    this.initializers.push({
+      name,
+      type,
+      dims,
+      data: { kind: 'external', location: this.external.location, ...at },
+    });
     return name;
   }
 
