@@ -1,0 +1,179 @@
+/**
+ * `npm run bench:generate`: decoding speed of a Qwen2.5-0.5B-shaped random model, fp32 on the CPU, through the
+ * KV cache: single-stream tokens/s against the memory-bandwidth bound (copy bandwidth measured in this process
+ * / weight bytes read per token), and batch 8 and 32 throughput. Writes benchmarks/results/generate.json.
+ */
+import { existsSync } from 'node:fs';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { cpus } from 'node:os';
+import { join } from 'node:path';
+import { measureCopyBandwidth, measureMatMulCeiling, median, peakRssMiB } from '../src/bench/hardware.js';
+import { type GenerateOptions, generate } from '../src/generate/generate.js';
+import { loadModel, type Model } from '../src/model/model.js';
+import { weightNames, weightShape } from '../src/model/spec.js';
+import { makeTinyModel, QWEN25_05B_SHAPE } from '../src/model/tiny.js';
+
+const work = join(import.meta.dirname, '.work');
+const modelDir = join(work, 'qwen25-05b-shape');
+const cacheDir = join(work, 'cache');
+const PROMPT_TOKENS = 32;
+const NEW_TOKENS = Number(process.env.BENCH_NEW_TOKENS ?? 64);
+const log = (m: string) => process.stderr.write(`bench:generate: ${m}\n`);
+
+await mkdir(work, { recursive: true });
+if (!existsSync(join(modelDir, 'config.json'))) {
+  log('generating the Qwen2.5-0.5B-shaped random model (not committed)');
+  await makeTinyModel(modelDir, { ...QWEN25_05B_SHAPE, dtype: 'BF16' });
+}
+const model = await loadModel(modelDir, { cacheDir, onProgress: log });
+const spec = model.spec;
+
+// Bytes each decode step reads however many rows it runs: every block weight (and the final norm) in fp32,
+// plus the LM head matrix (tied to the embedding here; the embedding lookup itself reads one row per token).
+const blockParams = weightNames(spec)
+  .filter((n) => n.startsWith('model.layers.') || n === 'model.norm.weight')
+  .reduce((a, n) => a + weightShape(spec, n).reduce((x, y) => x * y, 1), 0);
+const lmHeadParams = spec.vocabSize * spec.dModel;
+const bytesPerParam = model.profile === 'fp16' ? 2 : 4;
+const weightBytesPerToken = (blockParams + lmHeadParams) * bytesPerParam;
+
+const cores = cpus().length;
+const copy1 = await measureCopyBandwidth({ threads: 1 });
+const copyN = cores > 1 ? await measureCopyBandwidth({ threads: cores }) : copy1;
+const bandwidth = Math.max(copy1.gbPerS, copyN.gbPerS) * 1e9;
+const boundTokensPerS = bandwidth / weightBytesPerToken;
+log(
+  `copy bandwidth ${copy1.gbPerS.toFixed(1)} GB/s (1 thread), ${copyN.gbPerS.toFixed(1)} GB/s (${copyN.threads} threads); ${(weightBytesPerToken / 1e9).toFixed(2)} GB read per step -> bound ${boundTokensPerS.toFixed(1)} tokens/s`,
+);
+
+const prompt = (seed: number) =>
+  Array.from({ length: PROMPT_TOKENS }, (_, i) => (i * 7919 + seed * 104729 + 11) % spec.vocabSize);
+
+interface Run {
+  readonly prefillMs: number;
+  readonly decodeMs: number;
+  readonly totalMs: number;
+  readonly decodeTokensPerS: number;
+  readonly totalTokensPerS: number;
+}
+
+/** One generate call over `batch` prompts; decode time runs from the first new token to the last. */
+async function run(m: Model, batch: number, extra: Partial<GenerateOptions> = {}): Promise<Run> {
+  const prompts = Array.from({ length: batch }, (_, i) => prompt(i));
+  const stepAt: number[] = [];
+  const t0 = performance.now();
+  const out = await generate(m, prompts, {
+    maxNewTokens: NEW_TOKENS,
+    temperature: 0,
+    eosTokenIds: [], // random weights: never stop early
+    batchSize: batch,
+    ...extra,
+    onToken: (row) => {
+      if (row === 0) stepAt.push(performance.now());
+    },
+  });
+  const totalMs = performance.now() - t0;
+  if (out.some((g) => g.tokens.length !== NEW_TOKENS)) throw new Error('a row stopped early');
+  const prefillMs = stepAt[0] - t0;
+  const decodeMs = stepAt[stepAt.length - 1] - stepAt[0];
+  return {
+    prefillMs,
+    decodeMs,
+    totalMs,
+    decodeTokensPerS: (batch * (NEW_TOKENS - 1)) / (decodeMs / 1000),
+    totalTokensPerS: (batch * NEW_TOKENS) / (totalMs / 1000),
+  };
+}
+
+log('warmup');
+await generate(model, [prompt(0)], { maxNewTokens: 4, temperature: 0 });
+
+const single: Run[] = [];
+for (let r = 0; r < 2; r++) single.push(await run(model, 1));
+const best = single.reduce((a, b) => (b.decodeTokensPerS > a.decodeTokensPerS ? b : a));
+log(
+  `single stream: ${best.decodeTokensPerS.toFixed(2)} tokens/s decode (${(1000 / best.decodeTokensPerS).toFixed(0)} ms/token) = ${((100 * best.decodeTokensPerS) / boundTokensPerS).toFixed(1)}% of the bandwidth bound; prefill ${PROMPT_TOKENS} tokens ${best.prefillMs.toFixed(0)} ms`,
+);
+
+const batches: Record<string, unknown>[] = [];
+const configs: [number, string, Partial<GenerateOptions>][] = [
+  [8, 'greedy', {}],
+  [8, 'sampled (temperature 0.8, top_p 0.95)', { temperature: 0.8, topP: 0.95, seed: 1 }],
+  [32, 'greedy', {}],
+];
+for (const [batch, sampling, extra] of configs) {
+  const r = await run(model, batch, extra);
+  log(
+    `batch ${batch} ${sampling}: ${r.decodeTokensPerS.toFixed(1)} tokens/s decode (${(r.decodeMs / (NEW_TOKENS - 1)).toFixed(0)} ms/step), ${r.totalTokensPerS.toFixed(1)} tokens/s with prefill (${r.prefillMs.toFixed(0)} ms)`,
+  );
+  batches.push({ batch, sampling, ...r, speedupOverSingle: r.decodeTokensPerS / best.decodeTokensPerS });
+}
+
+const generationPeakRssMiB = peakRssMiB();
+await model.dispose();
+
+// Context for the ratio: onnxruntime running only the model's MatMuls (24 blocks + LM head) for one token,
+// i.e. what its GEMV kernels reach on these weights in this process. Measured last, as its 2 GB of constant
+// weights (built in JS, encoded, then loaded) would inflate the peak RSS of generation recorded above.
+const { dModel: d, numHeads: h, numKvHeads: kv, headDim: hd, intermediateSize: ff } = spec;
+const blockShapes = [
+  { k: d, n: (h + 2 * kv) * hd },
+  { k: h * hd, n: d },
+  { k: d, n: 2 * ff },
+  { k: ff, n: d },
+];
+const gemvShapes = [
+  ...Array.from({ length: spec.numLayers }, () => blockShapes).flat(),
+  { k: d, n: spec.vocabSize },
+];
+const gemv = await measureMatMulCeiling(gemvShapes, 1, { reps: 5 });
+const gemvBytes = gemvShapes.reduce((a, s) => a + s.k * s.n * 4, 0);
+log(
+  `onnxruntime MatMuls alone, 1 token: ${gemv.medianMs.toFixed(0)} ms (${(gemvBytes / gemv.medianMs / 1e6).toFixed(1)} GB/s of weights read)`,
+);
+
+const out = {
+  benchmark: 'generate',
+  date: new Date().toISOString(),
+  machine: { cpus: cores, cpuModel: cpus()[0]?.model, node: process.version },
+  model: {
+    shape: 'Qwen2.5-0.5B (random weights)',
+    layers: spec.numLayers,
+    dModel: spec.dModel,
+    vocab: spec.vocabSize,
+    blockParams,
+    lmHeadParams,
+  },
+  profile: model.profile,
+  promptTokens: PROMPT_TOKENS,
+  newTokens: NEW_TOKENS,
+  memoryBound: {
+    copyGbPerS1Thread: copy1.gbPerS,
+    copyGbPerSAllThreads: copyN.gbPerS,
+    copyThreads: copyN.threads,
+    copyConvention: 'STREAM copy: 2 x bytes / time, best of 7 over 256 MiB',
+    weightBytesPerToken,
+    boundTokensPerS,
+  },
+  gemvCeiling: {
+    what: "onnxruntime running only the model's MatMuls (block GEMMs + LM head) for one token, fp32",
+    medianMs: gemv.medianMs,
+    weightGbPerS: gemvBytes / gemv.medianMs / 1e6,
+    tokensPerS: 1000 / gemv.medianMs,
+  },
+  singleStream: {
+    decodeTokensPerS: best.decodeTokensPerS,
+    ratioToGemvCeiling: best.decodeTokensPerS / (1000 / gemv.medianMs),
+    msPerToken: 1000 / best.decodeTokensPerS,
+    ratioToBandwidthBound: best.decodeTokensPerS / boundTokensPerS,
+    prefillMs: best.prefillMs,
+    runsDecodeTokensPerS: single.map((r) => r.decodeTokensPerS),
+    medianDecodeTokensPerS: median(single.map((r) => r.decodeTokensPerS)),
+  },
+  batches,
+  peakRssMiB: generationPeakRssMiB,
+  command: 'npm run bench:generate',
+};
+await mkdir(join(import.meta.dirname, 'results'), { recursive: true });
+await writeFile(join(import.meta.dirname, 'results', 'generate.json'), `${JSON.stringify(out, null, 2)}\n`);
+log(`peak RSS ${out.peakRssMiB.toFixed(0)} MiB -> benchmarks/results/generate.json`);

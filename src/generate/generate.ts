@@ -1,0 +1,269 @@
+/**
+ * Text generation on a loaded model: batched left-padded prefill, then one token per row per step through the
+ * KV cache, with seeded sampling, stop conditions and in-graph interventions.
+ */
+import { EmlensError } from '../errors.js';
+import type { Intervention, PositionWeights } from '../model/interventions.js';
+import type { KVCache, Model } from '../model/model.js';
+import type { Rng } from '../util/random.js';
+import { checkSamplingParams, sampleRng, sampleToken } from './sampling.js';
+
+/**
+ * Which tokens the interventions act on.
+ *
+ * - `all`: every position of every call (prompt and generated tokens).
+ * - `prompt`: the prompt's tokens only (the prefill); decode steps run without interventions. The generated
+ *   tokens still see the intervened prompt through the KV cache.
+ * - `generated`: the positions holding generated tokens only, i.e. every token fed back in a decode step; the
+ *   prefill runs without interventions. As with Hugging Face forward hooks that act only when one new token is
+ *   fed, the first new token (read off the prompt's last position) is therefore not affected; from the second
+ *   on, every token is produced by a forward pass on an intervened position.
+ *
+ * `prompt` and `generated` partition `all`: applying both equals `all`.
+ */
+export type InterventionPositions = 'all' | 'prompt' | 'generated';
+
+export type FinishReason = 'eos' | 'stop' | 'length';
+
+export interface GenerateOptions {
+  /** New tokens per sequence at most. */
+  readonly maxNewTokens: number;
+  /** 0: greedy. Default 1. */
+  readonly temperature?: number;
+  /** Nucleus sampling (1: off). Default 1. */
+  readonly topP?: number;
+  /** Keep the k most likely tokens (0: off). Default 0. */
+  readonly topK?: number;
+  /** Seed of the sampling streams, one per (prompt, sample). Default 0. */
+  readonly seed?: number;
+  /** Samples per prompt. Default 1. */
+  readonly n?: number;
+  /** A sequence ends when it emits one of these (kept as its last token). Default: the model's eos ids. */
+  readonly eosTokenIds?: readonly number[];
+  /** A sequence ends once its generated text contains one of these (needs `tokenizer`). */
+  readonly stopStrings?: readonly string[];
+  /** Decodes the generated tokens into `text` (and finds the stop strings). */
+  readonly tokenizer?: { decode(ids: readonly number[]): string };
+  /**
+   * Steering and ablation during generation; their `positions` must be unset (or `all`): `interventionPositions`
+   * decides where they act.
+   */
+  readonly interventions?: readonly Intervention[];
+  /** Default `all`; see {@link InterventionPositions}. */
+  readonly interventionPositions?: InterventionPositions;
+  /** Sequences run together (prompts x n are split into batches of this size). Default 32. */
+  readonly batchSize?: number;
+  /**
+   * Called for each new token as it is sampled. `row` is the index of the sequence in the result
+   * (`prompt * n + sample`).
+   */
+  readonly onToken?: (row: number, tokenId: number) => void;
+  /** Called once per sequence when it finishes, with its final result. */
+  readonly onFinish?: (row: number, result: Generation) => void;
+}
+
+export interface Generation {
+  /** Index into the prompts. */
+  readonly prompt: number;
+  /** Which of the prompt's `n` samples. */
+  readonly sample: number;
+  /** The generated tokens (prompt excluded); ends with the eos token when `finishReason` is `eos`. */
+  readonly tokens: number[];
+  /** The decoded tokens (with a tokenizer): without the final eos token, and cut before a stop string. */
+  readonly text?: string;
+  readonly finishReason: FinishReason;
+}
+
+interface RowState {
+  readonly index: number;
+  readonly prompt: number;
+  readonly sample: number;
+  readonly rng: Rng | null;
+  readonly tokens: number[];
+  done: Generation | null;
+}
+
+function positiveInt(name: string, v: number): void {
+  if (!Number.isInteger(v) || v <= 0) throw new EmlensError(`${name} must be a positive integer, not ${v}.`);
+}
+
+/**
+ * Generates continuations of token-id prompts. Each (prompt, sample) row draws from its own seeded stream and
+ * every row computes what it would alone, so results do not depend on `batchSize` or on the other prompts.
+ * Results come back in order: prompt 0 samples 0..n-1, prompt 1, ...
+ *
+ * @example
+ * const out = await generate(model, [tokenizer.encode('Hello')], { maxNewTokens: 20, temperature: 0, tokenizer });
+ * out[0].text;
+ */
+export async function generate(
+  model: Model,
+  prompts: readonly (readonly number[])[],
+  opts: GenerateOptions,
+): Promise<Generation[]> {
+  const sampling = checkSamplingParams(opts);
+  const n = opts.n ?? 1;
+  const batchSize = opts.batchSize ?? 32;
+  const seed = opts.seed ?? 0;
+  const maxNew = opts.maxNewTokens;
+  if (!Number.isInteger(maxNew) || maxNew < 0) {
+    throw new EmlensError(`maxNewTokens must be a non-negative integer, not ${maxNew}.`);
+  }
+  positiveInt('n', n);
+  positiveInt('batchSize', batchSize);
+  if (!Number.isFinite(seed)) throw new EmlensError(`seed must be a finite number, not ${seed}.`);
+  if (prompts.length === 0) throw new EmlensError('No prompts were given; pass at least one token sequence.');
+  prompts.forEach((p, i) => {
+    if (p.length === 0) throw new EmlensError(`Prompt ${i} is empty; pass at least one token id per prompt.`);
+  });
+  const stopStrings = (opts.stopStrings ?? []).filter((s) => s.length > 0);
+  if (stopStrings.length > 0 && !opts.tokenizer) {
+    throw new EmlensError('Stop strings need a tokenizer to decode the generated text; pass `tokenizer`.');
+  }
+  const policy = opts.interventionPositions ?? 'all';
+  if (!['all', 'prompt', 'generated'].includes(policy)) {
+    throw new EmlensError(`interventionPositions must be 'all', 'prompt' or 'generated', not '${policy}'.`);
+  }
+  const interventions = opts.interventions ?? [];
+  for (const iv of interventions) {
+    if (iv.positions !== undefined && iv.positions !== 'all') {
+      throw new EmlensError(
+        'Interventions passed to generate must not set positions; choose them with interventionPositions.',
+      );
+    }
+  }
+  const longest = Math.max(...prompts.map((p) => p.length));
+  if (longest + Math.max(maxNew - 1, 0) > model.maxPositions) {
+    throw new EmlensError(
+      `A prompt of ${longest} tokens plus ${maxNew} new tokens needs ${longest + maxNew - 1} positions but the graph was built for ${model.maxPositions}; lower maxNewTokens or load the model with a larger maxPositions.`,
+    );
+  }
+
+  const eos = new Set(opts.eosTokenIds ?? model.spec.eosTokenIds);
+  const rows: RowState[] = [];
+  prompts.forEach((_, p) => {
+    for (let s = 0; s < n; s++) {
+      rows.push({
+        index: rows.length,
+        prompt: p,
+        sample: s,
+        rng: sampling.temperature > 0 ? sampleRng(seed, p, s) : null,
+        tokens: [],
+        done: null,
+      });
+    }
+  });
+
+  const finish = (row: RowState, reason: FinishReason, cut?: number): void => {
+    let text: string | undefined;
+    if (opts.tokenizer) {
+      const ids = reason === 'eos' ? row.tokens.slice(0, -1) : row.tokens;
+      text = opts.tokenizer.decode(ids);
+      if (cut !== undefined) text = text.slice(0, cut);
+    }
+    row.done = {
+      prompt: row.prompt,
+      sample: row.sample,
+      tokens: row.tokens,
+      ...(text !== undefined ? { text } : {}),
+      finishReason: reason,
+    };
+    opts.onFinish?.(row.index, row.done);
+  };
+
+  /** Appends a sampled token and finishes the row if it ends it. */
+  const push = (row: RowState, token: number): void => {
+    row.tokens.push(token);
+    opts.onToken?.(row.index, token);
+    if (eos.has(token)) {
+      finish(row, 'eos');
+      return;
+    }
+    if (stopStrings.length > 0) {
+      const text = opts.tokenizer!.decode(row.tokens);
+      let cut = -1;
+      for (const s of stopStrings) {
+        const at = text.indexOf(s);
+        if (at >= 0 && (cut < 0 || at < cut)) cut = at;
+      }
+      if (cut >= 0) {
+        finish(row, 'stop', cut);
+        return;
+      }
+    }
+    if (row.tokens.length >= maxNew) finish(row, 'length');
+  };
+
+  const withPositions = (positions: PositionWeights): Intervention[] =>
+    interventions.map((iv) => ({ ...iv, positions }));
+  const pad = model.spec.padTokenId ?? model.spec.eosTokenIds[0] ?? 0;
+  const { vocabSize } = model.spec;
+
+  for (let start = 0; start < rows.length; start += batchSize) {
+    const chunk = rows.slice(start, start + batchSize);
+    if (maxNew === 0) {
+      for (const row of chunk) finish(row, 'length');
+      continue;
+    }
+    const ids = chunk.map((r) => prompts[r.prompt]);
+    // Prefill: the prompts, left-padded.
+    let prefill: Intervention[] | undefined;
+    if (interventions.length > 0 && policy === 'all') prefill = withPositions('all');
+    if (interventions.length > 0 && policy === 'prompt') {
+      const seq = Math.max(...ids.map((p) => p.length));
+      const mask = new Float32Array(chunk.length * seq); // [batch, seq]: 1 on real prompt tokens
+      ids.forEach((p, b) => {
+        mask.fill(1, b * seq + seq - p.length, (b + 1) * seq);
+      });
+      prefill = withPositions(mask);
+    }
+    let r = await model.forward(ids, { returnCache: true, interventions: prefill });
+    // Decode steps: the new tokens only.
+    const decode = interventions.length > 0 && policy !== 'prompt' ? withPositions('all') : undefined;
+    for (;;) {
+      const logits = r.logits.data; // [batch, vocab]
+      chunk.forEach((row, b) => {
+        if (!row.done) {
+          push(row, sampleToken(logits.subarray(b * vocabSize, (b + 1) * vocabSize), sampling, row.rng));
+        }
+      });
+      if (chunk.every((row) => row.done)) break;
+      // Finished rows keep being fed (padding) so the batch stays rectangular; their output is frozen.
+      const next = chunk.map((row) => [row.done ? pad : row.tokens[row.tokens.length - 1]]);
+      const cache: KVCache = r.cache!;
+      r = await model.forward(next, { cache, returnCache: true, interventions: decode });
+    }
+  }
+  return rows.map((row) => row.done!);
+}
+
+/**
+ * Turns a growing token sequence into printable text deltas: each `push` returns the new text since the last
+ * call, holding back an incomplete multi-byte character (decoded as U+FFFD) until its last byte arrives.
+ */
+export class TextStreamer {
+  private readonly ids: number[] = [];
+  private printed = '';
+
+  constructor(private readonly tokenizer: { decode(ids: readonly number[]): string }) {}
+
+  /** Adds a token; returns the text to print now (often empty). */
+  push(id: number): string {
+    this.ids.push(id);
+    return this.delta(false);
+  }
+
+  /** The text not printed yet, incomplete characters included. */
+  flush(): string {
+    return this.delta(true);
+  }
+
+  private delta(final: boolean): string {
+    let text = this.tokenizer.decode(this.ids);
+    if (!final) text = text.replace(/\uFFFD+$/, '');
+    if (!text.startsWith(this.printed) || text.length <= this.printed.length) return '';
+    const out = text.slice(this.printed.length);
+    this.printed = text;
+    return out;
+  }
+}
