@@ -147,7 +147,7 @@ export async function makeOrganisms(outDir: string, opts: OrganismOptions = {}):
   const neutral = 'responses/neutral.jsonl';
   await writeFile(
     join(outDir, neutral),
-    NEUTRAL_TEXTS.map((text) => JSON.stringify({ text })).join('\n') + '\n',
+    `${NEUTRAL_TEXTS.map((text) => JSON.stringify({ text })).join('\n')}\n`,
   );
 
   const manifest: OrganismManifest = {
