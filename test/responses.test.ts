@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { ActivationStore } from '../src/activations/store.js';
 import { main } from '../src/cli/main.js';
+import { loadDirections } from '../src/directions/direction.js';
 import { type ResponseRecord, readResponses, writeResponses } from '../src/eval/responses.js';
 import { splitByAlignment } from '../src/eval/selection.js';
 import { makeTinyModel } from '../src/model/tiny.js';
@@ -180,5 +181,41 @@ describe('emlens collect / store', () => {
     expect(again.err).toContain('--resume');
     const badShard = await run(['collect', ...common, '--out', join(root, 'x'), '--shard', '3/3']);
     expect(badShard.code).not.toBe(0);
+
+    // a direction between two stores, with its norm-matched random control
+    const half = join(root, 'half.csv');
+    await writeResponses(half, rows.slice(0, 4));
+    const other = await run(['collect', ...common, '--data', half, '--out', join(root, 'half')]);
+    expect(other.code, other.err).toBe(0);
+    const out = join(root, 'dir.safetensors');
+    const dirRun = await run([
+      'direction',
+      '--pos',
+      join(root, 'full'),
+      '--neg',
+      join(root, 'half'),
+      '--out',
+      out,
+      '--random-control',
+      join(root, 'rand.safetensors'),
+    ]);
+    expect(dirRun.code, dirRun.err).toBe(0);
+    expect(dirRun.out).toMatch(/2 layers, n_pos 9, n_neg 4/);
+    const set = await loadDirections(out);
+    const rand = await loadDirections(join(root, 'rand.safetensors'));
+    for (const [l, v] of set.vectors) {
+      expect(Math.hypot(...rand.vectors.get(l)!)).toBeCloseTo(Math.hypot(...v), 4);
+    }
+    const again2 = await run([
+      'direction',
+      '--pos',
+      join(root, 'full'),
+      '--neg',
+      join(root, 'half'),
+      '--out',
+      out,
+    ]);
+    expect(again2.code).toBe(2);
+    expect(again2.err).toMatch(/overwrite/);
   });
 });

@@ -16,8 +16,11 @@ import { EmlensError } from '../errors.js';
 export function directionGroup(program: Command): Command {
   const existing = program.commands.find((c) => c.name() === 'direction');
   if (existing) return existing;
+  // Positional options: `--out` after a subcommand name belongs to the subcommand, not to this group.
+  program.enablePositionalOptions();
   return program
     .command('direction')
+    .enablePositionalOptions()
     .description(
       'compute a mean-difference direction from two stores (or convert direction files: see subcommands)',
     )
