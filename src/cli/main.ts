@@ -3,10 +3,12 @@ import { EmlensError } from '../errors.js';
 import { registerCollect } from './collect.js';
 import { registerCompare } from './compare.js';
 import { registerDemo } from './demo.js';
-import { registerDirectionConvert } from './directionConvert.js';
+import { registerDirectionConvert } from './direction.js';
+import { registerEval } from './eval.js';
 import { registerGenerate } from './generate.js';
 import { registerInfo } from './info.js';
 import { registerOrganisms } from './organisms.js';
+import { registerReport } from './report.js';
 import { registerStore } from './store.js';
 import { registerTinyModel } from './tinyModel.js';
 import { registerTrace } from './trace.js';
@@ -29,6 +31,8 @@ export function buildProgram(): Command {
   registerDemo(program);
   registerCompare(program);
   registerDirectionConvert(program);
+  registerEval(program);
+  registerReport(program);
   return program;
 }
 
