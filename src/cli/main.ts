@@ -4,11 +4,9 @@ import { registerCollect } from './collect.js';
 import { registerCompare } from './compare.js';
 import { registerDemo } from './demo.js';
 import { registerDirectionConvert } from './direction.js';
-import { registerEval } from './eval.js';
 import { registerGenerate } from './generate.js';
 import { registerInfo } from './info.js';
 import { registerOrganisms } from './organisms.js';
-import { registerReport } from './report.js';
 import { registerStore } from './store.js';
 import { registerTinyModel } from './tinyModel.js';
 import { registerTrace } from './trace.js';
@@ -24,6 +22,7 @@ export function buildProgram(): Command {
   registerInfo(program);
   registerTrace(program);
   registerGenerate(program);
+  registerServe(program);
   registerCollect(program);
   registerStore(program);
   registerTinyModel(program);
@@ -31,8 +30,6 @@ export function buildProgram(): Command {
   registerDemo(program);
   registerCompare(program);
   registerDirectionConvert(program);
-  registerEval(program);
-  registerReport(program);
   return program;
 }
 
