@@ -22,7 +22,6 @@ export function buildProgram(): Command {
   registerInfo(program);
   registerTrace(program);
   registerGenerate(program);
-  registerServe(program);
   registerCollect(program);
   registerStore(program);
   registerTinyModel(program);
