@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { EmlensError } from '../errors.js';
 import { cacheKey } from '../model/cache.js';
+import { concatVectors } from '../model/graph/weights.js';
 import { resolveHooks } from '../model/hooks.js';
 import type { Intervention } from '../model/interventions.js';
 import type { Model } from '../model/model.js';
@@ -78,16 +79,6 @@ async function runBatch(
   return { perHook, counts };
 }
 
-function concat(parts: readonly Float32Array[]): Float32Array {
-  const out = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
-
 /**
  * Collects activations into an on-disk store (manifest + safetensors shards + records.jsonl). Batches are
  * fixed by record index (never by what is left to do), so a resumed or sliced run computes every record in the
@@ -163,7 +154,7 @@ export async function collectToStore(
       opts.onProgress?.(m.records + (Math.min(end, b + batchSize) - start), total);
     }
     const data: ShardData = {
-      hooks: new Map(hooks.map((h) => [h, concat(perHook.get(h)!)])),
+      hooks: new Map(hooks.map((h) => [h, concatVectors(perHook.get(h)!)])),
       tokenCounts: counts,
       records: lines,
     };

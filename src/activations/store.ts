@@ -77,23 +77,16 @@ export async function createStore(dir: string, m: StoreManifest): Promise<StoreM
   return m;
 }
 
+/** What identifies one collect job: a resumed run or a merged slice must agree on all of these. */
+const JOB_KEYS = ['specKey', 'adapter', 'hooks', 'reduce', 'batchSize', 'shardSize', 'recordsKey'] as const;
+
 /**
  * Opens an existing store to continue it: checks it was made with the same job, and trims record lines that
  * an interrupted run wrote after its last complete shard.
  */
 export async function openForResume(dir: string, expected: StoreManifest): Promise<StoreManifest> {
   const m = await readManifest(dir);
-  const keys: (keyof StoreManifest)[] = [
-    'specKey',
-    'adapter',
-    'hooks',
-    'reduce',
-    'batchSize',
-    'shardSize',
-    'recordsKey',
-    'range',
-  ];
-  for (const k of keys) {
+  for (const k of [...JOB_KEYS, 'range'] as const) {
     if (JSON.stringify(m[k]) !== JSON.stringify(expected[k])) {
       throw new EmlensError(
         `The store at ${dir} was made with a different ${k}; resume it with the same model, data and options, or choose another --out.`,
@@ -188,16 +181,7 @@ export async function mergeStores(dirs: readonly string[], out: string): Promise
   const first = parts[0].m;
   let expectStart = 0;
   for (const { dir, m } of parts) {
-    for (const k of [
-      'specKey',
-      'adapter',
-      'hooks',
-      'reduce',
-      'batchSize',
-      'shardSize',
-      'recordsKey',
-      'totalRecords',
-    ] as const) {
+    for (const k of [...JOB_KEYS, 'totalRecords'] as const) {
       if (JSON.stringify(m[k]) !== JSON.stringify(first[k])) {
         throw new EmlensError(
           `${dir} comes from another job than ${parts[0].dir} (${k} differs); merge slices of one collect job only.`,
