@@ -5,38 +5,15 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
-import { main } from '../src/cli/main.js';
 import { SafetensorsFile } from '../src/io/safetensors.js';
 import { loadModel } from '../src/model/model.js';
+import { runCli } from './helpers/runCli.js';
 
 let root: string;
 let modelDir: string;
 let cacheDir: string;
 
-/** Runs the CLI and captures what it writes. */
-async function run(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  let stdout = '';
-  let stderr = '';
-  const out = vi.spyOn(process.stdout, 'write').mockImplementation((s) => {
-    stdout += String(s);
-    return true;
-  });
-  const err = vi.spyOn(process.stderr, 'write').mockImplementation((s) => {
-    stderr += String(s);
-    return true;
-  });
-  const log = vi.spyOn(console, 'log').mockImplementation((...a: unknown[]) => {
-    stdout += `${a.join(' ')}\n`;
-  });
-  try {
-    const code = await main(args);
-    return { code, stdout, stderr };
-  } finally {
-    out.mockRestore();
-    err.mockRestore();
-    log.mockRestore();
-  }
-}
+const run = runCli;
 
 beforeAll(async () => {
   root = await mkdtemp(join(tmpdir(), 'emlens-cli-'));

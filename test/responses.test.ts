@@ -5,13 +5,13 @@
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ActivationStore } from '../src/activations/store.js';
-import { main } from '../src/cli/main.js';
 import { loadDirections } from '../src/directions/direction.js';
 import { type ResponseRecord, readResponses, writeResponses } from '../src/eval/responses.js';
 import { splitByAlignment } from '../src/eval/selection.js';
 import { makeTinyModel } from '../src/model/tiny.js';
+import { runCli } from './helpers/runCli.js';
 
 let root: string;
 beforeAll(async () => {
@@ -108,21 +108,8 @@ describe('splitByAlignment', () => {
 });
 
 async function run(args: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const o = vi.spyOn(console, 'log').mockImplementation((...a: unknown[]) => {
-    out += `${a.join(' ')}\n`;
-  });
-  const e = vi.spyOn(process.stderr, 'write').mockImplementation((s) => {
-    err += String(s);
-    return true;
-  });
-  try {
-    return { code: await main(args), out, err };
-  } finally {
-    o.mockRestore();
-    e.mockRestore();
-  }
+  const r = await runCli(args);
+  return { code: r.code, out: r.stdout, err: r.stderr };
 }
 
 describe('emlens collect / store', () => {
