@@ -7,6 +7,7 @@ import { registerDirectionConvert } from './direction.js';
 import { registerGenerate } from './generate.js';
 import { registerInfo } from './info.js';
 import { registerOrganisms } from './organisms.js';
+import { registerServe } from './serve.js';
 import { registerStore } from './store.js';
 import { registerTinyModel } from './tinyModel.js';
 import { registerTrace } from './trace.js';
@@ -22,6 +23,7 @@ export function buildProgram(): Command {
   registerInfo(program);
   registerTrace(program);
   registerGenerate(program);
+  registerServe(program);
   registerCollect(program);
   registerStore(program);
   registerTinyModel(program);

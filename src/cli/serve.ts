@@ -1,0 +1,148 @@
+import { type Command, InvalidArgumentError, Option } from 'commander';
+import { EmlensError } from '../errors.js';
+import type { LayersSpec } from '../serve/protocol.js';
+import { startServer } from '../serve/server.js';
+import { addModelOptions, type ModelFlags, positiveInt } from './common.js';
+
+interface ServeFlags extends ModelFlags {
+  readonly host: string;
+  readonly port: number;
+  readonly servedModelName?: string;
+  readonly apiKeyEnv?: string;
+  readonly steer?: string;
+  readonly ablate?: string;
+  readonly layers?: string;
+  readonly scale: number;
+  readonly positions: 'all' | 'prompt' | 'generated';
+  readonly directionsDir?: string;
+  readonly allowDirection: string[];
+  readonly maxBatch: number;
+  readonly maxQueue: number;
+  readonly maxTokensLimit?: number;
+  readonly timeoutMs: number;
+  readonly maxBodyBytes: number;
+}
+
+function port(value: string): number {
+  const n = Number(value);
+  if (!/^\d+$/.test(value.trim()) || n > 65535)
+    throw new InvalidArgumentError('expected a port in 0..65535.');
+  return n;
+}
+
+function finiteNumber(value: string): number {
+  const x = Number(value);
+  if (value.trim() === '' || !Number.isFinite(x)) throw new InvalidArgumentError('expected a number.');
+  return x;
+}
+
+/** `3,5` -> [3, 5]; `all` stays `all` (checked against the model once it is loaded). */
+export function parseLayerList(value: string): LayersSpec {
+  if (value.trim() === 'all') return 'all';
+  const parts = value.split(',').map((s) => s.trim());
+  if (parts.some((s) => !/^\d+$/.test(s))) {
+    throw new EmlensError(
+      `--layers '${value}' is not a list of layers; write it like --layers 3,5 or --layers all.`,
+    );
+  }
+  return parts.map(Number);
+}
+
+/** Resolves when the process is asked to stop (Ctrl-C or SIGTERM). */
+function untilSignal(): Promise<string> {
+  return new Promise((resolve) => {
+    const on = (signal: string) => {
+      process.off('SIGINT', on);
+      process.off('SIGTERM', on);
+      resolve(signal);
+    };
+    process.on('SIGINT', on);
+    process.on('SIGTERM', on);
+  });
+}
+
+export function registerServe(program: Command): void {
+  addModelOptions(
+    program
+      .command('serve')
+      .description(
+        'serve the model over an OpenAI-compatible HTTP API (chat completions, streaming, logprobs, steering)',
+      ),
+  )
+    .option('--host <host>', 'address to listen on (loopback by default)', '127.0.0.1')
+    .option('--port <port>', 'port to listen on (0: any free port)', port, 8000)
+    .option('--served-model-name <name>', 'the model id clients send (default: the model folder name)')
+    .option('--api-key-env <name>', 'environment variable holding the API key clients must send as Bearer')
+    .option(
+      '--steer <file>',
+      'direction file (direction.{i}) added at blocks.{L}.hook_resid_post on every request',
+    )
+    .option('--ablate <file>', 'direction file (direction.{i}) projected out at layers L on every request')
+    .option('--layers <list>', 'layers for --steer/--ablate: e.g. 3,5 or all')
+    .option('--scale <a>', 'steering strength for --steer', finiteNumber, 1)
+    .addOption(
+      new Option('--positions <which>', 'tokens interventions act on unless a request says otherwise')
+        .choices(['all', 'prompt', 'generated'])
+        .default('all'),
+    )
+    .option('--directions-dir <dir>', 'requests may name any direction file under this folder')
+    .option(
+      '--allow-direction <file>',
+      'a direction file requests may name (repeatable)',
+      (v: string, all: string[]) => [...all, v],
+      [] as string[],
+    )
+    .option('--max-batch <n>', 'rows (requests x n) generated together at most', positiveInt, 8)
+    .option('--max-queue <n>', 'requests waiting at most; more get 503 with Retry-After', positiveInt, 64)
+    .option('--max-tokens-limit <n>', 'prompt + max_tokens at most (default: the model maximum)', positiveInt)
+    .option('--timeout-ms <t>', 'answer 504 to a request unfinished after this long', positiveInt, 600_000)
+    .option('--max-body-bytes <n>', 'answer 413 to larger request bodies', positiveInt, 1024 * 1024)
+    .action(async (flags: ServeFlags) => {
+      if ((flags.steer !== undefined || flags.ablate !== undefined) !== (flags.layers !== undefined)) {
+        throw new EmlensError(
+          flags.layers === undefined
+            ? '--steer and --ablate need --layers; add e.g. --layers 3,5 or --layers all.'
+            : '--layers only applies with --steer or --ablate; add one of them or drop --layers.',
+        );
+      }
+      let apiKey: string | undefined;
+      if (flags.apiKeyEnv !== undefined) {
+        apiKey = process.env[flags.apiKeyEnv];
+        if (!apiKey) {
+          throw new EmlensError(
+            `Environment variable ${flags.apiKeyEnv} is not set; export the API key in it or drop --api-key-env.`,
+          );
+        }
+      }
+      const layers = flags.layers !== undefined ? parseLayerList(flags.layers) : undefined;
+      const log = (line: string) => process.stderr.write(`emlens: ${line}\n`);
+      const server = await startServer({
+        model: flags.model,
+        adapter: flags.adapter,
+        device: flags.device,
+        profile: flags.profile,
+        threads: flags.threads,
+        cacheDir: flags.cacheDir,
+        servedModelName: flags.servedModelName,
+        host: flags.host,
+        port: flags.port,
+        apiKey,
+        steer:
+          flags.steer !== undefined ? [{ direction: flags.steer, layers: layers!, scale: flags.scale }] : [],
+        ablate: flags.ablate !== undefined ? [{ direction: flags.ablate, layers: layers! }] : [],
+        positions: flags.positions,
+        directionsDir: flags.directionsDir,
+        directionFiles: flags.allowDirection,
+        maxBatch: flags.maxBatch,
+        maxQueue: flags.maxQueue,
+        maxTokensLimit: flags.maxTokensLimit,
+        timeoutMs: flags.timeoutMs,
+        maxBodyBytes: flags.maxBodyBytes,
+        onLog: log,
+      });
+      log(`serving '${server.modelId}' at ${server.url}/v1 (OpenAI-compatible); Ctrl-C stops`);
+      const signal = await untilSignal();
+      log(`${signal}: stopping`);
+      await server.close();
+    });
+}

@@ -1,0 +1,90 @@
+/** Messages between the server (main thread) and the model worker thread. */
+import type { FinishReason } from '../generate/generate.js';
+import type { Intervention } from '../model/interventions.js';
+import type { Device } from '../model/session.js';
+import type { LogprobEntry, PositionsPolicy } from './protocol.js';
+
+/** What the worker loads (structured-cloneable: no callbacks). */
+export interface WorkerInit {
+  readonly dir: string;
+  readonly load: {
+    readonly device?: Device;
+    readonly profile?: 'fp32' | 'fp16';
+    readonly threads?: number;
+    readonly cacheDir?: string;
+    readonly adapter?: string;
+    readonly maxPositions?: number;
+  };
+}
+
+/** One request's generation: `n` rows sharing a prompt, each with its own sampling stream. */
+export interface JobSpec {
+  readonly id: number;
+  readonly prompt: readonly number[];
+  readonly n: number;
+  readonly maxTokens: number;
+  readonly temperature: number;
+  readonly topP: number;
+  readonly topK: number;
+  readonly seed: number;
+  readonly stop: readonly string[];
+  readonly ignoreEos: boolean;
+  /** null: no logprobs; k: logprobs with the k most likely alternatives. */
+  readonly topLogprobs: number | null;
+}
+
+export type ToWorker =
+  | {
+      readonly type: 'batch';
+      readonly id: number;
+      readonly jobs: readonly JobSpec[];
+      readonly interventions: readonly Intervention[];
+      readonly positions: PositionsPolicy;
+    }
+  | { readonly type: 'cancel'; readonly job: number }
+  | { readonly type: 'close' };
+
+export interface TokenEvent {
+  readonly job: number;
+  readonly sample: number;
+  /** Text that can be shown now (held back while it may be the start of a stop string or of a character). */
+  readonly delta: string;
+  readonly logprob?: LogprobEntry;
+}
+
+export interface FinishEvent {
+  readonly job: number;
+  readonly sample: number;
+  /** The row's text (without a final eos token, cut before a stop string). */
+  readonly text: string;
+  /** The rest of the text not yet sent as deltas. */
+  readonly delta: string;
+  readonly finishReason: FinishReason;
+  /** Tokens generated (a final eos included). */
+  readonly tokens: number;
+}
+
+export interface ModelInfo {
+  readonly maxPositions: number;
+  readonly numLayers: number;
+  readonly dModel: number;
+  readonly vocabSize: number;
+  readonly eosTokenIds: readonly number[];
+}
+
+export type FromWorker =
+  | ({ readonly type: 'ready' } & ModelInfo)
+  | { readonly type: 'progress'; readonly message: string }
+  | { readonly type: 'fatal'; readonly message: string; readonly user: boolean }
+  | {
+      readonly type: 'step';
+      readonly batch: number;
+      readonly tokens: readonly TokenEvent[];
+      readonly finished: readonly FinishEvent[];
+    }
+  | {
+      readonly type: 'done';
+      readonly batch: number;
+      readonly ms: number;
+      readonly error?: { readonly message: string; readonly user: boolean };
+    };
