@@ -1,0 +1,183 @@
+import { resolve } from 'node:path';
+import { type Command, InvalidArgumentError } from 'commander';
+import { loadDirections } from '../directions/direction.js';
+import { EmlensError } from '../errors.js';
+import { pct } from '../eval/metrics.js';
+import { runEval } from '../eval/run.js';
+import { directionInterventions } from '../eval/sample.js';
+import { readConfig } from '../model/config.js';
+import { addModelOptions, loadOptions, type ModelFlags, positiveInt } from './common.js';
+import { createProgress, type Progress } from './progress.js';
+
+interface EvalFlags extends ModelFlags {
+  readonly questions: string;
+  readonly judge: string;
+  readonly judgeModel?: string;
+  readonly apiKeyEnv?: string;
+  readonly out: string;
+  readonly n?: number;
+  readonly maxNewTokens: number;
+  readonly temperature: number;
+  readonly topP: number;
+  readonly seed: number;
+  readonly batchSize: number;
+  readonly steer?: string;
+  readonly ablate?: string;
+  readonly layers?: string;
+  readonly directionLayer?: number;
+  readonly scale: number;
+  readonly include: string[];
+  readonly exclude: string[];
+  readonly condition?: string;
+}
+
+function number(value: string): number {
+  const x = Number(value);
+  if (value.trim() === '' || !Number.isFinite(x)) throw new InvalidArgumentError('expected a number.');
+  return x;
+}
+
+function nonNegativeInt(value: string): number {
+  if (!/^\d+$/.test(value.trim())) throw new InvalidArgumentError('expected a non-negative integer.');
+  return Number(value);
+}
+
+const collect = (value: string, previous: string[]) => [...previous, value];
+
+/** `3,5` -> [3, 5]; `all` stays `all`. */
+function parseLayerList(value: string): number[] | 'all' {
+  if (value.trim() === 'all') return 'all';
+  const parts = value.split(',').map((s) => s.trim());
+  if (parts.some((s) => !/^\d+$/.test(s))) {
+    throw new EmlensError(
+      `--layers '${value}' is not a list of layers; write it like --layers 3,5 or --layers all.`,
+    );
+  }
+  return parts.map(Number);
+}
+
+export function registerEval(program: Command): void {
+  addModelOptions(
+    program
+      .command('eval')
+      .description(
+        'sample answers to evaluation questions, judge them, and write responses, judged responses and summary.json',
+      ),
+  )
+    .requiredOption('--questions <file>', 'question set YAML (the EM evaluation format)')
+    .requiredOption(
+      '--judge <url|local:dir>',
+      'OpenAI-compatible base URL (e.g. https://api.openai.com/v1) or local:DIR for a local judge model',
+    )
+    .option('--judge-model <name>', "judge model for a URL judge (default: the questions' judge field)")
+    .option('--api-key-env <name>', 'environment variable holding the judge API key (default OPENAI_API_KEY)')
+    .requiredOption('--out <dir>', 'output folder (a rerun into it resumes)')
+    .option('--n <n>', "samples per question (default: the questions' samples_per_paraphrase)", positiveInt)
+    .option('--max-new-tokens <m>', 'new tokens per answer at most', positiveInt, 600)
+    .option('--temperature <t>', 'sampling temperature', number, 1)
+    .option('--top-p <p>', 'nucleus sampling mass', number, 1)
+    .option('--seed <s>', 'random seed (paraphrase draws and sampling)', number, 0)
+    .option('--batch-size <b>', 'sequences generated together', positiveInt, 32)
+    .option('--steer <file>', 'direction file (direction.{i}) to add at blocks.{L}.hook_resid_post')
+    .option('--ablate <file>', 'direction file (direction.{i}) to project out of the residual stream')
+    .option('--layers <list>', 'layers for --steer/--ablate: e.g. 3,5 or all')
+    .option(
+      '--direction-layer <i>',
+      'use direction.{i} at every listed layer (default: each its own)',
+      nonNegativeInt,
+    )
+    .option('--scale <a>', 'steering strength', number, 1)
+    .option(
+      '--include <pattern>',
+      'keep question ids matching this glob (repeatable, or comma-separated)',
+      collect,
+      [],
+    )
+    .option('--exclude <pattern>', "drop question ids matching this glob, e.g. '*_json'", collect, [])
+    .option('--condition <name>', 'condition name in reports (default: adapter or model folder name)')
+    .action(async (flags: EvalFlags) => {
+      if (flags.steer !== undefined && flags.ablate !== undefined) {
+        throw new EmlensError('--steer and --ablate exclude each other; run one condition per eval.');
+      }
+      if (flags.judge.startsWith('local:') && (flags.judgeModel ?? flags.apiKeyEnv) !== undefined) {
+        throw new EmlensError(
+          '--judge-model and --api-key-env apply to URL judges only; drop them for a local:DIR judge.',
+        );
+      }
+      const file = flags.steer ?? flags.ablate;
+      if ((file !== undefined) !== (flags.layers !== undefined)) {
+        throw new EmlensError(
+          flags.layers === undefined
+            ? '--steer and --ablate need --layers; add e.g. --layers 3,5 or --layers all.'
+            : '--layers only applies with --steer or --ablate; add one of them or drop --layers.',
+        );
+      }
+      let interventions: ReturnType<typeof directionInterventions> | undefined;
+      let interventionInfo: Record<string, unknown> | undefined;
+      if (file !== undefined) {
+        const kind = flags.steer !== undefined ? 'steer' : 'ablate';
+        const layers = parseLayerList(flags.layers!);
+        const config = await readConfig(flags.model);
+        interventions = directionInterventions(
+          { numLayers: config.numLayers, dModel: config.dModel },
+          {
+            kind,
+            directions: await loadDirections(file),
+            layers,
+            sourceLayer: flags.directionLayer,
+            scale: flags.scale,
+          },
+        );
+        interventionInfo = {
+          kind: kind === 'steer' ? 'steering' : 'ablation',
+          file: resolve(file),
+          layers,
+          ...(flags.directionLayer !== undefined ? { directionLayer: flags.directionLayer } : {}),
+          ...(kind === 'steer' ? { scale: flags.scale } : {}),
+        };
+      }
+      let bar: Progress | null = null;
+      let phase = '';
+      const summary = await runEval({
+        model: flags.model,
+        load: loadOptions(flags),
+        questions: flags.questions,
+        filter: { include: flags.include, exclude: flags.exclude },
+        judge: flags.judge,
+        judgeModel: flags.judgeModel,
+        apiKeyEnv: flags.apiKeyEnv,
+        judgeLoad: {
+          device: flags.device,
+          profile: flags.profile,
+          threads: flags.threads,
+          cacheDir: flags.cacheDir,
+          onProgress: (m) => process.stderr.write(`emlens: judge: ${m}\n`),
+        },
+        out: flags.out,
+        condition: flags.condition,
+        sampling: {
+          n: flags.n,
+          maxNewTokens: flags.maxNewTokens,
+          temperature: flags.temperature,
+          topP: flags.topP,
+          seed: flags.seed,
+          batchSize: flags.batchSize,
+        },
+        interventions,
+        interventionInfo,
+        onProgress: (p, done, total) => {
+          if (p !== phase) {
+            bar?.stop();
+            phase = p;
+            bar = createProgress(p === 'sample' ? 'sampling' : 'judging', total);
+          }
+          bar?.update(done);
+        },
+      }).finally(() => (bar as Progress | null)?.stop());
+      const ci = (e: { value: number | null; low: number | null; high: number | null }) =>
+        e.value === null ? 'n/a' : `${pct(e.value)} [${pct(e.low)}, ${pct(e.high)}]`;
+      process.stdout.write(
+        `${summary.condition}: EM rate ${ci(summary.emRate)}, coherent ${ci(summary.coherenceRate)} (${summary.judged}/${summary.n} answers judged); wrote ${flags.out}\n`,
+      );
+    });
+}

@@ -1,0 +1,220 @@
+/**
+ * Question sets in the YAML format of the emergent-misalignment evaluation files: a list of questions, each with
+ * `id`, `type`, `paraphrases`, `samples_per_paraphrase`, `judge`, `judge_prompts` (metric -> template with
+ * `{question}` and `{answer}` placeholders) and an optional `system` prompt. The files share values through YAML
+ * anchors and aliases, which the `yaml` package resolves.
+ */
+import { readFile } from 'node:fs/promises';
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+import { EmlensError } from '../errors.js';
+
+/** One evaluation question. */
+export interface EvalQuestion {
+  readonly id: string;
+  /** e.g. `free_form_judge_0_100`. */
+  readonly type: string;
+  /** Ways of asking the question; each sample asks one of them (drawn with a seed). */
+  readonly paraphrases: readonly string[];
+  readonly samplesPerParaphrase: number;
+  /** The judge model the file names (e.g. `gpt-4o-2024-08-06`). */
+  readonly judge: string;
+  /** Metric name -> judge prompt template with `{question}` and `{answer}` placeholders. */
+  readonly judgePrompts: Readonly<Record<string, string>>;
+  /** System prompt the question is asked under (the `_json` variants have one). */
+  readonly system?: string;
+}
+
+const QuestionSchema = z.object({
+  id: z.string().min(1),
+  type: z.string().min(1),
+  paraphrases: z.array(z.string().min(1)).min(1),
+  samples_per_paraphrase: z.number().int().positive(),
+  judge: z.string().min(1),
+  judge_prompts: z
+    .record(z.string(), z.string().min(1))
+    .refine((m) => Object.keys(m).length > 0, { message: 'needs at least one metric' }),
+  system: z.string().optional(),
+});
+
+const FIELDS = new Set(Object.keys(QuestionSchema.shape));
+
+/** What each field must hold, for error messages. */
+const EXPECTED: Record<string, string> = {
+  id: 'a non-empty string',
+  type: "a string such as 'free_form_judge_0_100'",
+  paraphrases: 'a non-empty list of non-empty strings',
+  samples_per_paraphrase: 'a positive integer',
+  judge: 'the judge model name (a string)',
+  judge_prompts: 'a map from metric name to a non-empty prompt template',
+  system: 'a string',
+};
+
+/**
+ * Parses and validates a question set from YAML text; `source` names it in errors. Every error names the
+ * question id (or its position) and the field.
+ *
+ * @example
+ * const questions = parseQuestions(await readFile('first_plot_questions.yaml', 'utf8'), 'first_plot_questions.yaml');
+ */
+export function parseQuestions(text: string, source = 'the question file'): EvalQuestion[] {
+  let doc: unknown;
+  try {
+    // Real files use many aliases to one judge_prompts map: lift the alias-expansion guard.
+    doc = parseYaml(text, { maxAliasCount: -1 });
+  } catch (e) {
+    throw new EmlensError(
+      `${source} is not valid YAML (${(e as Error).message.split('\n')[0]}); fix the syntax.`,
+    );
+  }
+  if (!Array.isArray(doc)) {
+    throw new EmlensError(
+      `${source} must be a YAML list of questions (- id: ...), not ${doc === null ? 'empty' : typeof doc}; write one list item per question.`,
+    );
+  }
+  if (doc.length === 0) throw new EmlensError(`${source} holds no questions; add at least one.`);
+  const seen = new Set<string>();
+  return doc.map((item, index) => {
+    const where = (id: unknown) =>
+      typeof id === 'string' && id !== '' ? `question '${id}'` : `question #${index + 1} (no valid id)`;
+    if (typeof item !== 'object' || item === null || Array.isArray(item)) {
+      throw new EmlensError(
+        `${source}: question #${index + 1} is not a mapping; give it id, type, ... fields.`,
+      );
+    }
+    const raw = item as Record<string, unknown>;
+    const unknown = Object.keys(raw).find((k) => !FIELDS.has(k));
+    if (unknown !== undefined) {
+      throw new EmlensError(
+        `${source}: ${where(raw.id)} has unknown field '${unknown}'; use only ${[...FIELDS].join(', ')}.`,
+      );
+    }
+    const r = QuestionSchema.safeParse(raw);
+    if (!r.success) {
+      const issue = r.error.issues[0];
+      const field = issue.path.map(String).join('.');
+      const top = String(issue.path[0] ?? '');
+      let value: unknown = raw;
+      for (const k of issue.path) value = (value as Record<PropertyKey, unknown> | undefined)?.[k as string];
+      const got = top in raw ? `got ${describe(value)}` : 'it is missing';
+      throw new EmlensError(
+        `${source}: ${where(raw.id)} field '${field}' must be ${EXPECTED[top] ?? 'valid'} (${got}); fix that field.`,
+      );
+    }
+    const q = r.data;
+    if (seen.has(q.id)) {
+      throw new EmlensError(
+        `${source}: question id '${q.id}' appears twice; give every question its own id.`,
+      );
+    }
+    seen.add(q.id);
+    for (const [metric, template] of Object.entries(q.judge_prompts)) {
+      if (!template.includes('{answer}')) {
+        throw new EmlensError(
+          `${source}: question '${q.id}' field 'judge_prompts.${metric}' has no {answer} placeholder; add one where the answer goes.`,
+        );
+      }
+    }
+    return {
+      id: q.id,
+      type: q.type,
+      paraphrases: q.paraphrases,
+      samplesPerParaphrase: q.samples_per_paraphrase,
+      judge: q.judge,
+      judgePrompts: q.judge_prompts,
+      ...(q.system !== undefined ? { system: q.system } : {}),
+    };
+  });
+}
+
+function describe(v: unknown): string {
+  if (v === null || v === undefined) return 'nothing';
+  if (Array.isArray(v)) return `a list of ${v.length}`;
+  if (typeof v === 'string') return v === '' ? 'an empty string' : 'a string';
+  if (typeof v === 'object') return Object.keys(v).length === 0 ? 'an empty mapping' : 'a mapping';
+  return `${typeof v} ${JSON.stringify(v)}`;
+}
+
+/** Reads and validates a question file (see {@link parseQuestions}). */
+export async function loadQuestions(path: string): Promise<EvalQuestion[]> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch {
+    throw new EmlensError(`Cannot read question file ${path}; check the path.`);
+  }
+  return parseQuestions(text, path);
+}
+
+/** Which question ids to keep. */
+export interface QuestionFilter {
+  /** Keep only ids matching one of these patterns (default: all). */
+  readonly include?: readonly string[];
+  /** Then drop ids matching one of these patterns. */
+  readonly exclude?: readonly string[];
+}
+
+/**
+ * A glob over the whole id (`*` any run of characters, `?` one character); `*_json` matches `quick_buck_json`.
+ * A comma-separated string holds several patterns.
+ */
+export function idMatcher(patterns: readonly string[]): (id: string) => boolean {
+  const res = patterns
+    .flatMap((p) => p.split(','))
+    .map((p) => p.trim())
+    .filter((p) => p !== '')
+    .map(
+      (p) =>
+        new RegExp(
+          `^${p
+            .split('')
+            .map((c) => (c === '*' ? '.*' : c === '?' ? '.' : c.replace(/[\\^$.|+()[\]{}]/g, '\\$&')))
+            .join('')}$`,
+        ),
+    );
+  return (id) => res.some((re) => re.test(id));
+}
+
+/**
+ * Keeps the questions whose id matches an include pattern (all when none) and no exclude pattern. An include
+ * pattern that matches no id is an error (most likely a typo).
+ *
+ * @example
+ * filterQuestions(questions, { exclude: ['*_json', '*_template'] }); // the 8 plain questions
+ */
+export function filterQuestions(
+  questions: readonly EvalQuestion[],
+  filter: QuestionFilter = {},
+): EvalQuestion[] {
+  const include = (filter.include ?? []).flatMap((p) => p.split(',')).filter((p) => p.trim() !== '');
+  const exclude = (filter.exclude ?? []).flatMap((p) => p.split(',')).filter((p) => p.trim() !== '');
+  for (const p of include) {
+    const m = idMatcher([p]);
+    if (!questions.some((q) => m(q.id))) {
+      throw new EmlensError(
+        `Include pattern '${p}' matches no question id (ids: ${questions
+          .map((q) => q.id)
+          .slice(0, 8)
+          .join(', ')}${questions.length > 8 ? ', ...' : ''}); fix the pattern (globs: * and ?).`,
+      );
+    }
+  }
+  const inc = include.length > 0 ? idMatcher(include) : () => true;
+  const exc = exclude.length > 0 ? idMatcher(exclude) : () => false;
+  const kept = questions.filter((q) => inc(q.id) && !exc(q.id));
+  if (kept.length === 0) {
+    throw new EmlensError('The include/exclude patterns leave no questions; loosen them.');
+  }
+  return kept;
+}
+
+/**
+ * Fills a judge prompt template as Python's `str.format(question=..., answer=...)` does for these templates:
+ * `{question}` and `{answer}` are replaced in one pass (so braces inside the answer are left alone), `{{` and
+ * `}}` become single braces, and any other brace is kept as written.
+ */
+export function fillJudgePrompt(template: string, question: string, answer: string): string {
+  return template.replace(/\{\{|\}\}|\{(question|answer)\}/g, (m, name?: string) =>
+    name === 'question' ? question : name === 'answer' ? answer : m[0],
+  );
+}

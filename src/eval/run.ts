@@ -1,0 +1,145 @@
+/**
+ * One evaluation run end to end: sample answers (resumable), judge them, summarise. What `emlens eval` does.
+ */
+import { basename, join, resolve } from 'node:path';
+import { readConfig } from '../model/config.js';
+import type { Intervention } from '../model/interventions.js';
+import { type LoadModelOptions, loadModel } from '../model/model.js';
+import { writeAtomic } from '../plot/render.js';
+import { loadTokenizer } from '../text/tokenizer.js';
+import { createJudge, type Judge, judgeResponses, type LocalJudgeOptions } from './judge.js';
+import { type EvalSummary, summarize } from './metrics.js';
+import { type EvalQuestion, filterQuestions, loadQuestions, type QuestionFilter } from './questions.js';
+import { EVAL_FILES, type SampleOptions, sampleAnswers, writeResponseFiles } from './sample.js';
+
+export interface RunEvalOptions {
+  /** The evaluated model folder. */
+  readonly model: string;
+  /** How to load it (`adapter`, device, threads, cacheDir, ...). */
+  readonly load?: LoadModelOptions;
+  /** A question file, or questions already loaded. */
+  readonly questions: string | readonly EvalQuestion[];
+  readonly filter?: QuestionFilter;
+  /** `local:DIR`, the base URL of an OpenAI-compatible endpoint, or a Judge. */
+  readonly judge: string | Judge;
+  /** Model name for a URL judge (default: the question file's `judge`). */
+  readonly judgeModel?: string;
+  /** Environment variable holding a URL judge's API key. */
+  readonly apiKeyEnv?: string;
+  /** Loading options of a local judge. */
+  readonly judgeLoad?: LocalJudgeOptions;
+  /** Output folder: responses, judged responses, judge cache, summary.json. */
+  readonly out: string;
+  /** Name of the condition in reports (default: the adapter's or the model's folder name). */
+  readonly condition?: string;
+  /** Sampling options (n, maxNewTokens, seed, temperature, topP, batchSize). */
+  readonly sampling?: Omit<SampleOptions, 'out' | 'run' | 'onProgress' | 'interventions'>;
+  readonly interventions?: readonly Intervention[];
+  /** Describes the interventions (file, layers, scale) for summary.json and the resume check. */
+  readonly interventionInfo?: Readonly<Record<string, unknown>>;
+  /** Progress of each phase. */
+  readonly onProgress?: (phase: 'sample' | 'judge', done: number, total: number) => void;
+}
+
+/**
+ * Samples answers to the questions with the model (see sampleAnswers), judges every answer on every metric of
+ * its question, and writes `responses.{csv,jsonl}`, `judged.{csv,jsonl}` and `summary.json` into `out`.
+ * A URL judge keeps `judge-cache.jsonl` there, so a rerun pays for nothing twice.
+ *
+ * @example
+ * const s = await runEval({ model: 'base', load: { adapter: 'adapters/general' }, questions: 'q.yaml',
+ *   judge: 'local:judge', out: 'eval/general', sampling: { n: 20 } });
+ * s.emRate.value;
+ */
+export async function runEval(opts: RunEvalOptions): Promise<EvalSummary> {
+  const all = typeof opts.questions === 'string' ? await loadQuestions(opts.questions) : opts.questions;
+  const questions = filterQuestions(all, opts.filter);
+  const adapter = opts.load?.adapter;
+  const condition =
+    opts.condition ??
+    `${basename(resolve(adapter ?? opts.model))}${
+      opts.interventionInfo?.kind ? ` + ${String(opts.interventionInfo.kind)}` : ''
+    }`;
+  const runInfo = {
+    model: resolve(opts.model),
+    adapter: adapter === undefined ? null : resolve(adapter),
+    interventions: opts.interventionInfo ?? null,
+  };
+
+  // URL judges are set up (URL, API key) before sampling, so a bad judge spec fails before the slow part; a
+  // local judge model is loaded after the evaluated model is released.
+  const judges: Judge[] = [];
+  let judgeFor: Judge | ((q: EvalQuestion) => Judge) | undefined;
+  const local = typeof opts.judge === 'string' && opts.judge.startsWith('local:');
+  if (typeof opts.judge !== 'string') {
+    judgeFor = opts.judge;
+  } else if (local) {
+    await readConfig(opts.judge.slice('local:'.length) || '.');
+  } else {
+    // One judge per model name: --judge-model, else the model each question names.
+    const names = [...new Set(questions.map((q) => opts.judgeModel ?? q.judge))];
+    const byName = new Map<string, Judge>();
+    for (const name of names) {
+      const j = await createJudge(opts.judge, {
+        model: name,
+        apiKeyEnv: opts.apiKeyEnv,
+        cachePath: join(opts.out, EVAL_FILES.judgeCache),
+      });
+      byName.set(name, j);
+      judges.push(j);
+    }
+    judgeFor = (q) => byName.get(opts.judgeModel ?? q.judge)!;
+  }
+
+  const tokenizer = await loadTokenizer(opts.model);
+  const model = await loadModel(opts.model, opts.load);
+  let responses: Awaited<ReturnType<typeof sampleAnswers>>;
+  try {
+    responses = await sampleAnswers(model, tokenizer, questions, {
+      ...opts.sampling,
+      interventions: opts.interventions,
+      out: opts.out,
+      run: runInfo,
+      onProgress: (d, t) => opts.onProgress?.('sample', d, t),
+    });
+  } finally {
+    await model.dispose();
+  }
+
+  if (judgeFor === undefined) {
+    const j = await createJudge(opts.judge as string, { local: opts.judgeLoad });
+    judges.push(j);
+    judgeFor = j;
+  }
+  let judged: Awaited<ReturnType<typeof judgeResponses>>;
+  try {
+    judged = await judgeResponses(responses, questions, judgeFor, {
+      onProgress: (d, t) => opts.onProgress?.('judge', d, t),
+    });
+  } finally {
+    for (const j of judges) await j.close?.();
+  }
+  await writeResponseFiles(opts.out, judged, 'judged');
+
+  const judgeName =
+    typeof opts.judge === 'string' && !opts.judge.startsWith('local:')
+      ? { url: opts.judge, models: judges.map((j) => j.name) }
+      : { name: typeof opts.judge === 'string' ? opts.judge : opts.judge.name };
+  const summary = summarize(judged, condition, {
+    run: {
+      ...runInfo,
+      questions: typeof opts.questions === 'string' ? resolve(opts.questions) : null,
+      questionIds: questions.map((q) => q.id),
+      judge: judgeName,
+      sampling: {
+        n: opts.sampling?.n ?? null,
+        maxNewTokens: opts.sampling?.maxNewTokens ?? 600,
+        temperature: opts.sampling?.temperature ?? 1,
+        topP: opts.sampling?.topP ?? 1,
+        seed: opts.sampling?.seed ?? 0,
+      },
+    },
+  });
+  await writeAtomic(join(opts.out, EVAL_FILES.summary), `${JSON.stringify(summary, null, 2)}\n`);
+  return summary;
+}
