@@ -191,6 +191,11 @@ describe('tokenizer', () => {
     }
   });
 
+  it('decodes an empty id list to the empty string (a generation that ends at once)', () => {
+    expect(qwen3.decode([])).toBe('');
+    expect(llama31.decode([], { skipSpecialTokens: true })).toBe('');
+  });
+
   it('cleans up tokenization spaces by default as the config says (Llama 3.1: true, Qwen3: false)', () => {
     const text = 'a ? b , c !';
     expect(llama31.decode(llama31.encode(text, { addSpecialTokens: false }))).toBe('a? b, c!');

@@ -124,13 +124,16 @@ export async function loadTokenizer(dir: string): Promise<TextTokenizer> {
     specialTokens: specialTokensOf(config),
     chatTemplate: jinja ?? configChatTemplate(config),
     encode: (text, opts) => tok.encode(text, { add_special_tokens: opts?.addSpecialTokens ?? true }).ids,
+    // @huggingface/tokenizers throws on an empty id list; nothing decodes to the empty string.
     decode: (ids, opts) =>
-      tok.decode([...ids], {
-        skip_special_tokens: opts?.skipSpecialTokens ?? false,
-        ...(opts?.cleanUpTokenizationSpaces !== undefined
-          ? { clean_up_tokenization_spaces: opts.cleanUpTokenizationSpaces }
-          : {}),
-      }),
+      ids.length === 0
+        ? ''
+        : tok.decode([...ids], {
+            skip_special_tokens: opts?.skipSpecialTokens ?? false,
+            ...(opts?.cleanUpTokenizationSpaces !== undefined
+              ? { clean_up_tokenization_spaces: opts.cleanUpTokenizationSpaces }
+              : {}),
+          }),
     tokenToId: (token) => tok.token_to_id(token),
     idToToken: (id) => tok.id_to_token(id),
   };
