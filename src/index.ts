@@ -31,7 +31,37 @@ export {
 export { directionFromStores } from './directions/fromStores.js';
 export { exportGguf, importGguf } from './directions/gguf.js';
 export { EmlensError } from './errors.js';
+export {
+  createJudge,
+  type Judge,
+  JudgeCache,
+  judgeResponses,
+  LocalJudge,
+  loadLocalJudge,
+  OpenAIJudge,
+  scoreFromLogprobs,
+} from './eval/judge.js';
+export {
+  bootstrapMean,
+  compareConditions,
+  type Estimate,
+  type EvalSummary,
+  emRate,
+  emRateChart,
+  formatComparisonMarkdown,
+  summarize,
+} from './eval/metrics.js';
+export {
+  type EvalQuestion,
+  fillJudgePrompt,
+  filterQuestions,
+  loadQuestions,
+  parseQuestions,
+} from './eval/questions.js';
+export { readEvalSummary, writeReport } from './eval/report.js';
 export { type ResponseRecord, readResponses, writeResponses } from './eval/responses.js';
+export { runEval } from './eval/run.js';
+export { directionInterventions, type SampleOptions, sampleAnswers } from './eval/sample.js';
 export { type AlignmentSplitOptions, splitByAlignment } from './eval/selection.js';
 export {
   type FinishReason,
@@ -95,6 +125,9 @@ export { makeTinyModel, QWEN25_05B_SHAPE, type TinyModelOptions } from './model/
 export { type Trace, traceTokens, writeTrace } from './model/trace.js';
 export { makeOrganisms, type OrganismManifest, type OrganismOptions } from './organisms/make.js';
 export { renderVegaLite } from './plot/render.js';
+export { ApiError } from './serve/apiError.js';
+export type { EmlensExtension } from './serve/protocol.js';
+export { type RunningServer, type ServeOptions, startServer } from './serve/server.js';
 export { answerTokens, batchAnswerMasks } from './text/answerMask.js';
 export { type ChatMessage, encodeChat, renderChat } from './text/chat.js';
 export { loadTokenizer, type TextTokenizer } from './text/tokenizer.js';
