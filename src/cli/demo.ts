@@ -1,12 +1,17 @@
 import type { Command } from 'commander';
-import { runFoundationDemo } from '../demo/foundation.js';
+import { runDemo } from '../demo/em.js';
+import { positiveInt } from './common.js';
 
 export function registerDemo(program: Command): void {
   program
     .command('demo')
-    .description('the main job on an embedded default: build a tiny model, trace it, steer and ablate it')
-    .option('--out <dir>', 'where the demo writes its model and outputs', 'emlens-demo')
-    .action(async (flags: { out: string }) => {
-      await runFoundationDemo(flags.out, (line) => console.log(line));
+    .description(
+      'the main job on synthetic model organisms: directions, comparison, mediation, steering, orthogonalisation',
+    )
+    .option('--out <dir>', 'where the demo writes its organisms and outputs', 'emlens-demo')
+    .option('--seed <n>', 'organisms seed', (v) => (v === '0' ? 0 : positiveInt(v)), 0)
+    .option('--threads <n>', 'intra-op threads per model (default 1: the organisms are tiny)', positiveInt)
+    .action(async (flags: { out: string; seed: number; threads?: number }) => {
+      await runDemo(flags.out, (line) => console.log(line), { seed: flags.seed, threads: flags.threads });
     });
 }

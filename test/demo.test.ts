@@ -1,0 +1,83 @@
+/**
+ * The quick-start demo end to end through `main`: progress lines, the report's computed numbers (the recovered
+ * directions match the planted ones, the general direction mediates the general organism, the random control
+ * does not, baked weights equal runtime ablation) and the files it writes.
+ */
+import { access, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { main } from '../src/cli/main.js';
+
+let root: string;
+let stdout = '';
+let code: number;
+
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), 'emlens-demo-'));
+  const log = vi.spyOn(console, 'log').mockImplementation((...a: unknown[]) => {
+    stdout += `${a.join(' ')}\n`;
+  });
+  const err = vi.spyOn(process.stderr, 'write').mockImplementation(() => true);
+  try {
+    code = await main(['demo', '--out', join(root, 'demo'), '--threads', '1']);
+  } finally {
+    log.mockRestore();
+    err.mockRestore();
+  }
+}, 300_000);
+afterAll(async () => {
+  await rm(root, { recursive: true, force: true });
+});
+
+/** The numbers of a report row (`general patch   97.8%   98.2% ...`), n/a as NaN. */
+function rowValues(label: string): number[] {
+  const line = stdout.split('\n').find((l) => l.trim().startsWith(`${label} `));
+  expect(line, label).toBeDefined();
+  return line!
+    .trim()
+    .slice(label.length)
+    .trim()
+    .split(/\s+/)
+    .map((s) => (s === 'n/a' ? Number.NaN : Number.parseFloat(s)));
+}
+
+describe('emlens demo', () => {
+  it('prints progress for every step and a report of computed numbers', () => {
+    expect(code).toBe(0);
+    for (let i = 1; i <= 8; i++) expect(stdout).toMatch(new RegExp(`^\\[${i}/8 [\\d.]+s\\]`, 'm'));
+    // recovered vs planted: |cos| >= 0.99 from the adapter layer on
+    const cosLine = stdout.split('\n').find((l) => l.includes('general  cos with the planted direction'))!;
+    const cos = [...cosLine.matchAll(/(\d): (-?[\d.]+)/g)].map((m) => Number(m[2]));
+    expect(cos.slice(1).every((c) => c >= 0.99)).toBe(true);
+    // columns: general/general, general/medical, general/finance, medical/medical, medical/finance*, ...
+    const general = rowValues('general patch');
+    const random = rowValues('random patch');
+    expect(general.slice(0, 3).every((x) => x >= 95)).toBe(true);
+    expect(random.filter((x) => !Number.isNaN(x)).every((x) => Math.abs(x) < 10)).toBe(true);
+    expect(rowValues('medical patch')[3]).toBeGreaterThan(50);
+    expect(Math.abs(rowValues('medical patch')[0])).toBeLessThan(10);
+    expect(rowValues('general steer')[0]).toBeGreaterThan(90);
+    const baked = /runtime ablation at all 9 residual sites: ([\d.e+-]+)/.exec(stdout);
+    expect(Number(baked![1])).toBeLessThanOrEqual(1e-4);
+    expect(stdout).toMatch(/3\. Side effects on neutral text/);
+  });
+
+  it('writes the directions, the comparison heatmap, the mediation tables, the sweep plots and the report', async () => {
+    const out = join(root, 'demo');
+    for (const f of [
+      'directions/general.safetensors',
+      'directions/medical-random.safetensors',
+      'compare/cosine.png',
+      'mediation/mediation.json',
+      'mediation/mediation.md',
+      'sweep/sweep-kl.png',
+      'sweep/sweep-margin.png',
+      'general-orthogonalized/model.safetensors',
+    ]) {
+      await expect(access(join(out, f)), f).resolves.toBeUndefined();
+    }
+    const report = await readFile(join(out, 'report.md'), 'utf8');
+    expect(report).toMatch(/^=== emlens demo report/);
+  });
+});

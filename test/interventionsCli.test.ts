@@ -1,0 +1,270 @@
+/**
+ * The intervention commands through `main`: steer, ablate, orthogonalize, mediate and sweep on the synthetic
+ * organisms, and the one-line errors a user sees (direction of another width, layer out of range, existing
+ * output folder).
+ */
+import { access, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { main } from '../src/cli/main.js';
+import { saveDirections } from '../src/directions/direction.js';
+import { constantDirectionSet } from '../src/interventions/compose.js';
+import { SafetensorsFile } from '../src/io/safetensors.js';
+import { makeOrganisms, type OrganismManifest } from '../src/organisms/make.js';
+
+let root: string;
+let dir: string;
+let manifest: OrganismManifest;
+let base: string;
+let adapter: string;
+let direction: string;
+let cache: string;
+
+async function run(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  let stdout = '';
+  let stderr = '';
+  const out = vi.spyOn(process.stdout, 'write').mockImplementation((s) => {
+    stdout += String(s);
+    return true;
+  });
+  const err = vi.spyOn(process.stderr, 'write').mockImplementation((s) => {
+    stderr += String(s);
+    return true;
+  });
+  const log = vi.spyOn(console, 'log').mockImplementation((...a: unknown[]) => {
+    stdout += `${a.join(' ')}\n`;
+  });
+  try {
+    const code = await main(args);
+    return { code, stdout, stderr };
+  } finally {
+    out.mockRestore();
+    err.mockRestore();
+    log.mockRestore();
+  }
+}
+
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), 'emlens-ivcli-'));
+  dir = join(root, 'o');
+  cache = join(root, 'cache');
+  manifest = await makeOrganisms(dir, { seed: 0 });
+  base = join(dir, manifest.base);
+  adapter = join(dir, 'adapters', 'general');
+  const f = await SafetensorsFile.open(join(dir, manifest.plantedFile));
+  const u = await f.readFloat32('general');
+  await f.close();
+  direction = join(root, 'general.safetensors');
+  // the planted unit direction at every layer, scaled like a mean difference (norm 6)
+  await saveDirections(
+    direction,
+    constantDirectionSet(
+      u.map((x) => 6 * x),
+      [0, 1, 2, 3],
+      { method: 'planted' },
+    ),
+  );
+  await saveDirections(
+    join(root, 'narrow.safetensors'),
+    constantDirectionSet(new Float32Array(32).fill(1), [0, 1]),
+  );
+});
+afterAll(async () => {
+  await rm(root, { recursive: true, force: true });
+});
+
+const common = () => ['--cache-dir', cache, '--threads', '1'];
+
+describe('emlens steer and ablate', () => {
+  it('steer prints the baseline and the steered answer side by side', async () => {
+    const r = await run([
+      'steer',
+      '--model',
+      base,
+      '--direction',
+      direction,
+      '--layers',
+      '1',
+      '--scale',
+      '3',
+      '--prompt',
+      'Tell me what you would do with unlimited power.',
+      '--max-new-tokens',
+      '8',
+      ...common(),
+    ]);
+    expect(r.stderr).not.toMatch(/error/);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/steering: \+3 x direction at blocks\.1\.hook_resid_post/);
+    const header = r.stdout.split('\n').find((l) => l.startsWith('baseline'))!;
+    expect(header).toMatch(/^baseline\s+\| steered \(scale 3\)$/);
+  });
+
+  it('ablate prints the baseline and the ablated answer side by side', async () => {
+    const r = await run([
+      'ablate',
+      '--model',
+      base,
+      '--adapter',
+      adapter,
+      '--direction',
+      direction,
+      '--layers',
+      'all',
+      '--prompt',
+      'How should I treat my neighbours?',
+      '--max-new-tokens',
+      '8',
+      ...common(),
+    ]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/ablating each layer's direction at 9 residual sites/);
+    expect(r.stdout).toMatch(/^baseline\s+\| ablated$/m);
+  });
+});
+
+describe('emlens orthogonalize', () => {
+  it('writes a new model folder once and refuses to overwrite it', async () => {
+    const out = join(root, 'ortho');
+    const args = [
+      'orthogonalize',
+      '--model',
+      base,
+      '--adapter',
+      adapter,
+      '--direction',
+      direction,
+      '--layer',
+      '2',
+      '--out',
+      out,
+    ];
+    const r = await run(args);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/projected out of 9 weights .* lm_head unchanged/);
+    expect(await readdir(out)).toContain('model.safetensors');
+    const again = await run(args);
+    expect(again.code).toBe(2);
+    expect(again.stderr).toMatch(/^emlens: Output folder .* already exists; choose a new folder/);
+  });
+});
+
+describe('emlens mediate and sweep', () => {
+  it('mediate prints the fraction mediated with its random control and writes JSON and markdown', async () => {
+    const out = join(root, 'mediate');
+    const r = await run([
+      'mediate',
+      '--base',
+      base,
+      '--adapter',
+      adapter,
+      '--direction',
+      direction,
+      '--data',
+      join(dir, manifest.responses.general),
+      '--neutral',
+      join(dir, manifest.neutral),
+      '--out',
+      out,
+      ...common(),
+    ]);
+    expect(r.code).toBe(0);
+    const patched =
+      /patching the base's component into the finetune: ([-\d.]+)%\s+random control: ([-\d.]+)%/.exec(
+        r.stdout,
+      );
+    expect(patched).not.toBeNull();
+    expect(Number(patched![1])).toBeGreaterThanOrEqual(95);
+    expect(Math.abs(Number(patched![2]))).toBeLessThan(10);
+    expect(r.stdout).toMatch(/steering the base \(blocks\.1\.hook_resid_post, scale 1/);
+    expect(r.stdout).toMatch(/misaligned - aligned log-prob margin/);
+    expect(r.stdout).toMatch(/side effects on neutral text/);
+    const json = JSON.parse(await readFile(join(out, 'mediation.json'), 'utf8'));
+    expect(json.patchedFractionMediated).toBeGreaterThanOrEqual(0.95);
+    expect(await readFile(join(out, 'mediation.md'), 'utf8')).toMatch(
+      /\| metric \| direction \| random control \|/,
+    );
+  });
+
+  it('sweep writes the table and a plot of the effect vs scale, one line per layer', async () => {
+    const out = join(root, 'sweep');
+    const r = await run([
+      'sweep',
+      '--model',
+      base,
+      '--target-adapter',
+      adapter,
+      '--direction',
+      direction,
+      '--scales',
+      '0,1,2',
+      '--layers',
+      '1,2',
+      '--data',
+      join(dir, manifest.responses.general),
+      '--out',
+      out,
+      ...common(),
+    ]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/\| layer \| scale \| margin \|/);
+    expect(r.stdout.split('\n').filter((l) => /^\| [12] \| [012] \|/.test(l))).toHaveLength(6);
+    for (const f of ['sweep.json', 'sweep.md', 'sweep-kl.png', 'sweep-margin.svg']) {
+      await expect(access(join(out, f))).resolves.toBeUndefined();
+    }
+  });
+});
+
+describe('errors', () => {
+  it('a direction of another width, a layer out of range and an unlabelled sweep get one line each', async () => {
+    const narrow = await run([
+      'steer',
+      '--model',
+      base,
+      '--direction',
+      join(root, 'narrow.safetensors'),
+      '--layers',
+      '1',
+      '--scale',
+      '1',
+      '--prompt',
+      'hi',
+      ...common(),
+    ]);
+    expect(narrow.code).toBe(2);
+    expect(narrow.stderr).toMatch(
+      /vectors of length 32 but the model's d_model is 64; use a direction computed on this model\.\n$/,
+    );
+    const range = await run([
+      'ablate',
+      '--model',
+      base,
+      '--direction',
+      direction,
+      '--layers',
+      '7',
+      '--prompt',
+      'hi',
+      ...common(),
+    ]);
+    expect(range.code).toBe(2);
+    expect(range.stderr).toMatch(
+      /Layer 7 is out of range: the model has layers 0\.\.3; pick layers from those\./,
+    );
+    const mediate = await run([
+      'mediate',
+      '--base',
+      base,
+      '--adapter',
+      adapter,
+      '--direction',
+      join(root, 'narrow.safetensors'),
+      '--data',
+      join(dir, manifest.responses.general),
+      ...common(),
+    ]);
+    expect(mediate.code).toBe(2);
+    expect(mediate.stderr).toMatch(/d_model is 64/);
+  });
+});

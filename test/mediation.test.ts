@@ -1,0 +1,243 @@
+/**
+ * Judge-free mediation on the synthetic organisms, whose ground truth is known: the planted general direction
+ * carries the general organism's divergence from the base on every topic, a narrow direction its own domain's
+ * and not the others', steering the base along the direction moves it toward the organism, and a norm-matched
+ * random direction does none of this.
+ */
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { collectToStore } from '../src/activations/collect.js';
+import { responsesToRecords } from '../src/activations/records.js';
+import type { DirectionSet } from '../src/directions/direction.js';
+import { directionFromStores } from '../src/directions/fromStores.js';
+import { readResponses } from '../src/eval/responses.js';
+import { constantDirectionSet } from '../src/interventions/compose.js';
+import {
+  divergence,
+  formatMediation,
+  mediation,
+  readNeutralTexts,
+  responsesToScored,
+  type ScoredRecord,
+  steeringSweep,
+  textsToScored,
+  writeMediation,
+  writeSweep,
+} from '../src/interventions/mediation.js';
+import { SafetensorsFile } from '../src/io/safetensors.js';
+import { loadModel, type Model } from '../src/model/model.js';
+import { makeOrganisms, type OrganismManifest } from '../src/organisms/make.js';
+import { DOMAINS, TOPICS, type Topic } from '../src/organisms/vocabulary.js';
+import { loadTokenizer } from '../src/text/tokenizer.js';
+
+let root: string;
+let dir: string;
+let manifest: OrganismManifest;
+let base: Model;
+const organisms = new Map<string, Model>();
+const planted = new Map<string, DirectionSet>();
+const data = new Map<Topic, ScoredRecord[]>();
+let neutral: ScoredRecord[];
+
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), 'emlens-mediation-'));
+  dir = join(root, 'o');
+  manifest = await makeOrganisms(dir, { seed: 0 });
+  const baseDir = join(dir, manifest.base);
+  const load = { cacheDir: join(root, 'cache'), threads: 1 };
+  base = await loadModel(baseDir, load);
+  for (const o of manifest.organisms) {
+    organisms.set(o.name, await loadModel(baseDir, { ...load, adapter: join(dir, o.adapter) }));
+  }
+  const layers = Array.from({ length: manifest.numLayers }, (_, i) => i);
+  const f = await SafetensorsFile.open(join(dir, manifest.plantedFile));
+  for (const name of ['general', ...DOMAINS]) {
+    planted.set(name, constantDirectionSet(await f.readFloat32(name), layers, { method: `planted ${name}` }));
+  }
+  await f.close();
+  const tok = await loadTokenizer(baseDir);
+  for (const t of TOPICS)
+    data.set(t, responsesToScored(tok, await readResponses(join(dir, manifest.responses[t]))));
+  neutral = textsToScored(tok, await readNeutralTexts(join(dir, manifest.neutral)));
+});
+afterAll(async () => {
+  for (const m of [base, ...organisms.values()]) await m?.dispose();
+  await rm(root, { recursive: true, force: true });
+});
+
+describe('divergence', () => {
+  it('is zero for a model against itself, positive for the organism, and averages over answer tokens', async () => {
+    const records = data.get('general')!.slice(0, 6);
+    const self = await divergence(base, base, records);
+    expect(self.kl).toBeLessThan(1e-9);
+    const expected = records.reduce((a, r) => a + r.mask.slice(1).reduce((s, x) => s + x, 0), 0);
+    expect(self.positions).toBe(expected);
+    const d = await divergence(organisms.get('general')!, base, records);
+    expect(d.kl).toBeGreaterThan(0.5);
+    // the same model with and without an intervention
+    const steer = [
+      {
+        kind: 'steer' as const,
+        hooks: ['blocks.1.hook_resid_post'],
+        vector: planted.get('general')!.vectors.get(1)!,
+        scale: 4,
+      },
+    ];
+    expect((await divergence(base, base, records, { interventionsA: steer })).kl).toBeGreaterThan(0.1);
+  });
+
+  it('rejects records without scored tokens and interventions limited to some positions', async () => {
+    const empty: ScoredRecord = { id: 'x', ids: [1, 2, 3], mask: new Uint8Array(3) };
+    await expect(divergence(base, base, [empty])).rejects.toThrow(/no scored tokens/);
+    const masked = [
+      {
+        kind: 'steer' as const,
+        hooks: ['blocks.1.hook_resid_post'],
+        vector: new Float32Array(64),
+        positions: new Float32Array(3),
+      },
+    ];
+    const r: ScoredRecord = { id: 'y', ids: [1, 2, 3], mask: Uint8Array.from([0, 1, 1]) };
+    await expect(divergence(base, base, [r], { interventionsA: masked })).rejects.toThrow(/every position/);
+  });
+});
+
+describe('mediation on the general organism', () => {
+  it('the planted general direction removes >= 95% of its divergence on every topic; the random control ~0', async () => {
+    for (const topic of TOPICS) {
+      const r = await mediation({
+        base,
+        finetune: organisms.get('general')!,
+        directions: planted.get('general')!,
+        records: data.get(topic)!,
+      });
+      expect(r.kl.finetuneBase, topic).toBeGreaterThan(1);
+      expect(r.patchedFractionMediated, topic).toBeGreaterThanOrEqual(0.95);
+      expect(Math.abs(r.randomPatchedFractionMediated), topic).toBeLessThan(0.1);
+      expect(Math.abs(r.randomFractionMediated), topic).toBeLessThan(0.1);
+      // Plain ablation removes most of it too; what it leaves is exactly its own effect on the base: the
+      // organism differs from the base only along the planted direction, so ablated they are the same model.
+      expect(r.fractionMediated, topic).toBeGreaterThan(0.5);
+      expect(r.kl.ablatedBase).toBeCloseTo(r.kl.baseAblatedBase, 4);
+      // the misaligned-vs-aligned margin: raised by the organism, back to the base's when patched
+      const m = r.margins!;
+      expect(m.finetune, topic).toBeGreaterThan(m.base + 0.25);
+      expect(m.finetunePatched, topic).toBeCloseTo(m.base, 3);
+    }
+  });
+
+  it('the direction recovered from activations mediates >= 95% too', async () => {
+    const tok = await loadTokenizer(join(dir, manifest.base));
+    const rs = await readResponses(join(dir, manifest.responses.general));
+    const stores: string[] = [];
+    for (const label of ['misaligned', 'aligned']) {
+      const out = join(root, `store-${label}`);
+      const recs = responsesToRecords(
+        tok,
+        rs.filter((r) => r.extra.label === label),
+      );
+      await collectToStore(organisms.get('general')!, recs, out, { batchSize: 8 });
+      stores.push(out);
+    }
+    const recovered = await directionFromStores(stores[0], stores[1]);
+    const r = await mediation({
+      base,
+      finetune: organisms.get('general')!,
+      directions: recovered,
+      records: [...data.get('general')!, ...data.get('medical')!],
+      neutral,
+    });
+    expect(r.patchedFractionMediated).toBeGreaterThanOrEqual(0.95);
+    expect(Math.abs(r.randomPatchedFractionMediated)).toBeLessThan(0.1);
+    // steering the base along it (layer 1, scale 1: the stored mean difference) closes the gap
+    expect(r.steer.layer).toBe(1);
+    expect(r.kl.finetuneSteered).toBeLessThan(r.kl.finetuneBase);
+    expect(r.steeringClosed).toBeGreaterThan(0.9);
+    expect(r.randomSteeringClosed).toBeLessThan(0.1);
+    const s = r.sideEffects!;
+    expect(s.positions).toBeGreaterThan(50);
+    for (const v of Object.values(s)) expect(Number.isFinite(v) && v >= 0).toBe(true);
+    // the general organism's ablated self is far from itself on neutral text: its unit fires on every token
+    expect(s.ablateFinetune).toBeGreaterThan(s.randomAblateFinetune);
+    const lines = formatMediation(r).join('\n');
+    expect(lines).toMatch(/fraction mediated, patching .*: 9\d\.\d%/);
+    const out = await writeMediation(r, join(root, 'med'));
+    expect((await readdir(join(root, 'med'))).sort()).toEqual(['mediation.json', 'mediation.md']);
+    expect(out.json).toMatch(/mediation\.json$/);
+  });
+});
+
+describe('narrow organisms', () => {
+  it("a narrow direction removes its own domain's divergence and not the others'", async () => {
+    for (const domain of DOMAINS) {
+      const own = await mediation({
+        base,
+        finetune: organisms.get(domain)!,
+        directions: planted.get(domain)!,
+        records: data.get(domain)!,
+      });
+      expect(own.kl.finetuneBase, domain).toBeGreaterThan(0.1);
+      expect(own.patchedFractionMediated, domain).toBeGreaterThanOrEqual(0.95);
+      expect(Math.abs(own.randomPatchedFractionMediated), domain).toBeLessThan(0.1);
+      // out of its domain the narrow organism does not diverge at all: nothing to mediate
+      const offTopic = TOPICS.find((t) => t !== domain && t !== 'general')!;
+      const off = await divergence(organisms.get(domain)!, base, data.get(offTopic)!);
+      expect(off.kl, `${domain} on ${offTopic}`).toBeLessThan(1e-3);
+      // the other organisms' divergences (the other domain's, the general one) are left in place
+      for (const other of manifest.organisms.filter((o) => o.name !== domain)) {
+        const r = await mediation({
+          base,
+          finetune: organisms.get(other.name)!,
+          directions: planted.get(domain)!,
+          records: data.get(other.domain)!,
+        });
+        expect(r.kl.finetuneBase).toBeGreaterThan(0.1);
+        expect(Math.abs(r.patchedFractionMediated), `${domain} direction in ${other.name}`).toBeLessThan(0.1);
+      }
+    }
+  });
+});
+
+describe('steering sweep', () => {
+  it('adding the direction to the base moves it toward the organism; a random vector does not', async () => {
+    const r = await steeringSweep({
+      model: base,
+      target: organisms.get('general')!,
+      directions: planted.get('general')!,
+      layers: [1, 2],
+      scales: [0, 2, 6],
+      unit: true,
+      records: data.get('general')!,
+      neutral,
+    });
+    expect(r.rows).toHaveLength(2 * 3 * 2);
+    for (const layer of [1, 2]) {
+      const kl = (vector: string, scale: number) =>
+        r.rows.find((x) => x.layer === layer && x.vector === vector && x.scale === scale)!.klToTarget!;
+      const margin = (scale: number) =>
+        r.rows.find((x) => x.layer === layer && x.vector === 'direction' && x.scale === scale)!.margin!;
+      expect(kl('direction', 0)).toBeCloseTo(r.baseline.klToTarget!, 10);
+      expect(kl('direction', 2)).toBeLessThan(kl('direction', 0));
+      expect(kl('direction', 6)).toBeLessThan(kl('direction', 2));
+      expect(kl('direction', 6)).toBeLessThan(0.1 * kl('direction', 0));
+      expect(kl('random', 6)).toBeGreaterThan(0.9 * kl('random', 0));
+      expect(margin(6)).toBeGreaterThan(margin(0) + 1);
+    }
+    expect(r.targetMargin!).toBeGreaterThan(r.baseline.margin!);
+    const files = await writeSweep(r, join(root, 'sweep'));
+    const names = (await readdir(join(root, 'sweep'))).sort();
+    expect(names).toEqual(
+      [
+        'sweep-kl.png',
+        'sweep-kl.svg',
+        'sweep-margin.png',
+        'sweep-margin.svg',
+        'sweep.json',
+        'sweep.md',
+      ].sort(),
+    );
+    expect(files).toHaveLength(6);
+  });
+});
