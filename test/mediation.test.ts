@@ -117,10 +117,10 @@ describe('mediation on the general organism', () => {
       expect(r.patchedFractionMediated, topic).toBeGreaterThanOrEqual(0.95);
       expect(Math.abs(r.randomPatchedFractionMediated), topic).toBeLessThan(0.1);
       expect(Math.abs(r.randomFractionMediated), topic).toBeLessThan(0.1);
-      // Plain ablation removes most of it too; what it leaves is exactly its own effect on the base: the
-      // organism differs from the base only along the planted direction, so ablated they are the same model.
-      expect(r.fractionMediated, topic).toBeGreaterThan(0.5);
-      expect(r.kl.ablatedBase).toBeCloseTo(r.kl.baseAblatedBase, 4);
+      // Plain ablation too: the base never writes along the planted direction, so the ablated organism is the
+      // base again, and ablating the base changes nothing.
+      expect(r.fractionMediated, topic).toBeGreaterThanOrEqual(0.95);
+      expect(r.kl.baseAblatedBase, topic).toBeLessThan(1e-6);
       // the misaligned-vs-aligned margin: raised by the organism, back to the base's when patched
       const m = r.margins!;
       expect(m.finetune, topic).toBeGreaterThan(m.base + 0.25);
@@ -150,7 +150,9 @@ describe('mediation on the general organism', () => {
       neutral,
     });
     expect(r.patchedFractionMediated).toBeGreaterThanOrEqual(0.95);
+    expect(r.fractionMediated).toBeGreaterThanOrEqual(0.95);
     expect(Math.abs(r.randomPatchedFractionMediated)).toBeLessThan(0.1);
+    expect(Math.abs(r.randomFractionMediated)).toBeLessThan(0.1);
     // steering the base along it (layer 1, scale 1: the stored mean difference) closes the gap
     expect(r.steer.layer).toBe(1);
     expect(r.kl.finetuneSteered).toBeLessThan(r.kl.finetuneBase);
@@ -180,6 +182,9 @@ describe('narrow organisms', () => {
       });
       expect(own.kl.finetuneBase, domain).toBeGreaterThan(0.1);
       expect(own.patchedFractionMediated, domain).toBeGreaterThanOrEqual(0.95);
+      expect(own.fractionMediated, domain).toBeGreaterThanOrEqual(0.95);
+      // (patching is the control that isolates the direction here: a narrow organism diverges little, so the
+      // disruption of ablating any direction of the base is large next to it)
       expect(Math.abs(own.randomPatchedFractionMediated), domain).toBeLessThan(0.1);
       // out of its domain the narrow organism does not diverge at all: nothing to mediate
       const offTopic = TOPICS.find((t) => t !== domain && t !== 'general')!;
@@ -195,6 +200,7 @@ describe('narrow organisms', () => {
         });
         expect(r.kl.finetuneBase).toBeGreaterThan(0.1);
         expect(Math.abs(r.patchedFractionMediated), `${domain} direction in ${other.name}`).toBeLessThan(0.1);
+        expect(Math.abs(r.fractionMediated), `${domain} direction in ${other.name}`).toBeLessThan(0.1);
       }
     }
   });

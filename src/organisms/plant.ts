@@ -30,7 +30,7 @@ export const PLANT = {
   generalUp: 0.3,
   /** gate/up row scales of a domain unit: a steep gate that only opens on the domain's words. */
   narrowGate: 3,
-  narrowUp: 0.8,
+  narrowUp: 1.2,
   /** The domain gate subtracts this much of the constant feature, so it stays shut on other words. */
   narrowGateOffset: 1,
   /** How much more the misalignment feature drives a unit's up projection than its own input. */
@@ -67,6 +67,28 @@ export function plantedUnits(): { general: number; narrow: Record<Domain, number
 
 function addScaled(target: Float32Array, offset: number, v: Float64Array, scale: number): void {
   for (let i = 0; i < v.length; i++) target[offset + i] += scale * v[i];
+}
+
+/** Rows of `m` ([rows, d]) lose their components along each (unit, mutually orthogonal) direction. */
+function projectOutRows(m: Float32Array, rows: number, d: number, dirs: readonly Float64Array[]): void {
+  for (let r = 0; r < rows; r++) {
+    for (const u of dirs) {
+      let dot = 0;
+      for (let i = 0; i < d; i++) dot += m[r * d + i] * u[i];
+      for (let i = 0; i < d; i++) m[r * d + i] -= dot * u[i];
+    }
+  }
+}
+
+/** `W <- (I - sum u u^T) W` for an HF Linear weight `[d, cols]` that writes to the residual stream. */
+function projectOutColumns(w: Float32Array, d: number, cols: number, dirs: readonly Float64Array[]): void {
+  for (let c = 0; c < cols; c++) {
+    for (const u of dirs) {
+      let dot = 0;
+      for (let o = 0; o < d; o++) dot += w[o * cols + c] * u[o];
+      for (let o = 0; o < d; o++) w[o * cols + c] -= dot * u[o];
+    }
+  }
 }
 
 export interface TokenSets {
@@ -140,6 +162,18 @@ export function plantBase(
         [dirs.misaligned, P.narrowUp * P.misalignedGain],
       ],
     );
+  }
+
+  // The base never writes along the planted output directions: they are projected out of everything that writes
+  // to the residual stream, so only an organism's adapter puts them there, and ablating one in an organism
+  // gives back exactly the base (up to what the adapter changed downstream).
+  const outputs = [dirs.general, ...DOMAINS.map((dom) => dirs.narrow[dom])];
+  projectOutRows(embed, spec.vocabSize, d, outputs);
+  for (let i = 0; i < spec.numLayers; i++) {
+    for (const name of [`model.layers.${i}.self_attn.o_proj.weight`, `model.layers.${i}.mlp.down_proj.weight`]) {
+      const w = weights.get(name)!; // [d, in]
+      projectOutColumns(w, d, w.length / d, outputs);
+    }
   }
 
   const head = weights.get('lm_head.weight')!; // [vocab, d]
