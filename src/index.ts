@@ -11,6 +11,7 @@ export type { ShardEntry, StoreManifest } from './activations/manifest.js';
 export { responsesToRecords } from './activations/records.js';
 export { REDUCTIONS, type Reduction } from './activations/reduce.js';
 export { ActivationStore, mergeStores } from './activations/store.js';
+export { type DemoOptions, runDemo } from './demo/em.js';
 export {
   compareDirections,
   cosineHeatmap,
@@ -72,6 +73,37 @@ export {
   TextStreamer,
 } from './generate/generate.js';
 export { type SamplingParams, sampleToken } from './generate/sampling.js';
+export {
+  ablateInterventions,
+  checkDirectionsFit,
+  loadDirectionsFor,
+  parseLayerList,
+  patchInterventions,
+  selectLayers,
+  steerInterventions,
+} from './interventions/compose.js';
+export {
+  divergence,
+  formatMediation,
+  logprobMargin,
+  type MediationOptions,
+  type MediationReport,
+  mediation,
+  readNeutralTexts,
+  responsesToScored,
+  type ScoredRecord,
+  type SweepOptions,
+  type SweepResult,
+  steeringSweep,
+  textsToScored,
+  writeMediation,
+  writeSweep,
+} from './interventions/mediation.js';
+export {
+  type OrthogonalizeOptions,
+  orthogonalizeModel,
+  residualWriters,
+} from './interventions/orthogonalize.js';
 export { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from './io/halfFloat.js';
 export {
   encodeSafetensors,
