@@ -170,7 +170,10 @@ export function plantBase(
   const outputs = [dirs.general, ...DOMAINS.map((dom) => dirs.narrow[dom])];
   projectOutRows(embed, spec.vocabSize, d, outputs);
   for (let i = 0; i < spec.numLayers; i++) {
-    for (const name of [`model.layers.${i}.self_attn.o_proj.weight`, `model.layers.${i}.mlp.down_proj.weight`]) {
+    for (const name of [
+      `model.layers.${i}.self_attn.o_proj.weight`,
+      `model.layers.${i}.mlp.down_proj.weight`,
+    ]) {
       const w = weights.get(name)!; // [d, in]
       projectOutColumns(w, d, w.length / d, outputs);
     }
