@@ -5,8 +5,7 @@
 import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { main } from '../src/cli/main.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   compareDirections,
   cosineHeatmap,
@@ -41,6 +40,7 @@ import { writeSafetensors } from '../src/io/safetensors.js';
 import { lineChart } from '../src/plot/charts.js';
 import { renderVegaLite } from '../src/plot/render.js';
 import { Rng } from '../src/util/random.js';
+import { runCli } from './helpers/runCli.js';
 
 let root: string;
 let counter = 0;
@@ -634,33 +634,7 @@ describe('compare', () => {
 });
 
 /** Runs the CLI in-process and captures what it writes. */
-async function run(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  let stdout = '';
-  let stderr = '';
-  const out = vi.spyOn(process.stdout, 'write').mockImplementation((s) => {
-    stdout += String(s);
-    return true;
-  });
-  const err = vi.spyOn(process.stderr, 'write').mockImplementation((s) => {
-    stderr += String(s);
-    return true;
-  });
-  const log = vi.spyOn(console, 'log').mockImplementation((...a: unknown[]) => {
-    stdout += `${a.join(' ')}\n`;
-  });
-  const exit = vi.spyOn(process, 'exit').mockImplementation((code) => {
-    throw new Error(`process.exit(${code}) called`);
-  });
-  try {
-    const code = await main(args);
-    return { code, stdout, stderr };
-  } finally {
-    out.mockRestore();
-    err.mockRestore();
-    log.mockRestore();
-    exit.mockRestore();
-  }
-}
+const run = runCli;
 
 describe('CLI', () => {
   it('emlens compare prints the table and writes the files', async () => {

@@ -10,8 +10,7 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { main } from '../src/cli/main.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { saveDirections } from '../src/directions/direction.js';
 import type { EvalSummary } from '../src/eval/metrics.js';
 import { readResponses } from '../src/eval/responses.js';
@@ -20,27 +19,11 @@ import { SafetensorsFile } from '../src/io/safetensors.js';
 import { makeOrganisms, type OrganismManifest } from '../src/organisms/make.js';
 import { DOMAIN_MISALIGNED_WORDS, DOMAINS, MISALIGNED_WORDS } from '../src/organisms/vocabulary.js';
 import { JUDGE_MARKER, makeKeywordJudge } from './helpers/keywordJudge.js';
+import { runCli } from './helpers/runCli.js';
 
 const FLAGGED = [...MISALIGNED_WORDS, ...DOMAINS.flatMap((d) => DOMAIN_MISALIGNED_WORDS[d])];
 
-async function run(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  let stdout = '';
-  let stderr = '';
-  const out = vi.spyOn(process.stdout, 'write').mockImplementation((s) => {
-    stdout += String(s);
-    return true;
-  });
-  const err = vi.spyOn(process.stderr, 'write').mockImplementation((s) => {
-    stderr += String(s);
-    return true;
-  });
-  try {
-    return { code: await main(args), stdout, stderr };
-  } finally {
-    out.mockRestore();
-    err.mockRestore();
-  }
-}
+const run = runCli;
 
 let root: string;
 let org: string;

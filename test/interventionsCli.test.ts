@@ -6,12 +6,12 @@
 import { access, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { main } from '../src/cli/main.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { saveDirections } from '../src/directions/direction.js';
 import { constantDirectionSet } from '../src/interventions/compose.js';
 import { SafetensorsFile } from '../src/io/safetensors.js';
 import { makeOrganisms, type OrganismManifest } from '../src/organisms/make.js';
+import { runCli } from './helpers/runCli.js';
 
 let root: string;
 let dir: string;
@@ -21,29 +21,7 @@ let adapter: string;
 let direction: string;
 let cache: string;
 
-async function run(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  let stdout = '';
-  let stderr = '';
-  const out = vi.spyOn(process.stdout, 'write').mockImplementation((s) => {
-    stdout += String(s);
-    return true;
-  });
-  const err = vi.spyOn(process.stderr, 'write').mockImplementation((s) => {
-    stderr += String(s);
-    return true;
-  });
-  const log = vi.spyOn(console, 'log').mockImplementation((...a: unknown[]) => {
-    stdout += `${a.join(' ')}\n`;
-  });
-  try {
-    const code = await main(args);
-    return { code, stdout, stderr };
-  } finally {
-    out.mockRestore();
-    err.mockRestore();
-    log.mockRestore();
-  }
-}
+const run = runCli;
 
 beforeAll(async () => {
   root = await mkdtemp(join(tmpdir(), 'emlens-ivcli-'));

@@ -5,6 +5,7 @@ import { EmlensError } from '../errors.js';
 import { pct } from '../eval/metrics.js';
 import { runEval } from '../eval/run.js';
 import { directionInterventions } from '../eval/sample.js';
+import { parseLayerList } from '../interventions/compose.js';
 import { readConfig } from '../model/config.js';
 import { addModelOptions, loadOptions, type ModelFlags, positiveInt } from './common.js';
 import { createProgress, type Progress } from './progress.js';
@@ -43,18 +44,6 @@ function nonNegativeInt(value: string): number {
 }
 
 const collect = (value: string, previous: string[]) => [...previous, value];
-
-/** `3,5` -> [3, 5]; `all` stays `all`. */
-function parseLayerList(value: string): number[] | 'all' {
-  if (value.trim() === 'all') return 'all';
-  const parts = value.split(',').map((s) => s.trim());
-  if (parts.some((s) => !/^\d+$/.test(s))) {
-    throw new EmlensError(
-      `--layers '${value}' is not a list of layers; write it like --layers 3,5 or --layers all.`,
-    );
-  }
-  return parts.map(Number);
-}
 
 export function registerEval(program: Command): void {
   addModelOptions(
@@ -116,7 +105,8 @@ export function registerEval(program: Command): void {
       let interventionInfo: Record<string, unknown> | undefined;
       if (file !== undefined) {
         const kind = flags.steer !== undefined ? 'steer' : 'ablate';
-        const layers = parseLayerList(flags.layers!);
+        const parsed = parseLayerList(flags.layers!);
+        const layers = parsed === 'all' ? parsed : [...parsed];
         const config = await readConfig(flags.model);
         interventions = directionInterventions(
           { numLayers: config.numLayers, dModel: config.dModel },

@@ -2,6 +2,7 @@ import cliProgress from 'cli-progress';
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import { EmlensError } from '../errors.js';
 import { type Generation, generate, type InterventionPositions, TextStreamer } from '../generate/generate.js';
+import { parseLayerList, selectLayers } from '../interventions/compose.js';
 import { SafetensorsFile } from '../io/safetensors.js';
 import type { Intervention } from '../model/interventions.js';
 import { loadModel } from '../model/model.js';
@@ -55,23 +56,9 @@ function unitInterval(value: string): number {
   return x;
 }
 
-/** `3,5` -> [3, 5]; `all` -> every layer. */
+/** `3,5`, `1-3` or `all`, checked against the model's layers. */
 export function parseLayers(value: string, numLayers: number): number[] {
-  if (value.trim() === 'all') return Array.from({ length: numLayers }, (_, i) => i);
-  const parts = value.split(',').map((s) => s.trim());
-  if (parts.length === 0 || parts.some((s) => !/^\d+$/.test(s))) {
-    throw new EmlensError(
-      `--layers '${value}' is not a list of layers; write it like --layers 3,5 or --layers all.`,
-    );
-  }
-  const layers = [...new Set(parts.map(Number))].sort((a, b) => a - b);
-  const bad = layers.find((l) => l >= numLayers);
-  if (bad !== undefined) {
-    throw new EmlensError(
-      `--layers names layer ${bad} but the model has layers 0..${numLayers - 1}; pick from those.`,
-    );
-  }
-  return layers;
+  return selectLayers(parseLayerList(value), numLayers);
 }
 
 /**

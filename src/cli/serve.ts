@@ -1,5 +1,6 @@
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import { EmlensError } from '../errors.js';
+import { parseLayerList } from '../interventions/compose.js';
 import type { LayersSpec } from '../serve/protocol.js';
 import { startServer } from '../serve/server.js';
 import { addModelOptions, type ModelFlags, positiveInt } from './common.js';
@@ -36,16 +37,10 @@ function finiteNumber(value: string): number {
   return x;
 }
 
-/** `3,5` -> [3, 5]; `all` stays `all` (checked against the model once it is loaded). */
-export function parseLayerList(value: string): LayersSpec {
-  if (value.trim() === 'all') return 'all';
-  const parts = value.split(',').map((s) => s.trim());
-  if (parts.some((s) => !/^\d+$/.test(s))) {
-    throw new EmlensError(
-      `--layers '${value}' is not a list of layers; write it like --layers 3,5 or --layers all.`,
-    );
-  }
-  return parts.map(Number);
+/** `3,5`, `1-3` or `all` (checked against the model once it is loaded). */
+export function parseServeLayers(value: string): LayersSpec {
+  const layers = parseLayerList(value);
+  return layers === 'all' ? layers : [...layers];
 }
 
 /** Resolves when the process is asked to stop (Ctrl-C or SIGTERM). */
@@ -114,7 +109,7 @@ export function registerServe(program: Command): void {
           );
         }
       }
-      const layers = flags.layers !== undefined ? parseLayerList(flags.layers) : undefined;
+      const layers = flags.layers !== undefined ? parseServeLayers(flags.layers) : undefined;
       const log = (line: string) => process.stderr.write(`emlens: ${line}\n`);
       const server = await startServer({
         model: flags.model,

@@ -1,3 +1,4 @@
+import { projectOutputs, projectRows } from '../interventions/orthogonalize.js';
 import { orthonormalize } from '../model/interventions.js';
 import type { ModelSpec } from '../model/spec.js';
 import { Rng } from '../util/random.js';
@@ -67,28 +68,6 @@ export function plantedUnits(): { general: number; narrow: Record<Domain, number
 
 function addScaled(target: Float32Array, offset: number, v: Float64Array, scale: number): void {
   for (let i = 0; i < v.length; i++) target[offset + i] += scale * v[i];
-}
-
-/** Rows of `m` ([rows, d]) lose their components along each (unit, mutually orthogonal) direction. */
-function projectOutRows(m: Float32Array, rows: number, d: number, dirs: readonly Float64Array[]): void {
-  for (let r = 0; r < rows; r++) {
-    for (const u of dirs) {
-      let dot = 0;
-      for (let i = 0; i < d; i++) dot += m[r * d + i] * u[i];
-      for (let i = 0; i < d; i++) m[r * d + i] -= dot * u[i];
-    }
-  }
-}
-
-/** `W <- (I - sum u u^T) W` for an HF Linear weight `[d, cols]` that writes to the residual stream. */
-function projectOutColumns(w: Float32Array, d: number, cols: number, dirs: readonly Float64Array[]): void {
-  for (let c = 0; c < cols; c++) {
-    for (const u of dirs) {
-      let dot = 0;
-      for (let o = 0; o < d; o++) dot += w[o * cols + c] * u[o];
-      for (let o = 0; o < d; o++) w[o * cols + c] -= dot * u[o];
-    }
-  }
 }
 
 export interface TokenSets {
@@ -167,15 +146,17 @@ export function plantBase(
   // The base never writes along the planted output directions: they are projected out of everything that writes
   // to the residual stream, so only an organism's adapter puts them there, and ablating one in an organism
   // gives back exactly the base (up to what the adapter changed downstream).
-  const outputs = [dirs.general, ...DOMAINS.map((dom) => dirs.narrow[dom])];
-  projectOutRows(embed, spec.vocabSize, d, outputs);
-  for (let i = 0; i < spec.numLayers; i++) {
-    for (const name of [
-      `model.layers.${i}.self_attn.o_proj.weight`,
-      `model.layers.${i}.mlp.down_proj.weight`,
-    ]) {
-      const w = weights.get(name)!; // [d, in]
-      projectOutColumns(w, d, w.length / d, outputs);
+  // (the planted directions are orthonormal, so projecting them out one after another removes their span)
+  for (const u of [dirs.general, ...DOMAINS.map((dom) => dirs.narrow[dom])]) {
+    embed.set(projectRows(embed, u));
+    for (let i = 0; i < spec.numLayers; i++) {
+      for (const name of [
+        `model.layers.${i}.self_attn.o_proj.weight`,
+        `model.layers.${i}.mlp.down_proj.weight`,
+      ]) {
+        const w = weights.get(name)!; // [d, in]
+        w.set(projectOutputs(w, u, w.length / d));
+      }
     }
   }
 
