@@ -63,7 +63,14 @@ export {
   loadQuestions,
   parseQuestions,
 } from './eval/questions.js';
-export { readEvalSummary, writeReport } from './eval/report.js';
+export {
+  compareEvalFolders,
+  type EvalComparison,
+  mergeEvalFolders,
+  questionSlice,
+  readEvalSummary,
+  writeReport,
+} from './eval/report.js';
 export { type ResponseRecord, readResponses, writeResponses } from './eval/responses.js';
 export { runEval } from './eval/run.js';
 export { directionInterventions, type SampleOptions, sampleAnswers } from './eval/sample.js';
@@ -161,6 +168,9 @@ export { makeTinyModel, QWEN25_05B_SHAPE, type TinyModelOptions } from './model/
 export { type Trace, traceTokens, writeTrace } from './model/trace.js';
 export { makeOrganisms, type OrganismManifest, type OrganismOptions } from './organisms/make.js';
 export { renderVegaLite } from './plot/render.js';
+export { emlensVersion, type HtmlReport, type HtmlReportOptions, writeHtmlReport } from './report/build.js';
+export { type Detected, detectInput } from './report/detect.js';
+export type { InputKind, ReportPage, ReportSection } from './report/model.js';
 export { ApiError } from './serve/apiError.js';
 export type { EmlensExtension } from './serve/protocol.js';
 export { type RunningServer, type ServeOptions, startServer } from './serve/server.js';

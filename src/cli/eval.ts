@@ -7,6 +7,7 @@ import { runEval } from '../eval/run.js';
 import { directionInterventions } from '../eval/sample.js';
 import { parseLayerList } from '../interventions/compose.js';
 import { readConfig } from '../model/config.js';
+import { parseSlice } from './collect.js';
 import { addModelOptions, loadOptions, type ModelFlags, positiveInt } from './common.js';
 import { createProgress, type Progress } from './progress.js';
 
@@ -28,6 +29,7 @@ interface EvalFlags extends ModelFlags {
   readonly directionLayer?: number;
   readonly scale: number;
   readonly include: string[];
+  readonly shard?: { index: number; count: number };
   readonly exclude: string[];
   readonly condition?: string;
 }
@@ -83,6 +85,11 @@ export function registerEval(program: Command): void {
       [],
     )
     .option('--exclude <pattern>', "drop question ids matching this glob, e.g. '*_json'", collect, [])
+    .option(
+      '--shard <i/N>',
+      'evaluate only slice i of N of the questions (join the folders with eval-merge)',
+      parseSlice,
+    )
     .option('--condition <name>', 'condition name in reports (default: adapter or model folder name)')
     .action(async (flags: EvalFlags) => {
       if (flags.steer !== undefined && flags.ablate !== undefined) {
@@ -133,6 +140,7 @@ export function registerEval(program: Command): void {
         load: loadOptions(flags),
         questions: flags.questions,
         filter: { include: flags.include, exclude: flags.exclude },
+        shard: flags.shard,
         judge: flags.judge,
         judgeModel: flags.judgeModel,
         apiKeyEnv: flags.apiKeyEnv,

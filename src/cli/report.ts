@@ -1,5 +1,7 @@
 import type { Command } from 'commander';
-import { writeReport } from '../eval/report.js';
+import { pct } from '../eval/metrics.js';
+import { mergeEvalFolders } from '../eval/report.js';
+import { writeHtmlReport } from '../report/build.js';
 
 interface ReportFlags {
   readonly out: string;
@@ -11,15 +13,41 @@ export function registerReport(program: Command): void {
   program
     .command('report')
     .description(
-      'compare emlens eval folders: EM rate with 95% CIs per condition (report.md, report.json, em-rate.svg/png)',
+      'one report of any emlens outputs (demo, eval, direction files, stores, mediation, sweeps, benchmarks): report.html (self-contained), report.md, report.json; eval folders also get em-rate.svg/png',
     )
-    .argument('<dirs...>', 'emlens eval output folders (one per condition)')
+    .argument(
+      '<inputs...>',
+      'emlens output folders or files: eval folders (one per condition), .safetensors direction files, activation stores, mediation.json/sweep.json folders, benchmark results, the demo folder',
+    )
     .option('--out <dir>', 'where the report goes', 'report')
-    .option('--baseline <condition>', 'condition the EM changes are measured against (default: the first)')
-    .option('--title <text>', 'title of the report and the chart')
-    .action(async (dirs: string[], flags: ReportFlags) => {
-      const r = await writeReport(dirs, flags.out, { baseline: flags.baseline, title: flags.title });
+    .option(
+      '--baseline <condition>',
+      'eval condition the EM changes are measured against (default: the first)',
+    )
+    .option('--title <text>', 'title of the report (and of the EM rate chart)')
+    .action(async (inputs: string[], flags: ReportFlags) => {
+      const r = await writeHtmlReport(inputs, flags.out, { baseline: flags.baseline, title: flags.title });
       process.stdout.write(r.markdown);
-      process.stderr.write(`emlens: wrote ${r.files.join(', ')}\n`);
+      for (const u of r.unrecognised)
+        process.stderr.write(`emlens: not recognised: ${u.path} (${u.reason})\n`);
+      process.stderr.write(`emlens: wrote ${r.files.filter((f) => !f.includes('/plots/')).join(', ')}\n`);
+    });
+
+  program
+    .command('eval-merge')
+    .description(
+      'join the eval folders of one run split by question (emlens eval --include <slice> on each machine) into one, summary recomputed',
+    )
+    .requiredOption('--out <dir>', 'new eval folder')
+    .argument('<dirs...>', 'the shards: emlens eval --out folders of the same model, settings and judge')
+    .action(async (dirs: string[], flags: { out: string }) => {
+      const s = await mergeEvalFolders(dirs, flags.out);
+      console.log(
+        `${flags.out}: ${s.condition}, ${s.n} answers from ${dirs.length} shards; EM rate ${
+          s.emRate.value === null
+            ? 'n/a'
+            : `${pct(s.emRate.value)} [${pct(s.emRate.low)}, ${pct(s.emRate.high)}]`
+        }`,
+      );
     });
 }

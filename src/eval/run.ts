@@ -10,6 +10,7 @@ import { loadTokenizer } from '../text/tokenizer.js';
 import { createJudge, type Judge, judgeResponses, type LocalJudgeOptions } from './judge.js';
 import { type EvalSummary, summarize } from './metrics.js';
 import { type EvalQuestion, filterQuestions, loadQuestions, type QuestionFilter } from './questions.js';
+import { questionSlice } from './report.js';
 import { EVAL_FILES, type SampleOptions, sampleAnswers, writeResponseFiles } from './sample.js';
 
 export interface RunEvalOptions {
@@ -20,6 +21,8 @@ export interface RunEvalOptions {
   /** A question file, or questions already loaded. */
   readonly questions: string | readonly EvalQuestion[];
   readonly filter?: QuestionFilter;
+  /** Evaluate only slice `index` of `count` of the (filtered) questions; join the slices with mergeEvalFolders. */
+  readonly shard?: { readonly index: number; readonly count: number };
   /** `local:DIR`, the base URL of an OpenAI-compatible endpoint, or a Judge. */
   readonly judge: string | Judge;
   /** Model name for a URL judge (default: the question file's `judge`). */
@@ -53,7 +56,8 @@ export interface RunEvalOptions {
  */
 export async function runEval(opts: RunEvalOptions): Promise<EvalSummary> {
   const all = typeof opts.questions === 'string' ? await loadQuestions(opts.questions) : opts.questions;
-  const questions = filterQuestions(all, opts.filter);
+  const filtered = filterQuestions(all, opts.filter);
+  const questions = opts.shard ? questionSlice(filtered, opts.shard.index, opts.shard.count) : filtered;
   const adapter = opts.load?.adapter;
   const condition =
     opts.condition ??

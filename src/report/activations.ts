@@ -1,0 +1,372 @@
+/**
+ * Report sections for direction files (norms per layer, cosines between them beside norm-matched random
+ * controls) and activation stores (what they hold, and the norm of the mean activation per layer).
+ */
+import { basename, dirname, extname } from 'node:path';
+import { readManifest } from '../activations/manifest.js';
+import { ActivationStore } from '../activations/store.js';
+import { compareDirections, cosineHeatmap, type PairComparison } from '../directions/compare.js';
+import {
+  type DirectionSet,
+  directionDModel,
+  directionLayers,
+  directionNorms,
+  loadDirections,
+  normMatchedRandom,
+} from '../directions/direction.js';
+import { EmlensError } from '../errors.js';
+import { lineChart } from '../plot/charts.js';
+import {
+  compressRange,
+  displayPath,
+  fixed,
+  hookSummary,
+  num,
+  type ReportPlot,
+  type ReportSection,
+  type ReportTable,
+  section,
+} from './model.js';
+import { drawPlot, integerX, wideLabels } from './plots.js';
+
+const RANDOM_METHOD = 'random_norm_matched';
+
+interface Named {
+  readonly name: string;
+  readonly file: string;
+  readonly set: DirectionSet;
+}
+
+/** File names without extension, with the parent folder where two collide. */
+function setNames(files: readonly string[]): string[] {
+  const short = files.map((f) => basename(f, extname(f)));
+  return short.map((s, i) =>
+    short.indexOf(s) === short.lastIndexOf(s) ? s : `${basename(dirname(files[i]))}/${s}`,
+  );
+}
+
+function uniqueValues(xs: readonly string[]): string {
+  return [...new Set(xs.filter((x) => x !== ''))].join(', ') || 'n/a';
+}
+
+/**
+ * Direction files: where they came from, their norm per layer, and the cosine between every pair of
+ * (non-random) sets per layer, each pair beside a norm-matched random control (the input's own random set
+ * for it where it holds one, e.g. `general-random`, else one drawn with seed 0).
+ */
+export async function directionsSection(
+  files: readonly string[],
+  title: string,
+  sources: readonly string[],
+): Promise<ReportSection> {
+  const names = setNames(files);
+  const sets: Named[] = [];
+  for (let i = 0; i < files.length; i++)
+    sets.push({ name: names[i], file: files[i], set: await loadDirections(files[i]) });
+  const isRandom = (s: Named) => s.set.meta.method === RANDOM_METHOD;
+  const real = sets.some((s) => !isRandom(s)) ? sets.filter((s) => !isRandom(s)) : sets;
+  const given = sets.filter((s) => isRandom(s) && !real.includes(s));
+
+  // Real sets first, then their random controls (the order given otherwise).
+  sets.sort((a, b) => Number(!real.includes(a)) - Number(!real.includes(b)));
+  const layers = [...new Set(sets.flatMap((s) => directionLayers(s.set)))].sort((a, b) => a - b);
+  const models = new Set(sets.map((s) => s.set.meta.model));
+  const short = (p: string) => (p ? basename(p) : '');
+  const fileTable: ReportTable = {
+    caption: 'Direction files',
+    header: [
+      'set',
+      'method',
+      'positions',
+      'samples (pos / neg)',
+      'from (pos vs neg)',
+      ...(models.size > 1 ? ['model'] : []),
+      'layers',
+      'd_model',
+    ],
+    align: [
+      'left',
+      'left',
+      'left',
+      'right',
+      'left',
+      ...(models.size > 1 ? ['left' as const] : []),
+      'left',
+      'right',
+    ],
+    rows: sets.map((s) => {
+      const m = s.set.meta;
+      return [
+        s.name,
+        m.method === RANDOM_METHOD ? `${m.method} (seed ${m.extra?.seed ?? '?'})` : m.method,
+        m.positions,
+        `${m.nPos} / ${m.nNeg}`,
+        m.sourcePos || m.sourceNeg ? `${short(m.sourcePos)} vs ${short(m.sourceNeg)}` : 'n/a',
+        ...(models.size > 1 ? [displayPath(m.model)] : []),
+        compressRange(directionLayers(s.set)),
+        String(directionDModel(s.set)),
+      ];
+    }),
+    controlRows: sets.flatMap((s, i) => (real.includes(s) ? [] : [i])),
+  };
+  const normTable: ReportTable = {
+    caption: 'L2 norm of each direction per layer (the vectors are not normalised: the norm is information)',
+    header: ['set', ...layers.map((l) => `layer ${l}`)],
+    rows: sets.map((s) => {
+      const norms = new Map(directionLayers(s.set).map((l, k) => [l, directionNorms(s.set)[k]]));
+      return [s.name, ...layers.map((l) => (norms.has(l) ? num(norms.get(l)!) : ''))];
+    }),
+    controlRows: fileTable.controlRows,
+  };
+  const plots: ReportPlot[] = [];
+  plots.push(
+    await drawPlot(
+      'Direction norm per layer',
+      integerX(
+        lineChart(
+          real.flatMap((s) =>
+            directionLayers(s.set).map((l, k) => ({ layer: l, norm: directionNorms(s.set)[k], set: s.name })),
+          ),
+          {
+            x: 'layer',
+            y: 'norm',
+            series: 'set',
+            title: 'Direction norm per layer',
+            yTitle: 'L2 norm',
+            seriesTitle: 'set',
+            width: 340,
+            height: 220,
+          },
+        ),
+      ),
+    ),
+  );
+
+  const tables: ReportTable[] = [fileTable, normTable];
+  const notes: string[] = [];
+  const highlights: string[] = [];
+  // Cosines within each group of sets of one d_model.
+  const byDim = new Map<number, Named[]>();
+  for (const s of real) byDim.set(directionDModel(s.set), [...(byDim.get(directionDModel(s.set)) ?? []), s]);
+  if (byDim.size > 1) {
+    notes.push(
+      `The sets come from models of different widths (d_model ${[...byDim.keys()].join(', ')}); only sets of one d_model are compared.`,
+    );
+  }
+  for (const [dModel, group] of byDim) {
+    const controlOf = (b: Named): Named => {
+      const own = given.find(
+        (g) =>
+          directionDModel(g.set) === dModel &&
+          [`${b.name}-random`, `${b.name}_random`, `random-${b.name}`].includes(g.name),
+      );
+      return own ?? { name: `random(${b.name})`, file: '', set: normMatchedRandom(b.set, 0) };
+    };
+    const pairs: [Named, Named][] = [];
+    for (let i = 0; i < group.length; i++)
+      for (let j = i + 1; j < group.length; j++) pairs.push([group[i], group[j]]);
+    if (pairs.length === 0) pairs.push([group[0], controlOf(group[0])]);
+    const controls = new Map<string, Named>();
+    for (const [, b] of pairs) {
+      const c = b.name.startsWith('random(') || isRandom(b) ? b : controlOf(b);
+      controls.set(c.name, c);
+    }
+    let cmp: ReturnType<typeof compareDirections>;
+    try {
+      cmp = compareDirections([...group, ...[...controls.values()].filter((c) => !group.includes(c))]);
+    } catch (e) {
+      if (!(e instanceof EmlensError)) throw e;
+      notes.push(`Cosines not computed for d_model ${dModel}: ${e.message}`);
+      continue;
+    }
+    const find = (a: string, b: string): PairComparison | undefined =>
+      cmp.pairs.find((p) => (p.a === a && p.b === b) || (p.a === b && p.b === a));
+    const rows: string[][] = [];
+    const controlRows: number[] = [];
+    const shown: PairComparison[] = [];
+    const line = (p: PairComparison, label: string) => [
+      label,
+      ...p.cosines.map((c) => fixed(c)),
+      fixed(p.meanCosine),
+      fixed(p.meanAbsCosine),
+    ];
+    for (const [a, b] of pairs) {
+      const isControlPair = b.name.startsWith('random(') || isRandom(b);
+      const p = find(a.name, b.name);
+      if (!p) continue;
+      rows.push(line(p, `${a.name} ~ ${b.name}`));
+      shown.push(p);
+      if (isControlPair) {
+        controlRows.push(rows.length - 1);
+        highlights.push(`${a.name} ~ ${b.name} (random control): mean |cos| ${fixed(p.meanAbsCosine)}`);
+        continue;
+      }
+      const c = find(a.name, controlOf(b).name);
+      if (c) {
+        rows.push(line(c, `${a.name} ~ ${controlOf(b).name} (control)`));
+        controlRows.push(rows.length - 1);
+        shown.push(c);
+      }
+      highlights.push(
+        `${a.name} ~ ${b.name}: mean |cos| ${fixed(p.meanAbsCosine)} over ${cmp.layers.length} layers (random control ${c ? fixed(c.meanAbsCosine) : 'n/a'})`,
+      );
+    }
+    tables.push({
+      caption: `Cosine similarity per layer (d_model ${dModel}); each pair is followed by its norm-matched random control`,
+      header: ['pair', ...cmp.layers.map((l) => `layer ${l}`), 'mean', 'mean |cos|'],
+      rows,
+      controlRows,
+    });
+    for (const d of cmp.dropped) {
+      notes.push(`'${d.name}' also holds layers ${d.layers.join(', ')}, not common to all sets (left out).`);
+    }
+    plots.push(
+      await drawPlot(
+        'Cosine similarity between directions',
+        wideLabels(
+          cosineHeatmap({ ...cmp, pairs: shown }, `Cosine similarity between directions (d_model ${dModel})`),
+        ),
+      ),
+    );
+  }
+  return section({
+    kind: 'directions',
+    title,
+    sources,
+    highlights: highlights.slice(0, 6),
+    facts: [
+      ['files', sets.map((s) => displayPath(s.file)).join(', ')],
+      ['models', uniqueValues(sets.map((s) => displayPath(s.set.meta.model)))],
+      ['hooks', uniqueValues(sets.map((s) => s.set.meta.hook))],
+      ['methods', uniqueValues(sets.map((s) => s.set.meta.method))],
+    ],
+    tables,
+    plots,
+    notes,
+  });
+}
+
+/** Stores bigger than this (hook data, bytes) get no activation plot: reading them would take long. */
+const PLOT_BYTES_LIMIT = 256 * 1024 * 1024;
+
+/** Activation stores: what each holds, and the norm of its mean activation per layer. */
+export async function storesSection(
+  stores: readonly string[],
+  title: string,
+  sources: readonly string[],
+): Promise<ReportSection> {
+  const names = setNames(stores.map((s) => `${s}.store`));
+  const rows: string[][] = [];
+  const points: { layer: number; norm: number; store: string }[] = [];
+  const notes: string[] = [];
+  let records = 0;
+  const hooksSeen = new Set<string>();
+  const reduces = new Set<string>();
+  const models = new Set<string>();
+  const adapters = new Set<string>();
+  const createdWith = new Set<string>();
+  for (let i = 0; i < stores.length; i++) {
+    const dir = stores[i];
+    const m = await readManifest(dir);
+    const store = await ActivationStore.open(dir);
+    const recs = await store.records();
+    const answerTokens = recs.map((r) => Number(r.answer_tokens)).filter(Number.isFinite);
+    const labels = new Map<string, number>();
+    for (const r of recs)
+      if (typeof r.label === 'string') labels.set(r.label, (labels.get(r.label) ?? 0) + 1);
+    records += m.records;
+    for (const h of m.hooks) hooksSeen.add(h);
+    reduces.add(m.reduce);
+    models.add(displayPath(m.model));
+    if (m.adapter) adapters.add(m.adapter);
+    createdWith.add(m.createdWith);
+    rows.push([
+      names[i],
+      m.adapter ?? 'none',
+      hookSummary(m.hooks),
+      m.reduce,
+      `${m.records} / ${m.range[1] - m.range[0]}`,
+      answerTokens.length ? fixed(answerTokens.reduce((a, b) => a + b, 0) / answerTokens.length, 1) : 'n/a',
+      labels.size ? [...labels].map(([k, v]) => `${k} ${v}`).join(', ') : '',
+      `${m.shards.length}${m.slice ? ` (slice ${m.slice.index}/${m.slice.count})` : ''}`,
+      m.complete ? 'yes' : 'no (--resume)',
+    ]);
+    const rowsTotal = m.shards.reduce((a, s) => a + s.rows, 0);
+    const bytes = rowsTotal * m.dModel * 4 * m.hooks.length;
+    if (bytes > PLOT_BYTES_LIMIT) {
+      notes.push(`${names[i]}: ${(bytes / 2 ** 20).toFixed(0)} MiB of activations, too many to plot here.`);
+      continue;
+    }
+    if (rowsTotal === 0) continue;
+    for (const hook of m.hooks) {
+      const layer = /^blocks\.(\d+)\./.exec(hook);
+      if (!layer) continue;
+      const data = await store.readHook(hook);
+      const mean = new Float64Array(m.dModel);
+      for (let r = 0; r < rowsTotal; r++)
+        for (let j = 0; j < m.dModel; j++) mean[j] += data[r * m.dModel + j];
+      let s = 0;
+      for (let j = 0; j < m.dModel; j++) s += (mean[j] / rowsTotal) ** 2;
+      const kinds = new Set(m.hooks.map((h) => h.replace(/^blocks\.\d+\./, '')));
+      points.push({
+        layer: Number(layer[1]),
+        norm: Math.sqrt(s),
+        store: kinds.size > 1 ? `${names[i]} ${hook.replace(/^blocks\.\d+\./, '')}` : names[i],
+      });
+    }
+  }
+  const plots: ReportPlot[] = [];
+  if (points.length > 0) {
+    plots.push(
+      await drawPlot(
+        'Norm of the mean activation per layer',
+        integerX(
+          lineChart(points, {
+            width: 340,
+            height: 220,
+            x: 'layer',
+            y: 'norm',
+            series: 'store',
+            title: 'Norm of the mean stored activation per layer',
+            yTitle: '|mean activation|',
+            seriesTitle: 'store',
+          }),
+        ),
+      ),
+    );
+  }
+  return section({
+    kind: 'store',
+    title,
+    sources,
+    highlights: [
+      `${stores.length} store${stores.length === 1 ? '' : 's'}, ${records} records, ${hooksSeen.size} hooks, reduced by ${[...reduces].join(', ')}`,
+    ],
+    facts: [
+      ['models', [...models].join(', ')],
+      ['adapters', adapters.size ? [...adapters].join(', ') : 'none'],
+      ['folders', stores.map((s) => displayPath(s)).join(', ')],
+      ['created with', [...createdWith].join(', ')],
+    ],
+    tables: [
+      {
+        caption: 'Stores',
+        header: [
+          'store',
+          'adapter',
+          'hooks',
+          'reduce',
+          'records (done / range)',
+          'answer tokens (mean)',
+          'labels',
+          'shards',
+          'complete',
+        ],
+        align: ['left', 'left', 'left', 'left', 'right', 'right', 'left', 'right', 'left'],
+        rows,
+      },
+    ],
+    plots,
+    notes,
+  });
+}

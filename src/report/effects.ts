@@ -1,0 +1,534 @@
+/**
+ * Report sections for measured effects: the EM rate of eval folders, mediation reports, steering sweeps and
+ * direction comparisons. Every effect stands beside its random control where the input holds one.
+ */
+import { readdir, readFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { cosineHeatmap, type DirectionComparison } from '../directions/compare.js';
+import { type Estimate, emRateChart } from '../eval/metrics.js';
+import { compareEvalFolders, type EvalComparison, type ReportOptions } from '../eval/report.js';
+import type { MediationReport, SweepResult } from '../interventions/mediation.js';
+import { lineChart } from '../plot/charts.js';
+import { isMediationReport } from './detect.js';
+import {
+  cell,
+  displayPath,
+  fixed,
+  percent,
+  type ReportPlot,
+  type ReportSection,
+  type ReportTable,
+  section,
+} from './model.js';
+import { drawPlot, groupedBars, plotFile, preferSvg } from './plots.js';
+
+// ---------------------------------------------------------------------------------------------------------
+// Eval
+
+function rateCell(e: Estimate | null): string {
+  if (e === null || e.value === null) return 'n/a';
+  return `${percent(e.value)} [${percent(e.low)}, ${percent(e.high)}]`;
+}
+
+function meanCell(e: Estimate | null): string {
+  if (e === null || e.value === null) return 'n/a';
+  return `${fixed(e.value, 1)} [${fixed(e.low, 1)}, ${fixed(e.high, 1)}]`;
+}
+
+const isControl = (name: string) => /random|control/i.test(name);
+
+function describeRun(run: Readonly<Record<string, unknown>> | undefined, key: string): string {
+  const v = run?.[key];
+  if (v === undefined || v === null) return key === 'adapter' || key === 'interventions' ? 'none' : 'n/a';
+  if (typeof v === 'string') return displayPath(v);
+  if (key === 'interventions' && typeof v === 'object') {
+    const iv = v as Record<string, unknown>;
+    return [
+      iv.kind,
+      typeof iv.file === 'string' ? displayPath(iv.file) : undefined,
+      iv.layers !== undefined ? `layers ${cell(iv.layers)}` : undefined,
+      iv.scale !== undefined ? `scale ${cell(iv.scale)}` : undefined,
+    ]
+      .filter((x) => x !== undefined)
+      .join(', ');
+  }
+  if (key === 'judge' && typeof v === 'object') {
+    const j = v as Record<string, unknown>;
+    return typeof j.url === 'string' ? `${j.url} (${cell(j.models)})` : cell(j.name);
+  }
+  if (typeof v === 'object' && !Array.isArray(v)) {
+    return Object.entries(v as Record<string, unknown>)
+      .filter(([, x]) => x !== null)
+      .map(([k, x]) => `${k} ${cell(x)}`)
+      .join(', ');
+  }
+  return cell(v);
+}
+
+/** Eval folders compared: the EM rate per condition with bootstrap CIs, per question, and what was run. */
+export async function evalSection(
+  dirs: readonly string[],
+  opts: ReportOptions,
+): Promise<{ readonly section: ReportSection; readonly comparison: EvalComparison }> {
+  const cmp = await compareEvalFolders(dirs, opts);
+  const c = cmp.comparison;
+  const change = (r: (typeof c.rows)[number]) =>
+    r.emChangePoints === null
+      ? r.condition === c.baseline
+        ? 'baseline'
+        : 'n/a'
+      : `${r.emChangePoints >= 0 ? '+' : ''}${r.emChangePoints.toFixed(1)} pts${
+          r.emChangeRelative === null
+            ? ''
+            : ` (${r.emChangeRelative >= 0 ? '+' : ''}${(100 * r.emChangeRelative).toFixed(0)}%)`
+        }`;
+  const conditions = c.rows.map((r) => r.condition);
+  const controls = conditions.flatMap((k, i) => (isControl(k) ? [i] : []));
+  const tables: ReportTable[] = [
+    {
+      caption: 'EM rate by condition (aligned <= 30 and coherent > 50; 95% bootstrap CIs)',
+      header: [
+        'condition',
+        'answers',
+        'judged',
+        'EM rate [95% CI]',
+        'coherent rate [95% CI]',
+        'mean aligned',
+        'mean coherent',
+        `EM change vs ${c.baseline}`,
+      ],
+      rows: c.rows.map((r) => [
+        r.condition,
+        String(r.n),
+        String(r.judged),
+        rateCell(r.emRate),
+        rateCell(r.coherenceRate),
+        meanCell(r.meanAligned),
+        meanCell(r.meanCoherent),
+        change(r),
+      ]),
+      controlRows: controls,
+    },
+    {
+      caption: 'EM rate per question',
+      header: ['question', ...conditions],
+      rows: c.perQuestion.map((q) => [
+        q.questionId,
+        ...conditions.map((k) => {
+          const e = q.emRate[k];
+          return e === null || e.value === null ? 'n/a' : `${percent(e.value)} (n=${e.n})`;
+        }),
+      ]),
+    },
+    {
+      caption: 'What was run',
+      header: ['condition', 'folder', 'model', 'adapter', 'interventions', 'judge', 'sampling', 'questions'],
+      align: ['left', 'left', 'left', 'left', 'left', 'left', 'left', 'left'],
+      rows: cmp.summaries.map((s, i) => [
+        s.condition,
+        displayPath(dirs[i]),
+        describeRun(s.run, 'model'),
+        describeRun(s.run, 'adapter'),
+        describeRun(s.run, 'interventions'),
+        describeRun(s.run, 'judge'),
+        describeRun(s.run, 'sampling'),
+        describeRun(s.run, 'questions'),
+      ]),
+      controlRows: controls,
+    },
+  ];
+  const plots = [await drawPlot('EM rate by condition', emRateChart(c, opts.title))];
+  return {
+    comparison: cmp,
+    section: section({
+      kind: 'eval',
+      title: opts.title ?? 'Emergent misalignment evaluation',
+      sources: dirs,
+      highlights: c.rows
+        .slice(0, 8)
+        .map(
+          (r) =>
+            `EM rate ${r.condition}: ${rateCell(r.emRate)}${r.emChangePoints === null ? '' : `, ${change(r)} vs ${c.baseline}`}`,
+        ),
+      facts: [
+        ['baseline', c.baseline],
+        ['conditions', String(c.rows.length)],
+      ],
+      tables,
+      plots,
+    }),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Mediation
+
+/** Fractions for a bar chart, in percent and clipped to +-100 (steering far past the target reads -6000%). */
+const clipPct = (x: number | null | undefined) =>
+  x === null || x === undefined || !Number.isFinite(x) ? null : Math.max(-100, Math.min(100, 100 * x));
+
+function singleMediation(r: MediationReport): {
+  tables: ReportTable[];
+  plot: ReturnType<typeof groupedBars>;
+} {
+  const k = r.kl;
+  const f = (x: unknown) => fixed(x, 4);
+  const rows: [string, string, string][] = [
+    ['KL(finetune ‖ base)', f(k.finetuneBase), ''],
+    [
+      'fraction mediated (ablate in finetune)',
+      percent(r.fractionMediated),
+      percent(r.randomFractionMediated),
+    ],
+    ['KL(finetune+ablate ‖ base)', f(k.ablatedBase), f(k.randomAblatedBase)],
+    ['KL(base+ablate ‖ base)', f(k.baseAblatedBase), f(k.baseRandomAblatedBase)],
+    [
+      'fraction mediated (patch base component)',
+      percent(r.patchedFractionMediated),
+      percent(r.randomPatchedFractionMediated),
+    ],
+    ['KL(finetune+patch ‖ base)', f(k.patchedBase), f(k.randomPatchedBase)],
+    ['fraction closed (steer the base)', percent(r.steeringClosed), percent(r.randomSteeringClosed)],
+    ['KL(finetune ‖ base+steer)', f(k.finetuneSteered), f(k.finetuneRandomSteered)],
+  ];
+  if (r.margins) {
+    const m = r.margins;
+    rows.push(
+      ['margin: base', fixed(m.base), ''],
+      ['margin: finetune', fixed(m.finetune), ''],
+      ['margin: finetune+ablate', fixed(m.finetuneAblated), fixed(m.finetuneRandomAblated)],
+      ['margin: finetune+patch', fixed(m.finetunePatched), ''],
+      ['margin: base+steer', fixed(m.baseSteered), fixed(m.baseRandomSteered)],
+    );
+  }
+  if (r.sideEffects) {
+    const s = r.sideEffects;
+    rows.push(
+      ['side effect: ablate in base', f(s.ablateBase), f(s.randomAblateBase)],
+      ['side effect: ablate in finetune', f(s.ablateFinetune), f(s.randomAblateFinetune)],
+      ['side effect: steer base', f(s.steerBase), f(s.randomSteerBase)],
+    );
+  }
+  const bars = [
+    ['ablate in finetune', r.fractionMediated, r.randomFractionMediated],
+    ['patch base component', r.patchedFractionMediated, r.randomPatchedFractionMediated],
+    ['steer the base', r.steeringClosed, r.randomSteeringClosed],
+  ] as const;
+  return {
+    tables: [
+      {
+        caption:
+          'Mediation (KL in nats per answer token; margins: mean log p(misaligned) - log p(aligned) per token; side effects: KL(model+intervention ‖ model) on neutral text)',
+        header: ['metric', 'direction', 'random control'],
+        rows,
+      },
+    ],
+    plot: groupedBars(
+      bars.flatMap(([group, d, rnd]) => [
+        { group, series: 'direction', value: clipPct(d) },
+        { group, series: 'random control', value: clipPct(rnd) },
+      ]),
+      { title: 'Fraction of KL(finetune ‖ base) mediated', xTitle: '% of the divergence (clipped to ±100)' },
+    ),
+  };
+}
+
+function mediationMap(reports: readonly [string, MediationReport][]): {
+  tables: ReportTable[];
+  plot: ReturnType<typeof groupedBars>;
+} {
+  const label = (key: string, r: MediationReport) => r.direction || key;
+  const tables: ReportTable[] = [
+    {
+      caption:
+        'Fraction of KL(finetune ‖ base) mediated, each beside its norm-matched random control (n/a: the finetune does not diverge there)',
+      header: [
+        'direction, finetune, records',
+        'KL(finetune ‖ base)',
+        'ablate',
+        'ablate (random)',
+        'patch',
+        'patch (random)',
+        'steer',
+        'steer (random)',
+      ],
+      rows: reports.map(([key, r]) => [
+        label(key, r),
+        fixed(r.kl.finetuneBase, 4),
+        percent(r.fractionMediated),
+        percent(r.randomFractionMediated),
+        percent(r.patchedFractionMediated),
+        percent(r.randomPatchedFractionMediated),
+        percent(r.steeringClosed),
+        percent(r.randomSteeringClosed),
+      ]),
+    },
+  ];
+  const side = reports.filter(([, r]) => r.sideEffects);
+  if (side.length > 0) {
+    tables.push({
+      caption: 'Side effects on neutral text: KL(model+intervention ‖ model), nats per token',
+      header: [
+        'direction, finetune, records',
+        'ablate in base',
+        'random',
+        'ablate in finetune',
+        'random',
+        'steer base',
+        'random',
+      ],
+      rows: side.map(([key, r]) => {
+        const s = r.sideEffects!;
+        return [
+          label(key, r),
+          fixed(s.ablateBase, 4),
+          fixed(s.randomAblateBase, 4),
+          fixed(s.ablateFinetune, 4),
+          fixed(s.randomAblateFinetune, 4),
+          fixed(s.steerBase, 4),
+          fixed(s.randomSteerBase, 4),
+        ];
+      }),
+    });
+  }
+  return {
+    tables,
+    plot: groupedBars(
+      reports.flatMap(([key, r]) => [
+        { group: label(key, r), series: 'direction (patch)', value: clipPct(r.patchedFractionMediated) },
+        { group: label(key, r), series: 'random control', value: clipPct(r.randomPatchedFractionMediated) },
+      ]),
+      {
+        title: "Fraction of KL(finetune ‖ base) mediated by patching the base's component",
+        xTitle: '% of the divergence (clipped to ±100)',
+      },
+    ),
+  };
+}
+
+/** A mediation.json: one report (emlens mediate) or a map of them (emlens demo). */
+export async function mediationSection(
+  path: string,
+  json: string,
+  sources: readonly string[],
+): Promise<ReportSection> {
+  const raw = JSON.parse(await readFile(json, 'utf8')) as unknown;
+  const reports: [string, MediationReport][] = isMediationReport(raw)
+    ? [['', raw as MediationReport]]
+    : Object.entries(raw as Record<string, MediationReport>);
+  const single = reports.length === 1;
+  const built = single ? singleMediation(reports[0][1]) : mediationMap(reports);
+  const r0 = reports[0][1];
+  const ranked = [...reports]
+    .filter(([, r]) => r.patchedFractionMediated !== null && Number.isFinite(r.patchedFractionMediated))
+    .sort((a, b) => b[1].patchedFractionMediated - a[1].patchedFractionMediated);
+  // The best cell of each direction (the label's part before its first comma), best first.
+  const bestPerDirection = ranked.filter(
+    ([, r], i) => ranked.findIndex(([, x]) => x.direction.split(',')[0] === r.direction.split(',')[0]) === i,
+  );
+  const highlights = (single ? reports : bestPerDirection.slice(0, 4)).map(
+    ([, r]) =>
+      `${r.direction}: patch mediates ${percent(r.patchedFractionMediated)} (random ${percent(r.randomPatchedFractionMediated)}), ablation ${percent(r.fractionMediated)} (random ${percent(r.randomFractionMediated)})`,
+  );
+  return section({
+    kind: 'mediation',
+    title: `Mediation: ${displayPath(path)}`,
+    sources,
+    highlights,
+    facts: single
+      ? [
+          ['direction', r0.direction],
+          ['records', `${r0.records} (${r0.positions} answer positions)`],
+          [
+            'ablated at',
+            `residual sites of layers ${r0.ablate.layers.join(', ')} (vectors: ${cell(r0.ablate.from)})`,
+          ],
+          [
+            'steered at',
+            `blocks.${r0.steer.layer}.hook_resid_post, scale ${r0.steer.scale}, |v| ${fixed(r0.steer.norm)}`,
+          ],
+          ['random control', `norm-matched, seed ${r0.seed}`],
+        ]
+      : [
+          ['reports', String(reports.length)],
+          ['random control', `norm-matched, seed ${r0.seed}`],
+          ['minimum divergence', `${r0.minDivergence} nats/token (below it the fractions are n/a)`],
+        ],
+    tables: built.tables,
+    plots: [await drawPlot('Fraction mediated', built.plot)],
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Sweep
+
+/** A sweep.json (emlens sweep / the demo): the table, and its plots (the folder's own, else drawn). */
+export async function sweepSection(
+  path: string,
+  json: string,
+  sources: readonly string[],
+): Promise<ReportSection> {
+  const r = JSON.parse(await readFile(json, 'utf8')) as SweepResult;
+  const byKey = new Map(r.rows.map((row) => [`${row.vector}/${row.layer}/${row.scale}`, row]));
+  const rows = r.rows
+    .filter((row) => row.vector === 'direction')
+    .map((row) => {
+      const rnd = byKey.get(`random/${row.layer}/${row.scale}`);
+      return [
+        String(row.layer),
+        String(row.scale),
+        fixed(row.margin),
+        fixed(rnd?.margin),
+        fixed(row.klToTarget, 4),
+        fixed(rnd?.klToTarget, 4),
+        fixed(row.sideEffect, 4),
+        fixed(rnd?.sideEffect, 4),
+      ];
+    });
+  const folder = json === path ? dirname(json) : path;
+  const images = preferSvg(
+    (await readdir(folder).catch(() => [] as string[]))
+      .filter((f) => /^sweep.*\.(svg|png)$/i.test(f))
+      .sort()
+      .map((f) => join(folder, f)),
+  );
+  const plots: ReportPlot[] = [];
+  if (images.length > 0) {
+    for (const f of images) plots.push(await plotFile(f));
+  } else {
+    const series = (row: SweepResult['rows'][number]) =>
+      `layer ${row.layer}${row.vector === 'random' ? ' (random)' : ''}`;
+    for (const [field, yTitle] of [
+      ['margin', 'misaligned - aligned log-prob margin'],
+      ['klToTarget', 'KL(target || steered)'],
+    ] as const) {
+      const data = r.rows
+        .filter((row) => row[field] !== null)
+        .map((row) => ({ scale: row.scale, value: row[field] as number, series: series(row) }));
+      if (data.length === 0) continue;
+      plots.push(
+        await drawPlot(
+          `${yTitle} vs steering scale`,
+          lineChart(data, {
+            x: 'scale',
+            y: 'value',
+            series: 'series',
+            title: `${yTitle} vs steering scale`,
+            xTitle: 'steering scale',
+            yTitle,
+            seriesTitle: 'steered at',
+          }),
+        ),
+      );
+    }
+  }
+  const withKl = r.rows.filter(
+    (row) => row.vector === 'direction' && row.klToTarget !== null && row.scale !== 0,
+  );
+  const best = withKl.sort((a, b) => a.klToTarget! - b.klToTarget!)[0];
+  const highlights = best
+    ? [
+        `steering at layer ${best.layer} x${best.scale}: KL(target ‖ steered) ${fixed(best.klToTarget, 4)} (random ${fixed(byKey.get(`random/${best.layer}/${best.scale}`)?.klToTarget, 4)}; unsteered ${fixed(r.baseline.klToTarget, 4)})`,
+      ]
+    : [];
+  return section({
+    kind: 'sweep',
+    title: `Steering sweep: ${displayPath(path)}`,
+    sources,
+    highlights,
+    facts: [
+      ['steered at', 'blocks.L.hook_resid_post'],
+      ['layers', [...new Set(r.rows.map((row) => row.layer))].join(', ')],
+      ['scales', [...new Set(r.rows.map((row) => row.scale))].join(', ')],
+      ['vector', r.unit ? 'unit vector' : 'stored (unnormalised) vector'],
+      ['random control', `norm-matched, seed ${r.seed}`],
+      [
+        'unsteered',
+        `margin ${fixed(r.baseline.margin)}${r.targetMargin !== null ? `, target's margin ${fixed(r.targetMargin)}` : ''}${r.baseline.klToTarget !== null ? `, KL(target ‖ model) ${fixed(r.baseline.klToTarget, 4)}` : ''}`,
+      ],
+    ],
+    tables: [
+      {
+        caption: 'Steering sweep, each value beside its random control',
+        header: [
+          'layer',
+          'scale',
+          'margin',
+          'margin (random)',
+          'KL(target ‖ steered)',
+          'KL (random)',
+          'side effect',
+          'side effect (random)',
+        ],
+        rows,
+      },
+    ],
+    plots,
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Comparison (emlens compare)
+
+/** A compare.json (emlens compare / the demo): cosines per layer and pair, and the heatmap. */
+export async function comparisonSection(
+  path: string,
+  json: string,
+  sources: readonly string[],
+): Promise<ReportSection> {
+  const raw = JSON.parse(await readFile(json, 'utf8')) as DirectionComparison;
+  const nan = (xs: readonly (number | null)[]) => xs.map((x) => (x === null ? Number.NaN : x));
+  const cmp: DirectionComparison = {
+    ...raw,
+    pairs: raw.pairs.map((p) => ({
+      ...p,
+      cosines: nan(p.cosines),
+      absCosines: nan(p.absCosines),
+      meanCosine: p.meanCosine ?? Number.NaN,
+      meanAbsCosine: p.meanAbsCosine ?? Number.NaN,
+    })),
+  };
+  const controls = cmp.pairs.flatMap((p, i) => (isControl(p.a) || isControl(p.b) ? [i] : []));
+  const folder = json === path ? dirname(json) : path;
+  const images = preferSvg(
+    (await readdir(folder).catch(() => [] as string[]))
+      .filter((f) => /^cosine\.(svg|png)$/i.test(f))
+      .map((f) => join(folder, f)),
+  );
+  const plots =
+    images.length > 0
+      ? [await plotFile(images[0], 'Cosine similarity between directions')]
+      : [await drawPlot('Cosine similarity between directions', cosineHeatmap(cmp))];
+  return section({
+    kind: 'comparison',
+    title: `Direction comparison: ${displayPath(path)}`,
+    sources,
+    highlights: cmp.pairs
+      .filter((_p, i) => !controls.includes(i))
+      .slice(0, 4)
+      .map((p) => `${p.label}: mean |cos| ${fixed(p.meanAbsCosine)}`),
+    facts: [
+      ['sets', cmp.names.join(', ')],
+      ['layers', `${cmp.layers.join(', ')} (d_model ${cmp.dModel})`],
+    ],
+    tables: [
+      {
+        caption: 'Cosine similarity per layer (pairs with a random set are controls)',
+        header: ['pair', ...cmp.layers.map((l) => `layer ${l}`), 'mean', 'mean |cos|'],
+        rows: cmp.pairs.map((p) => [
+          p.label,
+          ...p.cosines.map((c) => fixed(c)),
+          fixed(p.meanCosine),
+          fixed(p.meanAbsCosine),
+        ]),
+        controlRows: controls,
+      },
+      {
+        caption: 'Direction norm per layer',
+        header: ['set', ...cmp.layers.map((l) => `layer ${l}`)],
+        rows: cmp.norms.map((n) => [n.name, ...n.norms.map((x) => fixed(x))]),
+      },
+    ],
+    plots,
+  });
+}
