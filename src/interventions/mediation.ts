@@ -712,8 +712,11 @@ export function formatMediation(r: MediationReport): string[] {
   return lines;
 }
 
-/** The report as a markdown table. */
-export function mediationMarkdown(r: MediationReport): string {
+/**
+ * The report as rows of (metric, direction, random control), as text: the one table the markdown file and the
+ * HTML report both show.
+ */
+export function mediationRows(r: MediationReport): [string, string, string][] {
   const k = r.kl;
   const rows: [string, string, string][] = [
     ['KL(finetune ‖ base)', f(k.finetuneBase), ''],
@@ -747,6 +750,12 @@ export function mediationMarkdown(r: MediationReport): string {
       ['side effect: steer base', f(s.steerBase), f(s.randomSteerBase)],
     );
   }
+  return rows;
+}
+
+/** The report as a markdown table. */
+export function mediationMarkdown(r: MediationReport): string {
+  const rows = mediationRows(r);
   return [
     `# Mediation: ${r.direction}`,
     '',

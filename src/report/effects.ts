@@ -7,7 +7,7 @@ import { dirname, join } from 'node:path';
 import { cosineHeatmap, type DirectionComparison } from '../directions/compare.js';
 import { type Estimate, emRateChart } from '../eval/metrics.js';
 import { compareEvalFolders, type EvalComparison, type ReportOptions } from '../eval/report.js';
-import type { MediationReport, SweepResult } from '../interventions/mediation.js';
+import { type MediationReport, mediationRows, type SweepResult } from '../interventions/mediation.js';
 import { lineChart } from '../plot/charts.js';
 import { isMediationReport } from './detect.js';
 import {
@@ -171,44 +171,7 @@ function singleMediation(r: MediationReport): {
   tables: ReportTable[];
   plot: ReturnType<typeof groupedBars>;
 } {
-  const k = r.kl;
-  const f = (x: unknown) => fixed(x, 4);
-  const rows: [string, string, string][] = [
-    ['KL(finetune ‖ base)', f(k.finetuneBase), ''],
-    [
-      'fraction mediated (ablate in finetune)',
-      percent(r.fractionMediated),
-      percent(r.randomFractionMediated),
-    ],
-    ['KL(finetune+ablate ‖ base)', f(k.ablatedBase), f(k.randomAblatedBase)],
-    ['KL(base+ablate ‖ base)', f(k.baseAblatedBase), f(k.baseRandomAblatedBase)],
-    [
-      'fraction mediated (patch base component)',
-      percent(r.patchedFractionMediated),
-      percent(r.randomPatchedFractionMediated),
-    ],
-    ['KL(finetune+patch ‖ base)', f(k.patchedBase), f(k.randomPatchedBase)],
-    ['fraction closed (steer the base)', percent(r.steeringClosed), percent(r.randomSteeringClosed)],
-    ['KL(finetune ‖ base+steer)', f(k.finetuneSteered), f(k.finetuneRandomSteered)],
-  ];
-  if (r.margins) {
-    const m = r.margins;
-    rows.push(
-      ['margin: base', fixed(m.base), ''],
-      ['margin: finetune', fixed(m.finetune), ''],
-      ['margin: finetune+ablate', fixed(m.finetuneAblated), fixed(m.finetuneRandomAblated)],
-      ['margin: finetune+patch', fixed(m.finetunePatched), ''],
-      ['margin: base+steer', fixed(m.baseSteered), fixed(m.baseRandomSteered)],
-    );
-  }
-  if (r.sideEffects) {
-    const s = r.sideEffects;
-    rows.push(
-      ['side effect: ablate in base', f(s.ablateBase), f(s.randomAblateBase)],
-      ['side effect: ablate in finetune', f(s.ablateFinetune), f(s.randomAblateFinetune)],
-      ['side effect: steer base', f(s.steerBase), f(s.randomSteerBase)],
-    );
-  }
+  const rows = mediationRows(r);
   const bars = [
     ['ablate in finetune', r.fractionMediated, r.randomFractionMediated],
     ['patch base component', r.patchedFractionMediated, r.randomPatchedFractionMediated],
