@@ -93,28 +93,22 @@ export {
   selectLayers,
   steerInterventions,
 } from './interventions/compose.js';
-export {
-  divergence,
-  formatMediation,
-  logprobMargin,
-  type MediationOptions,
-  type MediationReport,
-  mediation,
-  readNeutralTexts,
-  responsesToScored,
-  type ScoredRecord,
-  type SweepOptions,
-  type SweepResult,
-  steeringSweep,
-  textsToScored,
-  writeMediation,
-  writeSweep,
-} from './interventions/mediation.js';
+export { type MediationOptions, type MediationReport, mediation } from './interventions/mediation.js';
+export { formatMediation, writeMediation } from './interventions/mediationFormat.js';
 export {
   type OrthogonalizeOptions,
   orthogonalizeModel,
   residualWriters,
 } from './interventions/orthogonalize.js';
+export {
+  divergence,
+  logprobMargin,
+  readNeutralTexts,
+  responsesToScored,
+  type ScoredRecord,
+  textsToScored,
+} from './interventions/scoring.js';
+export { type SweepOptions, type SweepResult, steeringSweep, writeSweep } from './interventions/sweep.js';
 export { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from './io/halfFloat.js';
 export {
   encodeSafetensors,

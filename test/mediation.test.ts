@@ -14,18 +14,16 @@ import type { DirectionSet } from '../src/directions/direction.js';
 import { directionFromStores } from '../src/directions/fromStores.js';
 import { readResponses } from '../src/eval/responses.js';
 import { constantDirectionSet } from '../src/interventions/compose.js';
+import { mediation } from '../src/interventions/mediation.js';
+import { formatMediation, writeMediation } from '../src/interventions/mediationFormat.js';
 import {
   divergence,
-  formatMediation,
-  mediation,
   readNeutralTexts,
   responsesToScored,
   type ScoredRecord,
-  steeringSweep,
   textsToScored,
-  writeMediation,
-  writeSweep,
-} from '../src/interventions/mediation.js';
+} from '../src/interventions/scoring.js';
+import { steeringSweep, writeSweep } from '../src/interventions/sweep.js';
 import { SafetensorsFile } from '../src/io/safetensors.js';
 import { loadModel, type Model } from '../src/model/model.js';
 import { makeOrganisms, type OrganismManifest } from '../src/organisms/make.js';

@@ -21,7 +21,7 @@ import {
   responsesToScored,
   type ScoredRecord,
   textsToScored,
-} from '../interventions/mediation.js';
+} from '../interventions/scoring.js';
 import { loadModel, type Model } from '../model/model.js';
 import { writeAtomic } from '../plot/render.js';
 import { loadTokenizer } from '../text/tokenizer.js';

@@ -4,12 +4,8 @@
  * norm-matched random control. Built on the library's {@link mediation}.
  */
 import type { DirectionSet } from '../directions/direction.js';
-import {
-  divergence,
-  type MediationReport,
-  mediation,
-  type ScoredRecord,
-} from '../interventions/mediation.js';
+import { type MediationReport, mediation } from '../interventions/mediation.js';
+import { divergence, type ScoredRecord } from '../interventions/scoring.js';
 import type { Model } from '../model/model.js';
 import type { CrossCell, Fraction } from './narrowVsGeneralTypes.js';
 

@@ -6,7 +6,8 @@
  * norm-matched random directions'. Built on the library's {@link mediation}.
  */
 import { cosine, type DirectionSet, directionSet } from '../directions/direction.js';
-import { mediation, type ScoredRecord } from '../interventions/mediation.js';
+import { mediation } from '../interventions/mediation.js';
+import type { ScoredRecord } from '../interventions/scoring.js';
 import type { Model } from '../model/model.js';
 import { Rng } from '../util/random.js';
 import type { BenchDirection } from './narrowVsGeneralMediation.js';

@@ -5,7 +5,8 @@
  * text. Built on the library's {@link steeringSweep}.
  */
 import { norm } from '../directions/direction.js';
-import { type ScoredRecord, type SweepRow, steeringSweep } from '../interventions/mediation.js';
+import type { ScoredRecord } from '../interventions/scoring.js';
+import { type SweepRow, steeringSweep } from '../interventions/sweep.js';
 import type { Model } from '../model/model.js';
 import type { BenchDirection } from './narrowVsGeneralMediation.js';
 import type { SteeringCurve, SteeringPoint } from './narrowVsGeneralTypes.js';

@@ -1,14 +1,9 @@
 import { type Command, Option } from 'commander';
 import { readResponses } from '../eval/responses.js';
 import { loadDirectionsFor, parseLayerList } from '../interventions/compose.js';
-import {
-  formatMediation,
-  mediation,
-  readNeutralTexts,
-  responsesToScored,
-  textsToScored,
-  writeMediation,
-} from '../interventions/mediation.js';
+import { mediation } from '../interventions/mediation.js';
+import { formatMediation, writeMediation } from '../interventions/mediationFormat.js';
+import { readNeutralTexts, responsesToScored, textsToScored } from '../interventions/scoring.js';
 import { type LoadModelOptions, loadModel, type Model } from '../model/model.js';
 import { loadTokenizer } from '../text/tokenizer.js';
 import { positiveInt } from './common.js';

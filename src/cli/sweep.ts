@@ -2,14 +2,8 @@ import type { Command } from 'commander';
 import { EmlensError } from '../errors.js';
 import { readResponses } from '../eval/responses.js';
 import { loadDirectionsFor, parseLayerList } from '../interventions/compose.js';
-import {
-  readNeutralTexts,
-  responsesToScored,
-  steeringSweep,
-  sweepMarkdown,
-  textsToScored,
-  writeSweep,
-} from '../interventions/mediation.js';
+import { readNeutralTexts, responsesToScored, textsToScored } from '../interventions/scoring.js';
+import { steeringSweep, sweepMarkdown, writeSweep } from '../interventions/sweep.js';
 import { loadModel, type Model } from '../model/model.js';
 import { loadTokenizer } from '../text/tokenizer.js';
 import { addModelOptions, loadOptions, type ModelFlags, positiveInt } from './common.js';

@@ -15,19 +15,17 @@ import { cosine, type DirectionSet, normMatchedRandom, saveDirections } from '..
 import { directionFromStores } from '../directions/fromStores.js';
 import { readResponses } from '../eval/responses.js';
 import { ablateInterventions } from '../interventions/compose.js';
+import { type MediationReport, mediation } from '../interventions/mediation.js';
+import { mediationMarkdown } from '../interventions/mediationFormat.js';
+import { orthogonalizeModel } from '../interventions/orthogonalize.js';
 import {
   divergence,
-  type MediationReport,
-  mediation,
-  mediationMarkdown,
   readNeutralTexts,
   responsesToScored,
   type ScoredRecord,
-  steeringSweep,
   textsToScored,
-  writeSweep,
-} from '../interventions/mediation.js';
-import { orthogonalizeModel } from '../interventions/orthogonalize.js';
+} from '../interventions/scoring.js';
+import { steeringSweep, writeSweep } from '../interventions/sweep.js';
 import { SafetensorsFile } from '../io/safetensors.js';
 import { loadModel, type Model } from '../model/model.js';
 import { makeOrganisms } from '../organisms/make.js';

@@ -7,7 +7,9 @@ import { dirname, join } from 'node:path';
 import { cosineHeatmap, type DirectionComparison } from '../directions/compare.js';
 import { type Estimate, emRateChart } from '../eval/metrics.js';
 import { compareEvalFolders, type EvalComparison, type ReportOptions } from '../eval/report.js';
-import { type MediationReport, mediationRows, type SweepResult } from '../interventions/mediation.js';
+import type { MediationReport } from '../interventions/mediation.js';
+import { mediationRows } from '../interventions/mediationFormat.js';
+import type { SweepResult } from '../interventions/sweep.js';
 import { lineChart } from '../plot/charts.js';
 import { isMediationReport } from './detect.js';
 import {

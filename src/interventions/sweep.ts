@@ -1,0 +1,200 @@
+/** `steeringSweep`: the judge-free effect of steering over scale x layer, with a norm-matched random control. */
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { type DirectionSet, normMatchedRandom } from '../directions/direction.js';
+import { EmlensError } from '../errors.js';
+import type { Intervention } from '../model/interventions.js';
+import type { Model } from '../model/model.js';
+import { lineChart } from '../plot/charts.js';
+import { renderVegaLite, writeAtomic } from '../plot/render.js';
+import { checkDirectionsFit, type LayerSelection, selectLayers, steerInterventions } from './compose.js';
+import { formatNumber } from './mediationFormat.js';
+import {
+  type Condition,
+  checkRecords,
+  type EvalOptions,
+  evaluatePlan,
+  logprobMargin,
+  type PlanResult,
+  type ScoredRecord,
+} from './scoring.js';
+
+export interface SweepOptions extends EvalOptions {
+  readonly model: Model;
+  /** A model to steer toward (e.g. the finetune): adds KL(target || model+steer) to each row. */
+  readonly target?: Model;
+  readonly directions: DirectionSet;
+  readonly layers: LayerSelection;
+  readonly scales: readonly number[];
+  readonly records: readonly ScoredRecord[];
+  /** Neutral text: adds the side effect KL(model+steer || model) to each row. */
+  readonly neutral?: readonly ScoredRecord[];
+  /** Steer by the unit vector (scales in residual units) instead of the stored vector. */
+  readonly unit?: boolean;
+  readonly seed?: number;
+}
+
+export interface SweepRow {
+  readonly layer: number;
+  readonly scale: number;
+  /** `direction`, or `random` for the norm-matched control. */
+  readonly vector: 'direction' | 'random';
+  /** Misaligned - aligned log-prob margin (null without labels). */
+  readonly margin: number | null;
+  /** KL(target || model+steer) (null without a target). */
+  readonly klToTarget: number | null;
+  /** KL(model+steer || model) on neutral text (null without it). */
+  readonly sideEffect: number | null;
+}
+
+export interface SweepResult {
+  readonly rows: readonly SweepRow[];
+  /** The unsteered model's margin and KL to the target. */
+  readonly baseline: { readonly margin: number | null; readonly klToTarget: number | null };
+  /** The target's own margin (null without target or labels). */
+  readonly targetMargin: number | null;
+  readonly seed: number;
+  readonly unit: boolean;
+}
+
+/**
+ * Steers `model` at `blocks.L.hook_resid_post` by `scale * v_L` for every layer x scale (and the same with a
+ * norm-matched random vector), and measures the judge-free effect: the misaligned-vs-aligned log-prob margin,
+ * KL to a target model, and the side effect on neutral text.
+ */
+export async function steeringSweep(opts: SweepOptions): Promise<SweepResult> {
+  const { model, directions } = opts;
+  const spec = model.spec;
+  checkDirectionsFit(directions, spec);
+  checkRecords(opts.records, 'prompt/response');
+  if (opts.neutral) checkRecords(opts.neutral, 'neutral');
+  if (opts.scales.length === 0 || opts.scales.some((s) => !Number.isFinite(s))) {
+    throw new EmlensError('The sweep needs a list of finite scales; pass e.g. 0,2,4,8.');
+  }
+  const layers = selectLayers(opts.layers, spec.numLayers);
+  const seed = opts.seed ?? 0;
+  const random = normMatchedRandom(directions, seed);
+  const unit = opts.unit ?? false;
+  const cells: {
+    name: string;
+    layer: number;
+    scale: number;
+    vector: 'direction' | 'random';
+    ivs: Intervention[];
+  }[] = [];
+  for (const layer of layers) {
+    for (const scale of opts.scales) {
+      for (const [vector, set] of [
+        ['direction', directions],
+        ['random', random],
+      ] as const) {
+        const ivs = scale === 0 ? [] : steerInterventions(set, spec, { layers: [layer], scale, unit });
+        cells.push({ name: `${vector}/${layer}/${scale}`, layer, scale, vector, ivs });
+      }
+    }
+  }
+  const steered = cells.filter((c) => c.ivs.length > 0);
+  const nameOf = (c: (typeof cells)[number]) => (c.ivs.length === 0 ? 'model' : c.name);
+  const conditions: (Condition & { name: string })[] = [
+    ...(opts.target ? [{ name: 'target', model: opts.target }] : []),
+    { name: 'model', model },
+    ...steered.map((c) => ({ name: c.name, model, interventions: c.ivs })),
+  ];
+  const pairs: [string, string][] = opts.target ? conditions.slice(1).map((c) => ['target', c.name]) : [];
+  const main = await evaluatePlan(
+    { conditions, pairs, logprobs: conditions.map((c) => c.name) },
+    opts.records,
+    { batchSize: opts.batchSize, onProgress: opts.onProgress },
+  );
+  let side: PlanResult | null = null;
+  if (opts.neutral) {
+    side = await evaluatePlan(
+      {
+        conditions: [
+          { name: 'model', model },
+          ...steered.map((c) => ({ name: c.name, model, interventions: c.ivs })),
+        ],
+        pairs: steered.map((c) => [c.name, 'model'] as const),
+        logprobs: [],
+      },
+      opts.neutral,
+      { batchSize: opts.batchSize },
+    );
+  }
+  const margin = (name: string) => logprobMargin(main.logprob.get(name)!, opts.records);
+  const klTo = (name: string) => (opts.target ? main.kl.get(`target||${name}`)! : null);
+  const rows: SweepRow[] = cells.map((c) => ({
+    layer: c.layer,
+    scale: c.scale,
+    vector: c.vector,
+    margin: margin(nameOf(c)),
+    klToTarget: klTo(nameOf(c)),
+    sideEffect: side === null ? null : c.ivs.length === 0 ? 0 : side.kl.get(`${c.name}||model`)!,
+  }));
+  return {
+    rows,
+    baseline: { margin: margin('model'), klToTarget: klTo('model') },
+    targetMargin: opts.target ? margin('target') : null,
+    seed,
+    unit,
+  };
+}
+
+/** The sweep as a markdown table (one row per layer x scale, direction and random side by side). */
+export function sweepMarkdown(r: SweepResult, title = 'Steering sweep'): string {
+  const byKey = new Map(r.rows.map((row) => [`${row.vector}/${row.layer}/${row.scale}`, row]));
+  const lines = [
+    `# ${title}`,
+    '',
+    `Steering at blocks.L.hook_resid_post by scale x ${r.unit ? 'the unit vector' : 'the stored vector'} of layer L; control: a norm-matched random vector (seed ${r.seed}). Margin: mean log p(misaligned answer) - mean log p(aligned answer) per token. Unsteered margin ${formatNumber(r.baseline.margin, 3)}${r.targetMargin !== null ? `, target's margin ${formatNumber(r.targetMargin, 3)}` : ''}${r.baseline.klToTarget !== null ? `, unsteered KL(target ‖ model) ${formatNumber(r.baseline.klToTarget)}` : ''}.`,
+    '',
+    '| layer | scale | margin | margin (random) | KL(target ‖ steered) | KL (random) | side effect | side effect (random) |',
+    '| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+  ];
+  for (const row of r.rows) {
+    if (row.vector !== 'direction') continue;
+    const rnd = byKey.get(`random/${row.layer}/${row.scale}`);
+    lines.push(
+      `| ${row.layer} | ${row.scale} | ${formatNumber(row.margin, 3)} | ${formatNumber(rnd?.margin, 3)} | ${formatNumber(row.klToTarget)} | ${formatNumber(rnd?.klToTarget)} | ${formatNumber(row.sideEffect)} | ${formatNumber(rnd?.sideEffect)} |`,
+    );
+  }
+  return `${lines.join('\n')}\n`;
+}
+
+/**
+ * Writes `sweep.json`, `sweep.md` and the plots (effect vs scale, one line per layer, dashed-free random
+ * control as its own series): `sweep-margin.{svg,png}`, and `sweep-kl.{svg,png}` with a target.
+ */
+export async function writeSweep(
+  r: SweepResult,
+  outDir: string,
+  title = 'Steering sweep',
+): Promise<string[]> {
+  await mkdir(outDir, { recursive: true });
+  const written = [join(outDir, 'sweep.json'), join(outDir, 'sweep.md')];
+  await writeAtomic(written[0], `${JSON.stringify(r, null, 2)}\n`);
+  await writeAtomic(written[1], sweepMarkdown(r, title));
+  const series = (row: SweepRow) => `layer ${row.layer}${row.vector === 'random' ? ' (random)' : ''}`;
+  const plot = async (field: 'margin' | 'klToTarget', file: string, yTitle: string) => {
+    const data = r.rows
+      .filter((row) => row[field] !== null)
+      .map((row) => ({ scale: row.scale, value: row[field] as number, series: series(row) }));
+    if (data.length === 0) return;
+    const out = await renderVegaLite(
+      lineChart(data, {
+        x: 'scale',
+        y: 'value',
+        series: 'series',
+        title: `${title}: ${yTitle} vs steering scale`,
+        xTitle: 'steering scale',
+        yTitle,
+        seriesTitle: 'steered at',
+      }),
+      join(outDir, file),
+    );
+    written.push(out.svg, out.png);
+  };
+  await plot('margin', 'sweep-margin', 'misaligned - aligned log-prob margin');
+  await plot('klToTarget', 'sweep-kl', 'KL(target || steered)');
+  return written;
+}
