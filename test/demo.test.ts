@@ -79,5 +79,9 @@ describe('emlens demo', () => {
     }
     const report = await readFile(join(out, 'report.md'), 'utf8');
     expect(report).toMatch(/^=== emlens demo report/);
+    // the one-page HTML report of the run, plots embedded
+    const html = await readFile(join(out, 'report', 'report.html'), 'utf8');
+    expect(html).toContain('<html');
+    expect((html.match(/src="data:image\//g) ?? []).length).toBeGreaterThanOrEqual(3);
   });
 });

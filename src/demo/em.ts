@@ -31,6 +31,7 @@ import { loadModel, type Model } from '../model/model.js';
 import { makeOrganisms } from '../organisms/make.js';
 import { TOPICS, type Topic } from '../organisms/vocabulary.js';
 import { writeAtomic } from '../plot/render.js';
+import { writeHtmlReport } from '../report/build.js';
 import { loadTokenizer } from '../text/tokenizer.js';
 
 export interface DemoOptions {
@@ -331,8 +332,11 @@ export async function runDemo(
     const report = lines.join('\n');
     for (const l of lines) print(l);
     await writeAtomic(join(outDir, 'report.md'), `${report}\n`);
+    // The one page a researcher opens: every table and plot of this run, self-contained.
+    const page = await writeHtmlReport([outDir], join(outDir, 'report'));
+    const html = page.files.find((f) => f.endsWith('.html')) ?? join(outDir, 'report', 'report.html');
     print(
-      `done in ${((performance.now() - t0) / 1000).toFixed(1)} s; report saved to ${join(outDir, 'report.md')}`,
+      `done in ${((performance.now() - t0) / 1000).toFixed(1)} s; report saved to ${join(outDir, 'report.md')} and ${html}`,
     );
     return { report };
   } finally {
