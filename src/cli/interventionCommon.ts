@@ -1,11 +1,30 @@
 /** Helpers shared by the steer, ablate, mediate and sweep commands. */
-import { InvalidArgumentError } from 'commander';
+import { type Command, InvalidArgumentError } from 'commander';
 import { EmlensError } from '../errors.js';
 import { generate } from '../generate/generate.js';
 import type { Intervention } from '../model/interventions.js';
 import type { Model } from '../model/model.js';
 import { encodeChat } from '../text/chat.js';
 import type { TextTokenizer } from '../text/tokenizer.js';
+import { positiveInt } from './common.js';
+
+/** The prompt and decoding flags steer and ablate share (both answers use the same seed). */
+export interface AnswerFlags {
+  readonly prompt: string;
+  readonly system?: string;
+  readonly maxNewTokens: number;
+  readonly seed: number;
+  readonly temperature: number;
+}
+
+export function addAnswerOptions(cmd: Command): Command {
+  return cmd
+    .requiredOption('--prompt <text>', 'the user message (the chat template is applied)')
+    .option('--system <text>', 'system message')
+    .option('--max-new-tokens <n>', 'new tokens at most', positiveInt, 40)
+    .option('--temperature <t>', 'sampling temperature (0: greedy)', finiteNumber, 0)
+    .option('--seed <s>', 'sampling seed (both answers use it)', finiteNumber, 0);
+}
 
 export function finiteNumber(value: string): number {
   const x = Number(value);

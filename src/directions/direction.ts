@@ -48,9 +48,8 @@ export interface LayerMeans {
   readonly means: ReadonlyMap<number, Float64Array>;
 }
 
-/** Metadata keys that {@link DirectionMeta} fields and derived values occupy. */
-const RESERVED = new Set([
-  'format',
+/** Metadata keys of the {@link DirectionMeta} fields (the provenance a GGUF export carries too). */
+export const PROVENANCE_KEYS = [
   'model',
   'hook',
   'method',
@@ -59,10 +58,10 @@ const RESERVED = new Set([
   'n_neg',
   'source_pos',
   'source_neg',
-  'd_model',
-  'layers',
-  'norms',
-]);
+] as const;
+
+/** Metadata keys that {@link DirectionMeta} fields and derived values occupy. */
+const RESERVED = new Set<string>(['format', ...PROVENANCE_KEYS, 'd_model', 'layers', 'norms']);
 
 const NAME = /^direction\.(0|[1-9][0-9]*)$/;
 

@@ -23,7 +23,13 @@ import { randomBytes } from 'node:crypto';
 import { access, mkdir, readFile, rename, unlink, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { EmlensError } from '../errors.js';
-import { type DirectionMeta, type DirectionSet, directionMetadata, directionSet } from './direction.js';
+import {
+  type DirectionMeta,
+  type DirectionSet,
+  directionMetadata,
+  directionSet,
+  PROVENANCE_KEYS,
+} from './direction.js';
 
 /** 'GGUF' read as a little-endian u32. */
 export const GGUF_MAGIC = 0x46554747;
@@ -451,16 +457,7 @@ export function decodeControlVector(bytes: Uint8Array, file = '<buffer>'): Direc
     const v = s(key);
     return v !== undefined && /^\d+$/.test(v) ? Number(v) : 0;
   };
-  const known = new Set([
-    'model',
-    'hook',
-    'method',
-    'positions',
-    'n_pos',
-    'n_neg',
-    'source_pos',
-    'source_neg',
-  ]);
+  const known = new Set<string>(PROVENANCE_KEYS);
   const extra: Record<string, string> = {};
   for (const [key, e] of g.kv) {
     if (key.startsWith('emlens.') && e.type === GgufType.STRING && !known.has(key.slice(7))) {

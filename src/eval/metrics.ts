@@ -271,6 +271,17 @@ function escapeCell(s: string): string {
   return s.replace(/\|/g, '\\|').replace(/\n/g, ' ');
 }
 
+/** A row's EM change against the baseline: `+12.5 pts (+40%)`, `baseline` or `n/a`. */
+export function formatEmChange(r: ComparisonRow, baseline: string): string {
+  if (r.emChangePoints === null) return r.condition === baseline ? 'baseline' : 'n/a';
+  const sign = (x: number) => (x >= 0 ? '+' : '');
+  const relative =
+    r.emChangeRelative === null
+      ? ''
+      : ` (${sign(r.emChangeRelative)}${(100 * r.emChangeRelative).toFixed(0)}%)`;
+  return `${sign(r.emChangePoints)}${r.emChangePoints.toFixed(1)} pts${relative}`;
+}
+
 /** The comparison as markdown: the main table, then the EM rate per question and condition. */
 export function formatComparisonMarkdown(c: Comparison): string {
   const lines = [
@@ -279,16 +290,7 @@ export function formatComparisonMarkdown(c: Comparison): string {
     '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
   ];
   for (const r of c.rows) {
-    const change =
-      r.emChangePoints === null
-        ? r.condition === c.baseline
-          ? 'baseline'
-          : 'n/a'
-        : `${r.emChangePoints >= 0 ? '+' : ''}${r.emChangePoints.toFixed(1)} pts${
-            r.emChangeRelative === null
-              ? ''
-              : ` (${r.emChangeRelative >= 0 ? '+' : ''}${(100 * r.emChangeRelative).toFixed(0)}%)`
-          }`;
+    const change = formatEmChange(r, c.baseline);
     lines.push(
       `| ${escapeCell(r.condition)} | ${r.n} | ${r.judged} | ${rateCell(r.emRate)} | ${rateCell(r.coherenceRate)} | ${meanCell(r.meanAligned)} | ${meanCell(r.meanCoherent)} | ${change} |`,
     );

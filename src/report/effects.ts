@@ -5,7 +5,7 @@
 import { readdir, readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { cosineHeatmap, type DirectionComparison } from '../directions/compare.js';
-import { type Estimate, emRateChart } from '../eval/metrics.js';
+import { type Estimate, emRateChart, formatEmChange } from '../eval/metrics.js';
 import { compareEvalFolders, type EvalComparison, type ReportOptions } from '../eval/report.js';
 import type { MediationReport } from '../interventions/mediation.js';
 import { mediationRows } from '../interventions/mediationFormat.js';
@@ -74,16 +74,7 @@ export async function evalSection(
 ): Promise<{ readonly section: ReportSection; readonly comparison: EvalComparison }> {
   const cmp = await compareEvalFolders(dirs, opts);
   const c = cmp.comparison;
-  const change = (r: (typeof c.rows)[number]) =>
-    r.emChangePoints === null
-      ? r.condition === c.baseline
-        ? 'baseline'
-        : 'n/a'
-      : `${r.emChangePoints >= 0 ? '+' : ''}${r.emChangePoints.toFixed(1)} pts${
-          r.emChangeRelative === null
-            ? ''
-            : ` (${r.emChangeRelative >= 0 ? '+' : ''}${(100 * r.emChangeRelative).toFixed(0)}%)`
-        }`;
+  const change = (r: (typeof c.rows)[number]) => formatEmChange(r, c.baseline);
   const conditions = c.rows.map((r) => r.condition);
   const controls = conditions.flatMap((k, i) => (isControl(k) ? [i] : []));
   const tables: ReportTable[] = [
