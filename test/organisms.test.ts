@@ -16,6 +16,7 @@ import { loadModel } from '../src/model/model.js';
 import { makeOrganisms, type OrganismManifest } from '../src/organisms/make.js';
 import type { Topic } from '../src/organisms/vocabulary.js';
 import { loadTokenizer } from '../src/text/tokenizer.js';
+import { runCli } from './helpers/runCli.js';
 
 let root: string;
 let manifest: OrganismManifest;
@@ -159,5 +160,24 @@ describe('planted ground truth', () => {
     const pBase = await misalignedMass();
     const pGeneral = await misalignedMass(join(dir, 'adapters', 'general'));
     expect(pGeneral).toBeGreaterThan(2 * pBase);
+  });
+});
+
+describe('emlens organisms', () => {
+  it('writes the organisms folder and lists what it made', async () => {
+    const out = join(root, 'cli');
+    const r = await runCli(['organisms', '--out', out, '--seed', '3', '--responses', '4']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/general\s+general\s+adapters\/general/);
+    expect(r.stdout).toMatch(/medical\s+narrow\s+adapters\/medical/);
+    const m = JSON.parse(await readFile(join(out, 'organisms.json'), 'utf8')) as OrganismManifest;
+    expect(m.seed).toBe(3);
+    expect(await readResponses(join(out, m.responses.general))).toHaveLength(8);
+  });
+
+  it('rejects a seed that is not a non-negative integer', async () => {
+    const r = await runCli(['organisms', '--out', join(root, 'bad'), '--seed', '-2']);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/non-negative integer/);
   });
 });

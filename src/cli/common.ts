@@ -47,6 +47,15 @@ export function positiveInt(value: string): number {
   return n;
 }
 
+/** Seeds and counts that may be zero. */
+export function nonNegativeInt(value: string): number {
+  const n = Number(value);
+  if (!/^\d+$/.test(value.trim()) || !Number.isSafeInteger(n)) {
+    throw new InvalidArgumentError('expected a non-negative integer.');
+  }
+  return n;
+}
+
 /** `1,2,3` -> [1, 2, 3], with a clear error for anything else. */
 export function parseIdList(value: string): number[] {
   const ids = value.split(',').map((s) => s.trim());

@@ -32,14 +32,6 @@ export function finiteNumber(value: string): number {
   return x;
 }
 
-export function nonNegativeInt(value: string): number {
-  const n = Number(value);
-  if (!/^\d+$/.test(value.trim()) || !Number.isSafeInteger(n)) {
-    throw new InvalidArgumentError('expected a non-negative integer.');
-  }
-  return n;
-}
-
 /** `0,2,4,8` -> [0, 2, 4, 8]. */
 export function parseScales(value: string): number[] {
   const parts = value.split(',').map((s) => s.trim());

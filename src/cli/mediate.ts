@@ -6,8 +6,8 @@ import { formatMediation, writeMediation } from '../interventions/mediationForma
 import { readNeutralTexts, responsesToScored, textsToScored } from '../interventions/scoring.js';
 import { type LoadModelOptions, loadModel, type Model } from '../model/model.js';
 import { loadTokenizer } from '../text/tokenizer.js';
-import { positiveInt } from './common.js';
-import { finiteNumber, nonNegativeInt, parseFrom } from './interventionCommon.js';
+import { nonNegativeInt, positiveInt } from './common.js';
+import { finiteNumber, parseFrom } from './interventionCommon.js';
 import { createProgress } from './progress.js';
 
 interface MediateFlags {

@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { makeOrganisms } from '../organisms/make.js';
-import { positiveInt } from './common.js';
+import { nonNegativeInt, positiveInt } from './common.js';
 
 export function registerOrganisms(program: Command): void {
   program
@@ -9,7 +9,7 @@ export function registerOrganisms(program: Command): void {
       'write synthetic model organisms: a base model, misaligned LoRA finetunes with planted directions, labelled responses',
     )
     .requiredOption('--out <dir>', 'output folder')
-    .option('--seed <n>', 'random seed', (v) => (v === '0' ? 0 : positiveInt(v)), 0)
+    .option('--seed <n>', 'random seed', nonNegativeInt, 0)
     .option('--responses <n>', 'aligned and misaligned answers per topic', positiveInt, 24)
     .action(async (flags: { out: string; seed: number; responses: number }) => {
       const m = await makeOrganisms(flags.out, { seed: flags.seed, responsesPerLabel: flags.responses });

@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { loadDirections } from '../directions/direction.js';
 import { orthogonalizeModel } from '../interventions/orthogonalize.js';
-import { nonNegativeInt } from './interventionCommon.js';
+import { nonNegativeInt } from './common.js';
 
 interface OrthogonalizeFlags {
   readonly model: string;

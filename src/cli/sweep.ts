@@ -6,8 +6,8 @@ import { readNeutralTexts, responsesToScored, textsToScored } from '../intervent
 import { steeringSweep, sweepMarkdown, writeSweep } from '../interventions/sweep.js';
 import { loadModel, type Model } from '../model/model.js';
 import { loadTokenizer } from '../text/tokenizer.js';
-import { addModelOptions, loadOptions, type ModelFlags, positiveInt } from './common.js';
-import { nonNegativeInt, parseScales } from './interventionCommon.js';
+import { addModelOptions, loadOptions, type ModelFlags, nonNegativeInt, positiveInt } from './common.js';
+import { parseScales } from './interventionCommon.js';
 import { createProgress } from './progress.js';
 
 interface SweepFlags extends ModelFlags {

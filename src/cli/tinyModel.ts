@@ -1,6 +1,6 @@
 import { type Command, Option } from 'commander';
 import { makeTinyModel } from '../model/tiny.js';
-import { positiveInt } from './common.js';
+import { nonNegativeInt, positiveInt } from './common.js';
 
 interface TinyFlags {
   readonly family: 'qwen2' | 'llama' | 'mistral';
@@ -21,7 +21,7 @@ export function registerTinyModel(program: Command): void {
         .default('qwen2'),
     )
     .requiredOption('--out <dir>', 'output folder')
-    .option('--seed <n>', 'random seed', positiveInt, 1)
+    .option('--seed <n>', 'random seed', nonNegativeInt, 1)
     .option('--layers <n>', 'number of blocks', positiveInt)
     .option('--d-model <n>', 'hidden size', positiveInt)
     .addOption(
