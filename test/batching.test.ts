@@ -117,6 +117,51 @@ describe.each(FAMILIES)('$name', ({ name, options }) => {
     }
   });
 
+  it('a long left-padded batch (lengths 300, 200) equals each row alone', async () => {
+    const m = models.get('fp32')!;
+    const d = spec.dModel;
+    const rows = [ids(300, 51), ids(200, 52)];
+    const batched = await m.forward(rows, { hooks: ['blocks.*.hook_resid_post'] });
+    for (let r = 0; r < rows.length; r++) {
+      const alone = await m.forward([rows[r]], { hooks: ['blocks.*.hook_resid_post'] });
+      expect(maxAbsDiff(row(batched.logits.data, r, spec.vocabSize), alone.logits.data)).toBeLessThanOrEqual(
+        1e-5,
+      );
+      for (const [hook, t] of batched.hooks) {
+        const got = span(t.data, r, 300, d, batched.padding[r], 300);
+        expect(maxAbsDiff(got, alone.hooks.get(hook)!.data), `row ${r} ${hook}`).toBeLessThanOrEqual(1e-5);
+      }
+    }
+  });
+
+  it.each([
+    ['fp32', 1e-4],
+    ['fp16', 2e-2],
+  ] as const)('%s: 270 new tokens at once after a cache equal full recomputation', async (profile, tol) => {
+    const m = models.get(profile)!;
+    const d = spec.dModel;
+    const prefix = ids(5, 61);
+    const more = ids(270, 62);
+    const first = await m.forward([prefix], { returnCache: true });
+    const cont = await m.forward([more], {
+      cache: first.cache!,
+      logits: 'all',
+      hooks: ['blocks.*.hook_resid_post'],
+    });
+    const full = await m.forward([[...prefix, ...more]], {
+      logits: 'all',
+      hooks: ['blocks.*.hook_resid_post'],
+    });
+    const v = spec.vocabSize;
+    expect(maxAbsDiff(cont.logits.data, span(full.logits.data, 0, 275, v, 5, 275))).toBeLessThanOrEqual(tol);
+    for (const [hook, t] of cont.hooks) {
+      expect(
+        maxAbsDiff(t.data, span(full.hooks.get(hook)!.data, 0, 275, d, 5, 275)),
+        hook,
+      ).toBeLessThanOrEqual(tol);
+    }
+  });
+
   /**
    * Prefills `prompts` (left-padded), then feeds `steps` tokens one per row per call through the cache, and
    * checks each step's logits and hooks against a full recomputation of each row's whole prefix alone.

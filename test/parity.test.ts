@@ -96,6 +96,11 @@ const CASES: readonly Case[] = [
     options: { family: 'mistral', seed: 8, numHeads: 4, numKvHeads: 4 },
     seqLen: 6,
   },
+  {
+    name: 'qwen2 gqa 2, 301-token prefill',
+    options: { family: 'qwen2', seed: 11, numLayers: 2 },
+    seqLen: 301,
+  },
   { name: 'qwen2 BF16 weights', options: { family: 'qwen2', seed: 9, dtype: 'BF16' }, seqLen: 8 },
   {
     name: 'llama F16 weights, llama3 rope',

@@ -1,4 +1,5 @@
 import * as ort from 'onnxruntime-node';
+import { defaultThreads } from '../model/session.js';
 import { GraphBuilder } from '../onnx/builder.js';
 
 /** Median of timings in ms. */
@@ -32,38 +33,68 @@ export interface CeilingResult {
   readonly medianMs: number;
 }
 
+/** A MatMul-ceiling graph kept open, so its runs can be interleaved with the runs it is compared with. */
+export interface MatMulCeiling {
+  readonly flops: number;
+  /** One pass over every GEMM; returns its milliseconds. */
+  run(): Promise<number>;
+  release(): Promise<void>;
+}
+
 /**
  * The MatMul ceiling: onnxruntime running only the given GEMMs (`[tokens, k] x [k, n]`, constant weights, as
  * in the model), one after another, with the same thread settings. Dividing a model's achieved GFLOP/s by this
  * says how close it runs to what the MatMul kernels themselves reach on this machine, in this process.
  */
-export async function measureMatMulCeiling(
+export async function openMatMulCeiling(
   shapes: readonly MatMulShape[],
   tokens: number,
-  opts: { threads?: number; reps?: number } = {},
-): Promise<CeilingResult> {
+  opts: { threads?: number } = {},
+): Promise<MatMulCeiling> {
   const g = new GraphBuilder('ceiling', null);
-  const outputs: string[] = [];
   shapes.forEach((s, i) => {
     const x = g.input(`x${i}`, 'float32', [tokens, s.k]);
-    const w = new Float32Array(s.k * s.n).map((_, j) => ((j * 2654435761) % 1000) / 1e5 - 0.005);
+    // Distinct values per matrix: onnxruntime merges identical initializers, which would let repeated shapes
+    // share one matrix (and its cache lines) and overstate what the model's own, distinct weights reach.
+    const w = new Float32Array(s.k * s.n).map(
+      (_, j) => ((Math.imul(j ^ (i * 0x9e3779b9), 2654435761) >>> 0) % 1000) / 1e5 - 0.005,
+    );
     const y = g.op('MatMul', [x, g.initializer(`w${i}`, 'float32', [s.k, s.n], w)]);
     // Reduce to a scalar so the output copy to JS does not count.
-    outputs.push(g.output(g.op('ReduceSum', [y], { keepdims: { int: 0 } }), `y${i}`, 'float32', []));
+    g.output(g.op('ReduceSum', [y], { keepdims: { int: 0 } }), `y${i}`, 'float32', []);
   });
   const session = await ort.InferenceSession.create(g.encode([{ domain: '', version: 21 }], {}, '0'), {
     graphOptimizationLevel: 'all',
-    ...(opts.threads ? { intraOpNumThreads: opts.threads, interOpNumThreads: 1 } : {}),
+    intraOpNumThreads: opts.threads ?? defaultThreads(),
+    interOpNumThreads: 1,
   });
   const feeds: Record<string, ort.Tensor> = {};
   shapes.forEach((s, i) => {
     feeds[`x${i}`] = new ort.Tensor('float32', new Float32Array(tokens * s.k).fill(0.01), [tokens, s.k]);
   });
-  const times = await timeRuns(() => session.run(feeds), opts.reps ?? 5);
-  await session.release();
-  const flops = shapes.reduce((a, s) => a + 2 * tokens * s.k * s.n, 0);
+  await session.run(feeds); // prepacks the weights
+  return {
+    flops: shapes.reduce((a, s) => a + 2 * tokens * s.k * s.n, 0),
+    run: async () => (await timeRuns(() => session.run(feeds), 1, 0))[0],
+    release: () => session.release(),
+  };
+}
+
+/** {@link openMatMulCeiling}, timed `reps` times on its own: the median. */
+export async function measureMatMulCeiling(
+  shapes: readonly MatMulShape[],
+  tokens: number,
+  opts: { threads?: number; reps?: number } = {},
+): Promise<CeilingResult> {
+  const ceiling = await openMatMulCeiling(shapes, tokens, opts);
+  const times: number[] = [];
+  try {
+    for (let r = 0; r < (opts.reps ?? 5); r++) times.push(await ceiling.run());
+  } finally {
+    await ceiling.release();
+  }
   const ms = median(times);
-  return { gflops: flops / (ms * 1e6), tokens, shapes, medianMs: ms };
+  return { gflops: ceiling.flops / (ms * 1e6), tokens, shapes, medianMs: ms };
 }
 
 /** Peak resident memory of this process so far, in MiB. */
