@@ -3,13 +3,12 @@
  * a MatMul ceiling measured in the same process. Writes benchmarks/results/forward.json.
  */
 import { existsSync } from 'node:fs';
-import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
-import * as ort from 'onnxruntime-node';
 import { median, openMatMulCeiling, peakRssMiB, timeRuns } from '../src/bench/hardware.js';
+import { profilingOptions, readKernelProfile } from '../src/bench/profile.js';
 import { loadModel } from '../src/model/model.js';
-import { defaultThreads } from '../src/model/session.js';
 import { makeTinyModel, QWEN25_05B_SHAPE } from '../src/model/tiny.js';
 
 const work = join(import.meta.dirname, '.work');
@@ -117,62 +116,20 @@ log(
 );
 await model.dispose();
 
-/** Share of onnxruntime kernel time per op type for one 512-token prefill, from ORT's own profiler. */
+/** Share of onnxruntime kernel time per op type for one 512-token prefill, from onnxruntime's own profiler. */
 async function profileOps(tokens: number[]): Promise<Record<string, number>> {
-  const folder = (await readdir(cacheDir)).find((f) => !f.includes('.tmp-'))!;
-  const session = await ort.InferenceSession.create(join(cacheDir, folder, 'model-last-plain.onnx'), {
-    intraOpNumThreads: defaultThreads(),
-    interOpNumThreads: 1,
-    enableProfiling: true,
-    profileFilePrefix: join(work, 'ort-profile'),
-  });
-  const n = tokens.length;
-  const kv = () => new ort.Tensor('float32', new Float32Array(0), [1, kvHeads, 0, hd]);
-  const kvHeads = spec.numKvHeads;
-  const feeds: Record<string, ort.Tensor> = {
-    input_ids: new ort.Tensor('int64', BigInt64Array.from(tokens.map(BigInt)), [1, n]),
-    attention_mask: new ort.Tensor('int64', new BigInt64Array(n).fill(1n), [1, n]),
-    position_ids: new ort.Tensor(
-      'int64',
-      BigInt64Array.from({ length: n }, (_, i) => BigInt(i)),
-      [1, n],
-    ),
-  };
-  for (let i = 0; i < spec.numLayers; i++) {
-    feeds[`past_key_values.${i}.key`] = kv();
-    feeds[`past_key_values.${i}.value`] = kv();
-  }
-  // The first runs grow the arena and fault its pages in; only the last one is counted.
-  for (let r = 0; r < 3; r++) await session.run(feeds, ['logits']);
-  session.endProfiling();
-  await session.release();
-  const file = (await readdir(work))
-    .filter((f) => f.startsWith('ort-profile'))
-    .sort()
-    .pop()!;
-  const events = JSON.parse(await readFile(join(work, file), 'utf8')) as {
-    cat: string;
-    name: string;
-    ts: number;
-    dur: number;
-    args: { op_name?: string };
-  }[];
-  const lastRunStart = Math.max(...events.filter((e) => e.name === 'model_run').map((e) => e.ts));
-  const byOp = new Map<string, number>();
-  for (const e of events) {
-    if (e.cat === 'Node' && e.name.endsWith('_kernel_time') && e.args.op_name && e.ts >= lastRunStart) {
-      byOp.set(e.args.op_name, (byOp.get(e.args.op_name) ?? 0) + e.dur);
-    }
-  }
-  const total = [...byOp.values()].reduce((a, b) => a + b, 0);
+  const prefix = join(work, 'ort-profile-forward');
+  const profiled = await loadModel(modelDir, { cacheDir, sessionOptions: profilingOptions(prefix) });
+  for (let r = 0; r < 3; r++) await profiled.forward([tokens]);
+  await profiled.dispose(); // writes the profile
+  const profile = await readKernelProfile(prefix, 2);
   const shares = Object.fromEntries(
-    [...byOp]
-      .sort((a, b) => b[1] - a[1])
-      .filter(([, t]) => t / total >= 0.002)
-      .map(([op, t]) => [op, Number((t / total).toFixed(4))]),
+    [...profile.msPerRunByOp]
+      .filter(([, ms]) => ms / profile.totalMsPerRun >= 0.002)
+      .map(([op, ms]) => [op, Number((ms / profile.totalMsPerRun).toFixed(4))]),
   );
   log(
-    `kernel time by op at ${n} tokens: ${Object.entries(shares)
+    `kernel time by op at ${tokens.length} tokens: ${Object.entries(shares)
       .map(([k, v]) => `${k} ${(v * 100).toFixed(1)}%`)
       .join(', ')}`,
   );

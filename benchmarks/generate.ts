@@ -8,6 +8,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { measureCopyBandwidth, measureMatMulCeiling, median, peakRssMiB } from '../src/bench/hardware.js';
+import { profilingOptions, readKernelProfile } from '../src/bench/profile.js';
 import { type GenerateOptions, generate } from '../src/generate/generate.js';
 import { loadModel, type Model } from '../src/model/model.js';
 import { weightNames, weightShape } from '../src/model/spec.js';
@@ -112,6 +113,31 @@ for (const [batch, sampling, extra] of configs) {
 const generationPeakRssMiB = peakRssMiB();
 await model.dispose();
 
+// Where a single-stream step goes, from onnxruntime's profiler: kernel time per op type, and the weight read rate
+// of the block MatMuls and of the LM head Gemm (the fastest fp32 GEMV in the graph).
+const profilePrefix = join(work, 'ort-profile-generate');
+const profiled = await loadModel(modelDir, { cacheDir, sessionOptions: profilingOptions(profilePrefix) });
+await generate(profiled, [prompt(0)], { maxNewTokens: 24, temperature: 0, eosTokenIds: [] });
+await profiled.dispose();
+const decodeProfile = await readKernelProfile(profilePrefix, 4); // prefill and 3 warm-up steps
+const opMs = (op: string) => decodeProfile.msPerRunByOp.get(op) ?? Number.NaN;
+const blockMatMulBytes =
+  weightNames(spec)
+    .filter((n) => n.startsWith('model.layers.') && n.endsWith('_proj.weight'))
+    .reduce((a, n) => a + weightShape(spec, n).reduce((x, y) => x * y, 1), 0) * bytesPerParam;
+const decodeKernels = {
+  steps: decodeProfile.runs,
+  kernelMsPerStep: decodeProfile.totalMsPerRun,
+  msPerStepByOp: Object.fromEntries(
+    [...decodeProfile.msPerRunByOp].map(([k, v]) => [k, Number(v.toFixed(3))]),
+  ),
+  blockMatMulWeightGbPerS: blockMatMulBytes / opMs('MatMul') / 1e6,
+  lmHeadGemmWeightGbPerS: (lmHeadParams * bytesPerParam) / opMs('Gemm') / 1e6,
+};
+log(
+  `decode step kernels: ${decodeKernels.kernelMsPerStep.toFixed(1)} ms; block MatMuls read ${decodeKernels.blockMatMulWeightGbPerS.toFixed(1)} GB/s, the LM head Gemm ${decodeKernels.lmHeadGemmWeightGbPerS.toFixed(1)} GB/s`,
+);
+
 // Context for the ratio: onnxruntime running only the model's MatMuls (24 blocks + LM head) for one token,
 // i.e. what its GEMV kernels reach on these weights in this process. Measured last, as its 2 GB of constant
 // weights (built in JS, encoded, then loaded) would inflate the peak RSS of generation recorded above.
@@ -119,7 +145,8 @@ const { dModel: d, numHeads: h, numKvHeads: kv, headDim: hd, intermediateSize: f
 const blockShapes = [
   { k: d, n: (h + 2 * kv) * hd },
   { k: h * hd, n: d },
-  { k: d, n: 2 * ff },
+  { k: d, n: ff },
+  { k: d, n: ff },
   { k: ff, n: d },
 ];
 const gemvShapes = [
@@ -171,6 +198,7 @@ const out = {
     medianDecodeTokensPerS: median(single.map((r) => r.decodeTokensPerS)),
   },
   batches,
+  decodeKernels,
   peakRssMiB: generationPeakRssMiB,
   command: 'npm run bench:generate',
 };

@@ -33,6 +33,8 @@ export interface LoadModelOptions {
   readonly adapter?: string;
   /** Called with a line of progress (graph build, session load). */
   readonly onProgress?: (message: string) => void;
+  /** Further onnxruntime session options (e.g. `enableProfiling`), applied over emlens' own. */
+  readonly sessionOptions?: ort.InferenceSession.SessionOptions;
 }
 
 /** The attention keys and values of earlier positions, returned by `forward` and passed back to continue. */
@@ -152,7 +154,11 @@ export class Model {
       const t1 = performance.now();
       if (graph.built)
         progress(`built ${graphFileName(variant)} in ${((t1 - t0) / 1000).toFixed(1)} s -> ${folder}`);
-      const session = await createSession(graph.path, { device, threads: opts.threads });
+      const session = await createSession(graph.path, {
+        device,
+        threads: opts.threads,
+        extra: opts.sessionOptions,
+      });
       const t2 = performance.now();
       progress(
         `session ready (${device}, ${profile}, ${graphFileName(variant)}) in ${((t2 - t1) / 1000).toFixed(1)} s`,

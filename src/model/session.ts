@@ -11,6 +11,8 @@ export interface SessionOptions {
   readonly device: Device;
   /** Intra-op threads; default {@link defaultThreads}. */
   readonly threads?: number;
+  /** Further onnxruntime session options (profiling, for one), applied over emlens' own. */
+  readonly extra?: ort.InferenceSession.SessionOptions;
 }
 
 export const CUDA_INSTALL_COMMAND =
@@ -32,6 +34,7 @@ export async function createSession(modelPath: string, opts: SessionOptions): Pr
     graphOptimizationLevel: 'all',
     intraOpNumThreads: opts.threads ?? defaultThreads(),
     interOpNumThreads: 1,
+    ...opts.extra,
   };
   if (opts.device === 'cuda' && !cudaAvailable()) {
     throw new EmlensError(

@@ -1,0 +1,45 @@
+/**
+ * The benchmarks' reading of onnxruntime's own profiler: a tiny model loaded with profiling on, run three
+ * times and disposed, gives per-op kernel times averaged over the runs after the skipped ones.
+ */
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { profilingOptions, readKernelProfile } from '../src/bench/profile.js';
+import { loadModel } from '../src/model/model.js';
+import { makeTinyModel } from '../src/model/tiny.js';
+
+let root: string;
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), 'emlens-profile-'));
+});
+afterAll(async () => {
+  await rm(root, { recursive: true, force: true });
+});
+
+it('averages kernel time per op over the counted runs and removes the profile files', async () => {
+  const dir = join(root, 'tiny');
+  await makeTinyModel(dir, { family: 'qwen2', seed: 3 });
+  const prefix = join(root, 'prof');
+  const model = await loadModel(dir, {
+    cacheDir: join(root, 'cache'),
+    threads: 1,
+    sessionOptions: profilingOptions(prefix),
+  });
+  for (let r = 0; r < 3; r++) await model.forward([[1, 2, 3, 4]]);
+  await model.dispose();
+  const profile = await readKernelProfile(prefix, 1);
+  expect(profile.runs).toBe(2);
+  // Every block runs its MatMuls (qkv, o, gate, up, down) and one Attention per layer.
+  expect([...profile.msPerRunByOp.keys()]).toEqual(expect.arrayContaining(['MatMul', 'Attention']));
+  const times = [...profile.msPerRunByOp.values()];
+  expect(times.every((ms) => ms > 0)).toBe(true);
+  expect(times).toEqual([...times].sort((a, b) => b - a));
+  expect(profile.totalMsPerRun).toBeCloseTo(
+    times.reduce((a, b) => a + b, 0),
+    9,
+  );
+  expect((await readdir(root)).filter((f) => f.startsWith('prof'))).toEqual([]);
+  await expect(readKernelProfile(prefix, 0)).rejects.toThrow(/no profile/);
+});
