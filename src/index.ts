@@ -75,6 +75,7 @@ export { type ResponseRecord, readResponses, writeResponses } from './eval/respo
 export { runEval } from './eval/run.js';
 export { directionInterventions, type SampleOptions, sampleAnswers } from './eval/sample.js';
 export { type AlignmentSplitOptions, splitByAlignment } from './eval/selection.js';
+export { type DecodeStep, decodeLoop } from './generate/decodeLoop.js';
 export {
   type FinishReason,
   type GenerateOptions,

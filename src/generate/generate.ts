@@ -3,25 +3,13 @@
  * KV cache, with seeded sampling, stop conditions and in-graph interventions.
  */
 import { EmlensError } from '../errors.js';
-import type { Intervention, PositionWeights } from '../model/interventions.js';
-import type { KVCache, Model } from '../model/model.js';
+import type { Intervention } from '../model/interventions.js';
+import type { Model } from '../model/model.js';
 import type { Rng } from '../util/random.js';
+import { decodeLoop, firstStop, type InterventionPositions } from './decodeLoop.js';
 import { checkSamplingParams, sampleRng, sampleToken } from './sampling.js';
 
-/**
- * Which tokens the interventions act on.
- *
- * - `all`: every position of every call (prompt and generated tokens).
- * - `prompt`: the prompt's tokens only (the prefill); decode steps run without interventions. The generated
- *   tokens still see the intervened prompt through the KV cache.
- * - `generated`: the positions holding generated tokens only, i.e. every token fed back in a decode step; the
- *   prefill runs without interventions. As with Hugging Face forward hooks that act only when one new token is
- *   fed, the first new token (read off the prompt's last position) is therefore not affected; from the second
- *   on, every token is produced by a forward pass on an intervened position.
- *
- * `prompt` and `generated` partition `all`: applying both equals `all`.
- */
-export type InterventionPositions = 'all' | 'prompt' | 'generated';
+export type { InterventionPositions } from './decodeLoop.js';
 
 export type FinishReason = 'eos' | 'stop' | 'length';
 
@@ -180,12 +168,7 @@ export async function generate(
       return;
     }
     if (stopStrings.length > 0) {
-      const text = opts.tokenizer!.decode(row.tokens);
-      let cut = -1;
-      for (const s of stopStrings) {
-        const at = text.indexOf(s);
-        if (at >= 0 && (cut < 0 || at < cut)) cut = at;
-      }
+      const cut = firstStop(opts.tokenizer!.decode(row.tokens), stopStrings);
       if (cut >= 0) {
         finish(row, 'stop', cut);
         return;
@@ -194,11 +177,7 @@ export async function generate(
     if (row.tokens.length >= maxNew) finish(row, 'length');
   };
 
-  const withPositions = (positions: PositionWeights): Intervention[] =>
-    interventions.map((iv) => ({ ...iv, positions }));
-  const pad = model.spec.padTokenId ?? model.spec.eosTokenIds[0] ?? 0;
   const { vocabSize } = model.spec;
-
   for (let start = 0; start < rows.length; start += batchSize) {
     const chunk = rows.slice(start, start + batchSize);
     if (maxNew === 0) {
@@ -206,33 +185,16 @@ export async function generate(
       continue;
     }
     const ids = chunk.map((r) => prompts[r.prompt]);
-    // Prefill: the prompts, left-padded.
-    let prefill: Intervention[] | undefined;
-    if (interventions.length > 0 && policy === 'all') prefill = withPositions('all');
-    if (interventions.length > 0 && policy === 'prompt') {
-      const seq = Math.max(...ids.map((p) => p.length));
-      const mask = new Float32Array(chunk.length * seq); // [batch, seq]: 1 on real prompt tokens
-      ids.forEach((p, b) => {
-        mask.fill(1, b * seq + seq - p.length, (b + 1) * seq);
-      });
-      prefill = withPositions(mask);
-    }
-    let r = await model.forward(ids, { returnCache: true, interventions: prefill });
-    // Decode steps: the new tokens only.
-    const decode = interventions.length > 0 && policy !== 'prompt' ? withPositions('all') : undefined;
-    for (;;) {
-      const logits = r.logits.data; // [batch, vocab]
+    await decodeLoop(model, ids, interventions, policy, async (logits) => {
       chunk.forEach((row, b) => {
-        if (!row.done) {
+        if (!row.done)
           push(row, sampleToken(logits.subarray(b * vocabSize, (b + 1) * vocabSize), sampling, row.rng));
-        }
       });
-      if (chunk.every((row) => row.done)) break;
-      // Finished rows keep being fed (padding) so the batch stays rectangular; their output is frozen.
-      const next = chunk.map((row) => [row.done ? pad : row.tokens[row.tokens.length - 1]]);
-      const cache: KVCache = r.cache!;
-      r = await model.forward(next, { cache, returnCache: true, interventions: decode });
-    }
+      return {
+        next: chunk.map((row) => (row.done ? null : row.tokens[row.tokens.length - 1])),
+        done: chunk.every((row) => row.done),
+      };
+    });
   }
   return rows.map((row) => row.done!);
 }

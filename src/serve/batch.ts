@@ -5,13 +5,15 @@
  * Each row computes what `generate(model, [prompt], { n, seed, temperature, topP, topK, maxNewTokens, stopStrings,
  * interventions, interventionPositions })` computes for it: the same sampling streams (`sampleRng(seed, 0,
  * sample)`), the same stop rules and the same intervention positions. `generate` takes one set of sampling
- * parameters and one budget for all rows, and cannot drop a row whose client went away, hence this loop.
+ * parameters and one budget for all rows, and cannot drop a row whose client went away; both run on
+ * `decodeLoop`, which owns the prefill, the KV cache and where the interventions act.
  */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { decodeLoop, firstStop } from '../generate/decodeLoop.js';
 import type { FinishReason } from '../generate/generate.js';
 import { checkSamplingParams, sampleRng, sampleToken, topKIndices } from '../generate/sampling.js';
-import type { Intervention, PositionWeights } from '../model/interventions.js';
+import type { Intervention } from '../model/interventions.js';
 import type { Model } from '../model/model.js';
 import type { TextTokenizer } from '../text/tokenizer.js';
 import type { Rng } from '../util/random.js';
@@ -144,7 +146,6 @@ export async function runBatch(
   }
   if (rows.length === 0) return;
   const eos = new Set(model.spec.eosTokenIds);
-  const pad = model.spec.padTokenId ?? model.spec.eosTokenIds[0] ?? 0;
   const vocab = model.spec.vocabSize;
 
   const finish = (row: Row, reason: FinishReason, text: string, out: FinishEvent[]): void => {
@@ -170,11 +171,7 @@ export async function runBatch(
       return;
     }
     const text = decoder.decode(row.tokens);
-    let cut = -1;
-    for (const s of stop) {
-      const at = text.indexOf(s);
-      if (at >= 0 && (cut < 0 || at < cut)) cut = at;
-    }
+    const cut = firstStop(text, stop);
     step.tokens.push({ job: row.job.id, sample: row.sample, delta: '', logprob });
     if (cut >= 0 || row.tokens.length >= maxTokens) {
       finish(row, cut >= 0 ? 'stop' : 'length', cut >= 0 ? text.slice(0, cut) : text, step.finished);
@@ -191,45 +188,34 @@ export async function runBatch(
     }
   };
 
-  const withPositions = (positions: PositionWeights): Intervention[] =>
-    interventions.map((iv) => ({ ...iv, positions }));
-  const ids = rows.map((r) => r.job.prompt);
-  let prefill: Intervention[] | undefined;
-  if (interventions.length > 0 && policy === 'all') prefill = withPositions('all');
-  if (interventions.length > 0 && policy === 'prompt') {
-    const seq = Math.max(...ids.map((p) => p.length));
-    const mask = new Float32Array(rows.length * seq);
-    ids.forEach((p, b) => {
-      mask.fill(1, b * seq + seq - p.length, (b + 1) * seq);
-    });
-    prefill = withPositions(mask);
-  }
-  const decode = interventions.length > 0 && policy !== 'prompt' ? withPositions('all') : undefined;
-
-  let r = await model.forward(ids, { returnCache: true, interventions: prefill });
-  for (;;) {
-    const logits = r.logits.data;
-    const step: Step = { tokens: [], finished: [] };
-    rows.forEach((row, b) => {
-      if (row.done) return;
-      if (hooks.cancelled(row.job.id)) {
-        row.done = true;
-        return;
-      }
-      const l = logits.subarray(b * vocab, (b + 1) * vocab);
-      const token = sampleToken(l, row.sampling, row.rng);
-      const lp =
-        row.job.topLogprobs === null ? undefined : logprobEntry(l, token, row.job.topLogprobs, bytesOf);
-      push(row, token, lp, step);
-    });
-    if (step.tokens.length > 0 || step.finished.length > 0) hooks.onStep(step.tokens, step.finished);
-    await hooks.yieldNow();
-    for (const row of rows) if (!row.done && hooks.cancelled(row.job.id)) row.done = true;
-    if (rows.every((row) => row.done)) return;
-    // Finished rows keep being fed (padding) so the batch stays rectangular; their output is frozen.
-    const next = rows.map((row) => [row.done ? pad : row.tokens[row.tokens.length - 1]]);
-    r = await model.forward(next, { cache: r.cache!, returnCache: true, interventions: decode });
-  }
+  await decodeLoop(
+    model,
+    rows.map((r) => r.job.prompt),
+    interventions,
+    policy,
+    async (logits) => {
+      const step: Step = { tokens: [], finished: [] };
+      rows.forEach((row, b) => {
+        if (row.done) return;
+        if (hooks.cancelled(row.job.id)) {
+          row.done = true;
+          return;
+        }
+        const l = logits.subarray(b * vocab, (b + 1) * vocab);
+        const token = sampleToken(l, row.sampling, row.rng);
+        const lp =
+          row.job.topLogprobs === null ? undefined : logprobEntry(l, token, row.job.topLogprobs, bytesOf);
+        push(row, token, lp, step);
+      });
+      if (step.tokens.length > 0 || step.finished.length > 0) hooks.onStep(step.tokens, step.finished);
+      await hooks.yieldNow();
+      for (const row of rows) if (!row.done && hooks.cancelled(row.job.id)) row.done = true;
+      return {
+        next: rows.map((row) => (row.done ? null : row.tokens[row.tokens.length - 1])),
+        done: rows.every((row) => row.done),
+      };
+    },
+  );
 }
 
 interface Step {

@@ -1,0 +1,76 @@
+/**
+ * The batched decode that `generate` and the server share: a left-padded prefill through the KV cache, then
+ * one token per row per call, with the interventions placed by an {@link InterventionPositions} policy. What to
+ * sample, and when a row ends, is the caller's.
+ */
+import type { Intervention, PositionWeights } from '../model/interventions.js';
+import type { Model } from '../model/model.js';
+
+/**
+ * Which tokens the interventions act on.
+ *
+ * - `all`: every position of every call (prompt and generated tokens).
+ * - `prompt`: the prompt's tokens only (the prefill); decode steps run without interventions. The generated
+ *   tokens still see the intervened prompt through the KV cache.
+ * - `generated`: the positions holding generated tokens only, i.e. every token fed back in a decode step; the
+ *   prefill runs without interventions. As with Hugging Face forward hooks that act only when one new token is
+ *   fed, the first new token (read off the prompt's last position) is therefore not affected; from the second
+ *   on, every token is produced by a forward pass on an intervened position.
+ *
+ * `prompt` and `generated` partition `all`: applying both equals `all`.
+ */
+export type InterventionPositions = 'all' | 'prompt' | 'generated';
+
+/**
+ * Called with each call's last-position logits (`[batch, vocab]`): returns the token each row feeds next, or
+ * `null` for a row that has finished (it is fed padding from then on, so the batch stays rectangular and its
+ * output frozen); `done` ends the loop.
+ */
+export type DecodeStep = (
+  logits: Float32Array,
+) => Promise<{ readonly next: readonly (number | null)[]; readonly done: boolean }>;
+
+/** Runs `prompts` (token ids, one row each) through prefill and decode steps until `step` says done. */
+export async function decodeLoop(
+  model: Model,
+  prompts: readonly (readonly number[])[],
+  interventions: readonly Intervention[],
+  policy: InterventionPositions,
+  step: DecodeStep,
+): Promise<void> {
+  const at = (positions: PositionWeights): Intervention[] =>
+    interventions.map((iv) => ({ ...iv, positions }));
+  const on = interventions.length > 0;
+  let prefill: Intervention[] | undefined;
+  if (on && policy === 'all') prefill = at('all');
+  if (on && policy === 'prompt') {
+    const seq = Math.max(...prompts.map((p) => p.length));
+    const mask = new Float32Array(prompts.length * seq); // [batch, seq]: 1 on real prompt tokens
+    prompts.forEach((p, b) => {
+      mask.fill(1, b * seq + seq - p.length, (b + 1) * seq);
+    });
+    prefill = at(mask);
+  }
+  const decode = on && policy !== 'prompt' ? at('all') : undefined;
+  const pad = model.spec.padTokenId ?? model.spec.eosTokenIds[0] ?? 0;
+
+  let r = await model.forward(prompts, { returnCache: true, interventions: prefill });
+  for (;;) {
+    const { next, done } = await step(r.logits.data);
+    if (done) return;
+    r = await model.forward(
+      next.map((t) => [t ?? pad]),
+      { cache: r.cache!, returnCache: true, interventions: decode },
+    );
+  }
+}
+
+/** Where the first of `stops` begins in `text` (the earliest), or -1. */
+export function firstStop(text: string, stops: readonly string[]): number {
+  let cut = -1;
+  for (const s of stops) {
+    const at = text.indexOf(s);
+    if (at >= 0 && (cut < 0 || at < cut)) cut = at;
+  }
+  return cut;
+}
