@@ -14,7 +14,7 @@ import { makeTinyModel, QWEN25_05B_SHAPE } from '../src/model/tiny.js';
 const work = join(import.meta.dirname, '.work');
 const modelDir = join(work, 'qwen25-05b-shape');
 const cacheDir = join(work, 'cache');
-const reps = Number(process.env.BENCH_REPS ?? 5);
+const reps = Number(process.env.BENCH_REPS ?? 7);
 const log = (m: string) => process.stderr.write(`bench:forward: ${m}\n`);
 
 await mkdir(work, { recursive: true });
@@ -61,28 +61,31 @@ for (const tokens of [128, 512]) {
   // FLOPs counted: the block GEMMs at every token plus the LM head at the one position whose logits we return.
   // Attention score/value products are not counted (they are not "matmul params"); reported separately.
   const flops = 2 * matmulParams * tokens + 2 * spec.vocabSize * d;
-  const gflops = flops / (median(none) * 1e6);
-  const ceilingGflops = ceiling.flops / (median(ceilingMs) * 1e6);
-  const ratios = none.map((ms, r) => flops / ms / (ceiling.flops / ceilingMs[r]));
-  // The ratio of the medians: a stall in one run of either kind does not move it.
-  const ratio = gflops / ceilingGflops;
+  // Each figure is the best of its rounds: on this shared host a run is only ever slowed down by others, so
+  // the fastest run is the closest to what the code itself does (the copy bandwidth is taken the same way).
+  const best = Math.min(...none);
+  const bestCeiling = Math.min(...ceilingMs);
+  const bestHooks = Math.min(...allHooks);
+  const gflops = flops / (best * 1e6);
+  const ceilingGflops = ceiling.flops / (bestCeiling * 1e6);
   const attentionFlops = spec.numLayers * 4 * tokens * tokens * hd * h;
   const row = {
     tokens,
+    bestMs: best,
     medianMs: median(none),
     gflops,
     ceilingGflops,
-    ratioToCeiling: ratio,
-    ratiosPerRound: ratios,
+    ratioToCeiling: gflops / ceilingGflops,
+    ratioOfMedians: flops / median(none) / (ceiling.flops / median(ceilingMs)),
     ceilingRunsMs: ceilingMs,
     attentionGflop: attentionFlops / 1e9,
-    medianMsAllResidPostHooks: median(allHooks),
-    hookOverhead: median(allHooks) / median(none) - 1,
+    bestMsAllResidPostHooks: bestHooks,
+    hookOverhead: bestHooks / best - 1,
     runsMs: none,
     runsMsAllResidPostHooks: allHooks,
   };
   log(
-    `${tokens} tokens: ${row.medianMs.toFixed(0)} ms, ${gflops.toFixed(1)} GFLOP/s = ${(row.ratioToCeiling * 100).toFixed(1)}% of the ${ceilingGflops.toFixed(1)} GFLOP/s MatMul ceiling (medians of interleaved runs); all ${spec.numLayers} resid_post hooks +${(row.hookOverhead * 100).toFixed(1)}%`,
+    `${tokens} tokens: ${row.bestMs.toFixed(0)} ms, ${gflops.toFixed(1)} GFLOP/s = ${(row.ratioToCeiling * 100).toFixed(1)}% of the ${ceilingGflops.toFixed(1)} GFLOP/s MatMul ceiling (best of ${reps} interleaved rounds); all ${spec.numLayers} resid_post hooks +${(row.hookOverhead * 100).toFixed(1)}%`,
   );
   results.push(row);
 }
