@@ -9,18 +9,9 @@ import type { Profile } from '../src/model/graph/transformer.js';
 import { type KVCache, loadModel, type Model } from '../src/model/model.js';
 import type { ModelSpec } from '../src/model/spec.js';
 import { makeTinyModel, type TinyModelOptions } from '../src/model/tiny.js';
+import { ids, maxAbsDiff } from './helpers/numeric.js';
 
 const ALL_HOOKS = ['blocks.*.*'];
-
-function maxAbsDiff(got: ArrayLike<number>, want: ArrayLike<number>): number {
-  expect(got.length).toBe(want.length);
-  let m = 0;
-  for (let i = 0; i < got.length; i++) {
-    const d = Math.abs(got[i] - want[i]);
-    if (!(d <= m)) m = d;
-  }
-  return m;
-}
 
 /** Row `r` of a `[batch, ...]` tensor. */
 function row(data: Float32Array, r: number, size: number): Float32Array {
@@ -30,14 +21,6 @@ function row(data: Float32Array, r: number, size: number): Float32Array {
 /** Positions `from..to-1` of row `r` of a `[batch, seq, d]` tensor. */
 function span(data: Float32Array, r: number, seq: number, d: number, from: number, to: number): Float32Array {
   return data.subarray((r * seq + from) * d, (r * seq + to) * d);
-}
-
-function ids(n: number, seed: number, vocab = 512): number[] {
-  let s = (seed * 2654435761) >>> 0 || 1;
-  return Array.from({ length: n }, () => {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    return s % vocab;
-  });
 }
 
 const FAMILIES: readonly { name: string; options: TinyModelOptions }[] = [

@@ -26,6 +26,7 @@ import { type ForwardResult, loadModel, type Model } from '../src/model/model.js
 import type { ModelSpec } from '../src/model/spec.js';
 import { makeTinyModel } from '../src/model/tiny.js';
 import { Rng } from '../src/util/random.js';
+import { maxAbsDiff } from './helpers/numeric.js';
 
 let root: string;
 let model: Model;
@@ -39,13 +40,6 @@ const rows = [
 function randomVec(d: number, seed: number): Float32Array {
   const rng = new Rng(seed);
   return Float32Array.from({ length: d }, () => rng.normal());
-}
-
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  expect(a.length).toBe(b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
-  return m;
 }
 
 function unit(v: Float32Array): Float32Array {

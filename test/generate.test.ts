@@ -17,24 +17,7 @@ import { makeTinyModel } from '../src/model/tiny.js';
 import { encodeChat } from '../src/text/chat.js';
 import { loadTokenizer, type TextTokenizer } from '../src/text/tokenizer.js';
 import { Rng } from '../src/util/random.js';
-
-function lcg(seed: number): () => number {
-  let s = (seed * 2654435761) >>> 0 || 1;
-  return () => {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    return s / 2 ** 32;
-  };
-}
-
-function ids(n: number, seed: number, vocab = 512): number[] {
-  const r = lcg(seed);
-  return Array.from({ length: n }, () => Math.floor(r() * vocab));
-}
-
-function vec(d: number, seed: number, scale = 1): Float32Array {
-  const r = lcg(seed);
-  return Float32Array.from({ length: d }, () => (2 * r() - 1) * scale);
-}
+import { ids, lcg, vec } from './helpers/numeric.js';
 
 let root: string;
 let dir: string;

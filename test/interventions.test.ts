@@ -10,29 +10,11 @@ import type { Intervention } from '../src/model/interventions.js';
 import { type ForwardResult, type KVCache, loadModel, type Model } from '../src/model/model.js';
 import type { ModelSpec } from '../src/model/spec.js';
 import { makeTinyModel } from '../src/model/tiny.js';
+import { ids, maxAbsDiff, vec } from './helpers/numeric.js';
 
 const RESID = ['blocks.*.hook_resid_pre', 'blocks.*.hook_resid_mid', 'blocks.*.hook_resid_post'];
 const ALL_HOOKS = ['blocks.*.*'];
 const L = 1; // the intervened layer (of 3)
-
-function lcg(seed: number): () => number {
-  let s = (seed * 2654435761) >>> 0 || 1;
-  return () => {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    return s / 2 ** 32;
-  };
-}
-
-function ids(n: number, seed: number, vocab = 512): number[] {
-  const r = lcg(seed);
-  return Array.from({ length: n }, () => Math.floor(r() * vocab));
-}
-
-/** A deterministic vector with entries in [-scale, scale]. */
-function vec(d: number, seed: number, scale = 1): Float32Array {
-  const r = lcg(seed);
-  return Float32Array.from({ length: d }, () => (2 * r() - 1) * scale);
-}
 
 function dot(a: ArrayLike<number>, b: ArrayLike<number>): number {
   let s = 0;
@@ -42,16 +24,6 @@ function dot(a: ArrayLike<number>, b: ArrayLike<number>): number {
 
 function norm(a: ArrayLike<number>): number {
   return Math.sqrt(dot(a, a));
-}
-
-function maxAbsDiff(got: ArrayLike<number>, want: ArrayLike<number>): number {
-  expect(got.length).toBe(want.length);
-  let m = 0;
-  for (let i = 0; i < got.length; i++) {
-    const d = Math.abs(got[i] - want[i]);
-    if (!(d <= m)) m = d;
-  }
-  return m;
 }
 
 /** The `[d]` vector at token (b, p) of a `[batch, seq, d]` hook. */

@@ -25,6 +25,7 @@ import { loadModel } from '../src/model/model.js';
 import { type ModelSpec, weightShape } from '../src/model/spec.js';
 import { makeTinyModel } from '../src/model/tiny.js';
 import { Rng } from '../src/util/random.js';
+import { maxAbsDiff } from './helpers/numeric.js';
 import { loadWeights64, type ReferenceOutput, referenceForward } from './reference/forward64.js';
 
 const TOL = 1e-4;
@@ -75,16 +76,6 @@ function merged64(
   }
   for (const [name, t] of replace) w.set(name, Float64Array.from(t));
   return w;
-}
-
-function maxAbsDiff(got: ArrayLike<number>, want: ArrayLike<number>): number {
-  expect(got.length).toBe(want.length);
-  let m = 0;
-  for (let i = 0; i < got.length; i++) {
-    const d = Math.abs(got[i] - want[i]);
-    if (!(d <= m)) m = d;
-  }
-  return m;
 }
 
 function referenceHook(ref: ReferenceOutput, layer: number, hook: string): Float64Array {

@@ -15,6 +15,7 @@ import { loadModel } from '../src/model/model.js';
 import { makeTinyModel } from '../src/model/tiny.js';
 import { makeOrganisms, type OrganismManifest } from '../src/organisms/make.js';
 import { Rng } from '../src/util/random.js';
+import { maxAbsDiff } from './helpers/numeric.js';
 
 let root: string;
 let orgDir: string;
@@ -31,13 +32,6 @@ function everywhere(d: Float32Array): Intervention[] {
       directions: [d],
     },
   ];
-}
-
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  expect(a.length).toBe(b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
-  return m;
 }
 
 const rows = [
