@@ -27,12 +27,11 @@ const model = await loadModel(modelDir, { cacheDir, onProgress: log });
 const spec = model.spec;
 const { dModel: d, numHeads: h, numKvHeads: kv, headDim: hd, intermediateSize: ff } = spec;
 
-// The model's GEMMs per block, as the graph emits them (q/k/v fused; gate and up apart).
+// The model's GEMMs per block, as the graph emits them (q/k/v fused, gate/up fused).
 const shapes = [
   { k: d, n: (h + 2 * kv) * hd },
   { k: h * hd, n: d },
-  { k: d, n: ff },
-  { k: d, n: ff },
+  { k: d, n: 2 * ff },
   { k: ff, n: d },
 ];
 const blockMatmulParams = shapes.reduce((a, s) => a + s.k * s.n, 0);

@@ -164,8 +164,7 @@ const { dModel: d, numHeads: h, numKvHeads: kv, headDim: hd, intermediateSize: f
 const blockShapes = [
   { k: d, n: (h + 2 * kv) * hd },
   { k: h * hd, n: d },
-  { k: d, n: ff },
-  { k: d, n: ff },
+  { k: d, n: 2 * ff },
   { k: ff, n: d },
 ];
 const gemvShapes = [
