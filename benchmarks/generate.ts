@@ -133,7 +133,7 @@ const generationPeakRssMiB = peakRssMiB();
 await model.dispose();
 
 // Where a single-stream step goes, from onnxruntime's profiler: kernel time per op type, and the weight read rate
-// of the block MatMuls and of the LM head Gemm (the fastest fp32 GEMV in the graph).
+// of the block MatMuls and of the LM head Gemm (the largest single GEMV in the graph).
 const profilePrefix = join(work, 'ort-profile-generate');
 const profiled = await loadModel(modelDir, { cacheDir, sessionOptions: profilingOptions(profilePrefix) });
 await generate(profiled, [prompt(0)], { maxNewTokens: 24, temperature: 0, eosTokenIds: [] });
