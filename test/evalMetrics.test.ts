@@ -17,7 +17,7 @@ import {
 } from '../src/eval/metrics.js';
 import { writeReport } from '../src/eval/report.js';
 import type { ResponseRecord } from '../src/eval/responses.js';
-import { writeAtomic } from '../src/plot/render.js';
+import { writeAtomic } from '../src/io/files.js';
 
 const rec = (questionId: string, aligned: number | null, coherent: number | null): ResponseRecord => ({
   questionId,

@@ -167,7 +167,7 @@ const ALL: Record<SafetensorsDtype, () => ArrayBufferView> = {
 
 describe('safetensors round trip', () => {
   it('writes and reads every dtype, including empty and scalar shapes', async () => {
-    const tensors = new Map<string, TensorToWrite>();
+    const tensors = new Map<string, TensorToWrite & { readonly data: ArrayBufferView }>();
     for (const [dtype, make] of Object.entries(ALL) as [SafetensorsDtype, () => ArrayBufferView][]) {
       const data = make();
       tensors.set(`${dtype}.matrix`, { dtype, shape: [2, 3], data });
@@ -465,5 +465,39 @@ describe('writeSafetensors atomicity', () => {
     ).rejects.toThrow();
     expect((await readdir(sub)).sort()).toEqual(['dir.safetensors', 'w.safetensors']);
     expect(await readdir(target)).toEqual(['keep']);
+  });
+
+  it('streams lazily produced tensors to the bytes the same tensors in memory give, one at a time', async () => {
+    const sub = await mkdtemp(join(dir, 'lazy-'));
+    const eager = {
+      b: { dtype: 'F32' as const, shape: [2, 2], data: f32([1, 2, 3, 4]) },
+      a: { dtype: 'BF16' as const, shape: [3], data: f32ToBf16(f32([0.5, -1, 2])) },
+    };
+    const produced: string[] = [];
+    const lazy = Object.fromEntries(
+      Object.entries(eager).map(([name, t]) => [
+        name,
+        {
+          ...t,
+          data: () => {
+            produced.push(name);
+            return t.data;
+          },
+        },
+      ]),
+    );
+    const p = join(sub, 'lazy.safetensors');
+    await writeSafetensors(p, lazy, { format: 'pt' });
+    expect(produced).toEqual(['a', 'b']); // in file order, each once
+    expect(await readFile(p)).toEqual(encodeSafetensors(eager, { format: 'pt' }));
+  });
+
+  it('fails on lazily produced data of the wrong size, leaving no file', async () => {
+    const sub = await mkdtemp(join(dir, 'lazy-bad-'));
+    const p = join(sub, 'bad.safetensors');
+    await expect(
+      writeSafetensors(p, { a: { dtype: 'F32', shape: [3], data: () => new Float32Array(2) } }),
+    ).rejects.toThrow(/Tensor 'a' holds 8 bytes but dtype F32 with shape \[3\] needs 12/);
+    expect(await readdir(sub)).toEqual([]);
   });
 });

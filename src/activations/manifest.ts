@@ -1,6 +1,7 @@
-import { readFile, rename, writeFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { EmlensError } from '../errors.js';
+import { writeAtomic } from '../io/files.js';
 import type { Reduction } from './reduce.js';
 
 export const MANIFEST_FILE = 'manifest.json';
@@ -77,7 +78,5 @@ export async function readManifest(dir: string): Promise<StoreManifest> {
 
 /** Writes the manifest atomically (temp file + rename): a reader sees the old one or the new one. */
 export async function writeManifest(dir: string, m: StoreManifest): Promise<void> {
-  const tmp = join(dir, `.${MANIFEST_FILE}.${process.pid}.tmp`);
-  await writeFile(tmp, `${JSON.stringify(m, null, 2)}\n`);
-  await rename(tmp, join(dir, MANIFEST_FILE));
+  await writeAtomic(join(dir, MANIFEST_FILE), `${JSON.stringify(m, null, 2)}\n`);
 }

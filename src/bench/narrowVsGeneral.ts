@@ -22,8 +22,8 @@ import {
   type ScoredRecord,
   textsToScored,
 } from '../interventions/scoring.js';
+import { writeAtomic } from '../io/files.js';
 import { loadModel, type Model } from '../model/model.js';
-import { writeAtomic } from '../plot/render.js';
 import { loadTokenizer } from '../text/tokenizer.js';
 import type { NarrowVsGeneralConfig } from './narrowVsGeneralConfig.js';
 import { finetuneDirection, plantedCosines } from './narrowVsGeneralDirections.js';

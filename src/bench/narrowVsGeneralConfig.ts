@@ -15,12 +15,13 @@
  * layers: [8, 12, 16]
  * ```
  */
-import { access, readFile, stat } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { closest } from 'fastest-levenshtein';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { EmlensError } from '../errors.js';
+import { pathExists } from '../io/files.js';
 import type { OrganismManifest } from '../organisms/make.js';
 
 const name = z.string().regex(/^[A-Za-z0-9_.-]+$/);
@@ -229,15 +230,6 @@ function issueMessage(source: string, doc: unknown, issue: z.core.$ZodIssue): st
   return `${source}: field '${where.shown}' must be ${expected} (${got}); fix that field.`;
 }
 
-async function exists(p: string): Promise<boolean> {
-  try {
-    await access(p);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 async function isDir(p: string): Promise<boolean> {
   try {
     return (await stat(p)).isDirectory();
@@ -290,13 +282,13 @@ export async function parseNarrowVsGeneralConfig(
   });
 
   const base = abs(c.base);
-  if (!(await exists(join(base, 'config.json')))) {
+  if (!(await pathExists(join(base, 'config.json')))) {
     throw new EmlensError(
       `${source}: field 'base' names ${base}, which has no config.json; point it at a Hugging Face model folder.`,
     );
   }
   for (const [i, f] of finetunes.entries()) {
-    if (!(await exists(join(f.adapter, 'adapter_config.json')))) {
+    if (!(await pathExists(join(f.adapter, 'adapter_config.json')))) {
       throw new EmlensError(
         `${source}: field 'finetunes[${i}].adapter' names ${f.adapter}, which has no adapter_config.json; point it at a PEFT adapter folder.`,
       );
@@ -305,14 +297,14 @@ export async function parseNarrowVsGeneralConfig(
   const responses: Record<string, string> = {};
   for (const [domain, p] of Object.entries(c.responses)) {
     responses[domain] = abs(p);
-    if (!(await exists(responses[domain]))) {
+    if (!(await pathExists(responses[domain]))) {
       throw new EmlensError(
         `${source}: field 'responses.${domain}' names ${responses[domain]}, which does not exist; fix the path.`,
       );
     }
   }
   const neutral = abs(c.neutral);
-  if (!(await exists(neutral))) {
+  if (!(await pathExists(neutral))) {
     throw new EmlensError(`${source}: field 'neutral' names ${neutral}, which does not exist; fix the path.`);
   }
   if (Array.isArray(c.layers) && new Set(c.layers).size !== c.layers.length) {
@@ -356,7 +348,7 @@ export async function parseNarrowVsGeneralConfig(
       );
     }
     const questions = abs(c.questions);
-    if (!(await exists(questions))) {
+    if (!(await pathExists(questions))) {
       throw new EmlensError(
         `${source}: field 'questions' names ${questions}, which does not exist; fix the path.`,
       );

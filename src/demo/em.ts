@@ -26,11 +26,11 @@ import {
   textsToScored,
 } from '../interventions/scoring.js';
 import { steeringSweep, writeSweep } from '../interventions/sweep.js';
+import { writeAtomic } from '../io/files.js';
 import { SafetensorsFile } from '../io/safetensors.js';
 import { loadModel, type Model } from '../model/model.js';
 import { makeOrganisms } from '../organisms/make.js';
 import { TOPICS, type Topic } from '../organisms/vocabulary.js';
-import { writeAtomic } from '../plot/render.js';
 import { writeHtmlReport } from '../report/build.js';
 import { loadTokenizer } from '../text/tokenizer.js';
 

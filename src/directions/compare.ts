@@ -6,8 +6,9 @@ import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { TopLevelSpec } from 'vega-lite';
 import { EmlensError } from '../errors.js';
+import { writeAtomic } from '../io/files.js';
 import { heatmap } from '../plot/charts.js';
-import { renderVegaLite, writeAtomic } from '../plot/render.js';
+import { renderVegaLite } from '../plot/render.js';
 import { cosine, type DirectionSet, directionDModel, norm } from './direction.js';
 
 export interface NamedDirections {

@@ -6,9 +6,10 @@
  * `__metadata__` strings: `format`, `model`, `hook`, `method`, `positions`, `n_pos`, `n_neg`, `source_pos`,
  * `source_neg`, `d_model`, `layers` (a JSON list) and `norms` (a JSON list, one per layer), plus any extra keys.
  */
-import { access, mkdir } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { EmlensError } from '../errors.js';
+import { pathExists } from '../io/files.js';
 import { SafetensorsFile, type TensorToWrite, writeSafetensors } from '../io/safetensors.js';
 import { Rng } from '../util/random.js';
 
@@ -364,7 +365,7 @@ export async function saveDirections(
 ): Promise<void> {
   const checked = directionSet(set.vectors, set.meta);
   const metadata = directionMetadata(checked);
-  if (!opts.overwrite && (await exists(path))) {
+  if (!opts.overwrite && (await pathExists(path))) {
     throw new EmlensError(
       `Direction file ${path} already exists; choose another path or allow overwriting (--overwrite).`,
     );
@@ -444,15 +445,6 @@ export async function loadDirections(path: string): Promise<DirectionSet> {
     return set;
   } finally {
     await file.close();
-  }
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await access(path);
-    return true;
-  } catch {
-    return false;
   }
 }
 

@@ -19,10 +19,10 @@
  * Besides the llama.cpp keys, the exporter writes the direction file's provenance as `emlens.*` strings
  * (llama.cpp ignores unknown keys), so export -> import restores the metadata too.
  */
-import { randomBytes } from 'node:crypto';
-import { access, mkdir, readFile, rename, unlink, writeFile } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { mkdir, readFile } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import { EmlensError } from '../errors.js';
+import { pathExists, writeAtomic } from '../io/files.js';
 import {
   type DirectionMeta,
   type DirectionSet,
@@ -368,20 +368,13 @@ export async function exportGguf(
 ): Promise<GgufExportResult> {
   const checked = directionSet(set.vectors, set.meta);
   const { bytes, layers, skipped, modelHint } = encodeControlVector(checked, opts);
-  if (!opts.overwrite && (await exists(path))) {
+  if (!opts.overwrite && (await pathExists(path))) {
     throw new EmlensError(
       `File ${path} already exists; choose another path or allow overwriting (--overwrite).`,
     );
   }
   await mkdir(dirname(path), { recursive: true });
-  const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
-  try {
-    await writeFile(tmp, bytes, { flag: 'wx' });
-    await rename(tmp, path);
-  } catch (e) {
-    await unlink(tmp).catch(() => {});
-    throw e;
-  }
+  await writeAtomic(path, bytes);
   return { path, layers, skipped, modelHint };
 }
 
@@ -570,13 +563,4 @@ class GgufWriter {
 
 function alignUp(n: number, alignment: number): number {
   return Math.ceil(n / alignment) * alignment;
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await access(path);
-    return true;
-  } catch {
-    return false;
-  }
 }

@@ -5,7 +5,8 @@
 import { mkdir, readFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { EmlensError } from '../errors.js';
-import { renderVegaLite, writeAtomic } from '../plot/render.js';
+import { writeAtomic } from '../io/files.js';
+import { renderVegaLite } from '../plot/render.js';
 import {
   type Comparison,
   compareConditions,

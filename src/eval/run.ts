@@ -2,10 +2,10 @@
  * One evaluation run end to end: sample answers (resumable), judge them, summarise. What `emlens eval` does.
  */
 import { basename, join, resolve } from 'node:path';
+import { writeAtomic } from '../io/files.js';
 import { readConfig } from '../model/config.js';
 import type { Intervention } from '../model/interventions.js';
 import { type LoadModelOptions, loadModel } from '../model/model.js';
-import { writeAtomic } from '../plot/render.js';
 import { loadTokenizer } from '../text/tokenizer.js';
 import { createJudge, type Judge, judgeResponses, type LocalJudgeOptions } from './judge.js';
 import { type EvalSummary, summarize } from './metrics.js';

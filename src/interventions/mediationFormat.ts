@@ -1,7 +1,7 @@
 /** A mediation report as text: console lines, the metric table, markdown, and the files `writeMediation` writes. */
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { writeAtomic } from '../plot/render.js';
+import { writeAtomic } from '../io/files.js';
 import type { SourceLayers } from './compose.js';
 import type { MediationReport } from './mediation.js';
 

@@ -9,10 +9,11 @@
  * reads the stream and is left as it is (a tied head is untied, so it keeps the original embeddings).
  */
 import { randomBytes } from 'node:crypto';
-import { copyFile, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { type DirectionSet, directionLayers } from '../directions/direction.js';
 import { EmlensError } from '../errors.js';
+import { pathExists } from '../io/files.js';
 import { type TensorToWrite, writeSafetensors } from '../io/safetensors.js';
 import { WeightSource } from '../io/weightSource.js';
 import { readConfig } from '../model/config.js';
@@ -125,15 +126,6 @@ export function projectRows(w: Float32Array, d: Float64Array): Float32Array {
   return out;
 }
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    await stat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 /** Files of a model folder that are not weights (config, tokenizer, chat template, generation config). */
 function isWeightFile(name: string): boolean {
   return (
@@ -163,7 +155,7 @@ export async function orthogonalizeModel(
   outDir: string,
   opts: OrthogonalizeOptions,
 ): Promise<OrthogonalizeResult> {
-  if (await exists(outDir)) {
+  if (await pathExists(outDir)) {
     throw new EmlensError(
       `Output folder ${outDir} already exists; choose a new folder (orthogonalize never overwrites).`,
     );
@@ -234,7 +226,7 @@ export async function orthogonalizeModel(
         layer,
       }),
     });
-    if (await exists(outDir)) {
+    if (await pathExists(outDir)) {
       throw new EmlensError(
         `Output folder ${outDir} appeared while writing; choose a new folder (orthogonalize never overwrites).`,
       );

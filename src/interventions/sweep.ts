@@ -3,10 +3,11 @@ import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { type DirectionSet, normMatchedRandom } from '../directions/direction.js';
 import { EmlensError } from '../errors.js';
+import { writeAtomic } from '../io/files.js';
 import type { Intervention } from '../model/interventions.js';
 import type { Model } from '../model/model.js';
 import { lineChart } from '../plot/charts.js';
-import { renderVegaLite, writeAtomic } from '../plot/render.js';
+import { renderVegaLite } from '../plot/render.js';
 import { checkDirectionsFit, type LayerSelection, selectLayers, steerInterventions } from './compose.js';
 import { formatNumber } from './mediationFormat.js';
 import {

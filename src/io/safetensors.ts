@@ -4,11 +4,11 @@
  * Reading is lazy (header at open, one positioned read per tensor) so multi-GB checkpoints never sit in
  * memory whole; validation is as strict as the reference Rust implementation.
  */
-import { randomBytes } from 'node:crypto';
-import { type FileHandle, open, rename, unlink } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { type FileHandle, open } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import { distance } from 'fastest-levenshtein';
 import { EmlensError } from '../errors.js';
+import { writeAll, writeStreamAtomic } from './files.js';
 import { bf16ToF32, f16ToF32 } from './halfFloat.js';
 
 export type SafetensorsDtype = 'F64' | 'F32' | 'F16' | 'BF16' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'BOOL';
@@ -63,7 +63,11 @@ export interface SafetensorsHeader {
 export interface TensorToWrite {
   readonly dtype: SafetensorsDtype;
   readonly shape: readonly number[];
-  readonly data: ArrayBufferView;
+  /**
+   * The bytes, or a function that produces them when the tensor is written: `writeSafetensors` then holds one
+   * such tensor in memory at a time (a 0.5B model in F32 is 2 GB).
+   */
+  readonly data: ArrayBufferView | (() => ArrayBufferView);
 }
 
 export type TensorsToWrite = Record<string, TensorToWrite> | ReadonlyMap<string, TensorToWrite>;
@@ -459,11 +463,24 @@ export function decodeSafetensors(
 
 interface Plan {
   readonly header: Buffer;
-  readonly chunks: readonly Uint8Array[];
+  /** The tensors in file order: their data (or its producer) and the bytes it must hold. */
+  readonly parts: readonly { readonly name: string; readonly t: TensorToWrite; readonly need: number }[];
   readonly totalBytes: number;
 }
 
-/** Validates the tensors and builds the padded header plus the data chunks in file order. */
+/** A tensor's bytes, produced now if lazy, checked against the size its dtype and shape need. */
+function partBytes(part: Plan['parts'][number]): Uint8Array {
+  const { name, t, need } = part;
+  const data = typeof t.data === 'function' ? t.data() : t.data;
+  if (data.byteLength !== need) {
+    throw new EmlensError(
+      `Tensor '${name}' holds ${data.byteLength} bytes but dtype ${t.dtype} with shape [${t.shape.join(', ')}] needs ${need}; fix the data or the shape.`,
+    );
+  }
+  return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+}
+
+/** Validates the tensors and builds the padded header plus the tensors in file order. */
 function plan(tensors: TensorsToWrite, metadata: Record<string, string> | undefined): Plan {
   const entries =
     tensors instanceof Map ? [...tensors] : Object.entries(tensors as Record<string, TensorToWrite>);
@@ -481,7 +498,7 @@ function plan(tensors: TensorsToWrite, metadata: Record<string, string> | undefi
     }
     fields.push(`"__metadata__":${JSON.stringify(metadata)}`);
   }
-  const chunks: Uint8Array[] = [];
+  const parts: Plan['parts'][number][] = [];
   let offset = 0;
   for (const [name, t] of entries) {
     if (name === '__metadata__' || name.length === 0) {
@@ -498,14 +515,10 @@ function plan(tensors: TensorsToWrite, metadata: Record<string, string> | undefi
       );
     }
     const need = byteSize(t.dtype, t.shape);
-    if (t.data.byteLength !== need) {
-      throw new EmlensError(
-        `Tensor '${name}' holds ${t.data.byteLength} bytes but dtype ${t.dtype} with shape [${t.shape.join(', ')}] needs ${need}; fix the data or the shape.`,
-      );
-    }
+    if (typeof t.data !== 'function') partBytes({ name, t, need }); // eager data: checked before anything is written
     const entry = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + need] };
     fields.push(`${JSON.stringify(name)}:${JSON.stringify(entry)}`);
-    chunks.push(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength));
+    parts.push({ name, t, need });
     offset += need;
   }
   const text = Buffer.from(`{${fields.join(',')}}`, 'utf8');
@@ -514,7 +527,7 @@ function plan(tensors: TensorsToWrite, metadata: Record<string, string> | undefi
   const header = Buffer.alloc(8 + padded, 0x20);
   header.writeBigUInt64LE(BigInt(padded), 0);
   text.copy(header, 8);
-  return { header, chunks, totalBytes: header.length + offset };
+  return { header, parts, totalBytes: header.length + offset };
 }
 
 /**
@@ -526,17 +539,16 @@ export function encodeSafetensors(tensors: TensorsToWrite, metadata?: Record<str
   const out = Buffer.allocUnsafe(p.totalBytes);
   p.header.copy(out, 0);
   let at = p.header.length;
-  for (const c of p.chunks) {
-    out.set(c, at);
-    at += c.length;
+  for (const part of p.parts) {
+    out.set(partBytes(part), at);
+    at += part.need;
   }
   return out;
 }
 
 /**
- * Writes a safetensors file atomically: the data goes to a temp file in the same directory, is fsynced,
- * then renamed over `path`, so readers never see a half-written file and a failure leaves `path` as it was.
- * Tensors are streamed, so the total may exceed the largest possible Buffer.
+ * Writes a safetensors file atomically (`writeStreamAtomic`: temp file, fsync, rename). Tensors are streamed,
+ * lazy ones produced one at a time, so the total may exceed the largest possible Buffer.
  */
 export async function writeSafetensors(
   path: string,
@@ -544,30 +556,11 @@ export async function writeSafetensors(
   metadata?: Record<string, string>,
 ): Promise<void> {
   const p = plan(tensors, metadata);
-  const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
-  const fh = await open(tmp, 'wx');
-  try {
-    try {
-      await writeAll(fh, p.header);
-      for (const c of p.chunks) await writeAll(fh, c);
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    await rename(tmp, path);
-  } catch (e) {
-    await unlink(tmp).catch(() => {});
-    throw e;
-  }
+  await writeStreamAtomic(path, async (fh) => {
+    await writeAll(fh, p.header);
+    for (const part of p.parts) await writeAll(fh, partBytes(part));
+  });
   await syncDir(dirname(path));
-}
-
-async function writeAll(fh: FileHandle, bytes: Uint8Array): Promise<void> {
-  for (let done = 0; done < bytes.length; ) {
-    const n = Math.min(READ_CHUNK, bytes.length - done);
-    const { bytesWritten } = await fh.write(bytes, done, n);
-    done += bytesWritten;
-  }
 }
 
 /** Makes the rename durable; not possible on every platform, so failures are ignored. */

@@ -6,6 +6,7 @@
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { EmlensError } from '../errors.js';
+import { pathExists } from './files.js';
 import { closestNames, quoteList, SafetensorsFile, type TensorInfo } from './safetensors.js';
 
 const SINGLE = 'model.safetensors';
@@ -14,15 +15,6 @@ const POINT = 'point --model at a Hugging Face model folder';
 
 /** A tensor's location, plus the absolute path of the shard that holds it. */
 export type WeightInfo = TensorInfo & { readonly file: string };
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await stat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /**
  * Resolves a shard name from the index, refusing anything that would leave the folder. The check is
@@ -113,13 +105,13 @@ export class WeightSource {
       throw new EmlensError(`Model folder ${abs} does not exist or cannot be read; ${POINT}.`);
     }
 
-    if (await exists(join(abs, SINGLE))) {
+    if (await pathExists(join(abs, SINGLE))) {
       const file = await SafetensorsFile.open(join(abs, SINGLE));
       const owner = new Map<string, SafetensorsFile>();
       for (const name of file.tensors.keys()) owner.set(name, file);
       return new WeightSource(abs, [file.path], owner, [file]);
     }
-    if (await exists(join(abs, INDEX))) {
+    if (await pathExists(join(abs, INDEX))) {
       return WeightSource.openSharded(abs, join(abs, INDEX));
     }
     if (entries.some((e) => e.endsWith('.bin') || e.endsWith('.bin.index.json'))) {
@@ -140,7 +132,7 @@ export class WeightSource {
         const path = shardPath(dir, indexPath, shard);
         let file = byShard.get(path);
         if (file === undefined) {
-          if (!(await exists(path))) {
+          if (!(await pathExists(path))) {
             throw new EmlensError(
               `Shard ${shard} listed in ${indexPath} is missing from ${dir}; re-download the model (the download is incomplete).`,
             );

@@ -3,9 +3,8 @@
  * weights, byte-level BPE tokenizer with a chat template) with random weights drawn deterministically from a
  * seed. Tests and benchmarks use it instead of downloading checkpoints; transformers can load the result.
  */
-import { randomBytes } from 'node:crypto';
-import { type FileHandle, mkdir, open, rename, unlink, writeFile } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { EmlensError } from '../errors.js';
 import { f32ToBf16, f32ToF16 } from '../io/halfFloat.js';
 import { writeSafetensors } from '../io/safetensors.js';
@@ -49,11 +48,6 @@ export interface TinyModelOptions {
   readonly rmsNormEps?: number;
   /** dtype of the safetensors weights (default F32); config.json's torch_dtype follows it. */
   readonly dtype?: TinyDtype;
-  /**
-   * Weights larger than this (bytes) are generated and written one tensor at a time instead of being built in
-   * memory first (default 256 MiB). Tests lower it to exercise the streaming path.
-   */
-  readonly streamAboveBytes?: number;
 }
 
 /** Qwen2.5-0.5B's architecture (random weights, F32 ≈ 2 GB), for benchmarks. */
@@ -92,13 +86,7 @@ export async function makeTinyModel(outDir: string, options: TinyModelOptions): 
   await writeJson(join(outDir, 'generation_config.json'), generationConfigJson(spec));
   await writeJson(join(outDir, 'tokenizer.json'), tokenizer.json);
   await writeJson(join(outDir, 'tokenizer_config.json'), tokenizer.config);
-  await writeWeights(
-    join(outDir, 'model.safetensors'),
-    spec,
-    options.seed ?? 0,
-    dtype,
-    options.streamAboveBytes,
-  );
+  await writeWeights(join(outDir, 'model.safetensors'), spec, options.seed ?? 0, dtype);
   return spec;
 }
 
@@ -537,92 +525,13 @@ function encode(x: Float32Array, dtype: TinyDtype): Float32Array | Uint16Array {
 
 const METADATA = { format: 'pt' };
 
-async function writeWeights(
-  path: string,
-  spec: ModelSpec,
-  seed: number,
-  dtype: TinyDtype,
-  streamAboveBytes = 256 * 2 ** 20,
-): Promise<void> {
-  // Sorted like safetensors (and writeSafetensors) lays tensors out, so both paths write identical bytes.
-  const names = weightNames(spec).sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
-  const elemBytes = dtype === 'F32' ? 4 : 2;
-  const total = names.reduce((s, n) => s + weightShape(spec, n).reduce((a, b) => a * b, 1) * elemBytes, 0);
-  if (total <= streamAboveBytes) {
-    const tensors: Record<string, { dtype: TinyDtype; shape: number[]; data: ArrayBufferView }> = {};
-    for (const name of names) {
-      tensors[name] = {
-        dtype,
-        shape: weightShape(spec, name),
-        data: encode(tinyWeight(spec, name, seed), dtype),
-      };
-    }
-    await writeSafetensors(path, tensors, METADATA);
-    return;
-  }
-  await streamSafetensors(
-    path,
-    names,
-    (name) => weightShape(spec, name),
-    elemBytes,
-    dtype,
-    (name) => encode(tinyWeight(spec, name, seed), dtype),
+/** The weights, each tensor generated only when it is written (so one is in memory at a time). */
+async function writeWeights(path: string, spec: ModelSpec, seed: number, dtype: TinyDtype): Promise<void> {
+  const tensors = new Map(
+    weightNames(spec).map((name) => [
+      name,
+      { dtype, shape: weightShape(spec, name), data: () => encode(tinyWeight(spec, name, seed), dtype) },
+    ]),
   );
-}
-
-/**
- * Writes a safetensors file whose tensors are produced one at a time, so only one tensor is ever in memory
- * (a 0.5B model in F32 is 2 GB). The header is the one writeSafetensors would write for the same tensors:
- * compact JSON, metadata first, names in the given (sorted) order, space-padded to a multiple of 8 bytes.
- * Atomic like writeSafetensors: written to a temp file, then renamed.
- */
-async function streamSafetensors(
-  path: string,
-  names: readonly string[],
-  shapeOf: (name: string) => number[],
-  elemBytes: number,
-  dtype: TinyDtype,
-  produce: (name: string) => ArrayBufferView,
-): Promise<void> {
-  const header: Record<string, unknown> = { __metadata__: METADATA };
-  let offset = 0;
-  for (const name of names) {
-    const shape = shapeOf(name);
-    const bytes = shape.reduce((a, b) => a * b, 1) * elemBytes;
-    header[name] = { dtype, shape, data_offsets: [offset, offset + bytes] };
-    offset += bytes;
-  }
-  const text = Buffer.from(JSON.stringify(header), 'utf8');
-  const padded = Math.ceil(text.length / 8) * 8;
-  const head = Buffer.alloc(8 + padded, 0x20); // [8-byte length | JSON | spaces]
-  head.writeBigUInt64LE(BigInt(padded), 0);
-  text.copy(head, 8);
-
-  const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
-  const fh = await open(tmp, 'wx');
-  try {
-    try {
-      await writeAll(fh, head);
-      for (const name of names) {
-        const data = produce(name);
-        await writeAll(fh, new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
-      }
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    await rename(tmp, path);
-  } catch (e) {
-    await unlink(tmp).catch(() => {});
-    throw e;
-  }
-}
-
-async function writeAll(fh: FileHandle, bytes: Uint8Array): Promise<void> {
-  // fs refuses single writes of 2 GiB or more; the embedding of a large vocab can come close.
-  const chunk = 1 << 30;
-  for (let done = 0; done < bytes.length; ) {
-    const { bytesWritten } = await fh.write(bytes, done, Math.min(chunk, bytes.length - done));
-    done += bytesWritten;
-  }
+  await writeSafetensors(path, tensors, METADATA);
 }

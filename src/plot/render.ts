@@ -2,14 +2,14 @@
  * Renders a Vega-Lite spec to `<base>.svg` and `<base>.png` without a browser: Vega's headless View
  * (renderer 'none') produces the SVG, resvg rasterises it with the system fonts.
  */
-import { randomBytes } from 'node:crypto';
-import { mkdir, rename, unlink, writeFile } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { mkdir } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import { Resvg } from '@resvg/resvg-js';
 // vega is ESM with top-level await: a namespace import works where require() does not.
 import * as vega from 'vega';
 import { compile, type TopLevelSpec } from 'vega-lite';
 import { EmlensError } from '../errors.js';
+import { writeAtomic } from '../io/files.js';
 
 /** Width of the PNG in pixels; the height follows the chart's aspect ratio. */
 export const PNG_WIDTH = 900;
@@ -68,16 +68,4 @@ export async function renderVegaLite(
   await writeAtomic(svgPath, svgText);
   await writeAtomic(pngPath, png);
   return { svg: svgPath, png: pngPath };
-}
-
-/** Writes to a temp file beside `path`, then renames it over `path`. */
-export async function writeAtomic(path: string, data: string | Uint8Array): Promise<void> {
-  const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
-  try {
-    await writeFile(tmp, data, { flag: 'wx' });
-    await rename(tmp, path);
-  } catch (e) {
-    await unlink(tmp).catch(() => {});
-    throw e;
-  }
 }
