@@ -4,30 +4,22 @@
  * records (it should not grow with the record count: the store holds one shard in memory at a time).
  * Writes benchmarks/results/collect.json.
  */
-import { existsSync } from 'node:fs';
-import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { type CollectRecord, collectToStore } from '../src/activations/collect.js';
 import { peakRssMiB } from '../src/bench/hardware.js';
 import { loadModel } from '../src/model/model.js';
-import { makeTinyModel, QWEN25_05B_SHAPE } from '../src/model/tiny.js';
 import { Rng } from '../src/util/random.js';
+import { benchLog, cacheDir, ensureBenchModel, modelDir, work, writeResult } from './workspace.js';
 
-const work = join(import.meta.dirname, '.work');
-const modelDir = join(work, 'qwen25-05b-shape');
-const cacheDir = join(work, 'cache');
-const log = (m: string) => process.stderr.write(`bench:collect: ${m}\n`);
+const log = benchLog('collect');
 const records = Number(process.env.BENCH_RECORDS ?? 4096);
 const promptTokens = 8;
 const answerTokens = 8;
 const batchSize = 16;
 
-await mkdir(work, { recursive: true });
-if (!existsSync(join(modelDir, 'config.json'))) {
-  log('generating the Qwen2.5-0.5B-shaped random model (not committed)');
-  await makeTinyModel(modelDir, { ...QWEN25_05B_SHAPE, dtype: 'BF16' });
-}
+await ensureBenchModel(log);
 const model = await loadModel(modelDir, { cacheDir, onProgress: log });
 const rng = new Rng(1);
 const data: CollectRecord[] = Array.from({ length: records }, (_, i) => {
@@ -39,7 +31,7 @@ const tokensPerRecord = promptTokens + answerTokens;
 
 // Forward-only prefill over the same batches (the first `sample` records), then collection of those records,
 // in interleaved rounds: the host is shared and its speed drifts, so each side is the best of its rounds.
-const sample = 256;
+const sample = Math.min(256, records);
 const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
 await model.forward(data.slice(0, batchSize).map((r) => r.ids)); // warm up
 const sampleStore = join(work, 'collect-sample');
@@ -104,8 +96,7 @@ const out = {
   goals: { ratio: '>= 0.9', memory: 'does not grow with record count' },
   command: 'npm run bench:collect',
 };
-await mkdir(join(import.meta.dirname, 'results'), { recursive: true });
-await writeFile(join(import.meta.dirname, 'results', 'collect.json'), `${JSON.stringify(out, null, 2)}\n`);
+await writeResult('collect', out);
 log(
   `rss after 1k ${rssAt['1024']?.toFixed(0)} MiB, after ${records} ${rssAt[String(records)]?.toFixed(0)} MiB; peak ${out.peakRssMiB.toFixed(0)} MiB`,
 );

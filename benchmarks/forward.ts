@@ -2,26 +2,18 @@
  * `npm run bench:forward`: prefill throughput of a Qwen2.5-0.5B-shaped random model, fp32 on the CPU, against
  * a MatMul ceiling measured in the same process. Writes benchmarks/results/forward.json.
  */
-import { existsSync } from 'node:fs';
-import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { median, openMatMulCeiling, peakRssMiB, timeRuns } from '../src/bench/hardware.js';
 import { profilingOptions, readKernelProfile } from '../src/bench/profile.js';
 import { loadModel } from '../src/model/model.js';
-import { makeTinyModel, QWEN25_05B_SHAPE } from '../src/model/tiny.js';
+import { benchLog, cacheDir, ensureBenchModel, modelDir, work, writeResult } from './workspace.js';
 
-const work = join(import.meta.dirname, '.work');
-const modelDir = join(work, 'qwen25-05b-shape');
-const cacheDir = join(work, 'cache');
 const reps = Number(process.env.BENCH_REPS ?? 7);
-const log = (m: string) => process.stderr.write(`bench:forward: ${m}\n`);
+const log = benchLog('forward');
 
-await mkdir(work, { recursive: true });
-if (!existsSync(join(modelDir, 'config.json'))) {
-  log('generating the Qwen2.5-0.5B-shaped random model (not committed)');
-  await makeTinyModel(modelDir, { ...QWEN25_05B_SHAPE, dtype: 'BF16' });
-}
+await ensureBenchModel(log);
 await rm(cacheDir, { recursive: true, force: true }); // measure a cold graph build
 const model = await loadModel(modelDir, { cacheDir, onProgress: log });
 const spec = model.spec;
@@ -114,8 +106,7 @@ const out = {
   goals: { ratioAt512: '>= 0.9', hookOverheadAt512: '<= 0.05' },
   command: 'npm run bench:forward',
 };
-await mkdir(join(import.meta.dirname, 'results'), { recursive: true });
-await writeFile(join(import.meta.dirname, 'results', 'forward.json'), `${JSON.stringify(out, null, 2)}\n`);
+await writeResult('forward', out);
 log(
   `graph build ${(out.graphBuildMs / 1000).toFixed(1)} s, session load ${(out.sessionLoadMs / 1000).toFixed(1)} s, peak RSS ${out.peakRssMiB.toFixed(0)} MiB`,
 );

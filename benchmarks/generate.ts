@@ -3,8 +3,6 @@
  * KV cache: single-stream tokens/s against the memory-bandwidth bound (copy bandwidth measured in this process
  * / weight bytes read per token), and batch 8 and 32 throughput. Writes benchmarks/results/generate.json.
  */
-import { existsSync } from 'node:fs';
-import { mkdir, writeFile } from 'node:fs/promises';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { measureCopyBandwidth, measureMatMulCeiling, median, peakRssMiB } from '../src/bench/hardware.js';
@@ -12,21 +10,14 @@ import { profilingOptions, readKernelProfile } from '../src/bench/profile.js';
 import { type GenerateOptions, generate } from '../src/generate/generate.js';
 import { loadModel, type Model } from '../src/model/model.js';
 import { weightNames, weightShape } from '../src/model/spec.js';
-import { makeTinyModel, QWEN25_05B_SHAPE } from '../src/model/tiny.js';
+import { benchLog, cacheDir, ensureBenchModel, modelDir, work, writeResult } from './workspace.js';
 
-const work = join(import.meta.dirname, '.work');
-const modelDir = join(work, 'qwen25-05b-shape');
-const cacheDir = join(work, 'cache');
 const PROMPT_TOKENS = 32;
 const NEW_TOKENS = Number(process.env.BENCH_NEW_TOKENS ?? 64);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
-const log = (m: string) => process.stderr.write(`bench:generate: ${m}\n`);
+const log = benchLog('generate');
 
-await mkdir(work, { recursive: true });
-if (!existsSync(join(modelDir, 'config.json'))) {
-  log('generating the Qwen2.5-0.5B-shaped random model (not committed)');
-  await makeTinyModel(modelDir, { ...QWEN25_05B_SHAPE, dtype: 'BF16' });
-}
+await ensureBenchModel(log);
 const model = await loadModel(modelDir, { cacheDir, onProgress: log });
 const spec = model.spec;
 
@@ -221,6 +212,5 @@ const out = {
   peakRssMiB: generationPeakRssMiB,
   command: 'npm run bench:generate',
 };
-await mkdir(join(import.meta.dirname, 'results'), { recursive: true });
-await writeFile(join(import.meta.dirname, 'results', 'generate.json'), `${JSON.stringify(out, null, 2)}\n`);
+await writeResult('generate', out);
 log(`peak RSS ${out.peakRssMiB.toFixed(0)} MiB -> benchmarks/results/generate.json`);
