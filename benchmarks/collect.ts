@@ -11,10 +11,10 @@ import { type CollectRecord, collectToStore } from '../src/activations/collect.j
 import { peakRssMiB } from '../src/bench/hardware.js';
 import { loadModel } from '../src/model/model.js';
 import { Rng } from '../src/util/random.js';
-import { benchLog, cacheDir, ensureBenchModel, modelDir, work, writeResult } from './workspace.js';
+import { benchLog, cacheDir, ensureBenchModel, envCount, modelDir, work, writeResult } from './workspace.js';
 
 const log = benchLog('collect');
-const records = Number(process.env.BENCH_RECORDS ?? 4096);
+const records = envCount('BENCH_RECORDS', 4096);
 const promptTokens = 8;
 const answerTokens = 8;
 const batchSize = 16;
@@ -32,7 +32,7 @@ const tokensPerRecord = promptTokens + answerTokens;
 // Forward-only prefill over the same batches (the first `sample` records), then collection of those records,
 // in interleaved rounds: the host is shared and its speed drifts, so each side is the best of its rounds.
 const sample = Math.min(256, records);
-const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
+const rounds = envCount('BENCH_ROUNDS', 3);
 await model.forward(data.slice(0, batchSize).map((r) => r.ids)); // warm up
 const sampleStore = join(work, 'collect-sample');
 const forwardRunsMs: number[] = [];

@@ -8,9 +8,9 @@ import { join } from 'node:path';
 import { median, openMatMulCeiling, peakRssMiB, timeRuns } from '../src/bench/hardware.js';
 import { profilingOptions, readKernelProfile } from '../src/bench/profile.js';
 import { loadModel } from '../src/model/model.js';
-import { benchLog, cacheDir, ensureBenchModel, modelDir, work, writeResult } from './workspace.js';
+import { benchLog, cacheDir, ensureBenchModel, envCount, modelDir, work, writeResult } from './workspace.js';
 
-const reps = Number(process.env.BENCH_REPS ?? 7);
+const reps = envCount('BENCH_REPS', 7);
 const log = benchLog('forward');
 
 await ensureBenchModel(log);

@@ -10,11 +10,11 @@ import { profilingOptions, readKernelProfile } from '../src/bench/profile.js';
 import { type GenerateOptions, generate } from '../src/generate/generate.js';
 import { loadModel, type Model } from '../src/model/model.js';
 import { weightNames, weightShape } from '../src/model/spec.js';
-import { benchLog, cacheDir, ensureBenchModel, modelDir, work, writeResult } from './workspace.js';
+import { benchLog, cacheDir, ensureBenchModel, envCount, modelDir, work, writeResult } from './workspace.js';
 
 const PROMPT_TOKENS = 32;
-const NEW_TOKENS = Number(process.env.BENCH_NEW_TOKENS ?? 64);
-const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
+const NEW_TOKENS = envCount('BENCH_NEW_TOKENS', 64);
+const ROUNDS = envCount('BENCH_ROUNDS', 3);
 const log = benchLog('generate');
 
 await ensureBenchModel(log);

@@ -32,3 +32,14 @@ export async function writeResult(name: string, result: unknown): Promise<string
   await writeAtomic(path, `${JSON.stringify(result, null, 2)}\n`);
   return path;
 }
+
+/** A positive integer setting from the environment (`name`), or `fallback` when unset. */
+export function envCount(name: string, fallback: number): number {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < 1) {
+    throw new Error(`${name}=${raw} is not a positive integer; set it to e.g. ${fallback} or unset it.`);
+  }
+  return n;
+}
