@@ -75,7 +75,7 @@ export { type ResponseRecord, readResponses, writeResponses } from './eval/respo
 export { runEval } from './eval/run.js';
 export { directionInterventions, type SampleOptions, sampleAnswers } from './eval/sample.js';
 export { type AlignmentSplitOptions, splitByAlignment } from './eval/selection.js';
-export { type DecodeStep, decodeLoop } from './generate/decodeLoop.js';
+export { type DecodeLoopOptions, type DecodeStep, decodeLoop } from './generate/decodeLoop.js';
 export {
   type FinishReason,
   type GenerateOptions,
@@ -155,6 +155,7 @@ export {
   loadModel,
   Model,
 } from './model/model.js';
+export { DecodeBuffers, type KvArray, type OutputBuffers } from './model/outputBuffers.js';
 export { ropeInvFreq, ropeTables } from './model/rope.js';
 export { CUDA_INSTALL_COMMAND, cudaAvailable, type Device } from './model/session.js';
 export { type Family, type ModelSpec, parameterCount, SUPPORTED_ARCHITECTURES } from './model/spec.js';

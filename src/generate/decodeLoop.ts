@@ -5,6 +5,7 @@
  */
 import type { Intervention, PositionWeights } from '../model/interventions.js';
 import type { Model } from '../model/model.js';
+import { DecodeBuffers } from '../model/outputBuffers.js';
 
 /**
  * Which tokens the interventions act on.
@@ -22,7 +23,8 @@ import type { Model } from '../model/model.js';
 export type InterventionPositions = 'all' | 'prompt' | 'generated';
 
 /**
- * Called with each call's last-position logits (`[batch, vocab]`): returns the token each row feeds next, or
+ * Called with each call's last-position logits (`[batch, vocab]`, overwritten by the next call: copy what you
+ * keep): returns the token each row feeds next, or
  * `null` for a row that has finished (it is fed padding from then on, so the batch stays rectangular and its
  * output frozen); `done` ends the loop.
  */
@@ -30,21 +32,30 @@ export type DecodeStep = (
   logits: Float32Array,
 ) => Promise<{ readonly next: readonly (number | null)[]; readonly done: boolean }>;
 
-/** Runs `prompts` (token ids, one row each) through prefill and decode steps until `step` says done. */
+export interface DecodeLoopOptions {
+  /** The most tokens `step` will ask for: lets the loop size its cache buffers once. */
+  readonly maxNewTokens?: number;
+}
+
+/**
+ * Runs `prompts` (token ids, one row each) through prefill and decode steps until `step` says done. The logits
+ * and the KV cache go into buffers reused from step to step (see {@link DecodeBuffers}).
+ */
 export async function decodeLoop(
   model: Model,
   prompts: readonly (readonly number[])[],
   interventions: readonly Intervention[],
   policy: InterventionPositions,
   step: DecodeStep,
+  opts: DecodeLoopOptions = {},
 ): Promise<void> {
   const at = (positions: PositionWeights): Intervention[] =>
     interventions.map((iv) => ({ ...iv, positions }));
   const on = interventions.length > 0;
+  const seq = Math.max(...prompts.map((p) => p.length)); // left-padded prompt length
   let prefill: Intervention[] | undefined;
   if (on && policy === 'all') prefill = at('all');
   if (on && policy === 'prompt') {
-    const seq = Math.max(...prompts.map((p) => p.length));
     const mask = new Float32Array(prompts.length * seq); // [batch, seq]: 1 on real prompt tokens
     prompts.forEach((p, b) => {
       mask.fill(1, b * seq + seq - p.length, (b + 1) * seq);
@@ -54,13 +65,26 @@ export async function decodeLoop(
   const decode = on && policy !== 'prompt' ? at('all') : undefined;
   const pad = model.spec.padTokenId ?? model.spec.eosTokenIds[0] ?? 0;
 
-  let r = await model.forward(prompts, { returnCache: true, interventions: prefill });
+  const capacity = opts.maxNewTokens === undefined ? undefined : seq + opts.maxNewTokens;
+  const buffers = new DecodeBuffers(
+    model.spec,
+    model.profile === 'fp16',
+    prompts.length,
+    capacity,
+    model.maxPositions,
+  );
+  let r = await model.forward(prompts, {
+    returnCache: true,
+    interventions: prefill,
+    into: buffers.next(seq),
+  });
   for (;;) {
     const { next, done } = await step(r.logits.data);
     if (done) return;
+    const cache = r.cache!;
     r = await model.forward(
       next.map((t) => [t ?? pad]),
-      { cache: r.cache!, returnCache: true, interventions: decode },
+      { cache, returnCache: true, interventions: decode, into: buffers.next(cache.length + 1) },
     );
   }
 }

@@ -185,16 +185,23 @@ export async function generate(
       continue;
     }
     const ids = chunk.map((r) => prompts[r.prompt]);
-    await decodeLoop(model, ids, interventions, policy, async (logits) => {
-      chunk.forEach((row, b) => {
-        if (!row.done)
-          push(row, sampleToken(logits.subarray(b * vocabSize, (b + 1) * vocabSize), sampling, row.rng));
-      });
-      return {
-        next: chunk.map((row) => (row.done ? null : row.tokens[row.tokens.length - 1])),
-        done: chunk.every((row) => row.done),
-      };
-    });
+    await decodeLoop(
+      model,
+      ids,
+      interventions,
+      policy,
+      async (logits) => {
+        chunk.forEach((row, b) => {
+          if (!row.done)
+            push(row, sampleToken(logits.subarray(b * vocabSize, (b + 1) * vocabSize), sampling, row.rng));
+        });
+        return {
+          next: chunk.map((row) => (row.done ? null : row.tokens[row.tokens.length - 1])),
+          done: chunk.every((row) => row.done),
+        };
+      },
+      { maxNewTokens: maxNew },
+    );
   }
   return rows.map((row) => row.done!);
 }

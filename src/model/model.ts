@@ -11,6 +11,7 @@ import type { WeightReader } from './graph/weights.js';
 import { allHookNames, type BlockHook, resolveHooks, siteCount } from './hooks.js';
 import { type Intervention, interventionFeeds } from './interventions.js';
 import { LoraMergedWeights, loadAdapter } from './lora.js';
+import type { KvArray, OutputBuffers } from './outputBuffers.js';
 import { createSession, type Device } from './session.js';
 import { type ModelSpec, parameterCount } from './spec.js';
 import type { Float32Tensor } from './tensor.js';
@@ -68,6 +69,11 @@ export interface ForwardOptions {
   readonly cache?: KVCache;
   /** Return the updated cache. */
   readonly returnCache?: boolean;
+  /**
+   * Write the last-position logits and the returned cache into these buffers instead of fresh ones; the
+   * results are views of them. A decode loop reuses them from step to step (see `DecodeBuffers`).
+   */
+  readonly into?: OutputBuffers;
 }
 
 export interface ForwardResult {
@@ -265,24 +271,32 @@ export class Model {
       const m = /^blocks\.(\d+)\.(\w+)$/.exec(h)!;
       return graphHookName(Number(m[1]), m[2] as BlockHook);
     });
-    const fetches = [IO.logits as string, ...new Set(hookSources)];
+    // null: onnxruntime allocates the output; a tensor: it writes into that tensor's buffer.
+    const fetches: Record<string, ort.Tensor | null> = { [IO.logits]: null };
+    for (const h of hookSources) fetches[h] = null;
+    const logitsMode = opts.logits ?? 'last';
+    const into = intoTensors(opts.into, spec, kvType, b.batch, total, logitsMode, opts.returnCache, cache);
+    if (into.logits) fetches[IO.logits] = into.logits;
     if (opts.returnCache) {
-      for (let i = 0; i < spec.numLayers; i++) fetches.push(IO.presentKey(i), IO.presentValue(i));
+      for (let i = 0; i < spec.numLayers; i++) {
+        fetches[IO.presentKey(i)] = into.cache?.[2 * i] ?? null;
+        fetches[IO.presentValue(i)] = into.cache?.[2 * i + 1] ?? null;
+      }
     }
-    const session = await this.session({
-      logits: opts.logits ?? 'last',
-      interventions: interventions.length > 0,
-    });
+    const session = await this.session({ logits: logitsMode, interventions: interventions.length > 0 });
     const out = await session.run(feeds, fetches);
+    // Outputs written into given buffers are read through the caller's own tensors (views of those buffers).
+    const output = (name: string): ort.Tensor => fetches[name] ?? out[name];
     const asF32 = (t: ort.Tensor): Float32Tensor => ({ data: t.data as Float32Array, dims: t.dims });
     const result: ForwardResult = {
-      logits: asF32(out[IO.logits]),
+      logits: asF32(output(IO.logits)),
       hooks: new Map(hooks.map((h, i) => [h, asF32(out[hookSources[i]])])),
       padding: cache ? cache.nextPosition.map(() => 0) : b.padding,
     };
     if (!opts.returnCache) return result;
     const tensors: ort.Tensor[] = [];
-    for (let i = 0; i < spec.numLayers; i++) tensors.push(out[IO.presentKey(i)], out[IO.presentValue(i)]);
+    for (let i = 0; i < spec.numLayers; i++)
+      tensors.push(output(IO.presentKey(i)), output(IO.presentValue(i)));
     const nextPosition = Array.from({ length: b.batch }, (_, r) =>
       cache ? cache.nextPosition[r] + b.seq : b.seq - b.padding[r],
     );
@@ -294,6 +308,57 @@ export class Model {
     for (const s of this.sessions.values()) await (await s).release();
     this.sessions.clear();
   }
+}
+
+/** Tensors over the given output buffers, shaped as this call's outputs; checks their sizes. */
+function intoTensors(
+  into: OutputBuffers | undefined,
+  spec: ModelSpec,
+  kvType: 'float32' | 'float16',
+  batch: number,
+  total: number,
+  logitsMode: 'last' | 'all',
+  returnCache: boolean | undefined,
+  cache: KVCache | undefined,
+): { logits?: ort.Tensor; cache?: ort.Tensor[] } {
+  if (!into) return {};
+  const logitsSize = batch * spec.vocabSize;
+  if (into.logits && logitsMode !== 'last') {
+    throw new EmlensError(
+      "Output buffers hold last-position logits only; drop `into.logits` or use logits: 'last'.",
+    );
+  }
+  if (into.logits && into.logits.length < logitsSize) {
+    throw new EmlensError(
+      `into.logits holds ${into.logits.length} floats but this call's logits need ${logitsSize} (batch x vocab); pass a larger buffer.`,
+    );
+  }
+  const logits =
+    into.logits && new ort.Tensor('float32', into.logits.subarray(0, logitsSize), [batch, spec.vocabSize]);
+  if (!into.cache || !returnCache) return { logits };
+  const { numLayers, numKvHeads, headDim } = spec;
+  const kvSize = batch * numKvHeads * total * headDim;
+  const wantArray = kvType === 'float16' ? Uint16Array : Float32Array;
+  if (
+    into.cache.length !== 2 * numLayers ||
+    into.cache.some((a) => !(a instanceof wantArray) || a.length < kvSize)
+  ) {
+    throw new EmlensError(
+      `into.cache must be ${2 * numLayers} ${wantArray.name}s of at least ${kvSize} elements each (batch x kv_heads x ${total} positions x head_dim); pass buffers of that size.`,
+    );
+  }
+  const read = new Set(cache?.tensors.map((t) => (t.data as KvArray).buffer));
+  if (into.cache.some((a) => read.has(a.buffer))) {
+    throw new EmlensError(
+      'into.cache shares memory with the cache being continued; write the new cache into other buffers (DecodeBuffers alternates two sets).',
+    );
+  }
+  return {
+    logits,
+    cache: into.cache.map(
+      (a) => new ort.Tensor(kvType, a.subarray(0, kvSize), [batch, numKvHeads, total, headDim]),
+    ),
+  };
 }
 
 /**

@@ -215,6 +215,7 @@ export async function runBatch(
         done: rows.every((row) => row.done),
       };
     },
+    { maxNewTokens: Math.max(...rows.map((r) => r.job.maxTokens)) },
   );
 }
 
