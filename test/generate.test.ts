@@ -139,6 +139,15 @@ describe('sampling', () => {
     }
   });
 
+  it('ranks -0 and +0 logits as ties (by id) at the nucleus boundary', () => {
+    // Weights e, 1, 1, 1, 1, e^-6: top-p 0.5 needs the top token and one zero, the one with the smallest id.
+    const logits = Float32Array.from([1, -0, 0, -0, 0, -5]);
+    const rng = new Rng(3);
+    const seen = new Set<number>();
+    for (let i = 0; i < 2000; i++) seen.add(sampleToken(logits, { temperature: 1, topP: 0.5 }, rng));
+    expect([...seen].sort()).toEqual([0, 1]);
+  });
+
   it('rejects bad parameters with a clear error', () => {
     expect(() => sampleToken([1, 2], { temperature: -1 }, new Rng(0))).toThrow(/temperature/);
     expect(() => sampleToken([1, 2], { topP: 0 }, new Rng(0))).toThrow(/top_p/);

@@ -153,6 +153,54 @@ export function topKIndices(logits: ArrayLike<number>, k: number): Int32Array {
   return heap;
 }
 
+// Below e^-60 (relative to the top token) a weight is skipped: all of them together stay under 2^-53 of the
+// total for any vocabulary below 10^9, so nothing a float64 draw can resolve changes.
+const SKIPPED_BELOW = -60;
+
+/** Fills `weights` with exp((logit - max) / T) (0 for skipped and NaN logits); returns their sum. */
+function weigh(logits: ArrayLike<number>, max: number, temperature: number): number {
+  let total = 0;
+  for (let i = 0; i < logits.length; i++) {
+    const x = (logits[i] - max) / temperature;
+    const w = x > SKIPPED_BELOW ? Math.exp(x) : 0; // NaN -> 0
+    weights[i] = w;
+    total += w;
+  }
+  return total;
+}
+
+/**
+ * {@link weigh}, and in the same pass the top-p buckets: `buckets[i]` = the high 16 order-preserving bits of
+ * token i's logit (0 for weightless tokens, which are never needed to reach the target), and `bucketMass` the
+ * weight in each bucket. Float32 logits are read through their bits, with no float-to-bits round trip.
+ */
+function weighAndBucket(logits: ArrayLike<number>, max: number, temperature: number): number {
+  bucketMass.fill(0);
+  const v = logits.length;
+  const bits =
+    logits instanceof Float32Array ? new Uint32Array(logits.buffer, logits.byteOffset, v) : undefined;
+  let total = 0;
+  for (let i = 0; i < v; i++) {
+    const x = (logits[i] - max) / temperature;
+    if (!(x > SKIPPED_BELOW)) {
+      weights[i] = 0; // NaN too
+      buckets[i] = 0;
+      continue;
+    }
+    const w = Math.exp(x);
+    weights[i] = w;
+    total += w;
+    let b: number;
+    if (bits) {
+      const raw = logits[i] === 0 ? 0 : bits[i]; // -0 ranks as +0
+      b = (raw & 0x80000000 ? ~raw : raw | 0x80000000) >>> 16;
+    } else b = orderedBits(logits[i]) >>> 16;
+    buckets[i] = b;
+    bucketMass[b] += w;
+  }
+  return total;
+}
+
 /**
  * Draws one token id from a row of logits (`[vocab]`). Greedy (temperature 0) draws nothing from `rng`;
  * every other call draws exactly one number, so a row's stream advances one step per generated token.
@@ -189,32 +237,17 @@ export function sampleToken(logits: ArrayLike<number>, params: SamplingParams, r
   } else {
     const max = logits[argmax(logits)];
     if (!(max > Number.NEGATIVE_INFINITY)) return argmax(logits); // all -inf (or NaN): nothing to sample
-    for (let i = 0; i < v; i++) {
-      // Below e^-60 (relative to the top token) a weight is skipped: all of them together stay under 2^-53 of
-      // the total for any vocabulary below 10^9, so nothing a float64 draw can resolve changes.
-      const x = (logits[i] - max) / temperature;
-      allW[i] = x > -60 ? Math.exp(x) : 0; // NaN -> 0
-      total += allW[i];
-    }
+    // With top-p, the same pass buckets every token for the nucleus search below.
+    total = topP < 1 ? weighAndBucket(logits, max, temperature) : weigh(logits, max, temperature);
   }
 
   if (topP < 1) {
     const target = topP * total;
     if (full) {
-      // Without sorting the vocabulary: bucket every token by the high 16 of its logit's order-preserving
-      // float32 bits (a higher bucket means a larger logit), find the bucket where the mass from the top
+      // Without sorting the vocabulary: every token is bucketed by the high 16 of its logit's order-preserving
+      // float32 bits (a higher bucket means a larger logit). Find the bucket where the mass from the top
       // reaches `target`, keep every token above it, and rank only that bucket's tokens: if it holds many
       // (flat logits), bucket them again by the low 16 bits first, after which the rest are float32 ties.
-      bucketMass.fill(0);
-      for (let i = 0; i < v; i++) {
-        if (allW[i] === 0) {
-          buckets[i] = 0; // weightless: never needed to reach the target
-          continue;
-        }
-        const b = orderedBits(logits[i]) >>> 16;
-        buckets[i] = b;
-        bucketMass[b] += allW[i];
-      }
       let above = 0;
       let cross = BUCKETS - 1;
       for (; cross > 0 && above + bucketMass[cross] < target; cross--) above += bucketMass[cross];
