@@ -39,6 +39,8 @@ const generate = {
   },
   singleStream: { decodeTokensPerS: 17, ratioToBandwidthBound: 0.85 },
   batches: [{ batch: 32, sampling: 'greedy', decodeTokensPerS: 100, speedupOverSingle: 5.9 }],
+  gemvCeiling: { medianMs: 62.5, tokensPerS: 16, weightGbPerS: 32 },
+  batchKernelCeiling: { tokens: 32, medianMs: 250, speedupOverOneToken: 7.5 },
 };
 const collect = {
   date: 'd3',
@@ -66,8 +68,11 @@ describe('benchmark summary', () => {
     expect(f.map((r) => r.met)).toEqual([null, true, false]);
     expect(f[1].bound).toBe('MatMul ceiling 200.0 GFLOP/s');
     const g = generateRows(generate);
-    expect(g.map((r) => r.met)).toEqual([true, false]);
+    expect(g.map((r) => r.met)).toEqual([true, null, false, null]);
     expect(g[0].bound).toMatch(/copy bandwidth 40\.0 GB\/s .* = 20\.00 tok\/s/);
+    // context rows: the kernels' own ratio to the bound, and their own batch-32 speedup
+    expect(g[1].ratio).toBe('0.800');
+    expect(g[3]).toMatchObject({ ratio: '7.50x', measured: '250 ms vs 63 ms (medians)' });
     const c = collectRows(collect);
     expect(c.map((r) => r.met)).toEqual([true, false]); // memory grew by 20%
   });

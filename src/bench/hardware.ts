@@ -35,9 +35,13 @@ export interface CeilingResult {
 
 /** A MatMul-ceiling graph kept open, so its runs can be interleaved with the runs it is compared with. */
 export interface MatMulCeiling {
+  /** Floating-point operations of one pass at the `tokens` it was opened with. */
   readonly flops: number;
-  /** `passes` passes (default 1) over every GEMM, back to back; returns the milliseconds per pass. */
-  run(passes?: number): Promise<number>;
+  /**
+   * `passes` passes (default 1) over every GEMM, back to back, with `tokens` rows (default: those it was opened
+   * with; the same weights serve any count); returns the milliseconds per pass.
+   */
+  run(passes?: number, tokens?: number): Promise<number>;
   release(): Promise<void>;
 }
 
@@ -53,7 +57,7 @@ export async function openMatMulCeiling(
 ): Promise<MatMulCeiling> {
   const g = new GraphBuilder('ceiling', null);
   shapes.forEach((s, i) => {
-    const x = g.input(`x${i}`, 'float32', [tokens, s.k]);
+    const x = g.input(`x${i}`, 'float32', ['tokens', s.k]);
     // Distinct values per matrix: onnxruntime merges identical initializers, which would let repeated shapes
     // share one matrix (and its cache lines) and overstate what the model's own, distinct weights reach.
     const w = new Float32Array(s.k * s.n).map(
@@ -68,14 +72,24 @@ export async function openMatMulCeiling(
     intraOpNumThreads: opts.threads ?? defaultThreads(),
     interOpNumThreads: 1,
   });
-  const feeds: Record<string, ort.Tensor> = {};
-  shapes.forEach((s, i) => {
-    feeds[`x${i}`] = new ort.Tensor('float32', new Float32Array(tokens * s.k).fill(0.01), [tokens, s.k]);
-  });
-  await session.run(feeds); // prepacks the weights
+  const feedsByTokens = new Map<number, Record<string, ort.Tensor>>();
+  const feedsFor = (rows: number) => {
+    let feeds = feedsByTokens.get(rows);
+    if (!feeds) {
+      const made: Record<string, ort.Tensor> = {};
+      shapes.forEach((s, i) => {
+        made[`x${i}`] = new ort.Tensor('float32', new Float32Array(rows * s.k).fill(0.01), [rows, s.k]);
+      });
+      feedsByTokens.set(rows, made);
+      feeds = made;
+    }
+    return feeds;
+  };
+  await session.run(feedsFor(tokens)); // prepacks the weights
   return {
     flops: shapes.reduce((a, s) => a + 2 * tokens * s.k * s.n, 0),
-    run: async (passes = 1) => {
+    run: async (passes = 1, rows = tokens) => {
+      const feeds = feedsFor(rows);
       const t = performance.now();
       for (let p = 0; p < passes; p++) await session.run(feeds);
       return (performance.now() - t) / passes;

@@ -85,6 +85,18 @@ export function generateRows(j: Json): SummaryRow[] {
       met: atLeast(s?.ratioToBandwidthBound, 0.8),
     },
   ];
+  const gemv = j?.gemvCeiling;
+  if (num(gemv?.tokensPerS)) {
+    rows.push({
+      benchmark: 'generate',
+      figure: "context: onnxruntime running only the model's MatMuls, 1 token",
+      measured: `${f(gemv.tokensPerS, 2)} tok/s (${f(gemv.weightGbPerS)} GB/s of weights)`,
+      bound: `the same bound, ${f(mb?.boundTokensPerS, 2)} tok/s`,
+      ratio: f(num(mb?.boundTokensPerS) ? gemv.tokensPerS / mb.boundTokensPerS : null, 3),
+      goal: '',
+      met: null,
+    });
+  }
   for (const b of j?.batches ?? []) {
     const goal = b.batch === 32;
     rows.push({
@@ -95,6 +107,18 @@ export function generateRows(j: Json): SummaryRow[] {
       ratio: `${f(b.speedupOverSingle, 2)}x`,
       goal: goal ? '>= 8x single-stream tokens/s' : '',
       met: goal ? atLeast(b.speedupOverSingle, 8) : null,
+    });
+  }
+  const kb = j?.batchKernelCeiling;
+  if (num(kb?.speedupOverOneToken)) {
+    rows.push({
+      benchmark: 'generate',
+      figure: `context: the same MatMuls alone, ${kb.tokens} tokens vs 1 (best of each)`,
+      measured: `${f(kb.medianMs, 0)} ms vs ${f(gemv?.medianMs, 0)} ms (medians)`,
+      bound: '1 token',
+      ratio: `${f(kb.speedupOverOneToken, 2)}x`,
+      goal: '',
+      met: null,
     });
   }
   return rows;
