@@ -30,9 +30,10 @@ const data: CollectRecord[] = Array.from({ length: records }, (_, i) => {
 const tokensPerRecord = promptTokens + answerTokens;
 
 // Forward-only prefill over the same batches (the first `sample` records), then collection of those records,
-// in interleaved rounds: the host is shared and its speed drifts, so each side is the best of its rounds.
-const sample = Math.min(256, records);
-const rounds = envCount('BENCH_ROUNDS', 3);
+// in interleaved rounds: the host is shared and its speed drifts, so each side is the best of its rounds. Many
+// short rounds (about 3 s a side) rather than a few long ones leave less room for drift within a round.
+const sample = Math.min(128, records);
+const rounds = envCount('BENCH_ROUNDS', 6);
 await model.forward(data.slice(0, batchSize).map((r) => r.ids)); // warm up
 const sampleStore = join(work, 'collect-sample');
 const forwardRunsMs: number[] = [];

@@ -5,7 +5,7 @@
 import { rm } from 'node:fs/promises';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
-import { median, openMatMulCeiling, peakRssMiB, timeRuns } from '../src/bench/hardware.js';
+import { blockGemmShapes, median, openMatMulCeiling, peakRssMiB, timeRuns } from '../src/bench/hardware.js';
 import { profilingOptions, readKernelProfile } from '../src/bench/profile.js';
 import { loadModel } from '../src/model/model.js';
 import { benchLog, cacheDir, ensureBenchModel, envCount, modelDir, work, writeResult } from './workspace.js';
@@ -18,14 +18,7 @@ await rm(cacheDir, { recursive: true, force: true }); // measure a cold graph bu
 const model = await loadModel(modelDir, { cacheDir, onProgress: log });
 const spec = model.spec;
 const { dModel: d, numHeads: h, numKvHeads: kv, headDim: hd, intermediateSize: ff } = spec;
-
-// The model's GEMMs per block, as the graph emits them (q/k/v fused, gate/up fused).
-const shapes = [
-  { k: d, n: (h + 2 * kv) * hd },
-  { k: h * hd, n: d },
-  { k: d, n: 2 * ff },
-  { k: ff, n: d },
-];
+const shapes = blockGemmShapes(spec);
 const blockMatmulParams = shapes.reduce((a, s) => a + s.k * s.n, 0);
 const matmulParams = blockMatmulParams * spec.numLayers;
 

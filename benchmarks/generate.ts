@@ -5,7 +5,13 @@
  */
 import { cpus } from 'node:os';
 import { join } from 'node:path';
-import { measureCopyBandwidth, median, openMatMulCeiling, peakRssMiB } from '../src/bench/hardware.js';
+import {
+  blockGemmShapes,
+  measureCopyBandwidth,
+  median,
+  openMatMulCeiling,
+  peakRssMiB,
+} from '../src/bench/hardware.js';
 import { profilingOptions, readKernelProfile } from '../src/bench/profile.js';
 import { type GenerateOptions, generate } from '../src/generate/generate.js';
 import { loadModel, type Model } from '../src/model/model.js';
@@ -154,16 +160,9 @@ log(
 // themselves give at batch 32 (against the 8x goal). Measured last, as its 2 GB of constant weights (built in
 // JS, encoded, then loaded) would inflate the peak RSS of generation recorded above.
 const BATCH_TOKENS = 32;
-const { dModel: d, numHeads: h, numKvHeads: kv, headDim: hd, intermediateSize: ff } = spec;
-const blockShapes = [
-  { k: d, n: (h + 2 * kv) * hd },
-  { k: h * hd, n: d },
-  { k: d, n: 2 * ff },
-  { k: ff, n: d },
-];
 const gemvShapes = [
-  ...Array.from({ length: spec.numLayers }, () => blockShapes).flat(),
-  { k: d, n: spec.vocabSize },
+  ...Array.from({ length: spec.numLayers }, () => blockGemmShapes(spec)).flat(),
+  { k: spec.dModel, n: spec.vocabSize },
 ];
 const kernels = await openMatMulCeiling(gemvShapes, 1);
 const oneTokenMs: number[] = [];

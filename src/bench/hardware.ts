@@ -1,5 +1,6 @@
 import * as ort from 'onnxruntime-node';
 import { defaultThreads } from '../model/session.js';
+import type { ModelSpec } from '../model/spec.js';
 import { GraphBuilder } from '../onnx/builder.js';
 
 /** Median of timings in ms. */
@@ -24,6 +25,20 @@ export async function timeRuns(fn: () => Promise<unknown>, reps: number, warmup 
 export interface MatMulShape {
   readonly k: number;
   readonly n: number;
+}
+
+/**
+ * The GEMMs of one block as the graph emits them: q/k/v fused, the output projection, gate/up fused, and the
+ * down projection, each `[k] -> [n]`.
+ */
+export function blockGemmShapes(spec: ModelSpec): MatMulShape[] {
+  const { dModel: d, numHeads: h, numKvHeads: kv, headDim: hd, intermediateSize: ff } = spec;
+  return [
+    { k: d, n: (h + 2 * kv) * hd },
+    { k: h * hd, n: d },
+    { k: d, n: 2 * ff },
+    { k: ff, n: d },
+  ];
 }
 
 export interface CeilingResult {
