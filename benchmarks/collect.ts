@@ -11,7 +11,16 @@ import { type CollectRecord, collectToStore } from '../src/activations/collect.j
 import { peakRssMiB } from '../src/bench/hardware.js';
 import { loadModel } from '../src/model/model.js';
 import { Rng } from '../src/util/random.js';
-import { benchLog, cacheDir, ensureBenchModel, envCount, modelDir, work, writeResult } from './workspace.js';
+import {
+  benchLog,
+  cacheDir,
+  ensureBenchModel,
+  envCount,
+  inRoundOrder,
+  modelDir,
+  work,
+  writeResult,
+} from './workspace.js';
 
 const log = benchLog('collect');
 const records = envCount('BENCH_RECORDS', 4096);
@@ -30,24 +39,29 @@ const data: CollectRecord[] = Array.from({ length: records }, (_, i) => {
 const tokensPerRecord = promptTokens + answerTokens;
 
 // Forward-only prefill over the same batches (the first `sample` records), then collection of those records,
-// in interleaved rounds: the host is shared and its speed drifts, so each side is the best of its rounds. Many
-// short rounds (about 3 s a side) rather than a few long ones leave less room for drift within a round.
+// in interleaved rounds that alternate which side goes first: the host is shared and its speed drifts, so each
+// side is the best of its rounds. Many short rounds (about 3 s a side) leave less room for drift within one.
 const sample = Math.min(128, records);
 const rounds = envCount('BENCH_ROUNDS', 6);
 await model.forward(data.slice(0, batchSize).map((r) => r.ids)); // warm up
 const sampleStore = join(work, 'collect-sample');
 const forwardRunsMs: number[] = [];
 const collectRunsMs: number[] = [];
-for (let round = 0; round < rounds; round++) {
-  let t = performance.now();
+const forwardOnly = async () => {
+  const t = performance.now();
   for (let b = 0; b < sample; b += batchSize) {
     await model.forward(data.slice(b, b + batchSize).map((r) => r.ids));
   }
   forwardRunsMs.push(performance.now() - t);
+};
+const collectSample = async () => {
   await rm(sampleStore, { recursive: true, force: true });
-  t = performance.now();
+  const t = performance.now();
   await collectToStore(model, data.slice(0, sample), sampleStore, { batchSize, shardSize: 256 });
   collectRunsMs.push(performance.now() - t);
+};
+for (let round = 0; round < rounds; round++) {
+  for (const side of inRoundOrder([forwardOnly, collectSample], round)) await side();
 }
 const tokS = (ms: number) => (sample * tokensPerRecord) / (ms / 1000);
 const forwardTokS = tokS(Math.min(...forwardRunsMs));

@@ -8,7 +8,16 @@ import { join } from 'node:path';
 import { blockGemmShapes, median, openMatMulCeiling, peakRssMiB, timeRuns } from '../src/bench/hardware.js';
 import { profilingOptions, readKernelProfile } from '../src/bench/profile.js';
 import { loadModel } from '../src/model/model.js';
-import { benchLog, cacheDir, ensureBenchModel, envCount, modelDir, work, writeResult } from './workspace.js';
+import {
+  benchLog,
+  cacheDir,
+  ensureBenchModel,
+  envCount,
+  inRoundOrder,
+  modelDir,
+  work,
+  writeResult,
+} from './workspace.js';
 
 const reps = envCount('BENCH_REPS', 7);
 const log = benchLog('forward');
@@ -27,19 +36,23 @@ const results: Record<string, unknown>[] = [];
 for (const tokens of [128, 512]) {
   const ceiling = await openMatMulCeiling(shapes, tokens);
   const input = [ids(tokens)];
-  // Each round times the ceiling, the model, and the model with hooks back to back, so drift in the load of
-  // this shared machine hits all three alike.
+  // Each round times the ceiling, the model, and the model with hooks back to back (in alternating order), so
+  // drift in the load of this shared machine hits all three alike.
   await model.forward(input);
   const ceilingMs: number[] = [];
   const none: number[] = [];
   const allHooks: number[] = [];
-  for (let r = 0; r < reps; r++) {
+  const sides = [
     // One pass per layer: as long as a forward pass, so a stall on this shared machine weighs on both alike.
-    ceilingMs.push(await ceiling.run(spec.numLayers));
-    none.push(...(await timeRuns(() => model.forward(input), 1, 0)));
-    allHooks.push(
-      ...(await timeRuns(() => model.forward(input, { hooks: ['blocks.*.hook_resid_post'] }), 1, 0)),
-    );
+    async () => ceilingMs.push(await ceiling.run(spec.numLayers)),
+    async () => none.push(...(await timeRuns(() => model.forward(input), 1, 0))),
+    async () =>
+      allHooks.push(
+        ...(await timeRuns(() => model.forward(input, { hooks: ['blocks.*.hook_resid_post'] }), 1, 0)),
+      ),
+  ];
+  for (let r = 0; r < reps; r++) {
+    for (const side of inRoundOrder(sides, r)) await side();
   }
   await ceiling.release();
   // FLOPs counted: the block GEMMs at every token plus the LM head at the one position whose logits we return.

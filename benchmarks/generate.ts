@@ -16,7 +16,16 @@ import { profilingOptions, readKernelProfile } from '../src/bench/profile.js';
 import { type GenerateOptions, generate } from '../src/generate/generate.js';
 import { loadModel, type Model } from '../src/model/model.js';
 import { weightNames, weightShape } from '../src/model/spec.js';
-import { benchLog, cacheDir, ensureBenchModel, envCount, modelDir, work, writeResult } from './workspace.js';
+import {
+  benchLog,
+  cacheDir,
+  ensureBenchModel,
+  envCount,
+  inRoundOrder,
+  modelDir,
+  work,
+  writeResult,
+} from './workspace.js';
 
 const PROMPT_TOKENS = 32;
 const NEW_TOKENS = envCount('BENCH_NEW_TOKENS', 64);
@@ -87,9 +96,9 @@ async function run(m: Model, batch: number, extra: Partial<GenerateOptions> = {}
 log('warmup');
 await generate(model, [prompt(0)], { maxNewTokens: 4, temperature: 0 });
 
-// Rounds of every configuration, interleaved: the host this runs on is shared and its speed drifts by 2x over
-// minutes, so each figure is the best of its rounds (as the copy bandwidth is the best of its runs), and the
-// batch speedups compare rounds run minutes apart at most.
+// Rounds of every configuration, interleaved, in alternating order: the host this runs on is shared and its
+// speed drifts by 2x over minutes, so each figure is the best of its rounds (as the copy bandwidth is the best
+// of its runs), and the batch speedups compare rounds run minutes apart at most.
 const configs: [number, string, Partial<GenerateOptions>][] = [
   [1, 'greedy', {}],
   [8, 'greedy', {}],
@@ -98,7 +107,7 @@ const configs: [number, string, Partial<GenerateOptions>][] = [
 ];
 const runs: Run[][] = configs.map(() => []);
 for (let round = 0; round < ROUNDS; round++) {
-  for (const [c, [batch, sampling, extra]] of configs.entries()) {
+  for (const [c, [batch, sampling, extra]] of inRoundOrder([...configs.entries()], round)) {
     const r = await run(model, batch, extra);
     runs[c].push(r);
     log(

@@ -43,3 +43,12 @@ export function envCount(name: string, fallback: number): number {
   }
   return n;
 }
+
+/**
+ * The order to run compared configurations in, round by round: as given in even rounds, reversed in odd ones.
+ * On a host whose speed drifts, a fixed order favours whatever always runs first (best-of-rounds picks the
+ * early, fast rounds); alternating cancels a steady drift.
+ */
+export function inRoundOrder<T>(items: readonly T[], round: number): T[] {
+  return round % 2 === 0 ? [...items] : [...items].reverse();
+}
