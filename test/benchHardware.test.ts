@@ -4,8 +4,15 @@
  */
 import { availableParallelism } from 'node:os';
 import { expect, it } from 'vitest';
-import { measureCopyBandwidth, measureMatMulCeiling, openMatMulCeiling } from '../src/bench/hardware.js';
+import {
+  blockGemmShapes,
+  measureCopyBandwidth,
+  measureMatMulCeiling,
+  openMatMulCeiling,
+} from '../src/bench/hardware.js';
 import { defaultThreads } from '../src/model/session.js';
+import { weightNames, weightShape } from '../src/model/spec.js';
+import { QWEN25_05B_SHAPE, tinySpec } from '../src/model/tiny.js';
 
 it('runs the given GEMMs and counts their FLOPs; a multi-pass run reports the time per pass; any row count runs', async () => {
   const shapes = [
@@ -42,4 +49,19 @@ it.each([1, 2])(
 
 it('defaults to one onnxruntime thread per CPU this process may use', () => {
   expect(defaultThreads()).toBe(availableParallelism());
+});
+
+it('lists the block GEMMs the graph emits: fused q/k/v and gate/up, as many weights as the block projections', () => {
+  const spec = tinySpec(QWEN25_05B_SHAPE);
+  const shapes = blockGemmShapes(spec);
+  expect(shapes).toEqual([
+    { k: 896, n: (14 + 2 * 2) * 64 },
+    { k: 896, n: 896 },
+    { k: 896, n: 2 * 4864 },
+    { k: 4864, n: 896 },
+  ]);
+  const projParams = weightNames(spec)
+    .filter((n) => n.startsWith('model.layers.0.') && n.endsWith('_proj.weight'))
+    .reduce((a, n) => a + weightShape(spec, n).reduce((x, y) => x * y, 1), 0);
+  expect(shapes.reduce((a, s) => a + s.k * s.n, 0)).toBe(projParams);
 });

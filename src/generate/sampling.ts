@@ -85,12 +85,15 @@ const f32 = new Float32Array(1);
 const u32 = new Uint32Array(f32.buffer);
 let keys = new Float64Array(0);
 
+/** Float32 bits made order-preserving: flip every bit of negatives, only the sign bit of positives. */
+function orderBits(bits: number): number {
+  return bits & 0x80000000 ? ~bits >>> 0 : (bits | 0x80000000) >>> 0;
+}
+
 /** A float's order-preserving 32 bits (as float32; -0 as +0): larger value, larger result. */
 function orderedBits(x: number): number {
   f32[0] = x === 0 ? 0 : x;
-  const bits = u32[0];
-  // flip every bit of negatives, only the sign bit of positives
-  return bits & 0x80000000 ? ~bits >>> 0 : (bits | 0x80000000) >>> 0;
+  return orderBits(u32[0]);
 }
 
 /**
@@ -190,11 +193,8 @@ function weighAndBucket(logits: ArrayLike<number>, max: number, temperature: num
     const w = Math.exp(x);
     weights[i] = w;
     total += w;
-    let b: number;
-    if (bits) {
-      const raw = logits[i] === 0 ? 0 : bits[i]; // -0 ranks as +0
-      b = (raw & 0x80000000 ? ~raw : raw | 0x80000000) >>> 16;
-    } else b = orderedBits(logits[i]) >>> 16;
+    // -0 ranks as +0
+    const b = (bits ? orderBits(logits[i] === 0 ? 0 : bits[i]) : orderedBits(logits[i])) >>> 16;
     buckets[i] = b;
     bucketMass[b] += w;
   }
