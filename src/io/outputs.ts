@@ -1,0 +1,128 @@
+/**
+ * Output paths that a command claims: nothing the user already had is replaced unless they said so with
+ * `--overwrite`, and a replacement is atomic (the old file or folder stays whole until the new one is complete).
+ *
+ * - {@link claimOutputFile}: before writing one file. It refuses an existing path unless `overwrite`, and
+ *   refuses anything that is not a regular file (a folder, a FIFO, a device) even then.
+ * - {@link writeFolderAtomic}: builds a whole output folder in a temp sibling and renames it into place; with
+ *   `overwrite` the old folder is swapped out only after the new one is complete.
+ * Write the file itself with {@link writeAtomic} / {@link writeStreamAtomic} (temp file + rename).
+ */
+import { randomBytes } from 'node:crypto';
+import { lstat, mkdir, readdir, rename, rm } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
+import { EmlensError } from '../errors.js';
+
+export interface ClaimOptions {
+  /** Replace what is there (the user passed `--overwrite`). */
+  readonly overwrite?: boolean;
+  /** The flag that named the path, for the message (default `--out`). */
+  readonly flag?: string;
+}
+
+/** What is at `path`: nothing, a regular file, a folder, or something else (FIFO, socket, device, link). */
+export async function pathKind(path: string): Promise<'none' | 'file' | 'dir' | 'other'> {
+  try {
+    const s = await lstat(path);
+    if (s.isSymbolicLink()) return 'other';
+    if (s.isFile()) return 'file';
+    if (s.isDirectory()) return 'dir';
+    return 'other';
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return 'none';
+    throw e;
+  }
+}
+
+function overwriteHint(flag: string): string {
+  return `pass --overwrite to replace it, or choose another ${flag}`;
+}
+
+/**
+ * Checks that a command may write the file `path`: it does not exist, or it is a regular file and
+ * `overwrite` is set. Its folder must exist. Throws one {@link EmlensError} line otherwise.
+ */
+export async function claimOutputFile(path: string, opts: ClaimOptions = {}): Promise<void> {
+  const flag = opts.flag ?? '--out';
+  const kind = await pathKind(path);
+  if (kind === 'dir') {
+    throw new EmlensError(`${flag} ${path} is a folder, not a file; name a file path instead.`);
+  }
+  if (kind === 'other') {
+    throw new EmlensError(
+      `${flag} ${path} exists and is not a regular file (a link, FIFO or device); name a new file path instead.`,
+    );
+  }
+  if (kind === 'file' && !opts.overwrite) {
+    throw new EmlensError(`${flag} ${path} already exists; ${overwriteHint(flag)}.`);
+  }
+  const parent = dirname(resolve(path));
+  if ((await pathKind(parent)) !== 'dir') {
+    throw new EmlensError(`The folder of ${flag} ${path} does not exist; create ${parent} first.`);
+  }
+}
+
+/**
+ * Checks that a command may create the folder `dir`: it does not exist, or it is an empty folder, or
+ * `overwrite` is set and it is a folder. Throws one {@link EmlensError} line otherwise.
+ */
+export async function claimOutputFolder(dir: string, opts: ClaimOptions = {}): Promise<void> {
+  const flag = opts.flag ?? '--out';
+  const kind = await pathKind(dir);
+  if (kind === 'none') return;
+  if (kind !== 'dir') {
+    throw new EmlensError(`${flag} ${dir} exists and is not a folder; name a new folder instead.`);
+  }
+  if (opts.overwrite) return;
+  if ((await readdir(dir)).length > 0) {
+    throw new EmlensError(`${flag} ${dir} already exists and is not empty; ${overwriteHint(flag)}.`);
+  }
+}
+
+/**
+ * Builds the output folder `dir` atomically: `build` fills a fresh temp folder beside `dir`, which then
+ * replaces `dir` by rename. A failure removes the temp folder and leaves `dir` as it was. The claim
+ * ({@link claimOutputFolder}) is checked first, so an existing non-empty folder is kept unless `overwrite`.
+ *
+ * @example
+ * await writeFolderAtomic(out, { overwrite: flags.overwrite }, async (tmp) => {
+ *   await writeFile(join(tmp, 'config.json'), json);
+ * });
+ */
+export async function writeFolderAtomic<T>(
+  dir: string,
+  opts: ClaimOptions,
+  build: (tmpDir: string) => Promise<T>,
+): Promise<T> {
+  await claimOutputFolder(dir, opts);
+  const parent = dirname(resolve(dir));
+  await mkdir(parent, { recursive: true });
+  const tag = `${process.pid}.${randomBytes(6).toString('hex')}`;
+  const tmp = join(parent, `.${basename(dir)}.${tag}.tmp`);
+  await mkdir(tmp);
+  let result: T;
+  try {
+    result = await build(tmp);
+  } catch (e) {
+    await rm(tmp, { recursive: true, force: true });
+    throw e;
+  }
+  const kind = await pathKind(dir);
+  if (kind === 'none') {
+    await rename(tmp, dir);
+    return result;
+  }
+  // Swap: move the old folder aside, move the new one in, then delete the old one. Between the two renames
+  // `dir` is briefly absent, never half-written.
+  const old = join(parent, `.${basename(dir)}.${tag}.old`);
+  await rename(dir, old);
+  try {
+    await rename(tmp, dir);
+  } catch (e) {
+    await rename(old, dir).catch(() => {});
+    await rm(tmp, { recursive: true, force: true });
+    throw e;
+  }
+  await rm(old, { recursive: true, force: true });
+  return result;
+}
