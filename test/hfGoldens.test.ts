@@ -1,0 +1,98 @@
+/**
+ * emlens against real Hugging Face transformers and peft: model folders made by transformers itself (its own
+ * config layout, `save_pretrained` weights, a bf16 folder, a PEFT adapter with rsLoRA and rank/alpha
+ * patterns), and the outputs transformers computed on them (test/goldens/make_goldens.py; versions in
+ * test/goldens/hf/versions.json). Every hook and the logits at every position must agree within 1e-4.
+ */
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { SafetensorsFile } from '../src/io/safetensors.js';
+import { loadModel } from '../src/model/model.js';
+import { maxAbsDiff } from './helpers/numeric.js';
+
+const HF = join(import.meta.dirname, 'goldens', 'hf');
+const TOL = 1e-4;
+
+interface Golden {
+  readonly ids: number[][];
+  readonly tensors: Map<string, { shape: readonly number[]; data: Float32Array }>;
+}
+
+async function readGolden(path: string): Promise<Golden> {
+  const f = await SafetensorsFile.open(path);
+  try {
+    const tensors = new Map<string, { shape: readonly number[]; data: Float32Array }>();
+    let ids: number[][] = [];
+    for (const [name, info] of f.tensors) {
+      if (name === 'input_ids') {
+        const flat = Array.from(new BigInt64Array((await f.readBytes(name)).buffer), Number);
+        const [rows, cols] = info.shape;
+        ids = Array.from({ length: rows }, (_, r) => flat.slice(r * cols, (r + 1) * cols));
+      } else {
+        tensors.set(name, { shape: info.shape, data: await f.readFloat32(name) });
+      }
+    }
+    return { ids, tensors };
+  } finally {
+    await f.close();
+  }
+}
+
+const CASES = [
+  { name: 'qwen2-gqa3', model: 'qwen2-gqa3/model' },
+  { name: 'llama-mqa-headdim-llama3rope', model: 'llama-mqa-headdim-llama3rope/model' },
+  { name: 'mistral-bf16-headdim', model: 'mistral-bf16-headdim/model' },
+  { name: 'qwen2-gqa3-lora', model: 'qwen2-gqa3/model', adapter: 'qwen2-gqa3-lora/adapter' },
+] as const;
+
+let cacheDir: string;
+beforeAll(async () => {
+  cacheDir = await mkdtemp(join(tmpdir(), 'emlens-hf-goldens-'));
+});
+afterAll(async () => {
+  await rm(cacheDir, { recursive: true, force: true });
+});
+
+describe('real transformers and peft outputs', () => {
+  it('were made by the committed script with recorded versions', async () => {
+    const versions = JSON.parse(await readFile(join(HF, 'versions.json'), 'utf8'));
+    expect(Object.keys(versions).sort()).toEqual(['peft', 'safetensors', 'torch', 'transformers']);
+  });
+
+  for (const c of CASES) {
+    it(`${c.name}: every hook and all-position logits equal transformers' within ${TOL}`, async () => {
+      const golden = await readGolden(join(HF, c.name, 'golden.safetensors'));
+      const model = await loadModel(join(HF, c.model), {
+        cacheDir,
+        threads: 1,
+        ...('adapter' in c ? { adapter: join(HF, c.adapter) } : {}),
+      });
+      try {
+        const hookNames = [...golden.tensors.keys()].filter((k) => k !== 'logits');
+        expect(hookNames.length).toBe(3 * model.spec.numLayers + 1);
+        const r = await model.forward(golden.ids, { hooks: hookNames, logits: 'all' });
+        for (const name of hookNames) {
+          const want = golden.tensors.get(name);
+          const got = r.hooks.get(name);
+          expect(got?.dims, name).toEqual(want?.shape);
+          expect(maxAbsDiff(got?.data ?? [], want?.data ?? []), name).toBeLessThanOrEqual(TOL);
+        }
+        const logits = golden.tensors.get('logits');
+        expect(r.logits.dims).toEqual(logits?.shape);
+        expect(maxAbsDiff(r.logits.data, logits?.data ?? [])).toBeLessThanOrEqual(TOL);
+      } finally {
+        await model.dispose();
+      }
+    });
+  }
+
+  it('the adapter changes the outputs (so the LoRA case checks the merge, not the base)', async () => {
+    const base = await readGolden(join(HF, 'qwen2-gqa3', 'golden.safetensors'));
+    const tuned = await readGolden(join(HF, 'qwen2-gqa3-lora', 'golden.safetensors'));
+    const a = base.tensors.get('logits')?.data ?? new Float32Array();
+    const b = tuned.tensors.get('logits')?.data ?? new Float32Array();
+    expect(maxAbsDiff(a, b)).toBeGreaterThan(0.1);
+  });
+});
