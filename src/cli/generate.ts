@@ -91,7 +91,10 @@ export function registerGenerate(program: Command): void {
         throw new EmlensError('--system needs the chat template; drop --raw or drop --system.');
       }
       // the direction files are checked against config.json first, so a bad file is refused before a model is built
-      const interventions = await directionFileInterventions(flags, await readConfig(flags.model));
+      const interventions =
+        flags.layers !== undefined
+          ? await directionFileInterventions(flags, await readConfig(flags.model))
+          : [];
       const tokenizer = await loadTokenizer(flags.model);
       const messages: ChatMessage[] = [
         ...(flags.system !== undefined ? [{ role: 'system' as const, content: flags.system }] : []),

@@ -1,7 +1,9 @@
 /**
  * A small composable layer over the model's interventions: `Intervention[]` built from a direction set (a
  * direction file), a choice of layers, a scale and positions, with the checks that catch a direction from
- * another model.
+ * another model. {@link composeInterventions} is the one road: every command (`generate`, `eval`, `steer`,
+ * `ablate`, `mediate`, `sweep`), the server and the library build their interventions through it (or the two
+ * builders it calls), so one request means one intervention everywhere.
  *
  * How a list of interventions composes (what `Model.forward` does, tested in test/compose.test.ts):
  *
