@@ -86,12 +86,22 @@ export {
 } from './generate/generate.js';
 export { type SamplingParams, sampleToken } from './generate/sampling.js';
 export {
+  type AblateRequest,
+  type AblateSpec,
   ablateInterventions,
   checkDirectionsFit,
+  composeInterventions,
+  constantDirectionSet,
+  type InterventionRequest,
+  type LayerSelection,
   loadDirectionsFor,
   parseLayerList,
   patchInterventions,
+  residHook,
+  type SteerRequest,
+  type SteerSpec,
   selectLayers,
+  siteDirections,
   steerInterventions,
 } from './interventions/compose.js';
 export { type MediationOptions, type MediationReport, mediation } from './interventions/mediation.js';

@@ -328,7 +328,7 @@ describe('directionInterventions', () => {
   };
   const spec = { numLayers: 3, dModel: 4 };
 
-  it('steers at resid_post and ablates at every residual site of a block', () => {
+  it('steers at resid_post and ablates each residual site of the chosen blocks once', () => {
     expect(directionInterventions(spec, { kind: 'steer', directions: set, layers: [2], scale: 3 })).toEqual([
       { kind: 'steer', hooks: ['blocks.2.hook_resid_post'], vector: set.vectors.get(2), scale: 3 },
     ]);
@@ -338,20 +338,37 @@ describe('directionInterventions', () => {
       layers: 'all',
       sourceLayer: 1,
     });
-    expect(all).toHaveLength(3);
+    // 2L + 1 sites, each named once: resid_post of block L - 1 is resid_pre of block L
+    expect(all.map((iv) => iv.hooks)).toEqual([
+      ['blocks.0.hook_resid_pre'],
+      ['blocks.0.hook_resid_mid'],
+      ['blocks.0.hook_resid_post'],
+      ['blocks.1.hook_resid_mid'],
+      ['blocks.1.hook_resid_post'],
+      ['blocks.2.hook_resid_mid'],
+      ['blocks.2.hook_resid_post'],
+    ]);
     expect(all[0]).toEqual({
       kind: 'ablate',
-      hooks: ['blocks.0.hook_resid_pre', 'blocks.0.hook_resid_mid', 'blocks.0.hook_resid_post'],
+      hooks: ['blocks.0.hook_resid_pre'],
       directions: [set.vectors.get(1)],
     });
+    const own = directionInterventions(spec, { kind: 'ablate', directions: set, layers: [1, 2] });
+    expect(own.map((iv) => [iv.hooks[0], iv.kind === 'ablate' && iv.directions])).toEqual([
+      ['blocks.1.hook_resid_pre', [set.vectors.get(1)]],
+      ['blocks.1.hook_resid_mid', [set.vectors.get(1)]],
+      ['blocks.1.hook_resid_post', [set.vectors.get(1)]],
+      ['blocks.2.hook_resid_mid', [set.vectors.get(2)]],
+      ['blocks.2.hook_resid_post', [set.vectors.get(2)]],
+    ]);
   });
 
   it('names a missing layer or a d_model mismatch', () => {
     expect(() => directionInterventions(spec, { kind: 'ablate', directions: set, layers: [0] })).toThrow(
-      /no direction\.0 \(it holds layers 1, 2\)/,
+      /no direction for layer 0 \(it holds layers 1, 2\)/,
     );
     expect(() => directionInterventions(spec, { kind: 'steer', directions: set, layers: [5] })).toThrow(
-      /Layer 5 is outside the model's layers 0\.\.2/,
+      /Layer 5 is out of range: the model has layers 0\.\.2/,
     );
     expect(() =>
       directionInterventions({ numLayers: 3, dModel: 8 }, { kind: 'steer', directions: set, layers: [1] }),

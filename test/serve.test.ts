@@ -12,6 +12,7 @@ import { main } from '../src/cli/main.js';
 import { directionSet, saveDirections } from '../src/directions/direction.js';
 import { LocalJudge, OpenAIJudge } from '../src/eval/judge.js';
 import { type GenerateOptions, generate } from '../src/generate/generate.js';
+import { composeInterventions, constantDirectionSet } from '../src/interventions/compose.js';
 import type { Intervention } from '../src/model/interventions.js';
 import { loadModel, type Model } from '../src/model/model.js';
 import { makeTinyModel } from '../src/model/tiny.js';
@@ -330,13 +331,12 @@ describe('serving', () => {
     expect(inline.choices[0].message.content).toBe(steered.text);
     expect((await complete(body)).choices[0].message.content).toBe(plain.text);
 
-    // Ablation at every layer, prompt tokens only, as generate does it.
+    // Ablation at every layer, prompt tokens only, as generate does it (the one builder every command uses).
     const d = vec(D_MODEL, 21);
-    const ablate: Intervention[] = [0, 1, 2].map((l) => ({
-      kind: 'ablate',
-      hooks: [`blocks.${l}.hook_resid_pre`, `blocks.${l}.hook_resid_mid`, `blocks.${l}.hook_resid_post`],
-      directions: [d],
-    }));
+    const ablate = composeInterventions(
+      { ablate: [{ direction: constantDirectionSet(d, [0, 1, 2]), layers: 'all' }] },
+      model.spec,
+    );
     const [ablated] = await direct(messages, {
       ...opts,
       interventions: ablate,

@@ -1,5 +1,13 @@
 import type { Command } from 'commander';
-import { ablateInterventions, loadDirectionsFor, parseLayerList } from '../interventions/compose.js';
+import type { DirectionSet } from '../directions/direction.js';
+import {
+  composeInterventions,
+  loadDirectionsFor,
+  type ModelShape,
+  parseLayerList,
+} from '../interventions/compose.js';
+import { readConfig } from '../model/config.js';
+import type { Intervention } from '../model/interventions.js';
 import { loadModel } from '../model/model.js';
 import { loadTokenizer } from '../text/tokenizer.js';
 import { addModelOptions, loadOptions, type ModelFlags } from './common.js';
@@ -15,6 +23,18 @@ interface AblateFlags extends ModelFlags, AnswerFlags {
   readonly direction: string;
   readonly layers: string;
   readonly from?: string;
+}
+
+/** The interventions of `emlens ablate`: the chosen blocks' residual sites, each once, lose the direction. */
+export function ablateCommandInterventions(
+  set: DirectionSet,
+  shape: ModelShape,
+  flags: Pick<AblateFlags, 'layers' | 'from'>,
+): Intervention[] {
+  const request = {
+    ablate: [{ direction: set, layers: parseLayerList(flags.layers), from: parseFrom(flags.from) }],
+  };
+  return composeInterventions(request, shape);
 }
 
 export function registerAblate(program: Command): void {
@@ -40,11 +60,13 @@ export function registerAblate(program: Command): void {
         'own',
       ),
   ).action(async (flags: AblateFlags) => {
+    // the direction is checked against config.json first, so a bad file is refused before a model is built
+    const shape = await readConfig(flags.model);
+    const set = await loadDirectionsFor(flags.direction, shape);
+    const ivs = ablateCommandInterventions(set, shape, flags);
     const model = await loadModel(flags.model, loadOptions(flags));
     try {
-      const set = await loadDirectionsFor(flags.direction, model.spec);
       const from = parseFrom(flags.from);
-      const ivs = ablateInterventions(set, model.spec, { layers: parseLayerList(flags.layers), from });
       const tokenizer = await loadTokenizer(flags.model);
       const pair = await answerPair(model, tokenizer, flags.prompt, ivs, flags);
       console.log(`prompt: ${flags.prompt}`);

@@ -1,14 +1,14 @@
 import { resolve } from 'node:path';
 import { type Command, InvalidArgumentError } from 'commander';
-import { loadDirections } from '../directions/direction.js';
 import { EmlensError } from '../errors.js';
 import { pct } from '../eval/metrics.js';
 import { runEval } from '../eval/run.js';
-import { directionInterventions } from '../eval/sample.js';
-import { parseLayerList } from '../interventions/compose.js';
+import { type ModelShape, parseLayerList } from '../interventions/compose.js';
 import { readConfig } from '../model/config.js';
+import type { Intervention } from '../model/interventions.js';
 import { parseSlice } from './collect.js';
 import { addModelOptions, loadOptions, type ModelFlags, positiveInt } from './common.js';
+import { checkDirectionFileFlags, directionFileInterventions } from './interventionCommon.js';
 import { createProgress, type Progress } from './progress.js';
 
 interface EvalFlags extends ModelFlags {
@@ -46,6 +46,23 @@ function nonNegativeInt(value: string): number {
 }
 
 const collect = (value: string, previous: string[]) => [...previous, value];
+
+/** The interventions of eval's `--steer`/`--ablate`, `--layers`, `--direction-layer` and `--scale`. */
+export function evalInterventions(
+  flags: Pick<EvalFlags, 'steer' | 'ablate' | 'layers' | 'directionLayer' | 'scale'>,
+  shape: ModelShape,
+): Promise<Intervention[]> {
+  return directionFileInterventions(
+    {
+      steer: flags.steer,
+      ablate: flags.ablate,
+      layers: flags.layers,
+      scale: flags.scale,
+      from: flags.directionLayer,
+    },
+    shape,
+  );
+}
 
 export function registerEval(program: Command): void {
   addModelOptions(
@@ -100,31 +117,16 @@ export function registerEval(program: Command): void {
           '--judge-model and --api-key-env apply to URL judges only; drop them for a local:DIR judge.',
         );
       }
+      checkDirectionFileFlags(flags);
       const file = flags.steer ?? flags.ablate;
-      if ((file !== undefined) !== (flags.layers !== undefined)) {
-        throw new EmlensError(
-          flags.layers === undefined
-            ? '--steer and --ablate need --layers; add e.g. --layers 3,5 or --layers all.'
-            : '--layers only applies with --steer or --ablate; add one of them or drop --layers.',
-        );
-      }
-      let interventions: ReturnType<typeof directionInterventions> | undefined;
+      let interventions: Intervention[] | undefined;
       let interventionInfo: Record<string, unknown> | undefined;
       if (file !== undefined) {
         const kind = flags.steer !== undefined ? 'steer' : 'ablate';
         const parsed = parseLayerList(flags.layers!);
         const layers = parsed === 'all' ? parsed : [...parsed];
         const config = await readConfig(flags.model);
-        interventions = directionInterventions(
-          { numLayers: config.numLayers, dModel: config.dModel },
-          {
-            kind,
-            directions: await loadDirections(file),
-            layers,
-            sourceLayer: flags.directionLayer,
-            scale: flags.scale,
-          },
-        );
+        interventions = await evalInterventions(flags, config);
         interventionInfo = {
           kind: kind === 'steer' ? 'steering' : 'ablation',
           file: resolve(file),

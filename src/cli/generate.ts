@@ -2,13 +2,12 @@ import cliProgress from 'cli-progress';
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import { EmlensError } from '../errors.js';
 import { type Generation, generate, type InterventionPositions, TextStreamer } from '../generate/generate.js';
-import { parseLayerList, selectLayers } from '../interventions/compose.js';
-import { SafetensorsFile } from '../io/safetensors.js';
-import type { Intervention } from '../model/interventions.js';
+import { readConfig } from '../model/config.js';
 import { loadModel } from '../model/model.js';
 import { type ChatMessage, encodeChat } from '../text/chat.js';
 import { loadTokenizer } from '../text/tokenizer.js';
 import { addModelOptions, loadOptions, type ModelFlags, positiveInt } from './common.js';
+import { checkDirectionFileFlags, directionFileInterventions } from './interventionCommon.js';
 
 interface GenerateFlags extends ModelFlags {
   readonly prompt: string;
@@ -56,46 +55,6 @@ function unitInterval(value: string): number {
   return x;
 }
 
-/** `3,5`, `1-3` or `all`, checked against the model's layers. */
-export function parseLayers(value: string, numLayers: number): number[] {
-  return selectLayers(parseLayerList(value), numLayers);
-}
-
-/**
- * Per-layer directions from a safetensors file: `direction.{i}`, F32 `[d_model]` (the format the directions
- * command writes). Returns the requested layers' vectors.
- */
-export async function readLayerDirections(
-  file: string,
-  layers: readonly number[],
-  dModel: number,
-): Promise<Map<number, Float32Array>> {
-  const f = await SafetensorsFile.open(file);
-  try {
-    const out = new Map<number, Float32Array>();
-    for (const l of layers) {
-      const name = `direction.${l}`;
-      if (!f.has(name)) {
-        const held = [...f.tensors.keys()].filter((k) => k.startsWith('direction.'));
-        throw new EmlensError(
-          `${file} has no '${name}' (it holds ${held.length > 0 ? held.join(', ') : 'no direction.{i} tensors'}); pick --layers it covers or recompute the directions.`,
-        );
-      }
-      const info = f.info(name);
-      const n = info.shape.reduce((a, b) => a * b, 1);
-      if (info.shape.length !== 1 || n !== dModel) {
-        throw new EmlensError(
-          `'${name}' in ${file} has shape [${info.shape.join(', ')}] but the model's d_model is ${dModel}; use directions computed on this model.`,
-        );
-      }
-      out.set(l, await f.readFloat32(name));
-    }
-    return out;
-  } finally {
-    await f.close();
-  }
-}
-
 export function registerGenerate(program: Command): void {
   addModelOptions(
     program
@@ -127,16 +86,15 @@ export function registerGenerate(program: Command): void {
         .default('all'),
     )
     .action(async (flags: GenerateFlags) => {
-      if ((flags.steer !== undefined || flags.ablate !== undefined) !== (flags.layers !== undefined)) {
-        throw new EmlensError(
-          flags.layers === undefined
-            ? '--steer and --ablate need --layers; add e.g. --layers 3,5 or --layers all.'
-            : '--layers only applies with --steer or --ablate; add one of them or drop --layers.',
-        );
-      }
+      checkDirectionFileFlags(flags);
       if (flags.raw && flags.system !== undefined) {
         throw new EmlensError('--system needs the chat template; drop --raw or drop --system.');
       }
+      // the direction files are checked against config.json first, so a bad file is refused before a model is built
+      const interventions =
+        flags.layers !== undefined
+          ? await directionFileInterventions(flags, await readConfig(flags.model))
+          : [];
       const tokenizer = await loadTokenizer(flags.model);
       const messages: ChatMessage[] = [
         ...(flags.system !== undefined ? [{ role: 'system' as const, content: flags.system }] : []),
@@ -148,36 +106,6 @@ export function registerGenerate(program: Command): void {
       const model = await loadModel(flags.model, loadOptions(flags));
       try {
         const { spec } = model;
-        const interventions: Intervention[] = [];
-        const layers = flags.layers !== undefined ? parseLayers(flags.layers, spec.numLayers) : [];
-        if (flags.ablate !== undefined) {
-          // Each layer's direction leaves that layer's residual hooks; sites shared by two listed layers
-          // (resid_post of L-1 = resid_pre of L) lose the span of both directions.
-          const dirs = await readLayerDirections(flags.ablate, layers, spec.dModel);
-          for (const [l, d] of dirs) {
-            interventions.push({
-              kind: 'ablate',
-              hooks: [
-                `blocks.${l}.hook_resid_pre`,
-                `blocks.${l}.hook_resid_mid`,
-                `blocks.${l}.hook_resid_post`,
-              ],
-              directions: [d],
-            });
-          }
-        }
-        if (flags.steer !== undefined) {
-          const dirs = await readLayerDirections(flags.steer, layers, spec.dModel);
-          for (const [l, d] of dirs) {
-            interventions.push({
-              kind: 'steer',
-              hooks: [`blocks.${l}.hook_resid_post`],
-              vector: d,
-              scale: flags.scale,
-            });
-          }
-        }
-
         // Decode without tokenization-space clean-up so the streamed text only ever grows.
         const decoder = {
           decode: (t: readonly number[]) => tokenizer.decode(t, { cleanUpTokenizationSpaces: false }),

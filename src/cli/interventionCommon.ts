@@ -1,7 +1,15 @@
-/** Helpers shared by the steer, ablate, mediate and sweep commands. */
+/** Helpers shared by the intervention commands (steer, ablate, mediate, sweep) and generate's and eval's flags. */
 import { type Command, InvalidArgumentError } from 'commander';
 import { EmlensError } from '../errors.js';
 import { generate } from '../generate/generate.js';
+import {
+  composeInterventions,
+  type InterventionRequest,
+  loadDirectionsFor,
+  type ModelShape,
+  parseLayerList,
+  selectLayers,
+} from '../interventions/compose.js';
 import type { Intervention } from '../model/interventions.js';
 import type { Model } from '../model/model.js';
 import { encodeChat } from '../text/chat.js';
@@ -51,6 +59,66 @@ export function parseFrom(value: string | undefined): 'own' | number {
     );
   }
   return Number(value);
+}
+
+/** The direction-file flags of `generate` and `eval`: a file to steer with, one to ablate, and where. */
+export interface DirectionFileFlags {
+  /** Direction file whose vectors are added at `blocks.L.hook_resid_post`. */
+  readonly steer?: string;
+  /** Direction file whose vectors are projected out of the chosen blocks' residual sites. */
+  readonly ablate?: string;
+  /** `--layers`: e.g. `3,5`, `1-3` or `all`. */
+  readonly layers?: string;
+  /** Steering strength (default 1). */
+  readonly scale?: number;
+  /** Use this layer's vector at every chosen layer (default: each layer its own). */
+  readonly from?: number;
+}
+
+/** `--steer`/`--ablate` need `--layers` and `--layers` needs one of them (checked before loading a model). */
+export function checkDirectionFileFlags(flags: DirectionFileFlags): void {
+  if ((flags.steer !== undefined || flags.ablate !== undefined) !== (flags.layers !== undefined)) {
+    throw new EmlensError(
+      flags.layers === undefined
+        ? '--steer and --ablate need --layers; add e.g. --layers 3,5 or --layers all.'
+        : '--layers only applies with --steer or --ablate; add one of them or drop --layers.',
+    );
+  }
+}
+
+/**
+ * The request of `--steer`/`--ablate` flags, or `null` when neither is given. The layers are checked against
+ * the model before any file is read (a typo in --layers is reported as such), and each file goes through the
+ * one direction loader ({@link loadDirectionsFor}: F32, finite, the model's width and layers).
+ */
+export async function directionFileRequest(
+  flags: DirectionFileFlags,
+  shape: ModelShape,
+): Promise<InterventionRequest | null> {
+  checkDirectionFileFlags(flags);
+  if (flags.layers === undefined) return null;
+  const layers = parseLayerList(flags.layers);
+  selectLayers(layers, shape.numLayers);
+  const from = flags.from ?? 'own';
+  return {
+    ablate:
+      flags.ablate !== undefined
+        ? [{ direction: await loadDirectionsFor(flags.ablate, shape), layers, from }]
+        : [],
+    steer:
+      flags.steer !== undefined
+        ? [{ direction: await loadDirectionsFor(flags.steer, shape), layers, from, scale: flags.scale ?? 1 }]
+        : [],
+  };
+}
+
+/** The interventions of `--steer`/`--ablate` flags (none without them), built by {@link composeInterventions}. */
+export async function directionFileInterventions(
+  flags: DirectionFileFlags,
+  shape: ModelShape,
+): Promise<Intervention[]> {
+  const request = await directionFileRequest(flags, shape);
+  return request === null ? [] : composeInterventions(request, shape);
 }
 
 export interface AnswerPair {

@@ -1,7 +1,6 @@
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import { EmlensError } from '../errors.js';
 import { parseLayerList } from '../interventions/compose.js';
-import type { LayersSpec } from '../serve/protocol.js';
 import { startServer } from '../serve/server.js';
 import { addModelOptions, type ModelFlags, positiveInt } from './common.js';
 
@@ -38,9 +37,8 @@ function finiteNumber(value: string): number {
 }
 
 /** `3,5`, `1-3` or `all` (checked against the model once it is loaded). */
-export function parseServeLayers(value: string): LayersSpec {
-  const layers = parseLayerList(value);
-  return layers === 'all' ? layers : [...layers];
+export function parseServeLayers(value: string): 'all' | number[] {
+  return parseLayerList(value);
 }
 
 /** Resolves when the process is asked to stop (Ctrl-C or SIGTERM). */

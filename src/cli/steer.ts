@@ -1,5 +1,13 @@
 import type { Command } from 'commander';
-import { loadDirectionsFor, parseLayerList, steerInterventions } from '../interventions/compose.js';
+import type { DirectionSet } from '../directions/direction.js';
+import {
+  composeInterventions,
+  loadDirectionsFor,
+  type ModelShape,
+  parseLayerList,
+} from '../interventions/compose.js';
+import { readConfig } from '../model/config.js';
+import type { Intervention } from '../model/interventions.js';
 import { loadModel } from '../model/model.js';
 import { loadTokenizer } from '../text/tokenizer.js';
 import { addModelOptions, loadOptions, type ModelFlags } from './common.js';
@@ -16,6 +24,18 @@ interface SteerFlags extends ModelFlags, AnswerFlags {
   readonly layers: string;
   readonly scale: number;
   readonly unit?: boolean;
+}
+
+/** The interventions of `emlens steer`: `--scale` times each chosen layer's vector at its `hook_resid_post`. */
+export function steerCommandInterventions(
+  set: DirectionSet,
+  shape: ModelShape,
+  flags: Pick<SteerFlags, 'layers' | 'scale' | 'unit'>,
+): Intervention[] {
+  const request = {
+    steer: [{ direction: set, layers: parseLayerList(flags.layers), scale: flags.scale, unit: flags.unit }],
+  };
+  return composeInterventions(request, shape);
 }
 
 export function registerSteer(program: Command): void {
@@ -38,14 +58,12 @@ export function registerSteer(program: Command): void {
       .requiredOption('--scale <a>', "multiplies each layer's (unnormalised) vector", finiteNumber)
       .option('--unit', 'add the unit vector (the scale is then in residual-stream units)'),
   ).action(async (flags: SteerFlags) => {
+    // the direction is checked against config.json first, so a bad file is refused before a model is built
+    const shape = await readConfig(flags.model);
+    const set = await loadDirectionsFor(flags.direction, shape);
+    const ivs = steerCommandInterventions(set, shape, flags);
     const model = await loadModel(flags.model, loadOptions(flags));
     try {
-      const set = await loadDirectionsFor(flags.direction, model.spec);
-      const ivs = steerInterventions(set, model.spec, {
-        layers: parseLayerList(flags.layers),
-        scale: flags.scale,
-        unit: flags.unit ?? false,
-      });
       const tokenizer = await loadTokenizer(flags.model);
       const pair = await answerPair(model, tokenizer, flags.prompt, ivs, flags);
       const where = ivs.map((iv) => iv.hooks[0]).join(', ');

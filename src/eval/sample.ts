@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import type { DirectionSet } from '../directions/direction.js';
 import { EmlensError } from '../errors.js';
 import { generate, type InterventionPositions } from '../generate/generate.js';
+import { composeInterventions, type LayerSelection, type ModelShape } from '../interventions/compose.js';
 import { writeAtomic } from '../io/files.js';
 import type { Intervention } from '../model/interventions.js';
 import type { Model } from '../model/model.js';
@@ -271,7 +272,7 @@ export interface DirectionIntervention {
   readonly kind: 'steer' | 'ablate';
   readonly directions: DirectionSet;
   /** Blocks to act at (`all`: every block of the model). */
-  readonly layers: readonly number[] | 'all';
+  readonly layers: LayerSelection;
   /**
    * Use this layer's vector at every listed block (e.g. one direction ablated everywhere); by default each
    * block uses its own `direction.{i}`.
@@ -282,46 +283,17 @@ export interface DirectionIntervention {
 }
 
 /**
- * Interventions from a direction file: `steer` adds `scale * direction.{i}` at `blocks.{i}.hook_resid_post`;
- * `ablate` projects `direction.{i}` out of block i's residual sites (resid_pre, resid_mid, resid_post), so
- * `all` ablates at every site, which is what weight orthogonalisation bakes in.
+ * Interventions from a direction file, as `emlens eval --steer/--ablate` builds them: a thin call of
+ * {@link composeInterventions}. `steer` adds `scale * direction.{i}` at `blocks.{i}.hook_resid_post`; `ablate`
+ * projects the direction out of every residual site of the chosen blocks, each site once (so `all` removes one
+ * direction at each of the `2L + 1` sites, which is what weight orthogonalisation bakes in).
  */
-export function directionInterventions(
-  spec: { readonly numLayers: number; readonly dModel: number },
-  d: DirectionIntervention,
-): Intervention[] {
-  const layers =
-    d.layers === 'all' ? Array.from({ length: spec.numLayers }, (_, i) => i) : [...new Set(d.layers)];
-  if (layers.length === 0)
-    throw new EmlensError('No layers were given; pass e.g. --layers 3,5 or --layers all.');
-  const held = [...d.directions.vectors.keys()];
-  const vectorOf = (layer: number): Float32Array => {
-    const source = d.sourceLayer ?? layer;
-    const v = d.directions.vectors.get(source);
-    if (v === undefined) {
-      throw new EmlensError(
-        `The direction file has no direction.${source} (it holds layers ${held.join(', ')}); pick layers it covers or pass a source layer.`,
-      );
-    }
-    if (v.length !== spec.dModel) {
-      throw new EmlensError(
-        `direction.${source} has length ${v.length} but the model's d_model is ${spec.dModel}; use directions computed on this model.`,
-      );
-    }
-    return v;
-  };
-  return layers.map((l): Intervention => {
-    if (!Number.isInteger(l) || l < 0 || l >= spec.numLayers) {
-      throw new EmlensError(
-        `Layer ${l} is outside the model's layers 0..${spec.numLayers - 1}; pick from those.`,
-      );
-    }
-    return d.kind === 'steer'
-      ? { kind: 'steer', hooks: [`blocks.${l}.hook_resid_post`], vector: vectorOf(l), scale: d.scale ?? 1 }
-      : {
-          kind: 'ablate',
-          hooks: [`blocks.${l}.hook_resid_pre`, `blocks.${l}.hook_resid_mid`, `blocks.${l}.hook_resid_post`],
-          directions: [vectorOf(l)],
-        };
-  });
+export function directionInterventions(spec: ModelShape, d: DirectionIntervention): Intervention[] {
+  const from = d.sourceLayer ?? 'own';
+  return composeInterventions(
+    d.kind === 'steer'
+      ? { steer: [{ direction: d.directions, layers: d.layers, from, scale: d.scale ?? 1 }] }
+      : { ablate: [{ direction: d.directions, layers: d.layers, from }] },
+    spec,
+  );
 }

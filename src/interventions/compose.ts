@@ -1,7 +1,9 @@
 /**
  * A small composable layer over the model's interventions: `Intervention[]` built from a direction set (a
  * direction file), a choice of layers, a scale and positions, with the checks that catch a direction from
- * another model.
+ * another model. {@link composeInterventions} is the one road: every command (`generate`, `eval`, `steer`,
+ * `ablate`, `mediate`, `sweep`), the server and the library build their interventions through it (or the two
+ * builders it calls), so one request means one intervention everywhere.
  *
  * How a list of interventions composes (what `Model.forward` does, tested in test/compose.test.ts):
  *
@@ -27,12 +29,13 @@ import {
   loadDirections,
 } from '../directions/direction.js';
 import { EmlensError } from '../errors.js';
+import { hookName } from '../model/hooks.js';
 import type { Ablate, Intervention, PositionWeights, Steer } from '../model/interventions.js';
 import type { ModelSpec } from '../model/spec.js';
 import type { Float32Tensor } from '../model/tensor.js';
 
-/** Layers to act on: every layer of the model, or a list of 0-based block indices. */
-export type LayerSelection = 'all' | readonly number[];
+/** Layers to act on: every layer of the model, one 0-based block index, or a list of them. */
+export type LayerSelection = 'all' | number | readonly number[];
 
 /** A residual hook of a block (where interventions can act). */
 export type ResidualHook = 'hook_resid_pre' | 'hook_resid_mid' | 'hook_resid_post';
@@ -40,19 +43,25 @@ export type ResidualHook = 'hook_resid_pre' | 'hook_resid_mid' | 'hook_resid_pos
 /** The shape a direction must fit: the model's width and layer count. */
 export type ModelShape = Pick<ModelSpec, 'numLayers' | 'dModel'>;
 
+/**
+ * The name of a residual hook of block `layer`.
+ *
+ * @example
+ * residHook(3, 'post'); // 'blocks.3.hook_resid_post'
+ */
+export function residHook(layer: number, site: 'pre' | 'mid' | 'post'): string {
+  return hookName(layer, `hook_resid_${site}`);
+}
+
 /** The three residual hooks of block `layer` (pre, mid, post). */
 export function residualHooks(layer: number): string[] {
-  return [
-    `blocks.${layer}.hook_resid_pre`,
-    `blocks.${layer}.hook_resid_mid`,
-    `blocks.${layer}.hook_resid_post`,
-  ];
+  return [residHook(layer, 'pre'), residHook(layer, 'mid'), residHook(layer, 'post')];
 }
 
 /** Every residual site of a model: `blocks.0.hook_resid_pre` and each block's `resid_mid` and `resid_post`. */
 export function allResidualHooks(numLayers: number): string[] {
-  const hooks = ['blocks.0.hook_resid_pre'];
-  for (let i = 0; i < numLayers; i++) hooks.push(`blocks.${i}.hook_resid_mid`, `blocks.${i}.hook_resid_post`);
+  const hooks = [residHook(0, 'pre')];
+  for (let i = 0; i < numLayers; i++) hooks.push(residHook(i, 'mid'), residHook(i, 'post'));
   return hooks;
 }
 
@@ -83,9 +92,10 @@ export async function loadDirectionsFor(path: string, shape: ModelShape): Promis
   return set;
 }
 
-/** `'all'` -> every layer; a list is checked (integers in range), deduplicated and sorted. */
+/** `'all'` -> every layer; a layer or a list is checked (integers in range), deduplicated and sorted. */
 export function selectLayers(layers: LayerSelection, numLayers: number): number[] {
   if (layers === 'all') return Array.from({ length: numLayers }, (_, i) => i);
+  if (typeof layers === 'number') layers = [layers];
   if (!Array.isArray(layers) || layers.length === 0) {
     throw new EmlensError('No layers were chosen; pass a list of layers or "all".');
   }
@@ -100,7 +110,7 @@ export function selectLayers(layers: LayerSelection, numLayers: number): number[
 }
 
 /** Parses `3,5`, `1-3` or `all` into a layer selection (checked against the model by {@link selectLayers}). */
-export function parseLayerList(value: string, flag = '--layers'): LayerSelection {
+export function parseLayerList(value: string, flag = '--layers'): 'all' | number[] {
   const v = value.trim();
   if (v === 'all') return 'all';
   const out: number[] = [];
@@ -133,11 +143,15 @@ export function directionAt(set: DirectionSet, layer: number, what = 'The direct
   return v;
 }
 
-/** A set holding the same vector at each of `layers` (e.g. a planted or hand-made direction). */
+/**
+ * A set holding the same vector at each of `layers` (e.g. a planted, hand-made or inline direction), validated
+ * as a loaded file is (finite values); `what` names it in errors.
+ */
 export function constantDirectionSet(
   vector: ArrayLike<number>,
   layers: readonly number[],
   meta: Partial<DirectionMeta> = {},
+  what = 'the direction set',
 ): DirectionSet {
   const v = Float32Array.from(vector);
   return directionSet(
@@ -153,6 +167,7 @@ export function constantDirectionSet(
       sourceNeg: meta.sourceNeg ?? '',
       extra: meta.extra,
     },
+    what,
   );
 }
 
@@ -196,7 +211,7 @@ export function steerInterventions(set: DirectionSet, shape: ModelShape, spec: S
     if (spec.unit) vector = unitVector(vector, `layer ${source} of the direction set`);
     return {
       kind: 'steer',
-      hooks: [`blocks.${layer}.${hook}`],
+      hooks: [hookName(layer, hook)],
       vector,
       scale,
       ...(spec.positions !== undefined ? { positions: spec.positions } : {}),
@@ -248,9 +263,9 @@ export function siteDirections(
   for (const layer of layers) {
     const vs = fixed ?? list.map((s) => directionAt(s, layer));
     // resid_pre of block L > 0 is resid_post of block L - 1: named once, by the block it belongs to
-    if (layer === 0 || !chosen.has(layer - 1)) out.set(`blocks.${layer}.hook_resid_pre`, vs);
-    out.set(`blocks.${layer}.hook_resid_mid`, vs);
-    out.set(`blocks.${layer}.hook_resid_post`, vs);
+    if (layer === 0 || !chosen.has(layer - 1)) out.set(residHook(layer, 'pre'), vs);
+    out.set(residHook(layer, 'mid'), vs);
+    out.set(residHook(layer, 'post'), vs);
   }
   return out;
 }
@@ -275,6 +290,49 @@ export function ablateInterventions(
     directions,
     ...positions,
   }));
+}
+
+/** A steer with the direction set whose vectors it adds (`D` is a file path or inline vector at the server's edge). */
+export type SteerRequest<D = DirectionSet> = SteerSpec & { readonly direction: D };
+
+/** An ablation with the direction set whose vectors it removes. */
+export type AblateRequest<D = DirectionSet> = AblateSpec & { readonly direction: D };
+
+/**
+ * Everything to steer and ablate in one call: what `emlens generate`, `eval`, `steer`, `ablate`, the server's
+ * `emlens` request field and the library all reduce to before {@link composeInterventions} builds it.
+ *
+ * Positions: for a scoring call (`Model.forward`, `scoreRecords`) give `positions` (a `[batch, seq]` weight per
+ * token, per spec or here for every spec without its own). For generation leave them unset and pass an
+ * `InterventionPositions` policy (`all`, `prompt`, `generated`) to `generate` (or the server's `positions`): the
+ * decode loop places this same list at each prefill and decode call.
+ */
+export interface InterventionRequest<D = DirectionSet> {
+  readonly steer?: readonly SteerRequest<D>[];
+  readonly ablate?: readonly AblateRequest<D>[];
+  /** Positions of every spec that sets none (default: every position). */
+  readonly positions?: PositionWeights;
+}
+
+/**
+ * The interventions of a request, ablations first (at a site they act before steering in any case): each ablate
+ * spec through {@link ablateInterventions} (every residual site of the chosen blocks once, owned by its block,
+ * so `'all'` is a rank-1 projection at each of the `2L + 1` sites), each steer spec through
+ * {@link steerInterventions} (`scale * v` at `blocks.L.hook_resid_post` by default). Every command, the server and
+ * the library build their interventions here, so the same request gives the same graph feeds everywhere.
+ *
+ * @example
+ * const set = await loadDirectionsFor('directions/em.safetensors', model.spec);
+ * const ivs = composeInterventions({ ablate: [{ direction: set, layers: 'all' }] }, model.spec);
+ * await generate(model, prompts, { maxNewTokens: 64, interventions: ivs, interventionPositions: 'generated' });
+ */
+export function composeInterventions(request: InterventionRequest, shape: ModelShape): Intervention[] {
+  const at = <S extends { readonly positions?: PositionWeights }>(s: S): S =>
+    s.positions === undefined && request.positions !== undefined ? { ...s, positions: request.positions } : s;
+  const out: Intervention[] = [];
+  for (const a of request.ablate ?? []) out.push(...ablateInterventions(a.direction, shape, at(a)));
+  for (const s of request.steer ?? []) out.push(...steerInterventions(s.direction, shape, at(s)));
+  return out;
 }
 
 /**

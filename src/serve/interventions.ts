@@ -2,22 +2,29 @@
  * Steering and ablation specs (server flags and the per-request `emlens` field) turned into interventions,
  * with direction files restricted to the ones the server was allowed to read.
  *
- * Conventions (as `emlens generate`): steering layer L adds `scale * v` at `blocks.L.hook_resid_post`;
- * ablating layer L removes `v`'s direction at `blocks.L.hook_resid_pre`, `hook_resid_mid` and `hook_resid_post`.
- * A file direction is the file's `direction.L` for each layer L; an inline vector is used at every layer listed.
+ * The specs go through the library's {@link composeInterventions}, as every command's do: steering layer L adds
+ * `scale * v` at `blocks.L.hook_resid_post`; ablating removes `v` from every residual site of the chosen blocks,
+ * each site once (owned by its block). A file direction is the file's `direction.L` for each layer L; an inline
+ * vector is used at every layer listed. Errors are 400s naming the spec's field (`param`).
  */
 import { createHash } from 'node:crypto';
 import { realpath, stat } from 'node:fs/promises';
 import { isAbsolute, resolve, sep } from 'node:path';
 import { type DirectionSet, loadDirections } from '../directions/direction.js';
+import { EmlensError } from '../errors.js';
+import {
+  checkDirectionsFit,
+  composeInterventions,
+  constantDirectionSet,
+  type InterventionRequest,
+  type ModelShape,
+  selectLayers,
+} from '../interventions/compose.js';
 import type { Intervention } from '../model/interventions.js';
 import { ApiError } from './apiError.js';
-import type { AblateSpec, DirectionSpec, LayersSpec, PositionsPolicy, SteerSpec } from './protocol.js';
+import type { DirectionSpec, PositionsPolicy, RequestAblate, RequestSteer } from './protocol.js';
 
-export interface ModelShape {
-  readonly numLayers: number;
-  readonly dModel: number;
-}
+export type { ModelShape } from '../interventions/compose.js';
 
 /** Where direction files may come from: files under a folder, and files named one by one. */
 export interface DirectionAccess {
@@ -104,101 +111,73 @@ export class DirectionResolver {
   }
 }
 
-/** `3`, `[3, 5]` or `all` as sorted distinct layers, each checked against the model. */
-export function expandLayers(layers: LayersSpec, numLayers: number, param: string): number[] {
-  if (layers === 'all') return Array.from({ length: numLayers }, (_, i) => i);
-  const list = [...new Set(typeof layers === 'number' ? [layers] : layers)].sort((a, b) => a - b);
-  const bad = list.find((l) => l >= numLayers);
-  if (bad !== undefined) {
-    throw new ApiError(
-      400,
-      `Layer ${bad} does not exist (the model has layers 0..${numLayers - 1}); pick layers from those.`,
-      'invalid_request_error',
-      'invalid_value',
-      param,
-    );
-  }
-  return list;
-}
-
-/** The vector of each layer: the file's `direction.L`, or the inline vector at every layer. */
-async function layerVectors(
-  direction: DirectionSpec,
-  layers: readonly number[],
-  shape: ModelShape,
-  resolver: DirectionResolver,
-  param: string,
-): Promise<Map<number, Float32Array>> {
-  const out = new Map<number, Float32Array>();
-  if (typeof direction !== 'string') {
-    if (direction.length !== shape.dModel) {
-      throw new ApiError(
-        400,
-        `The inline direction has ${direction.length} entries but the model's d_model is ${shape.dModel}; send one number per residual dimension.`,
-        'invalid_request_error',
-        'invalid_value',
-        `${param}.direction`,
-      );
+/** Runs `f`; an EmlensError it throws (not already an ApiError) becomes a 400 naming `param`. */
+function asApiError<T>(f: () => T, param: string, code = 'invalid_value'): T {
+  try {
+    return f();
+  } catch (e) {
+    if (e instanceof EmlensError && !(e instanceof ApiError)) {
+      throw new ApiError(400, e.message, 'invalid_request_error', code, param);
     }
-    const v = Float32Array.from(direction);
-    for (const l of layers) out.set(l, v);
-    return out;
+    throw e;
   }
-  const set = await resolver.load(direction, `${param}.direction`);
-  for (const l of layers) {
-    const v = set.vectors.get(l);
-    if (v === undefined) {
-      throw new ApiError(
-        400,
-        `Direction file '${direction}' has no direction.${l} (it holds layers ${[...set.vectors.keys()].join(', ')}); pick layers it covers.`,
-        'invalid_request_error',
-        'invalid_value',
-        `${param}.layers`,
-      );
-    }
-    if (v.length !== shape.dModel) {
-      throw new ApiError(
-        400,
-        `Direction file '${direction}' has vectors of length ${v.length} but the model's d_model is ${shape.dModel}; use directions computed on this model.`,
-        'invalid_request_error',
-        'invalid_direction',
-        `${param}.direction`,
-      );
-    }
-    out.set(l, v);
-  }
-  return out;
 }
 
 /**
- * The interventions of a set of steer/ablate specs, ablations first (at a site they act before steering in
- * any case). `prefix` names the specs in error messages (`emlens` for the request field).
+ * One spec's direction as a set: an allowed file through the shared loader (F32, finite), or an inline vector
+ * held at every layer and checked the same way (finite, the model's d_model).
+ */
+async function specDirections(
+  direction: DirectionSpec,
+  shape: ModelShape,
+  resolver: DirectionResolver,
+  param: string,
+): Promise<DirectionSet> {
+  if (typeof direction === 'string') {
+    const set = await resolver.load(direction, param);
+    asApiError(
+      () => checkDirectionsFit(set, shape, `Direction file '${direction}'`),
+      param,
+      'invalid_direction',
+    );
+    return set;
+  }
+  return asApiError(() => {
+    const set = constantDirectionSet(
+      direction,
+      Array.from({ length: shape.numLayers }, (_, i) => i),
+      { method: 'inline' },
+      'the inline direction',
+    );
+    checkDirectionsFit(set, shape, 'The inline direction');
+    return set;
+  }, param);
+}
+
+/**
+ * The interventions of a set of steer/ablate specs, built by {@link composeInterventions} (ablations first).
+ * `prefix` names the specs in error messages (`emlens` for the request field, `server` for the command line).
  */
 export async function buildInterventions(
-  specs: { readonly steer?: readonly SteerSpec[]; readonly ablate?: readonly AblateSpec[] },
+  specs: { readonly steer?: readonly RequestSteer[]; readonly ablate?: readonly RequestAblate[] },
   shape: ModelShape,
   resolver: DirectionResolver,
   prefix: string,
 ): Promise<Intervention[]> {
+  // Each spec is checked alone, so that an error names the field at fault: layers, then the direction, then
+  // whether the direction covers the layers (or the `from` layer) asked for.
   const out: Intervention[] = [];
-  for (const [i, a] of (specs.ablate ?? []).entries()) {
-    const param = `${prefix}.ablate[${i}]`;
-    const layers = expandLayers(a.layers, shape.numLayers, `${param}.layers`);
-    for (const [l, d] of await layerVectors(a.direction, layers, shape, resolver, param)) {
-      out.push({
-        kind: 'ablate',
-        hooks: [`blocks.${l}.hook_resid_pre`, `blocks.${l}.hook_resid_mid`, `blocks.${l}.hook_resid_post`],
-        directions: [d],
-      });
-    }
-  }
-  for (const [i, s] of (specs.steer ?? []).entries()) {
-    const param = `${prefix}.steer[${i}]`;
-    const layers = expandLayers(s.layers, shape.numLayers, `${param}.layers`);
-    for (const [l, v] of await layerVectors(s.direction, layers, shape, resolver, param)) {
-      out.push({ kind: 'steer', hooks: [`blocks.${l}.hook_resid_post`], vector: v, scale: s.scale ?? 1 });
-    }
-  }
+  const one = async (kind: 'steer' | 'ablate', i: number, spec: RequestSteer | RequestAblate) => {
+    const param = `${prefix}.${kind}[${i}]`;
+    asApiError(() => selectLayers(spec.layers, shape.numLayers), `${param}.layers`);
+    const direction = await specDirections(spec.direction, shape, resolver, `${param}.direction`);
+    const request: InterventionRequest =
+      kind === 'steer' ? { steer: [{ ...spec, direction }] } : { ablate: [{ ...spec, direction }] };
+    const at = spec.from !== undefined && spec.from !== 'own' ? 'from' : 'layers';
+    out.push(...asApiError(() => composeInterventions(request, shape), `${param}.${at}`));
+  };
+  for (const [i, a] of (specs.ablate ?? []).entries()) await one('ablate', i, a);
+  for (const [i, s] of (specs.steer ?? []).entries()) await one('steer', i, s);
   return out;
 }
 

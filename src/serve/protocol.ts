@@ -4,8 +4,12 @@
  */
 import { z } from 'zod';
 import type { InterventionPositions } from '../generate/generate.js';
+import type { AblateRequest, SteerRequest } from '../interventions/compose.js';
 import type { ChatMessage } from '../text/chat.js';
 import { ApiError } from './apiError.js';
+
+// The request's steer and ablate objects are the library's SteerSpec / AblateSpec (interventions/compose.ts)
+// with the direction as a file path or an inline vector; the assertions below keep the two from drifting apart.
 
 /** Layers an intervention acts on: one block, a list, or `all`. */
 const layersSchema = z.union([
@@ -17,15 +21,21 @@ const layersSchema = z.union([
 /** A direction: a direction file's path (allowed paths only) or an inline `[d_model]` vector. */
 const directionSchema = z.union([z.string().min(1), z.array(z.number()).min(1)]);
 
+/** Whose vector acts at a chosen layer: `own` (default) each its own, or one layer's everywhere. */
+const fromSchema = z.union([z.literal('own'), z.number().int().min(0)]);
+
 const steerSchema = z.strictObject({
   direction: directionSchema,
   layers: layersSchema,
   scale: z.number().optional(),
+  from: fromSchema.optional(),
+  unit: z.boolean().optional(),
 });
 
 const ablateSchema = z.strictObject({
   direction: directionSchema,
   layers: layersSchema,
+  from: fromSchema.optional(),
 });
 
 const positionsSchema = z.enum(['all', 'prompt', 'generated']);
@@ -37,10 +47,14 @@ export const emlensExtensionSchema = z.strictObject({
   positions: positionsSchema.optional(),
 });
 
-export type LayersSpec = z.infer<typeof layersSchema>;
+/** Compiles only when `T` is assignable to `U`. */
+type Fits<T extends U, U> = T;
+
 export type DirectionSpec = z.infer<typeof directionSchema>;
-export type SteerSpec = z.infer<typeof steerSchema>;
-export type AblateSpec = z.infer<typeof ablateSchema>;
+/** A steer as a request (or the server's command line) gives it: a SteerSpec with a file or inline direction. */
+export type RequestSteer = Fits<z.infer<typeof steerSchema>, SteerRequest<DirectionSpec>>;
+/** An ablation as a request gives it: an AblateSpec with a file or inline direction. */
+export type RequestAblate = Fits<z.infer<typeof ablateSchema>, AblateRequest<DirectionSpec>>;
 export type EmlensExtension = z.infer<typeof emlensExtensionSchema>;
 
 const textPart = z.object({ type: z.literal('text'), text: z.string() });

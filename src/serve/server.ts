@@ -20,7 +20,6 @@ import { Engine, type EngineStats, type JobHandle } from './engine.js';
 import { buildInterventions, DirectionResolver, interventionKey } from './interventions.js';
 import type { FinishEvent, TokenEvent } from './messages.js';
 import {
-  type AblateSpec,
   type ChatChoice,
   type ChatCompletionChunk,
   type ChatRequest,
@@ -32,7 +31,8 @@ import {
   type OpenAIFinishReason,
   type PositionsPolicy,
   parseChatRequest,
-  type SteerSpec,
+  type RequestAblate,
+  type RequestSteer,
   stopStrings,
   type Usage,
 } from './protocol.js';
@@ -57,9 +57,9 @@ export interface ServeOptions {
   /** When set, `/v1/*` requests need `Authorization: Bearer <apiKey>`. */
   readonly apiKey?: string;
   /** Steering applied to every request (files here may also be named by requests). */
-  readonly steer?: readonly SteerSpec[];
+  readonly steer?: readonly RequestSteer[];
   /** Ablation applied to every request (files here may also be named by requests). */
-  readonly ablate?: readonly AblateSpec[];
+  readonly ablate?: readonly RequestAblate[];
   /** Where interventions act unless a request says otherwise (default `all`). */
   readonly positions?: PositionsPolicy;
   /** Requests may name any direction file under this folder (relative paths resolve against it). */
