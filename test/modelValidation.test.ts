@@ -326,7 +326,10 @@ describe('malformed files', () => {
     const path = join(dir, 'model.safetensors');
     const bytes = await readFile(path);
     const n = Number(bytes.readBigUInt64LE(0));
-    const header = bytes.subarray(8, 8 + n).toString('utf8').trimEnd();
+    const header = bytes
+      .subarray(8, 8 + n)
+      .toString('utf8')
+      .trimEnd();
     const json = JSON.parse(header) as Record<string, { data_offsets: [number, number] }>;
     // rename a second tensor to the first one's name: same set of offsets, one name twice
     const [first, second] = Object.keys(json).filter((k) => k !== '__metadata__');
@@ -351,7 +354,8 @@ describe('malformed files', () => {
     const { tensors } = decodeSafetensors(await readFile(join(dir, 'model.safetensors')));
     const map: Record<string, string> = {};
     const names = [...tensors.keys()];
-    for (const [i, name] of names.entries()) map[name] = i < 5 ? 'model-1.safetensors' : 'model-2.safetensors';
+    for (const [i, name] of names.entries())
+      map[name] = i < 5 ? 'model-1.safetensors' : 'model-2.safetensors';
     await writeFile(join(dir, 'model.safetensors.index.json'), JSON.stringify({ weight_map: map }));
     await rm(join(dir, 'model.safetensors'));
     const shard1 = new Map<string, TensorToWrite>();

@@ -9,8 +9,8 @@ import { dirname } from 'node:path';
 import { distance } from 'fastest-levenshtein';
 import { EmlensError } from '../errors.js';
 import { writeAll, writeStreamAtomic } from './files.js';
-import { openInputFile } from './inputFiles.js';
 import { bf16ToF32, f16ToF32 } from './halfFloat.js';
+import { openInputFile } from './inputFiles.js';
 
 export type SafetensorsDtype = 'F64' | 'F32' | 'F16' | 'BF16' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'BOOL';
 
@@ -128,7 +128,8 @@ function duplicateTopLevelKey(text: string): string | null {
       for (i++; text.charCodeAt(i) !== 0x22; i++) if (text.charCodeAt(i) === 0x5c) i++;
       if (depth !== 1) continue;
       let j = i + 1;
-      while (j < text.length && (text[j] === ' ' || text[j] === '\t' || text[j] === '\n' || text[j] === '\r')) j++;
+      while (j < text.length && (text[j] === ' ' || text[j] === '\t' || text[j] === '\n' || text[j] === '\r'))
+        j++;
       if (text[j] !== ':') continue; // a string value, not a key
       const key = JSON.parse(text.slice(start, i + 1)) as string;
       if (seen.has(key)) return key;
@@ -172,7 +173,9 @@ export function parseSafetensorsHeader(
   const twice = duplicateTopLevelKey(text);
   if (twice !== null) {
     throw bad(
-      twice === '__metadata__' ? 'its header holds __metadata__ twice' : `its header lists tensor '${twice}' twice`,
+      twice === '__metadata__'
+        ? 'its header holds __metadata__ twice'
+        : `its header lists tensor '${twice}' twice`,
     );
   }
 

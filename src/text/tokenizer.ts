@@ -115,7 +115,7 @@ function buildTokenizer(
 ): Tokenizer {
   if (typeof json.model !== 'object' || json.model === null || Array.isArray(json.model)) {
     throw new EmlensError(
-      `${path} has no "model" object, so it is not a Hugging Face tokenizers file; re-download the tokenizer files (tokenizer.json is written by tokenizers' save / save_pretrained).`,
+      `${path} has no "model" object, so it is not a Hugging Face tokenizer.json; re-download the tokenizer files.`,
     );
   }
   try {
