@@ -9,8 +9,11 @@ import { cp, mkdir, mkdtemp, open, readFile, rm, symlink, truncate, writeFile } 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { EmlensError } from '../src/errors.js';
 import { decodeSafetensors, type TensorToWrite, writeSafetensors } from '../src/io/safetensors.js';
+import { WeightSource } from '../src/io/weightSource.js';
 import { writePeftAdapter } from '../src/model/lora.js';
+import { loadModel } from '../src/model/model.js';
 import { makeTinyModel } from '../src/model/tiny.js';
 import { type CliRun, runCli } from './helpers/runCli.js';
 
@@ -223,6 +226,17 @@ describe('tensor shapes are checked against config.json before building', () => 
     );
   });
 
+  it('biases config.json says the model does not have (they would be dropped silently)', async () => {
+    const dir = join(root, `llama${counter++}`);
+    await makeTinyModel(dir, { family: 'llama', seed: 5, qkvBias: true });
+    await editConfig(dir, { attention_bias: false });
+    expectOneLine(
+      await info(dir),
+      /^emlens: Tensor model\.layers\.0\.self_attn\.[qkvo]_proj\.bias is in the weights but config\.json sets no attention_bias/,
+      'set attention_bias to true',
+    );
+  });
+
   it('a tensor no layer uses is a warning, and the model still runs', async () => {
     const dir = await copy();
     await editWeights(dir, (t) => {
@@ -418,6 +432,51 @@ describe('serve on a broken model', () => {
       expectOneLine(await serve(dir), 'named pipe');
     } finally {
       await unblockFifo(fifo);
+    }
+  });
+});
+
+describe('the library', () => {
+  it('a duplicated key is found even when both entries are identical (no gap would show it)', () => {
+    const data = Buffer.alloc(8);
+    const entry = '{"dtype":"F32","shape":[2],"data_offsets":[0,8]}';
+    // a nested object's keys (__metadata__) may repeat top-level names without being duplicates
+    const header = `{"__metadata__":{"w":"x","format":"pt"},"w":${entry},"w":${entry}}`;
+    const bytes = Buffer.concat([Buffer.alloc(8), Buffer.from(header), data]);
+    bytes.writeBigUInt64LE(BigInt(header.length), 0);
+    expect(() => decodeSafetensors(bytes, 'dup.safetensors')).toThrow(
+      new EmlensError(
+        "Safetensors file dup.safetensors is malformed: its header lists tensor 'w' twice; re-download or re-export the file.",
+      ),
+    );
+    const single = `{"__metadata__":{"w":"x"},"w":${entry}}`;
+    const ok = Buffer.concat([Buffer.alloc(8), Buffer.from(single), data]);
+    ok.writeBigUInt64LE(BigInt(single.length), 0);
+    expect([...decodeSafetensors(ok).tensors.keys()]).toEqual(['w']);
+  });
+
+  it("a caller's own weight reader with a wrongly sized tensor fails with the tensor's name", async () => {
+    const source = await WeightSource.open(base);
+    try {
+      const reader = {
+        readFloat32: async (name: string) => {
+          const w = await source.readFloat32(name);
+          return name === 'model.layers.0.mlp.down_proj.weight' ? w.subarray(0, w.length / 2) : w;
+        },
+      };
+      await expect(
+        loadModel(base, {
+          cacheDir: join(root, 'reader-cache'),
+          threads: 1,
+          weights: { reader, key: 'half' },
+        }),
+      ).rejects.toThrow(
+        new EmlensError(
+          'Tensor model.layers.0.mlp.down_proj.weight holds 4096 values but config.json implies shape [64, 128]; the weights and config.json disagree: use the config.json that came with these weights.',
+        ),
+      );
+    } finally {
+      await source.close();
     }
   });
 });
