@@ -18,21 +18,32 @@ function kindOf(s: Stats): string {
   return 'a special file';
 }
 
-function notRegular(path: string, s: Stats): EmlensError {
+/** What to say when a path holds a directory or nothing; callers know the fix for their kind of file. */
+export interface InputMessages {
+  readonly missing: () => EmlensError;
+  readonly directory?: () => EmlensError;
+}
+
+function directoryError(path: string, messages: InputMessages): EmlensError {
+  return (
+    messages.directory?.() ??
+    new EmlensError(`${path} is a directory, not a file; ${REPLACE} (re-download it if unsure).`)
+  );
+}
+
+function notRegular(path: string, s: Stats, messages: InputMessages): EmlensError {
   const kind = kindOf(s);
-  if (s.isDirectory()) {
-    return new EmlensError(`${path} is a directory, not a file; ${REPLACE} (re-download it if unsure).`);
-  }
+  if (s.isDirectory()) return directoryError(path, messages);
   return new EmlensError(
     `${path} is ${kind}, not a regular file; emlens reads model files only from regular files, so ${REPLACE}.`,
   );
 }
 
 /**
- * Why `path` cannot be opened, as an EmlensError, for an fs error `e`; `missing` is used for a plain ENOENT
- * (a dangling symlink gets its own message, naming the target).
+ * Why `path` cannot be opened, as an EmlensError, for an fs error `e`; `messages.missing` is used for a plain
+ * ENOENT (a dangling symlink gets its own message, naming the target).
  */
-async function openError(path: string, e: unknown, missing: () => EmlensError): Promise<EmlensError> {
+async function openError(path: string, e: unknown, messages: InputMessages): Promise<EmlensError> {
   const code = (e as NodeJS.ErrnoException).code;
   switch (code) {
     case 'ENOENT':
@@ -43,14 +54,14 @@ async function openError(path: string, e: unknown, missing: () => EmlensError): 
           `${path} is a symlink to ${target}, which does not exist; restore the file it points to (an interrupted download leaves such links: re-download the model).`,
         );
       }
-      return missing();
+      return messages.missing();
     }
     case 'ELOOP':
       return new EmlensError(
         `${path} is a symlink loop (following its links never reaches a file); point the symlink at the real file.`,
       );
     case 'EISDIR':
-      return new EmlensError(`${path} is a directory, not a file; ${REPLACE} (re-download it if unsure).`);
+      return directoryError(path, messages);
     case 'EACCES':
     case 'EPERM':
       return new EmlensError(`Cannot read ${path} (permission denied); check the file's permissions.`);
@@ -82,9 +93,11 @@ export async function inputExists(path: string): Promise<boolean> {
     return true;
   } catch (e) {
     let absent = false;
-    const err = await openError(path, e, () => {
-      absent = true;
-      return new EmlensError(`${path} does not exist.`);
+    const err = await openError(path, e, {
+      missing: () => {
+        absent = true;
+        return new EmlensError(`${path} does not exist.`);
+      },
     });
     if (absent) return false;
     throw err;
@@ -94,19 +107,19 @@ export async function inputExists(path: string): Promise<boolean> {
 /**
  * Opens a regular file for reading. The open is non-blocking, so a FIFO is refused after `fstat` instead of
  * blocking until a writer appears (and checking the opened handle, not the path, leaves no window in which
- * the file could be swapped). `missing` gives the error for a file that does not exist.
+ * the file could be swapped).
  */
-export async function openInputFile(path: string, missing: () => EmlensError): Promise<FileHandle> {
+export async function openInputFile(path: string, messages: InputMessages): Promise<FileHandle> {
   let fh: FileHandle;
   try {
     // O_NONBLOCK is undefined on Windows, where opening a pipe by path does not block this way anyway.
     fh = await open(path, constants.O_RDONLY | (constants.O_NONBLOCK ?? 0));
   } catch (e) {
-    throw await openError(path, e, missing);
+    throw await openError(path, e, messages);
   }
   try {
     const s = await fh.stat();
-    if (!s.isFile()) throw notRegular(path, s);
+    if (!s.isFile()) throw notRegular(path, s, messages);
     return fh;
   } catch (e) {
     await fh.close();
@@ -119,9 +132,11 @@ export async function readInputText(path: string): Promise<string | null> {
   let absent = false;
   let fh: FileHandle;
   try {
-    fh = await openInputFile(path, () => {
-      absent = true;
-      return new EmlensError(`${path} does not exist.`);
+    fh = await openInputFile(path, {
+      missing: () => {
+        absent = true;
+        return new EmlensError(`${path} does not exist.`);
+      },
     });
   } catch (e) {
     if (absent) return null;
@@ -130,7 +145,9 @@ export async function readInputText(path: string): Promise<string | null> {
   try {
     return await fh.readFile('utf8');
   } catch (e) {
-    throw await openError(path, e, () => new EmlensError(`${path} disappeared while it was read.`));
+    throw await openError(path, e, {
+      missing: () => new EmlensError(`${path} disappeared while it was read; try again.`),
+    });
   } finally {
     await fh.close();
   }

@@ -339,11 +339,14 @@ export async function readSafetensorsHeader(path: string): Promise<SafetensorsHe
 }
 
 function openForRead(path: string): Promise<FileHandle> {
-  return openInputFile(
-    path,
-    () =>
+  return openInputFile(path, {
+    missing: () =>
       new EmlensError(`Safetensors file ${path} does not exist; check the path or re-download the model.`),
-  );
+    directory: () =>
+      new EmlensError(
+        `${path} is a directory, not a safetensors file; give the path of a .safetensors file (in a model folder, replace it with the file itself).`,
+      ),
+  });
 }
 
 function typedView(dtype: SafetensorsDtype, bytes: Uint8Array): SafetensorsTypedArray {
