@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import { describeModel } from '../model/describe.js';
+import { unusedWeightsWarning } from '../model/weightCheck.js';
 
 export function registerInfo(program: Command): void {
   program
@@ -9,6 +10,9 @@ export function registerInfo(program: Command): void {
     .option('--json', 'print JSON instead of text')
     .action(async (flags: { model: string; json?: boolean }) => {
       const d = await describeModel(flags.model);
+      if (d.unusedWeights.length > 0) {
+        process.stderr.write(`emlens: ${unusedWeightsWarning(d.spec, d.unusedWeights, d.dir)}\n`);
+      }
       if (flags.json) {
         console.log(JSON.stringify(d, null, 2));
         return;

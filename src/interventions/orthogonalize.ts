@@ -20,6 +20,7 @@ import { readConfig } from '../model/config.js';
 import type { WeightReader } from '../model/graph/weights.js';
 import { LoraMergedWeights, loadAdapter } from '../model/lora.js';
 import { type ModelSpec, weightNames, weightShape } from '../model/spec.js';
+import { checkWeights } from '../model/weightCheck.js';
 import { checkDirectionsFit, directionAt } from './compose.js';
 
 export interface OrthogonalizeOptions {
@@ -167,6 +168,12 @@ export async function orthogonalizeModel(
   adapter?.validate(spec, `the model at ${modelDir}`);
 
   const source = await WeightSource.open(modelDir);
+  try {
+    checkWeights(spec, source, modelDir);
+  } catch (e) {
+    await source.close();
+    throw e;
+  }
   const merged = adapter ? new LoraMergedWeights(source, adapter) : undefined;
   const reader: WeightReader = merged ?? source;
   const writers = new Set(residualWriters(spec));

@@ -10,6 +10,7 @@ import { distance } from 'fastest-levenshtein';
 import { EmlensError } from '../errors.js';
 import { writeAll, writeStreamAtomic } from './files.js';
 import { bf16ToF32, f16ToF32 } from './halfFloat.js';
+import { openInputFile } from './inputFiles.js';
 
 export type SafetensorsDtype = 'F64' | 'F32' | 'F16' | 'BF16' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'BOOL';
 
@@ -116,6 +117,29 @@ export function quoteList(names: readonly string[]): string {
   return q.length <= 1 ? (q[0] ?? '') : `${q.slice(0, -1).join(', ')} or ${q[q.length - 1]}`;
 }
 
+/** The first key that occurs twice at the top level of `text`, which must be a valid JSON object, or null. */
+function duplicateTopLevelKey(text: string): string | null {
+  const seen = new Set<string>();
+  let depth = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 0x22) {
+      const start = i;
+      for (i++; text.charCodeAt(i) !== 0x22; i++) if (text.charCodeAt(i) === 0x5c) i++;
+      if (depth !== 1) continue;
+      let j = i + 1;
+      while (j < text.length && (text[j] === ' ' || text[j] === '\t' || text[j] === '\n' || text[j] === '\r'))
+        j++;
+      if (text[j] !== ':') continue; // a string value, not a key
+      const key = JSON.parse(text.slice(start, i + 1)) as string;
+      if (seen.has(key)) return key;
+      seen.add(key);
+    } else if (c === 0x7b || c === 0x5b) depth++;
+    else if (c === 0x7d || c === 0x5d) depth--;
+  }
+  return null;
+}
+
 /**
  * Parses and validates the JSON header. `file` names the source in error messages; `headerLength` and
  * `fileSize` locate the data section. Throws EmlensError for every way the header can be wrong.
@@ -144,6 +168,15 @@ export function parseSafetensorsHeader(
   }
   if (typeof json !== 'object' || json === null || Array.isArray(json)) {
     throw bad(`its header is ${describe(json)}, not a JSON object`);
+  }
+  // JSON.parse keeps the last of two equal keys, which would then surface as a baffling gap in the data.
+  const twice = duplicateTopLevelKey(text);
+  if (twice !== null) {
+    throw bad(
+      twice === '__metadata__'
+        ? 'its header holds __metadata__ twice'
+        : `its header lists tensor '${twice}' twice`,
+    );
   }
 
   const metadata: [string, string][] = [];
@@ -305,23 +338,15 @@ export async function readSafetensorsHeader(path: string): Promise<SafetensorsHe
   }
 }
 
-async function openForRead(path: string): Promise<FileHandle> {
-  try {
-    return await open(path, 'r');
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') {
-      throw new EmlensError(
-        `Safetensors file ${path} does not exist; check the path or re-download the model.`,
-      );
-    }
-    if (code === 'EISDIR') {
-      throw new EmlensError(
-        `Safetensors path ${path} is a directory; point at a .safetensors file inside it.`,
-      );
-    }
-    throw e;
-  }
+function openForRead(path: string): Promise<FileHandle> {
+  return openInputFile(path, {
+    missing: () =>
+      new EmlensError(`Safetensors file ${path} does not exist; check the path or re-download the model.`),
+    directory: () =>
+      new EmlensError(
+        `${path} is a directory, not a safetensors file; give the path of a .safetensors file (in a model folder, replace it with the file itself).`,
+      ),
+  });
 }
 
 function typedView(dtype: SafetensorsDtype, bytes: Uint8Array): SafetensorsTypedArray {

@@ -3,10 +3,10 @@
  * `model.safetensors.index.json`. Every shard is opened (header only) and cross-checked up front so that a
  * broken download fails at load time with a clear message, not halfway through building a graph.
  */
-import { readdir, readFile, stat } from 'node:fs/promises';
+import { readdir, stat } from 'node:fs/promises';
 import { isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { EmlensError } from '../errors.js';
-import { pathExists } from './files.js';
+import { inputExists, readInputText } from './inputFiles.js';
 import { closestNames, quoteList, SafetensorsFile, type TensorInfo } from './safetensors.js';
 
 const SINGLE = 'model.safetensors';
@@ -44,9 +44,11 @@ interface Index {
 }
 
 async function readIndex(path: string): Promise<Index> {
+  const text = await readInputText(path);
+  if (text === null) throw new EmlensError(`${path} does not exist; re-download the model.`);
   let json: unknown;
   try {
-    json = JSON.parse(await readFile(path, 'utf8'));
+    json = JSON.parse(text);
   } catch (e) {
     throw new EmlensError(`${path} is not valid JSON (${(e as Error).message}); re-download the model.`);
   }
@@ -105,13 +107,13 @@ export class WeightSource {
       throw new EmlensError(`Model folder ${abs} does not exist or cannot be read; ${POINT}.`);
     }
 
-    if (await pathExists(join(abs, SINGLE))) {
+    if (await inputExists(join(abs, SINGLE))) {
       const file = await SafetensorsFile.open(join(abs, SINGLE));
       const owner = new Map<string, SafetensorsFile>();
       for (const name of file.tensors.keys()) owner.set(name, file);
       return new WeightSource(abs, [file.path], owner, [file]);
     }
-    if (await pathExists(join(abs, INDEX))) {
+    if (await inputExists(join(abs, INDEX))) {
       return WeightSource.openSharded(abs, join(abs, INDEX));
     }
     if (entries.some((e) => e.endsWith('.bin') || e.endsWith('.bin.index.json'))) {
@@ -132,7 +134,7 @@ export class WeightSource {
         const path = shardPath(dir, indexPath, shard);
         let file = byShard.get(path);
         if (file === undefined) {
-          if (!(await pathExists(path))) {
+          if (!(await inputExists(path))) {
             throw new EmlensError(
               `Shard ${shard} listed in ${indexPath} is missing from ${dir}; re-download the model (the download is incomplete).`,
             );

@@ -2,9 +2,9 @@
  * Reads a Hugging Face `config.json` (+ `generation_config.json`) into a {@link ModelSpec}, applying the same
  * defaults transformers' LlamaConfig / Qwen2Config / MistralConfig apply, and rejecting what emlens cannot run.
  */
-import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { EmlensError } from '../errors.js';
+import { readInputText } from '../io/inputFiles.js';
 import { type Family, type Llama3RopeScaling, type ModelSpec, SUPPORTED_ARCHITECTURES } from './spec.js';
 
 type Json = Record<string, unknown>;
@@ -138,15 +138,10 @@ export async function readConfig(dir: string): Promise<ModelSpec> {
 
 /** `undefined` when the file is missing and `missingMessage` is null. */
 async function readJson(path: string, missingMessage: string | null): Promise<unknown> {
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-      if (missingMessage === null) return undefined;
-      throw new EmlensError(missingMessage);
-    }
-    throw err;
+  const text = await readInputText(path);
+  if (text === null) {
+    if (missingMessage === null) return undefined;
+    throw new EmlensError(missingMessage);
   }
   try {
     return JSON.parse(text);

@@ -2,6 +2,7 @@ import { WeightSource } from '../io/weightSource.js';
 import { readConfig } from './config.js';
 import { allHookNames } from './hooks.js';
 import { type ModelSpec, parameterCount } from './spec.js';
+import { checkWeights } from './weightCheck.js';
 
 /** What `emlens info` shows: read from config.json and the safetensors headers only (no graph is built). */
 export interface ModelDescription {
@@ -12,12 +13,15 @@ export interface ModelDescription {
   readonly storedDtypes: Readonly<Record<string, number>>;
   readonly weightFiles: readonly string[];
   readonly hooks: readonly string[];
+  /** Tensors of the folder the model does not use (ignored, with a warning). */
+  readonly unusedWeights: readonly string[];
 }
 
 export async function describeModel(dir: string): Promise<ModelDescription> {
   const spec = await readConfig(dir);
   const source = await WeightSource.open(dir);
   try {
+    const { unused } = checkWeights(spec, source, dir);
     const storedDtypes: Record<string, number> = {};
     for (const name of source.names()) {
       const dt = source.info(name).dtype;
@@ -30,6 +34,7 @@ export async function describeModel(dir: string): Promise<ModelDescription> {
       storedDtypes,
       weightFiles: source.files,
       hooks: allHookNames(spec.numLayers),
+      unusedWeights: unused,
     };
   } finally {
     await source.close();

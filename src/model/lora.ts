@@ -9,10 +9,11 @@
  * Saved full modules (`modules_to_save`) replace the base weight.
  */
 import { createHash } from 'node:crypto';
-import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { mkdir, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { EmlensError } from '../errors.js';
 import { f32ToBf16, f32ToF16 } from '../io/halfFloat.js';
+import { inputExists, readInputText } from '../io/inputFiles.js';
 import {
   readSafetensorsHeader,
   SafetensorsFile,
@@ -317,10 +318,8 @@ export class LoraAdapter {
       throw new EmlensError(`Adapter folder ${abs} does not exist or cannot be read; ${POINT}.`);
     }
     const configPath = join(abs, ADAPTER_CONFIG_FILE);
-    let text: string;
-    try {
-      text = await readFile(configPath, 'utf8');
-    } catch {
+    const text = await readInputText(configPath);
+    if (text === null) {
       throw new EmlensError(
         `No ${ADAPTER_CONFIG_FILE} in ${abs}; ${POINT} (${ADAPTER_CONFIG_FILE} and ${ADAPTER_WEIGHTS_FILE}).`,
       );
@@ -336,9 +335,7 @@ export class LoraAdapter {
     const config = parseLoraConfig(json, configPath);
 
     const file = join(abs, ADAPTER_WEIGHTS_FILE);
-    try {
-      await stat(file);
-    } catch {
+    if (!(await inputExists(file))) {
       const bin = await stat(join(abs, 'adapter_model.bin')).then(
         () => true,
         () => false,

@@ -15,6 +15,7 @@ import type { KvArray, OutputBuffers } from './outputBuffers.js';
 import { createSession, type Device } from './session.js';
 import { type ModelSpec, parameterCount } from './spec.js';
 import type { Float32Tensor } from './tensor.js';
+import { checkWeights, unusedWeightsWarning } from './weightCheck.js';
 
 export interface LoadModelOptions {
   readonly device?: Device;
@@ -111,11 +112,19 @@ export class Model {
     if (!Number.isInteger(maxPositions) || maxPositions < 1) {
       throw new EmlensError(`maxPositions must be a positive integer, not ${maxPositions}.`);
     }
+    const progress = opts.onProgress ?? (() => {});
     let weightsKey: unknown = opts.weights?.key;
     if (!opts.weights) {
-      const probe = await WeightSource.open(dir); // headers only: validates the folder and lists its files
-      weightsKey = await fileFingerprint(probe.files);
-      await probe.close();
+      // Headers only: checked against config.json before the cache is consulted, so that a cached graph
+      // cannot hide weights that disagree with the config either.
+      const probe = await WeightSource.open(dir);
+      try {
+        const { unused } = checkWeights(spec, probe, dir);
+        if (unused.length > 0) progress(unusedWeightsWarning(spec, unused, dir));
+        weightsKey = await fileFingerprint(probe.files);
+      } finally {
+        await probe.close();
+      }
     }
     // Config and tensor headers only: checked against the spec now, merged only if the graph must be built.
     const adapter = opts.adapter === undefined ? undefined : await loadAdapter(opts.adapter);
@@ -127,7 +136,6 @@ export class Model {
       opts.cacheDir ?? defaultCacheDir(),
       cacheKey({ spec, weightsKey, profile, maxPositions }),
     );
-    const progress = opts.onProgress ?? (() => {});
     if (adapter && adapter.ignored.length > 0) {
       progress(
         `adapter ${adapter.dir}: ignoring ${adapter.ignored.length} tensors of modules its config does not select (as PEFT does)`,

@@ -72,32 +72,43 @@ export function weightNames(spec: ModelSpec): string[] {
   return names;
 }
 
-/** Shape of each HF weight (Linear weights are `[out, in]`). */
-export function weightShape(spec: ModelSpec, name: string): number[] {
+/**
+ * The shape a spec gives one HF weight (Linear weights are `[out, in]`) and, per dimension, the config.json
+ * fields that set it (`num_key_value_heads 2 x head_dim 16`), for messages that say why a shape is expected.
+ * The single source of expected shapes: the weight check, the tiny-model maker and the graph emitter's size
+ * check all read it.
+ */
+export function weightDims(spec: ModelSpec, name: string): { shape: number[]; dims: string[] } {
   const { dModel: d, numHeads: h, numKvHeads: kv, headDim: hd, intermediateSize: ff, vocabSize: v } = spec;
-  if (name === 'model.embed_tokens.weight' || name === 'lm_head.weight') return [v, d];
-  if (name.endsWith('layernorm.weight') || name === 'model.norm.weight') return [d];
+  const D = [d, `hidden_size ${d}`] as const;
+  const Q = [h * hd, `num_attention_heads ${h} x head_dim ${hd}`] as const;
+  const KV = [kv * hd, `num_key_value_heads ${kv} x head_dim ${hd}`] as const;
+  const FF = [ff, `intermediate_size ${ff}`] as const;
+  const of = (...parts: (readonly [number, string])[]) => ({
+    shape: parts.map((p) => p[0]),
+    dims: parts.map((p) => p[1]),
+  });
+  if (name === 'model.embed_tokens.weight' || name === 'lm_head.weight') return of([v, `vocab_size ${v}`], D);
+  if (name.endsWith('layernorm.weight') || name === 'model.norm.weight') return of(D);
   const proj = /\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)\.(weight|bias)$/.exec(name);
   if (!proj) throw new Error(`Unknown weight name '${name}'.`);
-  const out: Record<string, number> = {
-    q_proj: h * hd,
-    k_proj: kv * hd,
-    v_proj: kv * hd,
-    o_proj: d,
-    gate_proj: ff,
-    up_proj: ff,
-    down_proj: d,
+  type Dim = readonly [number, string];
+  const byProj: Record<string, readonly [Dim, Dim]> = {
+    q_proj: [Q, D],
+    k_proj: [KV, D],
+    v_proj: [KV, D],
+    o_proj: [D, Q],
+    gate_proj: [FF, D],
+    up_proj: [FF, D],
+    down_proj: [D, FF],
   };
-  const inp: Record<string, number> = {
-    q_proj: d,
-    k_proj: d,
-    v_proj: d,
-    o_proj: h * hd,
-    gate_proj: d,
-    up_proj: d,
-    down_proj: ff,
-  };
-  return proj[2] === 'bias' ? [out[proj[1]]] : [out[proj[1]], inp[proj[1]]];
+  const [out, inp] = byProj[proj[1]];
+  return proj[2] === 'bias' ? of(out) : of(out, inp);
+}
+
+/** Shape of each HF weight (Linear weights are `[out, in]`). */
+export function weightShape(spec: ModelSpec, name: string): number[] {
+  return weightDims(spec, name).shape;
 }
 
 /** Number of parameters (tied embeddings counted once). */

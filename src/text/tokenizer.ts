@@ -1,7 +1,7 @@
-import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { EmlensError } from '../errors.js';
+import { readInputText } from '../io/inputFiles.js';
 
 /** The special tokens `tokenizer_config.json` names (null where it names none, as Qwen's `bos_token`). */
 export interface SpecialTokens {
@@ -41,21 +41,12 @@ export interface TextTokenizer {
   readonly config: Readonly<Record<string, unknown>>;
 }
 
-async function readText(path: string): Promise<string | null> {
-  try {
-    return await readFile(path, 'utf8');
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
-    throw new EmlensError(`Cannot read ${path} (${(e as Error).message}); check the file's permissions.`);
-  }
-}
-
 async function readJson(
   path: string,
   what: string,
   optional: boolean,
 ): Promise<Record<string, unknown> | null> {
-  const text = await readText(path);
+  const text = await readInputText(path);
   if (text === null) {
     if (optional) return null;
     throw new EmlensError(
@@ -113,12 +104,35 @@ export function configChatTemplate(config: Readonly<Record<string, unknown>>): s
   return null;
 }
 
+/**
+ * The library throws plain Errors (`Tokenizer must contain a "model" property`) or TypeErrors from deep inside
+ * for a tokenizer.json it cannot use; that is a bad file, not a bug.
+ */
+function buildTokenizer(
+  json: Record<string, unknown>,
+  config: Record<string, unknown>,
+  path: string,
+): Tokenizer {
+  if (typeof json.model !== 'object' || json.model === null || Array.isArray(json.model)) {
+    throw new EmlensError(
+      `${path} has no "model" object, so it is not a Hugging Face tokenizer.json; re-download the tokenizer files.`,
+    );
+  }
+  try {
+    return new Tokenizer(json, config);
+  } catch (e) {
+    throw new EmlensError(
+      `${path} cannot be loaded as a tokenizer (${String((e as Error).message).replace(/\s+/g, ' ')}); re-download the tokenizer files.`,
+    );
+  }
+}
+
 export async function loadTokenizer(dir: string): Promise<TextTokenizer> {
   const json = (await readJson(join(dir, 'tokenizer.json'), 'tokenizer.json', false)) ?? {};
   // tokenizer_config.json is optional: it only adds the chat template and special-token names
   const config = (await readJson(join(dir, 'tokenizer_config.json'), 'tokenizer_config.json', true)) ?? {};
-  const jinja = await readText(join(dir, 'chat_template.jinja'));
-  const tok = new Tokenizer(json, config);
+  const jinja = await readInputText(join(dir, 'chat_template.jinja'));
+  const tok = buildTokenizer(json, config, join(dir, 'tokenizer.json'));
   return {
     config,
     specialTokens: specialTokensOf(config),

@@ -1,8 +1,9 @@
+import { EmlensError } from '../../errors.js';
 import { f32ToF16 } from '../../io/halfFloat.js';
 import type { GraphBuilder } from '../../onnx/builder.js';
 import { type BlockHook, hookName, siteCount } from '../hooks.js';
 import { ropeTables } from '../rope.js';
-import type { ModelSpec } from '../spec.js';
+import { type ModelSpec, weightShape } from '../spec.js';
 import { concatVectors, packTransposed, type WeightReader } from './weights.js';
 
 /** fp32 for the CPU; fp16 for CUDA (whose fused attention kernels are half precision only). */
@@ -79,7 +80,18 @@ export async function emitTransformer(
       const data = await produce();
       return half ? f32ToF16(data) : data;
     });
-  const read = async (name: string) => (await weights()).readFloat32(name);
+  // Whatever reader supplies the weights (a folder checked by checkWeights, a LoRA merge, a caller's own),
+  // its tensors must have the sizes the spec's shapes give, or the packed initializers would be garbage.
+  const read = async (name: string) => {
+    const data = await (await weights()).readFloat32(name);
+    const shape = weightShape(spec, name);
+    if (data.length !== shape.reduce((a, b) => a * b, 1)) {
+      throw new EmlensError(
+        `Tensor ${name} holds ${data.length} values but config.json implies shape [${shape.join(', ')}]; the weights and config.json disagree: use the config.json that came with these weights.`,
+      );
+    }
+    return data;
+  };
   const readTransposed = async (name: string, out: number, inDim: number) =>
     packTransposed([{ data: await read(name), out }], inDim);
   /** Casts a float32 value to the graph's type (a no-op for fp32). */
