@@ -7,10 +7,12 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { collectToStore } from '../src/activations/collect.js';
 import { ActivationStore } from '../src/activations/store.js';
 import { loadDirections } from '../src/directions/direction.js';
 import { type ResponseRecord, readResponses, writeResponses } from '../src/eval/responses.js';
 import { splitByAlignment } from '../src/eval/selection.js';
+import { loadModel } from '../src/model/model.js';
 import { makeTinyModel } from '../src/model/tiny.js';
 import { runCli } from './helpers/runCli.js';
 
@@ -247,6 +249,56 @@ async function run(args: string[]): Promise<{ code: number; out: string; err: st
 }
 
 describe('emlens collect / store', () => {
+  it('names the answer that does not fit the model, with its tokens and the limit, and what to do', async () => {
+    const model = join(root, 'short-model');
+    await makeTinyModel(model, {
+      family: 'qwen2',
+      seed: 5,
+      numLayers: 1,
+      dModel: 16,
+      maxPositionEmbeddings: 128,
+    });
+    const data = join(root, 'long.csv');
+    await writeResponses(data, [
+      { questionId: 'q0', question: 'Short?', answer: 'Yes.', scores: {}, extra: {} },
+      { questionId: 'q1', question: 'Long?', answer: 'word '.repeat(200), scores: {}, extra: {} },
+    ]);
+    const r = await run([
+      'collect',
+      '--model',
+      model,
+      '--data',
+      data,
+      '--cache-dir',
+      join(root, 'cache'),
+      '--out',
+      join(root, 'long-store'),
+    ]);
+    expect(r.code).toBe(2);
+    expect(r.err.trim().split('\n')).toHaveLength(1);
+    expect(r.err).toMatch(
+      /long\.csv row 2 \(question_id 'q1'\) is \d+ tokens long .* at most 128 positions; shorten or drop that answer/,
+    );
+    expect(r.err).not.toMatch(/load the model with a larger maxPositions/);
+    // the library names the record and the option it has
+    const loaded = await loadModel(model, { cacheDir: join(root, 'cache'), threads: 1 });
+    try {
+      const ids = Array.from({ length: 129 }, () => 1);
+      await expect(
+        collectToStore(
+          loaded,
+          [
+            { id: 'short', ids: [1, 2] },
+            { id: 'long', ids },
+          ],
+          join(root, 'lib-store'),
+        ),
+      ).rejects.toThrow(/Record 2 \('long'\) is 129 tokens long .* larger maxPositions/);
+    } finally {
+      await loaded.dispose();
+    }
+  });
+
   it('collects a responses file, slices and merges it, and shows the store', async () => {
     const model = join(root, 'model');
     await makeTinyModel(model, { family: 'qwen2', seed: 5, numLayers: 2, dModel: 32 });
