@@ -701,7 +701,8 @@ describe('CLI', () => {
     const overlapping = Buffer.from(await readFile(gguf));
     const at = overlapping.indexOf(Buffer.from('direction.2')) + 'direction.2'.length + 4 + 8 + 4;
     overlapping.writeBigUInt64LE(0n, at);
-    await writeFile(tmp('overlap.gguf'), overlapping);
+    const overlapFile = tmp('overlap.gguf');
+    await writeFile(overlapFile, overlapping);
     const o = await run([
       'direction',
       'import-gguf',
