@@ -707,7 +707,7 @@ describe('CLI', () => {
       'direction',
       'import-gguf',
       '--in',
-      tmp('overlap.gguf'),
+      overlapFile,
       '--out',
       tmp('o.safetensors'),
     ]);
