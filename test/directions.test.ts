@@ -703,14 +703,7 @@ describe('CLI', () => {
     overlapping.writeBigUInt64LE(0n, at);
     const overlapFile = tmp('overlap.gguf');
     await writeFile(overlapFile, overlapping);
-    const o = await run([
-      'direction',
-      'import-gguf',
-      '--in',
-      overlapFile,
-      '--out',
-      tmp('o.safetensors'),
-    ]);
+    const o = await run(['direction', 'import-gguf', '--in', overlapFile, '--out', tmp('o.safetensors')]);
     expect(o.code).toBe(2);
     expect(o.stderr).toMatch(
       /^emlens: GGUF control vector .*'direction\.1' .* and 'direction\.2' .* overlap; [^\n]*\n$/,
