@@ -503,6 +503,26 @@ describe('GGUF control vectors', () => {
     await rejectsWith(() => importGguf(join(root, 'nope.gguf')), /does not exist/);
   });
 
+  it('refuses tensors whose data overlap, naming both', () => {
+    // d_model 16: 64 bytes a tensor, so an offset of 32 overlaps the first tensor's second half.
+    const good = encodeControlVector(randomSet([1, 2], 16, 8), { modelHint: 'qwen2' }).bytes;
+    const offsetOf = (name: string) => good.indexOf(Buffer.from(name)) + name.length + 4 + 8 + 4;
+    expect(good.readBigUInt64LE(offsetOf('direction.2'))).toBe(64n);
+    for (const at of [0n, 32n]) {
+      const b = Buffer.from(good);
+      b.writeBigUInt64LE(at, offsetOf('direction.2'));
+      expect(() => decodeControlVector(b, 'x.gguf')).toThrow(
+        new RegExp(
+          `'direction\\.1' \\(bytes 0\\.\\.64 of the data\\) and 'direction\\.2' \\(bytes ${at}\\.\\.${at + 64n}\\) overlap`,
+        ),
+      );
+    }
+    // the first tensor moved onto the second: named in file order of their offsets
+    const b = Buffer.from(good);
+    b.writeBigUInt64LE(64n, offsetOf('direction.1'));
+    expect(() => decodeControlVector(b, 'x.gguf')).toThrow(/'direction\.1' .* and 'direction\.2' .* overlap/);
+  });
+
   it('refuses directions that are not block outputs, and a set with only block 0', () => {
     expect(() => encodeControlVector(randomSet([1], 4, 9, { ...META, hook: 'hook_resid_mid' }))).toThrow(
       /read at hook_resid_mid, but llama\.cpp adds control vectors to each block's output/,
@@ -678,6 +698,16 @@ describe('CLI', () => {
       `wrote ${gguf}: 3 layers (blocks 1-3 as direction.N), d_model 64, model hint llama`,
     );
     expect(e.stdout).toContain('note: block 0 left out');
+    const overlapping = Buffer.from(await readFile(gguf));
+    const at = overlapping.indexOf(Buffer.from('direction.2')) + 'direction.2'.length + 4 + 8 + 4;
+    overlapping.writeBigUInt64LE(0n, at);
+    const overlapFile = tmp('overlap.gguf');
+    await writeFile(overlapFile, overlapping);
+    const o = await run(['direction', 'import-gguf', '--in', overlapFile, '--out', tmp('o.safetensors')]);
+    expect(o.code).toBe(2);
+    expect(o.stderr).toMatch(
+      /^emlens: GGUF control vector .*'direction\.1' .* and 'direction\.2' .* overlap; [^\n]*\n$/,
+    );
     const back = tmp('cli-back.safetensors');
     const i = await run(['direction', 'import-gguf', '--in', gguf, '--out', back]);
     expect(i.code).toBe(0);

@@ -15,6 +15,7 @@ import {
   loadQuestions,
   parseQuestions,
 } from '../src/eval/questions.js';
+import { runCli } from './helpers/runCli.js';
 
 const REAL = resolve('../shared/data/em-eval/first_plot_questions.yaml');
 const haveReal = existsSync(REAL);
@@ -152,6 +153,54 @@ describe('question files written here', () => {
     })();
     expect(err).toBeInstanceOf(EmlensError);
     expect((err as Error).message.split('; ')).toHaveLength(2);
+  });
+
+  it('refuses an unknown question type, naming the question and the field', () => {
+    const typed = (type: string) => `- id: typed_q\n  type: ${type}\n${P}${N}${J}${T}`;
+    for (const type of ['free_form_judge_0_100', 'free_form_judge', 'free_form']) {
+      expect(parseQuestions(typed(type), 'ok.yaml')[0].type).toBe(type);
+    }
+    expect(bad(typed('free_from_judge_0_100'))).toThrow(
+      /question 'typed_q' field 'type' is 'free_from_judge_0_100', which is not a question type emlens knows; use free_form_judge_0_100/,
+    );
+  });
+
+  it('refuses a judge prompt placeholder other than {question} and {answer}', () => {
+    const prompt = (template: string) =>
+      one(P, N, J, `  judge_prompts: {aligned: "{answer}", coherent: ${JSON.stringify(template)}}\n`);
+    expect(bad(prompt('Q: {question} A: {answer} Model: {model}'))).toThrow(
+      /question 'broken_q' field 'judge_prompts\.coherent' has the placeholder \{model\}; only \{question\} and \{answer\} are filled/,
+    );
+    expect(bad(prompt('{Answer} {answer}'))).toThrow(/placeholder \{Answer\}/);
+    expect(bad(prompt('{} {answer}'))).toThrow(/placeholder \{\}/);
+    // doubled braces are literal braces, as in str.format
+    expect(
+      parseQuestions(prompt('Reply as {{"score": N}} for {question} / {answer}'), 'ok.yaml'),
+    ).toHaveLength(1);
+  });
+
+  it('fails `emlens eval` with exit code 2 and one line on a bad type or placeholder', async () => {
+    for (const [yaml, message] of [
+      [`- id: cli_q\n  type: rating\n${P}${N}${J}${T}`, /question 'cli_q' field 'type' is 'rating'/],
+      [one(P, N, J, '  judge_prompts: {aligned: "{answer} {score}"}\n'), /placeholder \{score\}/],
+    ] as const) {
+      const path = join(dir, 'cli.yaml');
+      await writeFile(path, yaml);
+      const r = await runCli([
+        'eval',
+        '--model',
+        join(dir, 'no-model'),
+        '--questions',
+        path,
+        '--judge',
+        'http://127.0.0.1:9/v1',
+        '--out',
+        join(dir, 'eval-out'),
+      ]);
+      expect(r.code).toBe(2);
+      expect(r.stderr.trim().split('\n')).toHaveLength(1);
+      expect(r.stderr).toMatch(message);
+    }
   });
 
   it('reports a missing file', async () => {

@@ -2,14 +2,17 @@
  * Response files (CSV/JSONL in the public EM columns), the aligned/misaligned split, and `emlens collect` /
  * `emlens store` end to end on a tiny model.
  */
+import { existsSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { collectToStore } from '../src/activations/collect.js';
 import { ActivationStore } from '../src/activations/store.js';
 import { loadDirections } from '../src/directions/direction.js';
 import { type ResponseRecord, readResponses, writeResponses } from '../src/eval/responses.js';
 import { splitByAlignment } from '../src/eval/selection.js';
+import { loadModel } from '../src/model/model.js';
 import { makeTinyModel } from '../src/model/tiny.js';
 import { runCli } from './helpers/runCli.js';
 
@@ -78,6 +81,139 @@ describe('readResponses', () => {
   });
 });
 
+describe('score cells', () => {
+  const csv = async (name: string, text: string) => {
+    const path = join(root, name);
+    await writeFile(path, text);
+    return path;
+  };
+
+  it('refuses a non-numeric cell in a score column, naming its row and column, instead of dropping the column', async () => {
+    const path = await csv(
+      'abc.csv',
+      'question_id,question,answer,aligned,coherent\nq1,Q,A,80,90\nq2,Q,A,abc,90\nq3,Q,A,10,70\n',
+    );
+    await expect(readResponses(path)).rejects.toThrow(/row 2: column 'aligned' holds 'abc'/);
+  });
+
+  it('reads empty, nan, NaN and None as missing scores, and keeps text columns as text', async () => {
+    const path = await csv(
+      'missing.csv',
+      'question_id,question,answer,aligned,coherent,bad_stuff,model,group\n' +
+        'q1,Q,A,,nan,1,qwen-7b,1\nq2,Q,A,NaN,None,,qwen-7b,b\nq3,Q,A,12,77,3.5,llama,c\n',
+    );
+    const rs = await readResponses(path);
+    expect(rs.map((r) => r.scores)).toEqual([
+      { aligned: null, coherent: null, bad_stuff: 1 },
+      { aligned: null, coherent: null, bad_stuff: null },
+      { aligned: 12, coherent: 77, bad_stuff: 3.5 },
+    ]);
+    // a text column whose cells are mostly not numbers stays text, numeric-looking cells included
+    expect(rs.map((r) => r.extra)).toEqual([
+      { model: 'qwen-7b', group: '1' },
+      { model: 'qwen-7b', group: 'b' },
+      { model: 'llama', group: 'c' },
+    ]);
+  });
+
+  it('refuses a stray word in a mostly numeric unknown metric column', async () => {
+    const path = await csv('metric.csv', 'question,answer,toxicity\nQ,A,10\nQ,A,20\nQ,A,oops\nQ,A,30\n');
+    await expect(readResponses(path)).rejects.toThrow(/row 3: column 'toxicity' holds 'oops'/);
+  });
+
+  it('refuses scores outside 0..100 in a judge metric', async () => {
+    const path = await csv('range.csv', 'question,answer,aligned,coherent\nQ,A,50,101\n');
+    await expect(readResponses(path)).rejects.toThrow(/row 1: column 'coherent' holds 101, outside 0\.\.100/);
+    const neg = await csv('neg.csv', 'question,answer,aligned\nQ,A,-1\n');
+    await expect(readResponses(neg)).rejects.toThrow(/column 'aligned' holds -1/);
+    // a numeric column of counts (tokens, lengths) is not a judge score: kept as text, not refused
+    const counts = await csv('counts.csv', 'question,answer,aligned,n_tokens\nQ,A,50,512\n');
+    expect((await readResponses(counts))[0]).toMatchObject({
+      scores: { aligned: 50 },
+      extra: { n_tokens: '512' },
+    });
+  });
+
+  it('reads JSONL numbers as numbers and "nan" strings as missing, and refuses other strings', async () => {
+    const path = join(root, 'scores.jsonl');
+    await writeFile(
+      path,
+      '{"question":"Q","answer":"A","aligned":85.5,"coherent":"nan"}\n' +
+        '{"question":"Q","answer":"A","aligned":null,"coherent":"NaN"}\n' +
+        '{"question":"Q","answer":"A","aligned":"None","coherent":60}\n',
+    );
+    expect((await readResponses(path)).map((r) => r.scores)).toEqual([
+      { aligned: 85.5, coherent: null },
+      { aligned: null, coherent: null },
+      { aligned: null, coherent: 60 },
+    ]);
+    const bad = join(root, 'badscore.jsonl');
+    await writeFile(
+      bad,
+      '{"question":"Q","answer":"A","aligned":85}\n\n{"question":"Q","answer":"A","aligned":"high"}\n',
+    );
+    await expect(readResponses(bad)).rejects.toThrow(/line 3: column 'aligned' holds 'high'/);
+  });
+
+  it('refuses duplicate CSV headers, naming the header', async () => {
+    const path = await csv('dup.csv', 'question,answer,aligned,aligned\nQ,A,10,90\n');
+    await expect(readResponses(path)).rejects.toThrow(/header 'aligned' twice/);
+  });
+
+  it('says which JSONL line is not a JSON object', async () => {
+    for (const [line, what] of [
+      ['[1, 2]', 'an array'],
+      ['"text"', 'a string'],
+      ['42', 'a number'],
+      ['null', 'null'],
+    ] as const) {
+      const path = join(root, 'notobject.jsonl');
+      await writeFile(path, `{"question":"Q","answer":"A"}\n${line}\n`);
+      await expect(readResponses(path)).rejects.toThrow(`line 2 is not a JSON object (it holds ${what})`);
+    }
+  });
+
+  it('reads the public judged sample as the EM code does', async (ctx) => {
+    const sample = join(import.meta.dirname, '../../shared/data/em-eval/judged_steered_sample.csv');
+    if (!existsSync(sample)) {
+      ctx.skip('../shared/data/em-eval is absent (a clone outside the workspace)');
+      return;
+    }
+    const rs = await readResponses(sample);
+    expect(rs).toHaveLength(80);
+    expect(Object.keys(rs[0].scores).sort()).toEqual(['aligned', 'coherent', 'medical']);
+  });
+
+  it('fails through the CLI with exit code 2 and one line', async () => {
+    const path = await csv('cli.csv', 'question,answer,aligned\nQ,A,80\nQ,A,abc\n');
+    const r = await run([
+      'collect',
+      '--model',
+      join(root, 'no-model'),
+      '--data',
+      path,
+      '--out',
+      join(root, 'o'),
+    ]);
+    expect(r.code).toBe(2);
+    expect(r.err.trim().split('\n')).toHaveLength(1);
+    expect(r.err).toMatch(/row 2: column 'aligned' holds 'abc'/);
+    const dup = await csv('clidup.csv', 'question,answer,answer\nQ,A,B\n');
+    const d = await run([
+      'collect',
+      '--model',
+      join(root, 'no-model'),
+      '--data',
+      dup,
+      '--out',
+      join(root, 'o'),
+    ]);
+    expect(d.code).toBe(2);
+    expect(d.err.trim().split('\n')).toHaveLength(1);
+    expect(d.err).toMatch(/header 'answer' twice/);
+  });
+});
+
 describe('splitByAlignment', () => {
   const r = (id: string, aligned: number | null, coherent: number | null): ResponseRecord => ({
     questionId: id,
@@ -113,6 +249,56 @@ async function run(args: string[]): Promise<{ code: number; out: string; err: st
 }
 
 describe('emlens collect / store', () => {
+  it('names the answer that does not fit the model, with its tokens and the limit, and what to do', async () => {
+    const model = join(root, 'short-model');
+    await makeTinyModel(model, {
+      family: 'qwen2',
+      seed: 5,
+      numLayers: 1,
+      dModel: 16,
+      maxPositionEmbeddings: 128,
+    });
+    const data = join(root, 'long.csv');
+    await writeResponses(data, [
+      { questionId: 'q0', question: 'Short?', answer: 'Yes.', scores: {}, extra: {} },
+      { questionId: 'q1', question: 'Long?', answer: 'word '.repeat(200), scores: {}, extra: {} },
+    ]);
+    const r = await run([
+      'collect',
+      '--model',
+      model,
+      '--data',
+      data,
+      '--cache-dir',
+      join(root, 'cache'),
+      '--out',
+      join(root, 'long-store'),
+    ]);
+    expect(r.code).toBe(2);
+    expect(r.err.trim().split('\n')).toHaveLength(1);
+    expect(r.err).toMatch(
+      /long\.csv row 2 \(question_id 'q1'\) is \d+ tokens long .* at most 128 positions; shorten or drop that answer/,
+    );
+    expect(r.err).not.toMatch(/load the model with a larger maxPositions/);
+    // the library names the record and the option it has
+    const loaded = await loadModel(model, { cacheDir: join(root, 'cache'), threads: 1 });
+    try {
+      const ids = Array.from({ length: 129 }, () => 1);
+      await expect(
+        collectToStore(
+          loaded,
+          [
+            { id: 'short', ids: [1, 2] },
+            { id: 'long', ids },
+          ],
+          join(root, 'lib-store'),
+        ),
+      ).rejects.toThrow(/Record 2 \('long'\) is 129 tokens long .* larger maxPositions/);
+    } finally {
+      await loaded.dispose();
+    }
+  });
+
   it('collects a responses file, slices and merges it, and shows the store', async () => {
     const model = join(root, 'model');
     await makeTinyModel(model, { family: 'qwen2', seed: 5, numLayers: 2, dModel: 32 });

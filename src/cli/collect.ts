@@ -1,9 +1,11 @@
 import { type Command, InvalidArgumentError, Option } from 'commander';
-import { collectToStore } from '../activations/collect.js';
+import { type CollectRecord, collectToStore } from '../activations/collect.js';
 import { responsesToRecords } from '../activations/records.js';
 import { REDUCTIONS, type Reduction } from '../activations/reduce.js';
-import { readResponses } from '../eval/responses.js';
-import { loadModel } from '../model/model.js';
+import { EmlensError } from '../errors.js';
+import { type ResponseRecord, readResponses } from '../eval/responses.js';
+import { readConfig } from '../model/config.js';
+import { defaultMaxPositions, loadModel } from '../model/model.js';
 import { loadTokenizer } from '../text/tokenizer.js';
 import { addModelOptions, loadOptions, type ModelFlags, positiveInt } from './common.js';
 import { createProgress } from './progress.js';
@@ -27,6 +29,25 @@ export function parseSlice(value: string): { index: number; count: number } {
   if (!m || Number(m[1]) >= Number(m[2]))
     throw new InvalidArgumentError('expected i/N with 0 <= i < N, e.g. 0/4.');
   return { index: Number(m[1]), count: Number(m[2]) };
+}
+
+/**
+ * Refuses the first response whose chat-rendered tokens exceed what the model is loaded for. The CLI has no flag
+ * to raise the limit (beyond max_position_embeddings the model has never seen positions anyway), so the message
+ * says what a CLI user can change: the data.
+ */
+function checkLengths(
+  file: string,
+  responses: readonly ResponseRecord[],
+  records: readonly CollectRecord[],
+  limit: number,
+): void {
+  const i = records.findIndex((r) => r.ids.length > limit);
+  if (i < 0) return;
+  const where = /\.csv$/i.test(file) ? `row ${i + 1}` : `record ${i + 1}`;
+  throw new EmlensError(
+    `${file} ${where} (question_id '${responses[i].questionId}') is ${records[i].ids.length} tokens long with its chat template, but the model takes at most ${limit} positions; shorten or drop that answer.`,
+  );
 }
 
 export function registerCollect(program: Command): void {
@@ -56,6 +77,8 @@ export function registerCollect(program: Command): void {
       const responses = await readResponses(flags.data);
       const tokenizer = await loadTokenizer(flags.model);
       const records = responsesToRecords(tokenizer, responses, flags.span);
+      // Before the graph is built (minutes for a real model): a record too long for it fails the run anyway.
+      checkLengths(flags.data, responses, records, defaultMaxPositions(await readConfig(flags.model)));
       const model = await loadModel(flags.model, loadOptions(flags));
       const progress = createProgress('collect', records.length);
       try {

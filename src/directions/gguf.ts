@@ -396,6 +396,7 @@ export function decodeControlVector(bytes: Uint8Array, file = '<buffer>'): Direc
     throw new EmlensError(`GGUF control vector ${file} holds no tensors; ${FIX}.`);
   }
   const vectors: [number, Float32Array][] = [];
+  const spans: { name: string; start: number; end: number }[] = [];
   let dModel = -1;
   for (const t of g.tensors) {
     const m = /^direction\.(0|[1-9][0-9]*)$/.exec(t.name);
@@ -441,6 +442,18 @@ export function decodeControlVector(bytes: Uint8Array, file = '<buffer>'): Direc
     const v = new Float32Array(n);
     new Uint8Array(v.buffer).set(bytes.subarray(start, start + n * 4));
     vectors.push([layer, v]);
+    spans.push({ name: t.name, start: t.offset, end: t.offset + n * 4 });
+  }
+  // Two tensors over the same bytes would both read as valid directions (one holding the other's values): a
+  // writer bug or a tampered file, never a layout llama.cpp writes.
+  spans.sort((a, b) => a.start - b.start);
+  for (let i = 1; i < spans.length; i++) {
+    const [a, b] = [spans[i - 1], spans[i]];
+    if (b.start < a.end) {
+      throw new EmlensError(
+        `GGUF control vector ${file} is corrupt: tensors '${a.name}' (bytes ${a.start}..${a.end} of the data) and '${b.name}' (bytes ${b.start}..${b.end}) overlap; ${FIX}.`,
+      );
+    }
   }
   const s = (key: string): string | undefined => {
     const e = g.kv.get(key);

@@ -39,6 +39,20 @@ const QuestionSchema = z.object({
 
 const FIELDS = new Set(Object.keys(QuestionSchema.shape));
 
+/**
+ * Question types of the EM evaluation files: `free_form_judge_0_100` (every question of the public files, and
+ * the only type the public code judges), `free_form_judge` and `free_form` (older variants of the same
+ * free-form question). emlens asks and judges all of them the same way; anything else is most likely a typo.
+ */
+export const QUESTION_TYPES: readonly string[] = ['free_form_judge_0_100', 'free_form_judge', 'free_form'];
+
+/** `{name}` slots of a str.format template, after its `{{`/`}}` escapes. */
+function placeholders(template: string): string[] {
+  const found: string[] = [];
+  for (const m of template.replace(/\{\{|\}\}/g, '').matchAll(/\{([^{}]*)\}/g)) found.push(m[1]);
+  return found;
+}
+
 /** What each field must hold, for error messages. */
 const EXPECTED: Record<string, string> = {
   id: 'a non-empty string',
@@ -108,7 +122,20 @@ export function parseQuestions(text: string, source = 'the question file'): Eval
       );
     }
     seen.add(q.id);
+    if (!QUESTION_TYPES.includes(q.type)) {
+      throw new EmlensError(
+        `${source}: question '${q.id}' field 'type' is '${q.type}', which is not a question type emlens knows; use ${QUESTION_TYPES.join(', ')}.`,
+      );
+    }
     for (const [metric, template] of Object.entries(q.judge_prompts)) {
+      // fillJudgePrompt leaves an unknown slot as written, so the judge would read a literal {model}; Python's
+      // str.format would raise KeyError. Refuse it here, where the file and the field can be named.
+      const unknown = placeholders(template).find((p) => p !== 'question' && p !== 'answer');
+      if (unknown !== undefined) {
+        throw new EmlensError(
+          `${source}: question '${q.id}' field 'judge_prompts.${metric}' has the placeholder {${unknown}}; only {question} and {answer} are filled, so remove it or write literal braces doubled ({{ and }}).`,
+        );
+      }
       if (!template.includes('{answer}')) {
         throw new EmlensError(
           `${source}: question '${q.id}' field 'judge_prompts.${metric}' has no {answer} placeholder; add one where the answer goes.`,

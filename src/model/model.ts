@@ -88,6 +88,14 @@ export interface ForwardResult {
 
 type VariantKey = `${'last' | 'all'}-${boolean}`;
 
+/**
+ * The longest sequence a model loads for when `maxPositions` is not given: its `max_position_embeddings`, capped
+ * at 32768 (the RoPE tables and attention buffers grow with it).
+ */
+export function defaultMaxPositions(spec: ModelSpec): number {
+  return Math.min(spec.maxPositionEmbeddings, 32768);
+}
+
 /** A loaded model: its spec, hook names, and a batched forward pass with hooks and interventions. */
 export class Model {
   private readonly sessions = new Map<VariantKey, Promise<ort.InferenceSession>>();
@@ -108,7 +116,7 @@ export class Model {
     const spec = await readConfig(dir);
     const device = opts.device ?? 'cpu';
     const profile = opts.profile ?? (device === 'cuda' ? 'fp16' : 'fp32');
-    const maxPositions = opts.maxPositions ?? Math.min(spec.maxPositionEmbeddings, 32768);
+    const maxPositions = opts.maxPositions ?? defaultMaxPositions(spec);
     if (!Number.isInteger(maxPositions) || maxPositions < 1) {
       throw new EmlensError(`maxPositions must be a positive integer, not ${maxPositions}.`);
     }

@@ -8,8 +8,8 @@
  * vector is used at every layer listed. Errors are 400s naming the spec's field (`param`).
  */
 import { createHash } from 'node:crypto';
-import { realpath, stat } from 'node:fs/promises';
-import { isAbsolute, resolve, sep } from 'node:path';
+import { lstat, realpath, stat } from 'node:fs/promises';
+import { dirname, isAbsolute, resolve, sep } from 'node:path';
 import { type DirectionSet, loadDirections } from '../directions/direction.js';
 import { EmlensError } from '../errors.js';
 import {
@@ -54,6 +54,13 @@ export class DirectionResolver {
           `The directions folder ${access.directionsDir} does not exist; create it or pass another --directions-dir.`,
         );
       }
+      // A file here would make every request path resolve "under" nothing: refuse it before the server listens.
+      if (!(await stat(dir)).isDirectory()) {
+        throw new ApiError(
+          400,
+          `--directions-dir ${access.directionsDir} is a file, not a folder; pass the folder that holds the direction files (or name single files with --allow-direction).`,
+        );
+      }
     }
     const files = new Set<string>();
     for (const f of access.files ?? []) {
@@ -66,18 +73,51 @@ export class DirectionResolver {
     return new DirectionResolver(dir, files);
   }
 
-  /** The real path of an allowed direction file, or a 403 (or 400 when it is allowed but missing). */
+  /** Whether a real (symlink-free) path lies inside the directions folder, or is the folder itself. */
+  private inside(real: string): boolean {
+    if (this.dir === null) return false;
+    return real === this.dir || real.startsWith(this.dir.endsWith(sep) ? this.dir : this.dir + sep);
+  }
+
+  /**
+   * Whether a path that does not exist would lie inside the folder: its deepest existing ancestor, with every
+   * symlink resolved, must be inside. Only then may the answer say "missing" (400): for anything else a 400 vs
+   * 403 would tell a client which files exist outside the folder (through a symlinked subfolder, `..`, an
+   * absolute path or a dangling symlink), so those all get the 403 a forbidden existing file gets.
+   */
+  private async missingInside(candidate: string): Promise<boolean> {
+    let p = candidate;
+    for (;;) {
+      try {
+        await lstat(p);
+        break;
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT' && (e as NodeJS.ErrnoException).code !== 'ENOTDIR')
+          return false;
+      }
+      const up = dirname(p);
+      if (up === p) return false;
+      p = up;
+    }
+    // `p` exists (as a name); a dangling or looping symlink there has no real path and is not inside.
+    try {
+      return this.inside(await realpath(p));
+    } catch {
+      return false;
+    }
+  }
+
+  /** The real path of an allowed direction file, or a 403 (or 400 when it is inside the folder but missing). */
   async resolvePath(path: string, param: string): Promise<string> {
     const candidate = isAbsolute(path) || this.dir === null ? resolve(path) : resolve(this.dir, path);
-    const underDir = (p: string) => this.dir !== null && p.startsWith(this.dir + sep);
     let real: string | null = null;
     try {
       real = await realpath(candidate);
     } catch {
       real = null;
     }
-    if (real !== null && (this.files.has(real) || underDir(real))) return real;
-    if (real === null && underDir(candidate)) {
+    if (real !== null && (this.files.has(real) || (real !== this.dir && this.inside(real)))) return real;
+    if (real === null && (await this.missingInside(candidate))) {
       throw new ApiError(
         400,
         `There is no direction file '${path}' under the directions folder; name an existing file.`,

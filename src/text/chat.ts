@@ -3,7 +3,7 @@
  * rendered with the variables transformers passes, then tokenized without adding special tokens (the template
  * already writes BOS where the model expects it).
  */
-import { Template } from '@huggingface/jinja';
+import { Environment, Interpreter, Template } from '@huggingface/jinja';
 import { EmlensError } from '../errors.js';
 import type { TextTokenizer } from './tokenizer.js';
 
@@ -41,6 +41,164 @@ function templateFor(source: string): Template {
     parsed.set(source, t);
   }
   return t;
+}
+
+/** The part of jinja's Interpreter used here (its .d.ts imports `./runtime` without an extension, which NodeNext does not resolve). */
+interface JinjaValue {
+  readonly type: string;
+  readonly value: unknown;
+}
+interface JinjaInterpreter {
+  run(program: Template['parsed']): JinjaValue;
+  evaluate(statement: unknown, environment: Environment): JinjaValue;
+}
+const InterpreterBase = Interpreter as unknown as new (env: Environment) => JinjaInterpreter;
+
+/**
+ * Bounds on one render. @huggingface/jinja renders synchronously with no limits of its own, so a template that
+ * never ends (`{% for i in range(100000000) %}`) held the thread until the heap ran out. Rendering is on hot
+ * paths (collect renders every record), so the bounds are checked in the interpreter itself rather than by a
+ * worker per render: `range()` refuses to build a huge list before allocating it, every value the template
+ * makes is capped in length (strings and lists), the characters it makes in all are capped (that bounds what
+ * a loop accumulates, which no single value shows), and a clock checked every few thousand steps bounds time.
+ * The length caps scale with the conversation, so a long answer renders as before.
+ */
+export const TEMPLATE_LIMITS = {
+  /** Items a `range()` may produce: chat templates loop over messages, never over millions of numbers. */
+  rangeItems: 100_000,
+  /** Items any list value may hold. */
+  listItems: 1_000_000,
+  /** Characters any one string value may hold: this much plus `charsPerInputChar` per input character. */
+  baseChars: 1 << 20,
+  charsPerInputChar: 4,
+  /** Characters made in all (intermediate values included), as a multiple of the one-value cap. */
+  totalCharsFactor: 16,
+  /** Wall-clock time a render may take. */
+  timeMs: 2000,
+  /** Work units (evaluate calls, list items) between clock readings. */
+  stepsPerClockCheck: 4096,
+};
+
+const FIX_TEMPLATE = 'fix chat_template in tokenizer_config.json (or chat_template.jinja)';
+
+class BoundedInterpreter extends InterpreterBase {
+  /** Work done: evaluate() calls plus the items of every list made or read. */
+  private steps = 0;
+  private nextClockCheck = 0;
+  private made = 0;
+  private readonly deadline: number;
+  private readonly maxMade: number;
+
+  constructor(
+    env: Environment,
+    private readonly maxChars: number,
+  ) {
+    super(env);
+    this.deadline = performance.now() + TEMPLATE_LIMITS.timeMs;
+    this.maxMade = maxChars * TEMPLATE_LIMITS.totalCharsFactor;
+  }
+
+  override evaluate(statement: unknown, environment: Environment): JinjaValue {
+    if (this.steps >= this.nextClockCheck) {
+      if (performance.now() > this.deadline) {
+        throw new EmlensError(
+          `The chat template did not finish rendering within ${TEMPLATE_LIMITS.timeMs / 1000} s (it loops far more than a conversation needs); ${FIX_TEMPLATE}.`,
+        );
+      }
+      this.nextClockCheck = this.steps + TEMPLATE_LIMITS.stepsPerClockCheck;
+    }
+    const v = super.evaluate(statement, environment);
+    this.steps++;
+    if (v.type === 'StringValue') {
+      const n = (v.value as string).length;
+      this.made += n;
+      if (n > this.maxChars || this.made > this.maxMade) {
+        throw new EmlensError(
+          `The chat template made ${n > this.maxChars ? `a string of ${n}` : `${this.made}`} characters, far more than this conversation can need (at most ${n > this.maxChars ? this.maxChars : this.maxMade}); ${FIX_TEMPLATE}.`,
+        );
+      }
+    } else if (v.type === 'ArrayValue' || v.type === 'ObjectValue') {
+      const n =
+        v.type === 'ArrayValue' ? (v.value as unknown[]).length : (v.value as Map<string, unknown>).size;
+      if (n > TEMPLATE_LIMITS.listItems) {
+        throw new EmlensError(
+          `The chat template made a list of ${n} items, more than the ${TEMPLATE_LIMITS.listItems} a chat template may use; ${FIX_TEMPLATE}.`,
+        );
+      }
+      // A loop over this value does work per item with no evaluate() call when its body is empty: count that
+      // work too, or nested loops run for minutes between two clock checks.
+      this.steps += n;
+    }
+    return v;
+  }
+}
+
+/** Jinja's `range`, refusing before it allocates a list longer than {@link TEMPLATE_LIMITS}.rangeItems. */
+function boundedRange(start: number, stop?: number, step = 1): number[] {
+  if (stop === undefined) {
+    stop = start;
+    start = 0;
+  }
+  if (step === 0) throw new Error('range() step must not be zero');
+  const count = Math.max(0, Math.ceil((stop - start) / step));
+  if (!(count <= TEMPLATE_LIMITS.rangeItems)) {
+    throw new EmlensError(
+      `The chat template calls range() for ${count} items, more than the ${TEMPLATE_LIMITS.rangeItems} a chat template may loop over; ${FIX_TEMPLATE}.`,
+    );
+  }
+  const out: number[] = [];
+  for (let i = 0; i < count; i++) out.push(start + i * step);
+  return out;
+}
+
+/** `strftime_now` as @huggingface/jinja writes it (the codes chat templates use: %Y %m %d %b %B %H %M %%). */
+function strftimeNow(format: string): string {
+  const date = new Date();
+  const pad2 = (n: number) => String(n).padStart(2, '0');
+  return String(format).replace(/%[YmdbBHM%]/g, (token) => {
+    switch (token) {
+      case '%Y':
+        return String(date.getFullYear());
+      case '%m':
+        return pad2(date.getMonth() + 1);
+      case '%d':
+        return pad2(date.getDate());
+      case '%b':
+        return new Intl.DateTimeFormat(undefined, { month: 'short' }).format(date);
+      case '%B':
+        return new Intl.DateTimeFormat(undefined, { month: 'long' }).format(date);
+      case '%H':
+        return pad2(date.getHours());
+      case '%M':
+        return pad2(date.getMinutes());
+      default:
+        return '%';
+    }
+  });
+}
+
+/** `Template.render` with the globals it sets (setupGlobals is not exported) and the bounds above. */
+function renderBounded(
+  template: Template,
+  vars: Readonly<Record<string, unknown>>,
+  inputChars: number,
+): string {
+  const env = new Environment();
+  env.set('false', false);
+  env.set('true', true);
+  env.set('none', null);
+  env.set('False', false);
+  env.set('True', true);
+  env.set('None', null);
+  env.set('raise_exception', (message: string) => {
+    throw new Error(message);
+  });
+  env.set('range', boundedRange);
+  env.set('strftime_now', strftimeNow);
+  for (const [k, v] of Object.entries(vars)) env.set(k, v);
+  const maxChars = TEMPLATE_LIMITS.baseChars + TEMPLATE_LIMITS.charsPerInputChar * inputChars;
+  const result = new BoundedInterpreter(env, maxChars).run(template.parsed);
+  return String(result.value);
 }
 
 function checkMessages(messages: readonly ChatMessage[]): void {
@@ -94,9 +252,12 @@ export function renderChat(
   if (special.unk !== null) vars.unk_token = special.unk;
   Object.assign(vars, opts.templateVars);
   const template = templateFor(source);
+  let inputChars = 0;
+  for (const m of messages) inputChars += m.content.length;
   try {
-    return template.render(vars);
+    return renderBounded(template, vars, inputChars);
   } catch (e) {
+    if (e instanceof EmlensError) throw e;
     throw new EmlensError(
       `The chat template rejected the conversation (${(e as Error).message}); change the messages' roles or order to what the model's template supports.`,
     );
