@@ -30,9 +30,20 @@ export {
   loadDirections,
   meanDiff,
   normalize,
-  normMatchedRandom,
   saveDirections,
 } from './directions/direction.js';
+export {
+  type ControlSpread,
+  controlPaths,
+  controlSpread,
+  directionSha256,
+  formatSpread,
+  isRandomControl,
+  RANDOM_CONTROL_METHOD,
+  type RandomControlOptions,
+  randomControl,
+  randomControls,
+} from './directions/randomControl.js';
 export { directionFromStores } from './directions/fromStores.js';
 export { exportGguf, importGguf } from './directions/gguf.js';
 export { EmlensError } from './errors.js';
