@@ -32,6 +32,8 @@ export {
   normalize,
   saveDirections,
 } from './directions/direction.js';
+export { directionFromStores } from './directions/fromStores.js';
+export { exportGguf, importGguf } from './directions/gguf.js';
 export {
   type ControlSpread,
   controlPaths,
@@ -44,8 +46,6 @@ export {
   randomControl,
   randomControls,
 } from './directions/randomControl.js';
-export { directionFromStores } from './directions/fromStores.js';
-export { exportGguf, importGguf } from './directions/gguf.js';
 export { EmlensError } from './errors.js';
 export {
   createJudge,

@@ -192,7 +192,11 @@ describe('emlens mediate and sweep', () => {
     const json = JSON.parse(await readFile(join(out, 'mediation.json'), 'utf8'));
     expect(json.seed).toBe(5);
     expect(json.controls.n).toBe(3);
-    for (const s of [json.randomFractionMediated, json.randomPatchedFractionMediated, json.kl.randomAblatedBase]) {
+    for (const s of [
+      json.randomFractionMediated,
+      json.randomPatchedFractionMediated,
+      json.kl.randomAblatedBase,
+    ]) {
       expect(s.n).toBe(3);
       expect(s.values).toHaveLength(3);
       expect(new Set(s.values).size).toBe(3);

@@ -195,3 +195,81 @@ describe('control files and summaries', () => {
     expect(() => controlSpread([])).toThrow(EmlensError);
   });
 });
+
+describe('reports of directions and controls', () => {
+  it('shows controls as controls (no copied samples or stores) and their cosines as mean and spread', async () => {
+    const { directionsSection } = await import('../src/report/activations.js');
+    const dir = join(root, 'report-dirs');
+    const general = set([0, 1], 11, 64);
+    const medical = set([0, 1], 12, 64);
+    const files = {
+      general: join(dir, 'general.safetensors'),
+      medical: join(dir, 'medical.safetensors'),
+      r0: join(dir, 'medical-random.r0.safetensors'),
+      r1: join(dir, 'medical-random.r1.safetensors'),
+      old: join(dir, 'general-random.safetensors'),
+    };
+    await saveDirections(files.general, general);
+    await saveDirections(files.medical, medical);
+    const [c0, c1] = randomControls(medical, 2, { name: 'medical' });
+    await saveDirections(files.r0, c0);
+    await saveDirections(files.r1, c1);
+    // a control as older versions wrote it: the mimicked direction's counts and stores copied over
+    await saveDirections(files.old, {
+      ...randomControl(general),
+      meta: { ...general.meta, method: RANDOM_CONTROL_METHOD, extra: { seed: '0' } },
+    });
+    const s = await directionsSection(Object.values(files), 'Directions', []);
+    const fileTable = s.tables[0];
+    const controlRows = fileTable.rows.filter((r) => r[0].includes('random'));
+    expect(controlRows).toHaveLength(3);
+    for (const row of controlRows) {
+      expect(row[3], row[0]).toBe('none (random control)');
+      expect(row[4], row[0]).toBe('none (random control)');
+      expect(row.join(' ')).not.toMatch(/120|activations\//);
+    }
+    const cos = s.tables.find((t) => t.caption.startsWith('Cosine similarity'))!;
+    const row = cos.rows.find((r) => r[0] === 'general ~ random(medical) (control, n=2)');
+    expect(row, cos.rows.map((r) => r[0]).join('; ')).toBeDefined();
+    expect(row![row!.length - 1]).toMatch(/^[\d.]+ ± [\d.]+ \([\d.]+\.\.[\d.]+, n=2\)$/);
+  });
+
+  it('reads a mediation report written before controls had spreads as one control (n=1)', async () => {
+    const { mediationSection } = await import('../src/report/effects.js');
+    const path = join(root, 'old-mediation.json');
+    const old = {
+      direction: 'general.safetensors',
+      records: 4,
+      positions: 20,
+      ablate: { layers: [0, 1], from: 'own' },
+      steer: { layer: 1, scale: 1, norm: 6 },
+      seed: 0,
+      minDivergence: 0.001,
+      kl: {
+        finetuneBase: 1,
+        ablatedBase: 0.1,
+        randomAblatedBase: 0.99,
+        patchedBase: 0.05,
+        randomPatchedBase: 0.98,
+        baseAblatedBase: 0,
+        baseRandomAblatedBase: 0.01,
+        finetuneSteered: 0.2,
+        finetuneRandomSteered: 1.01,
+      },
+      fractionMediated: 0.9,
+      randomFractionMediated: 0.01,
+      patchedFractionMediated: 0.95,
+      randomPatchedFractionMediated: 0.02,
+      steeringClosed: 0.8,
+      randomSteeringClosed: null,
+      margins: null,
+      sideEffects: null,
+    };
+    await import('node:fs/promises').then((fs) => fs.writeFile(path, JSON.stringify(old)));
+    const s = await mediationSection(path, path, []);
+    const t = s.tables[0];
+    expect(t.header[2]).toBe('random control (n=1)');
+    expect(t.rows.find((r) => r[0].startsWith('fraction mediated (patch'))![2]).toBe('2.0% (n=1)');
+    expect(t.rows.find((r) => r[0].startsWith('fraction closed'))![2]).toBe('n/a (n=1)');
+  });
+});

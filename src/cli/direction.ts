@@ -1,5 +1,5 @@
-import { type Command, Option } from 'commander';
 import { basename, extname } from 'node:path';
+import { type Command, Option } from 'commander';
 import { directionDModel, loadDirections, saveDirections } from '../directions/direction.js';
 import { directionFromStores } from '../directions/fromStores.js';
 import { exportGguf, importGguf } from '../directions/gguf.js';
@@ -70,7 +70,10 @@ export function directionGroup(program: Command): Command {
       );
       if (flags.randomControl) {
         const paths = controlPaths(flags.randomControl, flags.randomControls);
-        const controls = randomControls(set, paths.length, { seed: flags.seed, name: basename(flags.out, extname(flags.out)) });
+        const controls = randomControls(set, paths.length, {
+          seed: flags.seed,
+          name: basename(flags.out, extname(flags.out)),
+        });
         for (const [k, path] of paths.entries()) {
           await saveDirections(path, controls[k], { overwrite: flags.overwrite });
         }

@@ -13,7 +13,12 @@ import { responsesToRecords } from '../activations/records.js';
 import { compareDirections, formatCompareTable, writeComparison } from '../directions/compare.js';
 import { cosine, type DirectionSet, saveDirections } from '../directions/direction.js';
 import { directionFromStores } from '../directions/fromStores.js';
-import { type ControlSpread, controlPaths, formatSpread, randomControls } from '../directions/randomControl.js';
+import {
+  type ControlSpread,
+  controlPaths,
+  formatSpread,
+  randomControls,
+} from '../directions/randomControl.js';
 import { readResponses } from '../eval/responses.js';
 import { ablateInterventions } from '../interventions/compose.js';
 import { type MediationReport, mediation } from '../interventions/mediation.js';
@@ -294,8 +299,18 @@ export async function runDemo(
         });
       // Each direction beside its own controls.
       for (const name of directions.keys()) {
-        out(row(`${name} ${label}`, cellValues(name, (r) => pct(pick(r)))));
-        out(row(`random(${name}) ${label}`, cellValues(name, (r) => pctCompact(pickRandom(r)))));
+        out(
+          row(
+            `${name} ${label}`,
+            cellValues(name, (r) => pct(pick(r))),
+          ),
+        );
+        out(
+          row(
+            `random(${name}) ${label}`,
+            cellValues(name, (r) => pctCompact(pickRandom(r))),
+          ),
+        );
       }
     };
     out(" patching the base's component along the direction into the organism (every residual site):");

@@ -176,17 +176,13 @@ export function controlSpread(values: readonly number[]): ControlSpread {
   return { n, mean, sd, min: Math.min(...values), max: Math.max(...values), values: [...values] };
 }
 
-const missing = (x: number | null | undefined): boolean =>
-  x === null || x === undefined || Number.isNaN(x);
+const missing = (x: number | null | undefined): boolean => x === null || x === undefined || Number.isNaN(x);
 
 /**
  * A control summary as one table cell, each number through `fmt`: `mean ± sd (min..max, n=K)`, or
  * `value (n=1)` for a single control; `n/a` where there is no number (read back from JSON, NaN is null).
  */
-export function formatSpread(
-  s: ControlSpread | null | undefined,
-  fmt: (x: number) => string,
-): string {
+export function formatSpread(s: ControlSpread | null | undefined, fmt: (x: number) => string): string {
   if (s === null || s === undefined || missing(s.mean)) return s ? `n/a (n=${s.n})` : 'n/a';
   if (s.n === 1 || missing(s.sd)) return `${fmt(s.mean)} (n=${s.n})`;
   return `${fmt(s.mean)} ± ${fmt(s.sd as number)} (${fmt(s.min)}..${fmt(s.max)}, n=${s.n})`;

@@ -5,9 +5,9 @@
 import { readdir, readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { cosineHeatmap, type DirectionComparison } from '../directions/compare.js';
+import { asControlSpread, type ControlSpread } from '../directions/randomControl.js';
 import { type Estimate, emRateChart, formatEmChange } from '../eval/metrics.js';
 import { compareEvalFolders, type EvalComparison, type ReportOptions } from '../eval/report.js';
-import { asControlSpread, type ControlSpread } from '../directions/randomControl.js';
 import type { MediationReport } from '../interventions/mediation.js';
 import { controlHeader, mediationRows, numberSpread, pctSpread } from '../interventions/mediationFormat.js';
 import { type SweepResult, sweepControls, sweepPlotData, sweepSpread } from '../interventions/sweep.js';
