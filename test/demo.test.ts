@@ -26,7 +26,7 @@ beforeAll(async () => {
     log.mockRestore();
     err.mockRestore();
   }
-}, 300_000);
+}, 600_000); // three random controls per direction roughly double the mediation step
 afterAll(async () => {
   await rm(root, { recursive: true, force: true });
 });
