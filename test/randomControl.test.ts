@@ -228,7 +228,7 @@ describe('reports of directions and controls', () => {
       expect(row[4], row[0]).toBe('none (random control)');
       expect(row.join(' ')).not.toMatch(/120|activations\//);
     }
-    const cos = s.tables.find((t) => t.caption.startsWith('Cosine similarity'))!;
+    const cos = s.tables.find((t) => t.caption?.startsWith('Cosine similarity'))!;
     const row = cos.rows.find((r) => r[0] === 'general ~ random(medical) (control, n=2)');
     expect(row, cos.rows.map((r) => r[0]).join('; ')).toBeDefined();
     expect(row![row!.length - 1]).toMatch(/^[\d.]+ ± [\d.]+ \([\d.]+\.\.[\d.]+, n=2\)$/);
