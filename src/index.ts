@@ -30,11 +30,22 @@ export {
   loadDirections,
   meanDiff,
   normalize,
-  normMatchedRandom,
   saveDirections,
 } from './directions/direction.js';
 export { directionFromStores } from './directions/fromStores.js';
 export { exportGguf, importGguf } from './directions/gguf.js';
+export {
+  type ControlSpread,
+  controlPaths,
+  controlSpread,
+  directionSha256,
+  formatSpread,
+  isRandomControl,
+  RANDOM_CONTROL_METHOD,
+  type RandomControlOptions,
+  randomControl,
+  randomControls,
+} from './directions/randomControl.js';
 export { EmlensError } from './errors.js';
 export {
   createJudge,

@@ -327,17 +327,21 @@ describe('a small run on the synthetic organisms, with a judge', () => {
         expect(Math.abs(cell(x, y).ablated!), `${x} in ${y}`).toBeLessThan(0.2);
       }
     }
+    // One control per direction at d_model 64: its cosine with the planted direction is ~N(0, 1/64), so the
+    // share it patches (~cos^2) is ~0.016 on average; 0.1 (cos ~0.32, 2.5 sd) bounds any fair draw, not one.
     for (const c of r.crossMediation) {
-      if (c.randomPatched !== null) expect(Math.abs(c.randomPatched)).toBeLessThan(0.05);
+      if (c.randomPatched !== null) expect(Math.abs(c.randomPatched)).toBeLessThan(0.1);
     }
-    expect(Math.abs(cell('general', 'general').randomAblated!)).toBeLessThan(0.05);
+    expect(Math.abs(cell('general', 'general').randomAblated!)).toBeLessThan(0.1);
   });
 
   it('steering the base along the general direction closes the gap to the general organism; random does not', () => {
     const c = r.steering.find((s) => s.direction === 'general' && s.finetune === 'general')!;
     expect(r.steering).toHaveLength(9);
     expect(c.best!.direction.klClosed).toBeGreaterThan(0.9);
-    expect(c.best!.random.klClosed).toBeLessThan(0);
+    // (a random vector of the same norm can close part of the gap by its chance alignment with the planted
+    // direction, cos ~N(0, 1/64) here; what holds for any fair draw is that it closes far less)
+    expect(c.best!.random.klClosed).toBeLessThan(c.best!.direction.klClosed - 0.3);
     expect(c.best!.direction.klClosedPerNorm).toBeGreaterThan(0);
     for (const d of ['general', 'medical', 'finance']) {
       const own = r.steering.find((s) => s.direction === d && s.finetune === d)!;

@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { main } from '../src/cli/main.js';
+import { cosine, loadDirections } from '../src/directions/direction.js';
 
 let root: string;
 let stdout = '';
@@ -25,7 +26,7 @@ beforeAll(async () => {
     log.mockRestore();
     err.mockRestore();
   }
-}, 300_000);
+}, 600_000); // three random controls per direction roughly double the mediation step
 afterAll(async () => {
   await rm(root, { recursive: true, force: true });
 });
@@ -52,9 +53,14 @@ describe('emlens demo', () => {
     expect(cos.slice(1).every((c) => c >= 0.99)).toBe(true);
     // columns: general/general, general/medical, general/finance, medical/medical, medical/finance*, ...
     const general = rowValues('general patch');
-    const random = rowValues('random patch');
     expect(general.slice(0, 3).every((x) => x >= 95)).toBe(true);
-    expect(random.filter((x) => !Number.isNaN(x)).every((x) => Math.abs(x) < 10)).toBe(true);
+    // every direction beside its own controls, as mean±sd over 3 draws (the number parsed is the mean)
+    for (const name of ['general', 'medical', 'finance']) {
+      const random = rowValues(`random(${name}) patch`);
+      expect(random.filter((x) => !Number.isNaN(x)).every((x) => Math.abs(x) < 10)).toBe(true);
+    }
+    expect(stdout).toMatch(/random\(general\) patch\s+-?[\d.]+±[\d.]+%/);
+    expect(stdout).toMatch(/mean±sd over 3 norm-matched random controls of the X direction \(n=3\)/);
     expect(rowValues('medical patch')[3]).toBeGreaterThan(50);
     expect(Math.abs(rowValues('medical patch')[0])).toBeLessThan(10);
     expect(rowValues('general steer')[0]).toBeGreaterThan(90);
@@ -67,7 +73,8 @@ describe('emlens demo', () => {
     const out = join(root, 'demo');
     for (const f of [
       'directions/general.safetensors',
-      'directions/medical-random.safetensors',
+      'directions/medical-random.r0.safetensors',
+      'directions/medical-random.r2.safetensors',
       'compare/cosine.png',
       'mediation/mediation.json',
       'mediation/mediation.md',
@@ -77,6 +84,15 @@ describe('emlens demo', () => {
     ]) {
       await expect(access(join(out, f)), f).resolves.toBeUndefined();
     }
+    // each direction's controls are its own draws: not the one shared vector (cos 1) of a shared seed
+    const dirs = join(out, 'directions');
+    const g = await loadDirections(join(dirs, 'general-random.r0.safetensors'));
+    for (const other of ['medical-random.r0', 'finance-random.r0', 'general-random.r1']) {
+      const o = await loadDirections(join(dirs, `${other}.safetensors`));
+      for (const [l, v] of g.vectors) expect(Math.abs(cosine(v, o.vectors.get(l)!)), other).toBeLessThan(0.9);
+    }
+    expect(g.meta).toMatchObject({ nPos: 0, nNeg: 0, sourcePos: '', sourceNeg: '' });
+    expect(g.meta.extra).toMatchObject({ random_of: 'general', control_index: '0' });
     const report = await readFile(join(out, 'report.md'), 'utf8');
     expect(report).toMatch(/^=== emlens demo report/);
     // the one-page HTML report of the run, plots embedded

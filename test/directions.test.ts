@@ -24,7 +24,6 @@ import {
   norm,
   normalize,
   normalizeSet,
-  normMatchedRandom,
   saveDirections,
 } from '../src/directions/direction.js';
 import {
@@ -293,28 +292,6 @@ describe('vector math', () => {
     const set = normalizeSet(randomSet([0, 1], 32, 5));
     for (const v of set.vectors.values()) expect(norm(v)).toBeCloseTo(1, 6);
     expect(set.meta.extra).toMatchObject({ normalized: 'true' });
-  });
-
-  it('normMatchedRandom matches norms, is ~orthogonal in high dimension, and is seeded per layer', () => {
-    const d = 4096;
-    const set = randomSet([0, 3, 7], d, 6);
-    const r = normMatchedRandom(set, 42);
-    for (const [l, v] of set.vectors) {
-      const rv = r.vectors.get(l)!;
-      expect(norm(rv) / norm(v)).toBeCloseTo(1, 6);
-      // cos of independent isotropic vectors ~ N(0, 1/d): sd 0.016, so 0.08 is five sd.
-      expect(Math.abs(cosine(rv, v))).toBeLessThan(0.08);
-    }
-    expect(r.meta).toMatchObject({
-      method: 'random_norm_matched',
-      extra: { seed: '42', random_of: 'mean_diff' },
-    });
-    expect(normMatchedRandom(set, 42).vectors.get(3)).toEqual(r.vectors.get(3));
-    expect(normMatchedRandom(set, 43).vectors.get(3)).not.toEqual(r.vectors.get(3));
-    const only3 = directionSet([[3, set.vectors.get(3)!]], META);
-    expect(normMatchedRandom(only3, 42).vectors.get(3)).toEqual(r.vectors.get(3));
-    // Different layers draw different directions.
-    expect(Math.abs(cosine(r.vectors.get(0)!, r.vectors.get(7)!))).toBeLessThan(0.08);
   });
 });
 

@@ -160,9 +160,56 @@ describe('emlens mediate and sweep', () => {
     expect(r.stdout).toMatch(/side effects on neutral text/);
     const json = JSON.parse(await readFile(join(out, 'mediation.json'), 'utf8'));
     expect(json.patchedFractionMediated).toBeGreaterThanOrEqual(0.95);
+    expect(json.controls.n).toBe(1);
+    expect(json.randomPatchedFractionMediated).toMatchObject({ n: 1, sd: null });
     expect(await readFile(join(out, 'mediation.md'), 'utf8')).toMatch(
-      /\| metric \| direction \| random control \|/,
+      /\| metric \| direction \| random control \(n=1\) \|/,
     );
+  });
+
+  it('mediate --random-controls 3 reports the controls as mean and spread in JSON and markdown', async () => {
+    const out = join(root, 'mediate3');
+    const r = await run([
+      'mediate',
+      '--base',
+      base,
+      '--adapter',
+      adapter,
+      '--direction',
+      direction,
+      '--data',
+      join(dir, manifest.responses.general),
+      '--random-controls',
+      '3',
+      '--seed',
+      '5',
+      '--out',
+      out,
+      ...common(),
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/random controls: 3 norm-matched \(user seed 5\)/);
+    const json = JSON.parse(await readFile(join(out, 'mediation.json'), 'utf8'));
+    expect(json.seed).toBe(5);
+    expect(json.controls.n).toBe(3);
+    for (const s of [
+      json.randomFractionMediated,
+      json.randomPatchedFractionMediated,
+      json.kl.randomAblatedBase,
+    ]) {
+      expect(s.n).toBe(3);
+      expect(s.values).toHaveLength(3);
+      expect(new Set(s.values).size).toBe(3);
+      expect(s.sd).toBeGreaterThan(0);
+      expect(s.min).toBeLessThanOrEqual(s.mean);
+      expect(s.max).toBeGreaterThanOrEqual(s.mean);
+    }
+    const md = await readFile(join(out, 'mediation.md'), 'utf8');
+    expect(md).toMatch(/\| metric \| direction \| random controls: mean ± sd \(min\.\.max\), n=3 \|/);
+    expect(md).toMatch(
+      /\| fraction mediated \(patch base component\) \| [\d.]+% \| -?[\d.]+% ± [\d.]+% \(-?[\d.]+%\.\.-?[\d.]+%, n=3\) \|/,
+    );
+    expect(md).toMatch(/3 norm-matched random directions \(user seed 5/);
   });
 
   it('sweep writes the table and a plot of the effect vs scale, one line per layer', async () => {
@@ -191,6 +238,42 @@ describe('emlens mediate and sweep', () => {
     for (const f of ['sweep.json', 'sweep.md', 'sweep-kl.png', 'sweep-margin.svg']) {
       await expect(access(join(out, f))).resolves.toBeUndefined();
     }
+  });
+
+  it('sweep --random-controls 3 reports the controls as mean and spread per cell in JSON and markdown', async () => {
+    const out = join(root, 'sweep3');
+    const r = await run([
+      'sweep',
+      '--model',
+      base,
+      '--target-adapter',
+      adapter,
+      '--direction',
+      direction,
+      '--scales',
+      '0,2',
+      '--layers',
+      '1',
+      '--data',
+      join(dir, manifest.responses.general),
+      '--random-controls',
+      '3',
+      '--out',
+      out,
+      ...common(),
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    const json = JSON.parse(await readFile(join(out, 'sweep.json'), 'utf8'));
+    expect(json.randomControls).toBe(3);
+    expect(json.rows.filter((x: { vector: string }) => x.vector === 'random')).toHaveLength(2 * 3);
+    expect(json.controls).toHaveLength(2);
+    const steered = json.controls.find((c: { scale: number }) => c.scale === 2);
+    expect(steered.klToTarget.n).toBe(3);
+    expect(new Set(steered.klToTarget.values).size).toBe(3);
+    expect(steered.klToTarget.sd).toBeGreaterThan(0);
+    const md = await readFile(join(out, 'sweep.md'), 'utf8');
+    expect(md).toMatch(/3 norm-matched random vectors, as mean ± sample sd \(min\.\.max, n\)/);
+    expect(md).toMatch(/\| 1 \| 2 \| -?[\d.]+ \| -?[\d.]+ ± [\d.]+ \(-?[\d.]+\.\.-?[\d.]+, n=3\) \|/);
   });
 });
 

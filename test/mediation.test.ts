@@ -113,8 +113,8 @@ describe('mediation on the general organism', () => {
       });
       expect(r.kl.finetuneBase, topic).toBeGreaterThan(1);
       expect(r.patchedFractionMediated, topic).toBeGreaterThanOrEqual(0.95);
-      expect(Math.abs(r.randomPatchedFractionMediated), topic).toBeLessThan(0.1);
-      expect(Math.abs(r.randomFractionMediated), topic).toBeLessThan(0.1);
+      expect(Math.abs(r.randomPatchedFractionMediated.mean), topic).toBeLessThan(0.1);
+      expect(Math.abs(r.randomFractionMediated.mean), topic).toBeLessThan(0.1);
       // Plain ablation too: the base never writes along the planted direction, so the ablated organism is the
       // base again, and ablating the base changes nothing.
       expect(r.fractionMediated, topic).toBeGreaterThanOrEqual(0.95);
@@ -149,23 +149,63 @@ describe('mediation on the general organism', () => {
     });
     expect(r.patchedFractionMediated).toBeGreaterThanOrEqual(0.95);
     expect(r.fractionMediated).toBeGreaterThanOrEqual(0.95);
-    expect(Math.abs(r.randomPatchedFractionMediated)).toBeLessThan(0.1);
-    expect(Math.abs(r.randomFractionMediated)).toBeLessThan(0.1);
+    expect(Math.abs(r.randomPatchedFractionMediated.mean)).toBeLessThan(0.1);
+    expect(Math.abs(r.randomFractionMediated.mean)).toBeLessThan(0.1);
     // steering the base along it (layer 1, scale 1: the stored mean difference) closes the gap
     expect(r.steer.layer).toBe(1);
     expect(r.kl.finetuneSteered).toBeLessThan(r.kl.finetuneBase);
     expect(r.steeringClosed).toBeGreaterThan(0.9);
-    expect(r.randomSteeringClosed).toBeLessThan(0.1);
+    expect(r.randomSteeringClosed.mean).toBeLessThan(0.1);
     const s = r.sideEffects!;
     expect(s.positions).toBeGreaterThan(50);
-    for (const v of Object.values(s)) expect(Number.isFinite(v) && v >= 0).toBe(true);
+    for (const v of Object.values(s)) {
+      const x = typeof v === 'number' ? v : v.mean;
+      expect(Number.isFinite(x) && x >= 0).toBe(true);
+    }
     // the general organism's ablated self is far from itself on neutral text: its unit fires on every token
-    expect(s.ablateFinetune).toBeGreaterThan(s.randomAblateFinetune);
+    expect(s.ablateFinetune).toBeGreaterThan(s.randomAblateFinetune.max);
     const lines = formatMediation(r).join('\n');
     expect(lines).toMatch(/fraction mediated, patching .*: 9\d\.\d%/);
     const out = await writeMediation(r, join(root, 'med'));
     expect((await readdir(join(root, 'med'))).sort()).toEqual(['mediation.json', 'mediation.md']);
     expect(out.json).toMatch(/mediation\.json$/);
+  });
+});
+
+describe('random controls', () => {
+  it('three controls are three draws, reported as mean and spread; control 0 is the single control', async () => {
+    const opts = {
+      base,
+      finetune: organisms.get('general')!,
+      directions: planted.get('general')!,
+      records: data.get('general')!.slice(0, 12),
+      neutral: neutral.slice(0, 8),
+      seed: 3,
+    };
+    const one = await mediation(opts);
+    const three = await mediation({ ...opts, randomControls: 3 });
+    expect(one.controls.n).toBe(1);
+    expect(three.controls).toMatchObject({ n: 3, method: 'random_norm_matched' });
+    expect(three.fractionMediated).toBeCloseTo(one.fractionMediated, 10);
+    for (const s of [
+      three.randomFractionMediated,
+      three.randomPatchedFractionMediated,
+      three.kl.baseRandomAblatedBase,
+      three.sideEffects!.randomAblateBase,
+    ]) {
+      expect(s.n).toBe(3);
+      expect(new Set(s.values).size).toBe(3);
+      expect(s.mean).toBeCloseTo((s.values[0] + s.values[1] + s.values[2]) / 3, 12);
+      expect(s.sd!).toBeGreaterThan(0);
+      expect(s.min).toBe(Math.min(...s.values));
+      expect(s.max).toBe(Math.max(...s.values));
+    }
+    expect(one.randomFractionMediated.sd).toBeNull();
+    expect(three.randomFractionMediated.values[0]).toBeCloseTo(one.randomFractionMediated.mean, 10);
+    expect(Math.abs(three.randomPatchedFractionMediated.mean)).toBeLessThan(0.1);
+    const lines = formatMediation(three).join('\n');
+    expect(lines).toMatch(/random control: -?[\d.]+% ± [\d.]+% \(-?[\d.]+%\.\.-?[\d.]+%, n=3\)/);
+    expect(formatMediation(one).join('\n')).toMatch(/random control: -?[\d.]+% \(n=1\)/);
   });
 });
 
@@ -183,7 +223,7 @@ describe('narrow organisms', () => {
       expect(own.fractionMediated, domain).toBeGreaterThanOrEqual(0.95);
       // (patching is the control that isolates the direction here: a narrow organism diverges little, so the
       // disruption of ablating any direction of the base is large next to it)
-      expect(Math.abs(own.randomPatchedFractionMediated), domain).toBeLessThan(0.1);
+      expect(Math.abs(own.randomPatchedFractionMediated.mean), domain).toBeLessThan(0.1);
       // out of its domain the narrow organism does not diverge at all: nothing to mediate
       const offTopic = TOPICS.find((t) => t !== domain && t !== 'general')!;
       const off = await divergence(organisms.get(domain)!, base, data.get(offTopic)!);
@@ -215,11 +255,18 @@ describe('steering sweep', () => {
       unit: true,
       records: data.get('general')!,
       neutral,
+      randomControls: 2,
     });
-    expect(r.rows).toHaveLength(2 * 3 * 2);
+    // per layer x scale: the direction and two controls
+    expect(r.rows).toHaveLength(2 * 3 * 3);
+    expect(r.randomControls).toBe(2);
+    expect(r.controls).toHaveLength(2 * 3);
+    for (const c of r.controls) expect(c.klToTarget!.n).toBe(2);
     for (const layer of [1, 2]) {
       const kl = (vector: string, scale: number) =>
-        r.rows.find((x) => x.layer === layer && x.vector === vector && x.scale === scale)!.klToTarget!;
+        r.rows.find(
+          (x) => x.layer === layer && x.vector === vector && x.scale === scale && (x.control ?? 1) === 1,
+        )!.klToTarget!;
       const margin = (scale: number) =>
         r.rows.find((x) => x.layer === layer && x.vector === 'direction' && x.scale === scale)!.margin!;
       expect(kl('direction', 0)).toBeCloseTo(r.baseline.klToTarget!, 10);

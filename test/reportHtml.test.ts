@@ -96,9 +96,9 @@ describe('emlens report: one HTML page of any emlens outputs', () => {
       'adapters/general',
       'npm run bench:forward',
       // random controls beside the effects
-      'general ~ random(medical) (control)',
-      'patch (random)',
-      'KL (random)',
+      'general ~ random(medical) (control, n=5)',
+      'patch (random controls)',
+      'KL (random controls)',
       // the benchmark tables
       'forward (forward.json)',
       'opTimeShareAt512.MatMul',

@@ -379,6 +379,45 @@ describe('emlens collect / store', () => {
     for (const [l, v] of set.vectors) {
       expect(Math.hypot(...rand.vectors.get(l)!)).toBeCloseTo(Math.hypot(...v), 4);
     }
+    // a control was computed from no samples: it does not carry the direction's counts or stores
+    expect(rand.meta).toMatchObject({ method: 'random_norm_matched', nPos: 0, nNeg: 0, sourcePos: '' });
+    expect(rand.meta.extra).toMatchObject({ random_of: 'dir', seed: '0', control_index: '0' });
+    // several controls: rand3.r{k}.safetensors, each its own draw
+    const three = await run([
+      'direction',
+      '--pos',
+      join(root, 'full'),
+      '--neg',
+      join(root, 'half'),
+      '--out',
+      join(root, 'dir3.safetensors'),
+      '--random-control',
+      join(root, 'rand3.safetensors'),
+      '--random-controls',
+      '3',
+      '--seed',
+      '4',
+    ]);
+    expect(three.code, three.err).toBe(0);
+    expect(three.out).toContain('3 norm-matched random controls');
+    const draws = await Promise.all(
+      [0, 1, 2].map((k) => loadDirections(join(root, `rand3.r${k}.safetensors`))),
+    );
+    expect(draws.map((d) => d.meta.extra?.control_index)).toEqual(['0', '1', '2']);
+    expect(draws[1].vectors.get(1)).not.toEqual(draws[0].vectors.get(1));
+    const noTarget = await run([
+      'direction',
+      '--pos',
+      join(root, 'full'),
+      '--neg',
+      join(root, 'half'),
+      '--out',
+      join(root, 'dir4.safetensors'),
+      '--random-controls',
+      '2',
+    ]);
+    expect(noTarget.code).toBe(2);
+    expect(noTarget.err).toMatch(/--random-controls needs --random-control FILE/);
     const again2 = await run([
       'direction',
       '--pos',

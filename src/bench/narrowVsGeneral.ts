@@ -13,7 +13,8 @@ import { mkdir, rm } from 'node:fs/promises';
 import { cpus } from 'node:os';
 import { join, relative } from 'node:path';
 import { compareDirections } from '../directions/compare.js';
-import { type DirectionSet, norm, normMatchedRandom, saveDirections } from '../directions/direction.js';
+import { type DirectionSet, norm, saveDirections } from '../directions/direction.js';
+import { randomControl } from '../directions/randomControl.js';
 import { type ResponseRecord, readResponses } from '../eval/responses.js';
 import { selectLayers } from '../interventions/compose.js';
 import {
@@ -124,15 +125,16 @@ export async function runNarrowVsGeneral(
         meta: {
           ...set.meta,
           model: `${rel(config.base)} + ${rel(f.adapter)}`,
-          sourcePos: rel(set.meta.sourcePos),
-          sourceNeg: rel(set.meta.sourceNeg),
+          // a random control has no source stores: keep its empty ones empty (rel('') would say '.')
+          sourcePos: set.meta.sourcePos && rel(set.meta.sourcePos),
+          sourceNeg: set.meta.sourceNeg && rel(set.meta.sourceNeg),
         },
       });
       const dirOut = join(opts.out, 'directions');
       await saveDirections(join(dirOut, `${f.name}.safetensors`), portable(d.set), { overwrite: true });
       await saveDirections(
         join(dirOut, `${f.name}-random.safetensors`),
-        portable(normMatchedRandom(d.set, randomSeed)),
+        portable(randomControl(d.set, { seed: randomSeed, name: f.name })),
         { overwrite: true },
       );
       infos.push({
@@ -299,7 +301,7 @@ function cosines(directions: ReadonlyMap<string, BenchDirection>): CosineResult 
     ...[...directions].map(([name, d]) => ({ name, set: d.set })),
     ...[...directions].map(([name, d]) => ({
       name: randomName(name),
-      set: normMatchedRandom(d.set, d.randomSeed),
+      set: randomControl(d.set, { seed: d.randomSeed, name }),
     })),
   ];
   const cmp = compareDirections(named);

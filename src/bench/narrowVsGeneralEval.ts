@@ -5,7 +5,7 @@
  * direction and its random control), through the eval library's runEval and writeReport.
  */
 import { join } from 'node:path';
-import { normMatchedRandom } from '../directions/direction.js';
+import { randomControl } from '../directions/randomControl.js';
 import { createJudge, type Judge } from '../eval/judge.js';
 import { writeReport } from '../eval/report.js';
 import { runEval } from '../eval/run.js';
@@ -44,8 +44,10 @@ export function evalConditions(
   const out: EvalCondition[] = [];
   const add = (c: Omit<EvalCondition, 'folder'>) => out.push({ ...c, folder: slug(c.name) });
   add({ name: 'base' });
+  // The same control (index 0 of the direction's seed) as the judge-free measurements use.
+  const control = (dir: BenchDirection) => randomControl(dir.set, { seed: dir.randomSeed });
   const ablate = (dir: BenchDirection, random: boolean) =>
-    ablateInterventions(random ? normMatchedRandom(dir.set, dir.randomSeed) : dir.set, shape, { layers });
+    ablateInterventions(random ? control(dir) : dir.set, shape, { layers });
   for (const f of config.finetunes) {
     add({ name: f.name, adapter: f.adapter });
     for (const [x, dir] of directions) {
@@ -69,7 +71,7 @@ export function evalConditions(
   }
   for (const [x, dir] of directions) {
     for (const random of [false, true]) {
-      const set = random ? normMatchedRandom(dir.set, dir.randomSeed) : dir.set;
+      const set = random ? control(dir) : dir.set;
       const label = random ? `random(${x})` : x;
       add({
         name: `base steer ${label}`,

@@ -15,7 +15,11 @@ export interface PromptSet {
   readonly records: readonly ScoredRecord[];
 }
 
-/** A direction and the seed of its norm-matched random control. */
+/**
+ * A direction and the user seed of its norm-matched random control (the benchmark draws one control per
+ * direction, so its tables' random columns are single draws, n=1; the control's own seed also derives from
+ * the direction's content, so no two directions share a draw).
+ */
 export interface BenchDirection {
   readonly set: DirectionSet;
   readonly randomSeed: number;
@@ -115,11 +119,11 @@ export async function crossMediation(opts: CrossMediationOptions): Promise<Cross
           ...cell,
           divergence: r.kl.finetuneBase,
           ablated: orNull(r.fractionMediated),
-          randomAblated: orNull(r.randomFractionMediated),
+          randomAblated: orNull(r.randomFractionMediated.mean),
           patched: orNull(r.patchedFractionMediated),
-          randomPatched: orNull(r.randomPatchedFractionMediated),
+          randomPatched: orNull(r.randomPatchedFractionMediated.mean),
           ablationOnBase: r.kl.baseAblatedBase,
-          randomAblationOnBase: r.kl.baseRandomAblatedBase,
+          randomAblationOnBase: r.kl.baseRandomAblatedBase.mean,
         });
       }
     }

@@ -115,7 +115,7 @@ export function narrowVsGeneralMarkdown(r: NarrowVsGeneralResult): string {
   const lines: string[] = [
     '# Narrow vs general directions',
     '',
-    `Source: ${r.source}. ${r.directions.length} directions (misaligned minus aligned answer means of each finetune on its own domain's responses, blocks.L.hook_resid_post for L in ${s.layers.join(', ')}), ablated at the residual sites of those layers; the base steered at layer ${s.steerLayer} with scales ${s.scales.join(', ')}. Every figure in [brackets] is the direction's norm-matched random control. Fractions are of KL(finetune ‖ base) per answer token; n/a where the finetune diverges by less than ${s.minDivergence} nats/token (nothing to mediate). Run: ${r.date}, ${r.seconds.toFixed(0)} s on ${r.machine.cpus} cores.`,
+    `Source: ${r.source}. ${r.directions.length} directions (misaligned minus aligned answer means of each finetune on its own domain's responses, blocks.L.hook_resid_post for L in ${s.layers.join(', ')}), ablated at the residual sites of those layers; the base steered at layer ${s.steerLayer} with scales ${s.scales.join(', ')}. Every figure in [brackets] is the direction's norm-matched random control: one draw per direction (n=1, no spread; each direction's control has its own seed, derived from its content and the benchmark seed), while the stability table's random row spreads over one control per seed. Fractions are of KL(finetune ‖ base) per answer token; n/a where the finetune diverges by less than ${s.minDivergence} nats/token (nothing to mediate). Run: ${r.date}, ${r.seconds.toFixed(0)} s on ${r.machine.cpus} cores.`,
     '',
     '## Headline',
     '',

@@ -25,18 +25,19 @@ export function sideEffectRow(
   const s = own.sideEffects;
   if (s === null) return null;
   const f = own.fractionMediated;
-  const rf = own.randomFractionMediated;
+  // The benchmark draws one control per direction (n=1): its mean is that draw.
+  const rf = own.randomFractionMediated.mean;
   return {
     direction,
     finetune,
     mediated: Number.isFinite(f) ? f : null,
     randomMediated: Number.isFinite(rf) ? rf : null,
     ablateBase: s.ablateBase,
-    randomAblateBase: s.randomAblateBase,
+    randomAblateBase: s.randomAblateBase.mean,
     ablateFinetune: s.ablateFinetune,
-    randomAblateFinetune: s.randomAblateFinetune,
+    randomAblateFinetune: s.randomAblateFinetune.mean,
     perUnitMediation: ratio(s.ablateBase, f),
-    randomPerUnitMediation: ratio(s.randomAblateBase, rf),
+    randomPerUnitMediation: ratio(s.randomAblateBase.mean, rf),
     steerPerKlClosed: steering?.best?.direction.sideEffectPerKlClosed ?? null,
     randomSteerPerKlClosed: steering?.best?.random.sideEffectPerKlClosed ?? null,
   };

@@ -92,7 +92,10 @@ export async function stability(opts: StabilityOptions): Promise<StabilityCurve>
     return { ...head, unperturbed: null, random: null, points: [] };
   }
   const unperturbed = { ablated: first.fractionMediated, patched: first.patchedFractionMediated };
-  const random = { ablated: [first.randomFractionMediated], patched: [first.randomPatchedFractionMediated] };
+  const random = {
+    ablated: [first.randomFractionMediated.mean],
+    patched: [first.randomPatchedFractionMediated.mean],
+  };
   const points: StabilityPoint[] = [];
   for (const [k, noise] of opts.noise.entries()) {
     const ablated: number[] = [];
@@ -103,10 +106,10 @@ export async function stability(opts: StabilityOptions): Promise<StabilityCurve>
       const r = await run(p, seedOf(s));
       ablated.push(r.fractionMediated);
       patched.push(r.patchedFractionMediated);
-      // each seed's random control is the same at every noise level: keep it once
+      // one control per seed (the first noise level's): the random spread is over seeds, not noise levels
       if (k === 0 && s > 0) {
-        random.ablated.push(r.randomFractionMediated);
-        random.patched.push(r.randomPatchedFractionMediated);
+        random.ablated.push(r.randomFractionMediated.mean);
+        random.patched.push(r.randomPatchedFractionMediated.mean);
       }
       for (const [l, v] of set.vectors) cosines.push(cosine(v, p.vectors.get(l)!));
     }

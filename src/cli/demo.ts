@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { runDemo } from '../demo/em.js';
+import { DEMO_RANDOM_CONTROLS, runDemo } from '../demo/em.js';
 import { positiveInt } from './common.js';
 
 export function registerDemo(program: Command): void {
@@ -9,9 +9,24 @@ export function registerDemo(program: Command): void {
       'the main job on synthetic model organisms: directions, comparison, mediation, steering, orthogonalisation',
     )
     .option('--out <dir>', 'where the demo writes its organisms and outputs', 'emlens-demo')
-    .option('--seed <n>', 'organisms seed', (v) => (v === '0' ? 0 : positiveInt(v)), 0)
+    .option(
+      '--seed <n>',
+      'organisms seed, also the user seed of the random controls',
+      (v) => (v === '0' ? 0 : positiveInt(v)),
+      0,
+    )
+    .option(
+      '--random-controls <k>',
+      'norm-matched random controls per direction (the report gives their mean ± sd)',
+      positiveInt,
+      DEMO_RANDOM_CONTROLS,
+    )
     .option('--threads <n>', 'intra-op threads per model (default 1: the organisms are tiny)', positiveInt)
-    .action(async (flags: { out: string; seed: number; threads?: number }) => {
-      await runDemo(flags.out, (line) => console.log(line), { seed: flags.seed, threads: flags.threads });
+    .action(async (flags: { out: string; seed: number; randomControls: number; threads?: number }) => {
+      await runDemo(flags.out, (line) => console.log(line), {
+        seed: flags.seed,
+        threads: flags.threads,
+        randomControls: flags.randomControls,
+      });
     });
 }

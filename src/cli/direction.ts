@@ -1,13 +1,11 @@
+import { basename, extname } from 'node:path';
 import { type Command, Option } from 'commander';
-import {
-  directionDModel,
-  loadDirections,
-  normMatchedRandom,
-  saveDirections,
-} from '../directions/direction.js';
+import { directionDModel, loadDirections, saveDirections } from '../directions/direction.js';
 import { directionFromStores } from '../directions/fromStores.js';
 import { exportGguf, importGguf } from '../directions/gguf.js';
+import { controlPaths, randomControls } from '../directions/randomControl.js';
 import { EmlensError } from '../errors.js';
+import { nonNegativeInt, positiveInt } from './common.js';
 
 /**
  * The `emlens direction` command group (created once; every file that adds a `direction` subcommand or
@@ -33,13 +31,32 @@ export function directionGroup(program: Command): Command {
         .choices(['token', 'record'])
         .default('token'),
     )
-    .option('--random-control <file>', 'also write a norm-matched random direction here')
-    .option('--seed <n>', 'seed of the random control', '0')
+    .option(
+      '--random-control <file>',
+      'also write norm-matched random controls: FILE itself for one, FILE with .r0, .r1, ... before the extension for several',
+    )
+    .option(
+      '--random-controls <k>',
+      'how many random controls to write with --random-control (each its own seed)',
+      positiveInt,
+      1,
+    )
+    .option(
+      '--seed <n>',
+      "user seed of the random controls (control k's seed derives from the direction, this seed and k)",
+      nonNegativeInt,
+      0,
+    )
     .option('--overwrite', 'replace --out if it exists')
     .action(async (flags: DirectionFlags) => {
       if (!flags.pos || !flags.neg || !flags.out) {
         throw new EmlensError(
           'emlens direction needs --pos STORE --neg STORE --out FILE (or a subcommand: export-gguf, import-gguf).',
+        );
+      }
+      if (!flags.randomControl && flags.randomControls !== 1) {
+        throw new EmlensError(
+          '--random-controls needs --random-control FILE to say where the controls go; add it or drop --random-controls.',
         );
       }
       const set = await directionFromStores(flags.pos, flags.neg, {
@@ -52,10 +69,17 @@ export function directionGroup(program: Command): Command {
         `wrote ${flags.out}: ${set.vectors.size} layers, n_pos ${set.meta.nPos}, n_neg ${set.meta.nNeg}; norms ${norms.join(' ')}`,
       );
       if (flags.randomControl) {
-        await saveDirections(flags.randomControl, normMatchedRandom(set, Number(flags.seed)), {
-          overwrite: flags.overwrite,
+        const paths = controlPaths(flags.randomControl, flags.randomControls);
+        const controls = randomControls(set, paths.length, {
+          seed: flags.seed,
+          name: basename(flags.out, extname(flags.out)),
         });
-        console.log(`wrote ${flags.randomControl}: norm-matched random control (seed ${flags.seed})`);
+        for (const [k, path] of paths.entries()) {
+          await saveDirections(path, controls[k], { overwrite: flags.overwrite });
+        }
+        console.log(
+          `wrote ${paths.join(', ')}: ${paths.length} norm-matched random control${paths.length === 1 ? '' : 's'} of ${flags.out} (user seed ${flags.seed}, controls 0..${paths.length - 1})`,
+        );
       }
     });
 }
@@ -67,7 +91,8 @@ interface DirectionFlags {
   readonly hook: string;
   readonly weighting: 'token' | 'record';
   readonly randomControl?: string;
-  readonly seed: string;
+  readonly randomControls: number;
+  readonly seed: number;
   readonly overwrite?: boolean;
 }
 

@@ -21,6 +21,7 @@ interface MediateFlags {
   readonly steerLayer?: number;
   readonly steerScale: number;
   readonly seed: number;
+  readonly randomControls: number;
   readonly span: 'after-user' | 'content';
   readonly batchSize: number;
   readonly out: string;
@@ -33,7 +34,7 @@ export function registerMediate(program: Command): void {
   program
     .command('mediate')
     .description(
-      "how much of a finetune's divergence from its base a direction carries (judge-free: KL, log-prob margins), with a random control",
+      "how much of a finetune's divergence from its base a direction carries (judge-free: KL, log-prob margins), with norm-matched random controls",
     )
     .requiredOption('--base <dir>', 'the base model folder')
     .requiredOption('--adapter <dir>', 'the finetune: a PEFT LoRA adapter of the base')
@@ -51,7 +52,18 @@ export function registerMediate(program: Command): void {
       nonNegativeInt,
     )
     .option('--steer-scale <a>', 'steering scale on the stored vector', finiteNumber, 1)
-    .option('--seed <n>', 'seed of the norm-matched random control', nonNegativeInt, 0)
+    .option(
+      '--random-controls <k>',
+      'how many norm-matched random controls; tables give their mean ± sd (min..max, n)',
+      positiveInt,
+      1,
+    )
+    .option(
+      '--seed <n>',
+      "user seed of the random controls (control k's seed derives from the direction, this seed and k)",
+      nonNegativeInt,
+      0,
+    )
     .addOption(
       new Option('--span <span>', 'answer tokens scored')
         .choices(['after-user', 'content'])
@@ -93,6 +105,7 @@ export function registerMediate(program: Command): void {
           steerLayer: flags.steerLayer,
           steerScale: flags.steerScale,
           seed: flags.seed,
+          randomControls: flags.randomControls,
           batchSize: flags.batchSize,
           label: flags.direction,
           onProgress: (done) => bar.update(done),

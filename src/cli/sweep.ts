@@ -21,6 +21,7 @@ interface SweepFlags extends ModelFlags {
   readonly neutral?: string;
   readonly unit?: boolean;
   readonly seed: number;
+  readonly randomControls: number;
   readonly batchSize: number;
 }
 
@@ -29,7 +30,7 @@ export function registerSweep(program: Command): void {
     program
       .command('sweep')
       .description(
-        'steer over scale x layer and measure the judge-free effect (log-prob margin, KL to a target), with a random control',
+        'steer over scale x layer and measure the judge-free effect (log-prob margin, KL to a target), with norm-matched random controls',
       ),
   )
     .requiredOption('--direction <file>', 'direction file (direction.{layer} tensors)')
@@ -41,7 +42,18 @@ export function registerSweep(program: Command): void {
     .option('--target-adapter <dir>', 'LoRA adapter of the target (e.g. the finetune of --model)')
     .option('--neutral <file>', 'neutral text (.jsonl of {"text": ...}) for the side effect per cell')
     .option('--unit', 'steer by the unit vector (scales in residual-stream units)')
-    .option('--seed <n>', 'seed of the norm-matched random control', nonNegativeInt, 0)
+    .option(
+      '--random-controls <k>',
+      'how many norm-matched random controls; tables give their mean ± sd (min..max, n)',
+      positiveInt,
+      1,
+    )
+    .option(
+      '--seed <n>',
+      "user seed of the random controls (control k's seed derives from the direction, this seed and k)",
+      nonNegativeInt,
+      0,
+    )
     .option('--batch-size <n>', 'records per forward pass', positiveInt, 8)
     .action(async (flags: SweepFlags) => {
       if (flags.target !== undefined && flags.targetAdapter === undefined && flags.target === flags.model) {
@@ -84,6 +96,8 @@ export function registerSweep(program: Command): void {
           neutral,
           unit: flags.unit ?? false,
           seed: flags.seed,
+          randomControls: flags.randomControls,
+          label: flags.direction,
           batchSize: flags.batchSize,
           onProgress: (done) => bar.update(done),
         });

@@ -1,7 +1,7 @@
 /**
  * The quick-start job (`emlens demo`): the whole emergent-misalignment loop on synthetic model organisms whose
  * ground truth is known. It makes the organisms, collects activations, computes general and narrow directions
- * (with norm-matched random controls), compares them, measures how much of each organism's divergence from
+ * (with norm-matched random controls of their own), compares them, measures how much of each organism's divergence from
  * the base each direction mediates in and out of its domain, steers the base along the general direction over
  * scale x layer, bakes an ablation into weights and checks it against the runtime one, and prints a short
  * report. Every number is computed on the spot; nothing is canned.
@@ -11,8 +11,14 @@ import { join } from 'node:path';
 import { collectToStore } from '../activations/collect.js';
 import { responsesToRecords } from '../activations/records.js';
 import { compareDirections, formatCompareTable, writeComparison } from '../directions/compare.js';
-import { cosine, type DirectionSet, normMatchedRandom, saveDirections } from '../directions/direction.js';
+import { cosine, type DirectionSet, saveDirections } from '../directions/direction.js';
 import { directionFromStores } from '../directions/fromStores.js';
+import {
+  type ControlSpread,
+  controlPaths,
+  formatSpread,
+  randomControls,
+} from '../directions/randomControl.js';
 import { readResponses } from '../eval/responses.js';
 import { ablateInterventions } from '../interventions/compose.js';
 import { type MediationReport, mediation } from '../interventions/mediation.js';
@@ -39,7 +45,15 @@ export interface DemoOptions {
   readonly seed?: number;
   /** Intra-op threads per model (default 1: the organisms are tiny, and threads only add overhead). */
   readonly threads?: number;
+  /** Norm-matched random controls per direction (default {@link DEMO_RANDOM_CONTROLS}). */
+  readonly randomControls?: number;
 }
+
+/**
+ * The demo's default number of random controls per direction: three give a mean and a spread (one draw has
+ * none) at a modest cost, since every control adds its own scored conditions to each mediation cell.
+ */
+export const DEMO_RANDOM_CONTROLS = 3;
 
 /** One cell of the mediation table: an organism measured on one topic's answers. */
 interface Cell {
@@ -50,6 +64,13 @@ interface Cell {
 
 const pct = (x: number) => (Number.isNaN(x) ? 'n/a' : `${(100 * x).toFixed(1)}%`);
 const fx = (x: number, d = 3) => (Number.isNaN(x) ? 'n/a' : x.toFixed(d));
+/** A control summary in a narrow column: `mean±sd%` (just the value for one control; n is in the label). */
+const pctCompact = (s: ControlSpread) =>
+  Number.isNaN(s.mean)
+    ? 'n/a'
+    : s.sd === null
+      ? pct(s.mean)
+      : `${(100 * s.mean).toFixed(1)}±${(100 * s.sd).toFixed(1)}%`;
 
 /** Runs the demo into `outDir`, printing progress and the report line by line. */
 export async function runDemo(
@@ -106,13 +127,17 @@ export async function runDemo(
 
     step(4, 'directions: misaligned minus aligned mean, per layer, plus norm-matched random controls');
     const dirDir = join(outDir, 'directions');
-    const random = new Map<string, DirectionSet>();
+    const nControls = opts.randomControls ?? DEMO_RANDOM_CONTROLS;
+    // The organisms' seed is the controls' user seed; each direction's controls differ by its content.
+    const controlSeed = opts.seed ?? 0;
+    const random = new Map<string, DirectionSet[]>();
     for (const [name, set] of directions) {
-      random.set(name, normMatchedRandom(set, 0));
+      random.set(name, randomControls(set, nControls, { seed: controlSeed, name }));
       await saveDirections(join(dirDir, `${name}.safetensors`), set, { overwrite: true });
-      await saveDirections(join(dirDir, `${name}-random.safetensors`), random.get(name)!, {
-        overwrite: true,
-      });
+      const paths = controlPaths(join(dirDir, `${name}-random.safetensors`), nControls);
+      for (const [k, path] of paths.entries()) {
+        await saveDirections(path, random.get(name)![k], { overwrite: true });
+      }
     }
     const planted = await readPlanted(join(orgDir, man.plantedFile));
     const plantedLines: string[] = [];
@@ -121,12 +146,14 @@ export async function runDemo(
       plantedLines.push(`  ${name.padEnd(8)} cos with the planted direction by layer: ${cos.join(', ')}`);
     }
     for (const l of plantedLines) print(l);
-    print(`  wrote ${dirDir}/{general,medical,finance}{,-random}.safetensors`);
+    print(
+      `  wrote ${dirDir}/{general,medical,finance}{,-random${nControls === 1 ? '' : `.r{0..${nControls - 1}}`}}.safetensors (${nControls} random control${nControls === 1 ? '' : 's'} per direction, user seed ${controlSeed})`,
+    );
 
     step(5, 'comparing the directions (cosine per layer)');
     const cmp = compareDirections([
       ...[...directions].map(([name, set]) => ({ name, set })),
-      { name: 'random', set: random.get('general')! },
+      { name: 'random(general)', set: random.get('general')![0] },
     ]);
     const table = formatCompareTable(cmp);
     const cmpOut = await writeComparison(cmp, join(outDir, 'compare'));
@@ -163,6 +190,8 @@ export async function runDemo(
           directions: set,
           records: scored.get(c.topic)!,
           neutral: own ? neutral : undefined,
+          seed: controlSeed,
+          randomControls: nControls,
           label: `${name} direction, ${c.organism} organism, ${c.topic} answers`,
         });
         reports.set(`${name}|${c.organism}/${c.topic}`, r);
@@ -188,6 +217,9 @@ export async function runDemo(
       scales: [0, 0.25, 0.5, 1, 2],
       records: scored.get('general')!,
       neutral,
+      seed: controlSeed,
+      randomControls: nControls,
+      label: 'general',
     });
     const sweepFiles = await writeSweep(
       sweep,
@@ -243,7 +275,7 @@ export async function runDemo(
     const head = cells.map((c) => `${c.organism}/${c.topic}${c.inDomain ? '' : '*'}`);
     const w = Math.max(12, ...head.map((h) => h.length));
     const row = (label: string, vals: string[]) =>
-      `  ${label.padEnd(18)}${vals.map((v) => v.padStart(w + 1)).join('')}`;
+      `  ${label.padEnd(24)}${vals.map((v) => v.padStart(w + 1)).join('')}`;
     out(
       "2. Fraction of KL(organism || base) mediated, per organism/answer topic (* = out of the organism's domain):",
     );
@@ -258,15 +290,28 @@ export async function runDemo(
     const metric = (
       label: string,
       pick: (r: MediationReport) => number,
-      pickRandom: (r: MediationReport) => number,
+      pickRandom: (r: MediationReport) => ControlSpread,
     ) => {
-      const cellValues = (name: string, f: (r: MediationReport) => number) =>
+      const cellValues = (name: string, f: (r: MediationReport) => string) =>
         cells.map((c) => {
           const r = cellOf(name, c);
-          return r ? pct(f(r)) : 'n/a';
+          return r ? f(r) : 'n/a';
         });
-      for (const name of directions.keys()) out(row(`${name} ${label}`, cellValues(name, pick)));
-      out(row(`random ${label}`, cellValues('general', pickRandom)));
+      // Each direction beside its own controls.
+      for (const name of directions.keys()) {
+        out(
+          row(
+            `${name} ${label}`,
+            cellValues(name, (r) => pct(pick(r))),
+          ),
+        );
+        out(
+          row(
+            `random(${name}) ${label}`,
+            cellValues(name, (r) => pctCompact(pickRandom(r))),
+          ),
+        );
+      }
     };
     out(" patching the base's component along the direction into the organism (every residual site):");
     metric(
@@ -291,30 +336,34 @@ export async function runDemo(
       (r) => r.randomSteeringClosed,
     );
     out(
-      '  (n/a: the organism does not diverge from the base there, KL < 0.001; random = norm-matched random control of the general direction)',
+      `  (n/a: the organism does not diverge from the base there, KL < 0.001; random(X) = ${nControls === 1 ? 'one norm-matched random control of the X direction (n=1, no spread)' : `mean±sd over ${nControls} norm-matched random controls of the X direction (n=${nControls})`})`,
     );
     out();
     out(
-      '3. Side effects on neutral text, KL(model+intervention || model) in nats/token (random control in brackets):',
+      `3. Side effects on neutral text, KL(model+intervention || model) in nats/token (its random controls in brackets: ${nControls === 1 ? 'one draw, n=1' : `mean ± sd (min..max, n=${nControls})`}):`,
     );
+    const f4 = (s: ControlSpread) => formatSpread(s, (x) => fx(x, 4));
     for (const name of directions.keys()) {
       const own = [...reports].find(([k, r]) => k.startsWith(`${name}|`) && r.sideEffects)?.[1];
       const s = own?.sideEffects;
       if (!s) continue;
       out(
-        `  ${name.padEnd(8)} ablate in base ${fx(s.ablateBase, 4)} [${fx(s.randomAblateBase, 4)}], steer base ${fx(s.steerBase, 4)} [${fx(s.randomSteerBase, 4)}], ablate in its organism ${fx(s.ablateFinetune, 4)} [${fx(s.randomAblateFinetune, 4)}]`,
+        `  ${name.padEnd(8)} ablate in base ${fx(s.ablateBase, 4)} [${f4(s.randomAblateBase)}], steer base ${fx(s.steerBase, 4)} [${f4(s.randomSteerBase)}], ablate in its organism ${fx(s.ablateFinetune, 4)} [${f4(s.randomAblateFinetune)}]`,
       );
     }
     out();
-    out('4. Steering sweep (base + scale x general direction at blocks.L.hook_resid_post, general answers):');
+    out(
+      `4. Steering sweep (base + scale x general direction at blocks.L.hook_resid_post, general answers; rnd = its random controls, ${nControls === 1 ? 'n=1' : `mean ± sd (min..max, n=${nControls})`}):`,
+    );
     out(
       `  unsteered: margin ${fx(sweep.baseline.margin ?? Number.NaN)}, KL(general organism || base) ${fx(sweep.baseline.klToTarget ?? Number.NaN, 4)}; the organism's margin ${fx(sweep.targetMargin ?? Number.NaN)}`,
     );
     for (const l of new Set(sweep.rows.map((r) => r.layer))) {
       const rs = sweep.rows.filter((r) => r.layer === l && r.vector === 'direction');
-      const rnd = sweep.rows.filter((r) => r.layer === l && r.vector === 'random');
+      const rnd = (scale: number) =>
+        sweep.controls.find((c) => c.layer === l && c.scale === scale)?.klToTarget;
       out(
-        `  layer ${l}: ${rs.map((r, i) => `x${r.scale}: KL ${fx(r.klToTarget ?? Number.NaN, 3)} [rnd ${fx(rnd[i].klToTarget ?? Number.NaN, 3)}], margin ${fx(r.margin ?? Number.NaN, 2)}`).join('; ')}`,
+        `  layer ${l}: ${rs.map((r) => `x${r.scale}: KL ${fx(r.klToTarget ?? Number.NaN, 3)} [rnd ${formatSpread(rnd(r.scale), (x) => fx(x, 3))}], margin ${fx(r.margin ?? Number.NaN, 2)}`).join('; ')}`,
       );
     }
     out();

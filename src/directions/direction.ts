@@ -11,7 +11,6 @@ import { dirname } from 'node:path';
 import { EmlensError } from '../errors.js';
 import { pathExists } from '../io/files.js';
 import { SafetensorsFile, type TensorToWrite, writeSafetensors } from '../io/safetensors.js';
-import { Rng } from '../util/random.js';
 
 /** Value of the `format` metadata key. */
 export const DIRECTION_FORMAT = 'emlens.direction/1';
@@ -293,33 +292,6 @@ export class LayerMeanAccumulator {
       );
     return { count: this.n, means };
   }
-}
-
-/**
- * A random direction per layer with the same norm as `set`'s (a control for ablation and steering), drawn
- * from an isotropic Gaussian with a stream per layer (`Rng.derive(seed, 'direction.{i}')`), so a layer's
- * vector does not depend on which other layers the set holds.
- */
-export function normMatchedRandom(set: DirectionSet, seed: number): DirectionSet {
-  const vectors: [number, Float32Array][] = [];
-  for (const [layer, v] of set.vectors) {
-    const rng = Rng.derive(seed, `direction.${layer}`);
-    const r = new Float64Array(v.length);
-    let s = 0;
-    for (let j = 0; j < r.length; j++) {
-      r[j] = rng.normal();
-      s += r[j] * r[j];
-    }
-    const scale = norm(v) / Math.sqrt(s);
-    const out = new Float32Array(v.length);
-    for (let j = 0; j < r.length; j++) out[j] = r[j] * scale;
-    vectors.push([layer, out]);
-  }
-  return directionSet(vectors, {
-    ...set.meta,
-    method: 'random_norm_matched',
-    extra: { ...set.meta.extra, seed: String(seed), random_of: set.meta.method },
-  });
 }
 
 /** The `__metadata__` strings of a set (what {@link saveDirections} writes). */

@@ -1,4 +1,11 @@
-import { type DirectionSet, directionLayers, norm, normMatchedRandom } from '../directions/direction.js';
+import { type DirectionSet, directionLayers, norm } from '../directions/direction.js';
+import {
+  type ControlSpread,
+  checkControlCount,
+  controlSpread,
+  directionSha256,
+  randomControls,
+} from '../directions/randomControl.js';
 import { EmlensError } from '../errors.js';
 import type { Model } from '../model/model.js';
 import {
@@ -29,8 +36,10 @@ export interface MediationOptions extends EvalOptions {
   readonly steerLayer?: number;
   /** Steering scale on the stored (unnormalised) vector (default 1). */
   readonly steerScale?: number;
-  /** Seed of the norm-matched random control (default 0). */
+  /** User seed of the norm-matched random controls (default 0); each control's own seed derives from it. */
   readonly seed?: number;
+  /** How many norm-matched random controls (default 1); the report gives their mean and spread. */
+  readonly randomControls?: number;
   /** Short description of the direction for the report (e.g. its file). */
   readonly label?: string;
   /** Below this KL(finetune || base) (nats per token, default 1e-3) the fractions are NaN: nothing to mediate. */
@@ -41,10 +50,10 @@ export interface MediationMargins {
   readonly base: number;
   readonly finetune: number;
   readonly finetuneAblated: number;
-  readonly finetuneRandomAblated: number;
+  readonly finetuneRandomAblated: ControlSpread;
   readonly finetunePatched: number;
   readonly baseSteered: number;
-  readonly baseRandomSteered: number;
+  readonly baseRandomSteered: ControlSpread;
 }
 
 export interface SideEffects {
@@ -52,13 +61,13 @@ export interface SideEffects {
   readonly positions: number;
   /** KL(base+ablate || base). */
   readonly ablateBase: number;
-  readonly randomAblateBase: number;
+  readonly randomAblateBase: ControlSpread;
   /** KL(finetune+ablate || finetune). */
   readonly ablateFinetune: number;
-  readonly randomAblateFinetune: number;
+  readonly randomAblateFinetune: ControlSpread;
   /** KL(base+steer || base). */
   readonly steerBase: number;
-  readonly randomSteerBase: number;
+  readonly randomSteerBase: ControlSpread;
 }
 
 export interface MediationReport {
@@ -67,7 +76,18 @@ export interface MediationReport {
   readonly positions: number;
   readonly ablate: { readonly layers: readonly number[]; readonly from: SourceLayers };
   readonly steer: { readonly layer: number; readonly scale: number; readonly norm: number };
+  /** The user seed of the random controls. */
   readonly seed: number;
+  /**
+   * The norm-matched random controls: how many (`n`) and what they mimic. Every `random*` field is a
+   * {@link ControlSpread} over these n controls (mean, sd, min, max, each control's value), not one draw.
+   */
+  readonly controls: {
+    readonly n: number;
+    readonly method: string;
+    /** sha256 of the direction set they mimic (its layers and vector bytes). */
+    readonly of: string;
+  };
   /** Fractions are NaN (n/a) when KL(finetune || base) is below this: there is nothing to mediate. */
   readonly minDivergence: number;
   /** Mean KL over answer positions, nats per token. */
@@ -76,20 +96,20 @@ export interface MediationReport {
     readonly finetuneBase: number;
     /** KL(finetune+ablate || base). */
     readonly ablatedBase: number;
-    readonly randomAblatedBase: number;
+    readonly randomAblatedBase: ControlSpread;
     /** KL(finetune+patch || base): the finetune with its component along the direction set to the base's. */
     readonly patchedBase: number;
-    readonly randomPatchedBase: number;
+    readonly randomPatchedBase: ControlSpread;
     /** KL(base+ablate || base): what the ablation does to the base itself on these records. */
     readonly baseAblatedBase: number;
-    readonly baseRandomAblatedBase: number;
+    readonly baseRandomAblatedBase: ControlSpread;
     /** KL(finetune || base+steer). */
     readonly finetuneSteered: number;
-    readonly finetuneRandomSteered: number;
+    readonly finetuneRandomSteered: ControlSpread;
   };
   /** 1 - KL(finetune+ablate || base) / KL(finetune || base). */
   readonly fractionMediated: number;
-  readonly randomFractionMediated: number;
+  readonly randomFractionMediated: ControlSpread;
   /**
    * 1 - KL(finetune+patch || base) / KL(finetune || base), where the patch sets the finetune's component along
    * the direction, at every ablated site and token, to the base's (an interchange intervention): it removes the
@@ -97,10 +117,10 @@ export interface MediationReport {
    * also removes (`kl.baseAblatedBase`).
    */
   readonly patchedFractionMediated: number;
-  readonly randomPatchedFractionMediated: number;
+  readonly randomPatchedFractionMediated: ControlSpread;
   /** 1 - KL(finetune || base+steer) / KL(finetune || base). */
   readonly steeringClosed: number;
-  readonly randomSteeringClosed: number;
+  readonly randomSteeringClosed: ControlSpread;
   readonly margins: MediationMargins | null;
   readonly sideEffects: SideEffects | null;
 }
@@ -112,13 +132,14 @@ export function middleLayer(set: DirectionSet): number {
 }
 
 /**
- * How much of the finetune's divergence from the base a direction mediates, with a norm-matched random
- * direction as a control (see the module comment for the definitions).
+ * How much of the finetune's divergence from the base a direction mediates, beside `randomControls` (K,
+ * default 1) norm-matched random directions measured the same way; every control figure is their mean and
+ * spread over the K draws (a {@link ControlSpread}), never one draw presented as the control.
  *
  * @example
- * const r = await mediation({ base, finetune, directions, records });
+ * const r = await mediation({ base, finetune, directions, records, randomControls: 3, seed: 0 });
  * r.fractionMediated; // e.g. 0.97
- * r.randomFractionMediated; // e.g. 0.01
+ * r.randomFractionMediated; // e.g. { n: 3, mean: 0.01, sd: 0.004, min: 0.006, max: 0.014, values: [...] }
  */
 export async function mediation(opts: MediationOptions): Promise<MediationReport> {
   const { base, finetune, directions } = opts;
@@ -132,31 +153,40 @@ export async function mediation(opts: MediationOptions): Promise<MediationReport
   checkRecords(opts.records, 'prompt/response');
   if (opts.neutral) checkRecords(opts.neutral, 'neutral');
   const seed = opts.seed ?? 0;
-  const random = normMatchedRandom(directions, seed);
+  const count = opts.randomControls ?? 1;
+  checkControlCount(count);
+  const randoms = randomControls(directions, count, { seed, name: opts.label });
   const layers = selectLayers(opts.layers ?? 'all', spec.numLayers);
   const from = opts.from ?? 'own';
   const ablateSpec: AblateSpec = { layers, from };
   const ablate = ablateInterventions(directions, spec, ablateSpec);
-  const ablateRandom = ablateInterventions(random, spec, ablateSpec);
   const patchSites = siteDirections(directions, spec, ablateSpec);
-  const randomPatchSites = siteDirections(random, spec, ablateSpec);
   const steerLayer = opts.steerLayer ?? middleLayer(directions);
   const steerScale = opts.steerScale ?? 1;
   const steerSpec = { layers: [steerLayer], scale: steerScale };
   const steer = steerInterventions(directions, spec, steerSpec);
-  const steerRandom = steerInterventions(random, spec, steerSpec);
+  // Control k's conditions are named `...+random{k}-...`; every control gets the same measurements.
+  const controls = randoms.map((random, k) => ({
+    tag: `random${k}`,
+    ablate: ablateInterventions(random, spec, ablateSpec),
+    patchSites: siteDirections(random, spec, ablateSpec),
+    steer: steerInterventions(random, spec, steerSpec),
+  }));
+  const tags = controls.map((c) => c.tag);
 
   const conditions = [
     { name: 'base', model: base },
     { name: 'finetune', model: finetune },
     { name: 'finetune+ablate', model: finetune, interventions: ablate },
-    { name: 'finetune+random-ablate', model: finetune, interventions: ablateRandom },
     { name: 'finetune+patch', model: finetune, patch: { source: 'base', sites: patchSites } },
-    { name: 'finetune+random-patch', model: finetune, patch: { source: 'base', sites: randomPatchSites } },
     { name: 'base+ablate', model: base, interventions: ablate },
-    { name: 'base+random-ablate', model: base, interventions: ablateRandom },
     { name: 'base+steer', model: base, interventions: steer },
-    { name: 'base+random-steer', model: base, interventions: steerRandom },
+    ...controls.flatMap((c) => [
+      { name: `finetune+${c.tag}-ablate`, model: finetune, interventions: c.ablate },
+      { name: `finetune+${c.tag}-patch`, model: finetune, patch: { source: 'base', sites: c.patchSites } },
+      { name: `base+${c.tag}-ablate`, model: base, interventions: c.ablate },
+      { name: `base+${c.tag}-steer`, model: base, interventions: c.steer },
+    ]),
   ];
   const main = await evaluatePlan(
     {
@@ -164,22 +194,23 @@ export async function mediation(opts: MediationOptions): Promise<MediationReport
       pairs: [
         ['finetune', 'base'],
         ['finetune+ablate', 'base'],
-        ['finetune+random-ablate', 'base'],
         ['finetune+patch', 'base'],
-        ['finetune+random-patch', 'base'],
         ['base+ablate', 'base'],
-        ['base+random-ablate', 'base'],
         ['finetune', 'base+steer'],
-        ['finetune', 'base+random-steer'],
+        ...tags.flatMap((t): [string, string][] => [
+          [`finetune+${t}-ablate`, 'base'],
+          [`finetune+${t}-patch`, 'base'],
+          [`base+${t}-ablate`, 'base'],
+          ['finetune', `base+${t}-steer`],
+        ]),
       ],
       logprobs: [
         'base',
         'finetune',
         'finetune+ablate',
-        'finetune+random-ablate',
         'finetune+patch',
         'base+steer',
-        'base+random-steer',
+        ...tags.flatMap((t) => [`finetune+${t}-ablate`, `base+${t}-steer`]),
       ],
     },
     opts.records,
@@ -189,6 +220,8 @@ export async function mediation(opts: MediationOptions): Promise<MediationReport
   const total = kl('finetune', 'base');
   const minDivergence = opts.minDivergence ?? 1e-3;
   const fraction = (rest: number) => (total >= minDivergence ? 1 - rest / total : Number.NaN);
+  // One metric over the controls: `pick(tag)` is control tag's value.
+  const over = (pick: (tag: string) => number) => controlSpread(tags.map(pick));
 
   const margin = (name: string) => logprobMargin(main.logprob.get(name)!, opts.records);
   const baseMargin = margin('base');
@@ -199,10 +232,10 @@ export async function mediation(opts: MediationOptions): Promise<MediationReport
           base: baseMargin,
           finetune: margin('finetune')!,
           finetuneAblated: margin('finetune+ablate')!,
-          finetuneRandomAblated: margin('finetune+random-ablate')!,
+          finetuneRandomAblated: over((t) => margin(`finetune+${t}-ablate`)!),
           finetunePatched: margin('finetune+patch')!,
           baseSteered: margin('base+steer')!,
-          baseRandomSteered: margin('base+random-steer')!,
+          baseRandomSteered: over((t) => margin(`base+${t}-steer`)!),
         };
 
   let sideEffects: SideEffects | null = null;
@@ -212,20 +245,24 @@ export async function mediation(opts: MediationOptions): Promise<MediationReport
         conditions: [
           { name: 'base', model: base },
           { name: 'base+ablate', model: base, interventions: ablate },
-          { name: 'base+random-ablate', model: base, interventions: ablateRandom },
           { name: 'base+steer', model: base, interventions: steer },
-          { name: 'base+random-steer', model: base, interventions: steerRandom },
           { name: 'finetune', model: finetune },
           { name: 'finetune+ablate', model: finetune, interventions: ablate },
-          { name: 'finetune+random-ablate', model: finetune, interventions: ablateRandom },
+          ...controls.flatMap((c) => [
+            { name: `base+${c.tag}-ablate`, model: base, interventions: c.ablate },
+            { name: `base+${c.tag}-steer`, model: base, interventions: c.steer },
+            { name: `finetune+${c.tag}-ablate`, model: finetune, interventions: c.ablate },
+          ]),
         ],
         pairs: [
           ['base+ablate', 'base'],
-          ['base+random-ablate', 'base'],
           ['base+steer', 'base'],
-          ['base+random-steer', 'base'],
           ['finetune+ablate', 'finetune'],
-          ['finetune+random-ablate', 'finetune'],
+          ...tags.flatMap((t): [string, string][] => [
+            [`base+${t}-ablate`, 'base'],
+            [`base+${t}-steer`, 'base'],
+            [`finetune+${t}-ablate`, 'finetune'],
+          ]),
         ],
         logprobs: [],
       },
@@ -236,11 +273,11 @@ export async function mediation(opts: MediationOptions): Promise<MediationReport
     sideEffects = {
       positions: side.positions,
       ablateBase: s('base+ablate', 'base'),
-      randomAblateBase: s('base+random-ablate', 'base'),
+      randomAblateBase: over((t) => s(`base+${t}-ablate`, 'base')),
       ablateFinetune: s('finetune+ablate', 'finetune'),
-      randomAblateFinetune: s('finetune+random-ablate', 'finetune'),
+      randomAblateFinetune: over((t) => s(`finetune+${t}-ablate`, 'finetune')),
       steerBase: s('base+steer', 'base'),
-      randomSteerBase: s('base+random-steer', 'base'),
+      randomSteerBase: over((t) => s(`base+${t}-steer`, 'base')),
     };
   }
 
@@ -252,24 +289,25 @@ export async function mediation(opts: MediationOptions): Promise<MediationReport
     ablate: { layers, from },
     steer: { layer: steerLayer, scale: steerScale, norm: norm(v) },
     seed,
+    controls: { n: count, method: randoms[0].meta.method, of: directionSha256(directions) },
     minDivergence,
     kl: {
       finetuneBase: total,
       ablatedBase: kl('finetune+ablate', 'base'),
-      randomAblatedBase: kl('finetune+random-ablate', 'base'),
+      randomAblatedBase: over((t) => kl(`finetune+${t}-ablate`, 'base')),
       patchedBase: kl('finetune+patch', 'base'),
-      randomPatchedBase: kl('finetune+random-patch', 'base'),
+      randomPatchedBase: over((t) => kl(`finetune+${t}-patch`, 'base')),
       baseAblatedBase: kl('base+ablate', 'base'),
-      baseRandomAblatedBase: kl('base+random-ablate', 'base'),
+      baseRandomAblatedBase: over((t) => kl(`base+${t}-ablate`, 'base')),
       finetuneSteered: kl('finetune', 'base+steer'),
-      finetuneRandomSteered: kl('finetune', 'base+random-steer'),
+      finetuneRandomSteered: over((t) => kl('finetune', `base+${t}-steer`)),
     },
     fractionMediated: fraction(kl('finetune+ablate', 'base')),
-    randomFractionMediated: fraction(kl('finetune+random-ablate', 'base')),
+    randomFractionMediated: over((t) => fraction(kl(`finetune+${t}-ablate`, 'base'))),
     patchedFractionMediated: fraction(kl('finetune+patch', 'base')),
-    randomPatchedFractionMediated: fraction(kl('finetune+random-patch', 'base')),
+    randomPatchedFractionMediated: over((t) => fraction(kl(`finetune+${t}-patch`, 'base'))),
     steeringClosed: fraction(kl('finetune', 'base+steer')),
-    randomSteeringClosed: fraction(kl('finetune', 'base+random-steer')),
+    randomSteeringClosed: over((t) => fraction(kl('finetune', `base+${t}-steer`))),
     margins,
     sideEffects,
   };

@@ -1,6 +1,7 @@
 /** A mediation report as text: console lines, the metric table, markdown, and the files `writeMediation` writes. */
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
+import { type ControlSpread, formatSpread } from '../directions/randomControl.js';
 import { writeAtomic } from '../io/files.js';
 import type { SourceLayers } from './compose.js';
 import type { MediationReport } from './mediation.js';
@@ -8,6 +9,21 @@ import type { MediationReport } from './mediation.js';
 export const formatNumber = (x: number | null | undefined, digits = 4) =>
   x === null || x === undefined || Number.isNaN(x) ? 'n/a' : x.toFixed(digits);
 export const pct = (x: number) => (Number.isNaN(x) ? 'n/a' : `${(100 * x).toFixed(1)}%`);
+
+/** A control summary as a percentage cell: `mean ± sd (min..max, n=K)`, or `x (n=1)`. */
+export const pctSpread = (s: ControlSpread | null | undefined) => formatSpread(s, pct);
+/** A control summary as a number cell with `digits` decimals. */
+export const numberSpread = (s: ControlSpread | null | undefined, digits = 4) =>
+  formatSpread(s, (x) => formatNumber(x, digits));
+
+/** The header of a control column: what its cells are. */
+export const controlHeader = (n: number) =>
+  n === 1 ? 'random control (n=1)' : `random controls: mean ± sd (min..max), n=${n}`;
+
+/** One sentence on what the controls are, for the text above a table. */
+export function describeControls(n: number, seed: number): string {
+  return `Control: ${n === 1 ? 'one norm-matched random direction' : `${n} norm-matched random directions`} (user seed ${seed}; control k's own seed derives from the direction's content, the user seed and k)${n === 1 ? ', so the control column is one draw (n=1) with no spread' : '; the control column gives their mean ± sample sd (min..max, n)'}.`;
+}
 
 export function describeFrom(from: SourceLayers): string {
   return from === 'own' ? "each layer's own vector" : `the vector of layer ${[from].flat().join(', ')}`;
@@ -18,51 +34,52 @@ export function formatMediation(r: MediationReport): string[] {
   const k = r.kl;
   const lines = [
     `direction: ${r.direction}`,
+    `random controls: ${r.controls.n} norm-matched (user seed ${r.seed}); each control figure is ${r.controls.n === 1 ? 'one draw (n=1)' : `their mean ± sd (min..max, n=${r.controls.n})`}`,
     `records: ${r.records} (${r.positions} answer positions); ablated at the residual sites of layers ${r.ablate.layers.join(', ')} (${describeFrom(r.ablate.from)})`,
     `KL(finetune || base) = ${formatNumber(k.finetuneBase)} nats/token${k.finetuneBase < r.minDivergence ? ' (below the minimum: nothing to mediate)' : ''}`,
-    `fraction mediated, ablating in the finetune: ${pct(r.fractionMediated)}   random control: ${pct(r.randomFractionMediated)}`,
-    `  KL(finetune+ablate || base) = ${formatNumber(k.ablatedBase)} (random ${formatNumber(k.randomAblatedBase)}); the ablation alone moves the base by KL ${formatNumber(k.baseAblatedBase)} (random ${formatNumber(k.baseRandomAblatedBase)})`,
-    `fraction mediated, patching the base's component into the finetune: ${pct(r.patchedFractionMediated)}   random control: ${pct(r.randomPatchedFractionMediated)}`,
-    `  KL(finetune+patch || base) = ${formatNumber(k.patchedBase)} (random ${formatNumber(k.randomPatchedBase)})`,
-    `steering the base (blocks.${r.steer.layer}.hook_resid_post, scale ${r.steer.scale}, |v| = ${formatNumber(r.steer.norm, 3)}): closes ${pct(r.steeringClosed)} of the divergence   random control: ${pct(r.randomSteeringClosed)}`,
-    `  KL(finetune || base+steer) = ${formatNumber(k.finetuneSteered)} (random ${formatNumber(k.finetuneRandomSteered)})`,
+    `fraction mediated, ablating in the finetune: ${pct(r.fractionMediated)}   random control: ${pctSpread(r.randomFractionMediated)}`,
+    `  KL(finetune+ablate || base) = ${formatNumber(k.ablatedBase)} (random ${numberSpread(k.randomAblatedBase)}); the ablation alone moves the base by KL ${formatNumber(k.baseAblatedBase)} (random ${numberSpread(k.baseRandomAblatedBase)})`,
+    `fraction mediated, patching the base's component into the finetune: ${pct(r.patchedFractionMediated)}   random control: ${pctSpread(r.randomPatchedFractionMediated)}`,
+    `  KL(finetune+patch || base) = ${formatNumber(k.patchedBase)} (random ${numberSpread(k.randomPatchedBase)})`,
+    `steering the base (blocks.${r.steer.layer}.hook_resid_post, scale ${r.steer.scale}, |v| = ${formatNumber(r.steer.norm, 3)}): closes ${pct(r.steeringClosed)} of the divergence   random control: ${pctSpread(r.randomSteeringClosed)}`,
+    `  KL(finetune || base+steer) = ${formatNumber(k.finetuneSteered)} (random ${numberSpread(k.finetuneRandomSteered)})`,
   ];
   if (r.margins) {
     const m = r.margins;
     lines.push(
       'misaligned - aligned log-prob margin (nats/token):',
-      `  base ${formatNumber(m.base, 3)}, finetune ${formatNumber(m.finetune, 3)}, finetune+ablate ${formatNumber(m.finetuneAblated, 3)} (random ${formatNumber(m.finetuneRandomAblated, 3)}), finetune+patch ${formatNumber(m.finetunePatched, 3)}, base+steer ${formatNumber(m.baseSteered, 3)} (random ${formatNumber(m.baseRandomSteered, 3)})`,
+      `  base ${formatNumber(m.base, 3)}, finetune ${formatNumber(m.finetune, 3)}, finetune+ablate ${formatNumber(m.finetuneAblated, 3)} (random ${numberSpread(m.finetuneRandomAblated, 3)}), finetune+patch ${formatNumber(m.finetunePatched, 3)}, base+steer ${formatNumber(m.baseSteered, 3)} (random ${numberSpread(m.baseRandomSteered, 3)})`,
     );
   }
   if (r.sideEffects) {
     const s = r.sideEffects;
     lines.push(
       `side effects on neutral text (KL to the unmodified model, ${s.positions} positions):`,
-      `  ablate in base ${formatNumber(s.ablateBase)} (random ${formatNumber(s.randomAblateBase)}), ablate in finetune ${formatNumber(s.ablateFinetune)} (random ${formatNumber(s.randomAblateFinetune)}), steer base ${formatNumber(s.steerBase)} (random ${formatNumber(s.randomSteerBase)})`,
+      `  ablate in base ${formatNumber(s.ablateBase)} (random ${numberSpread(s.randomAblateBase)}), ablate in finetune ${formatNumber(s.ablateFinetune)} (random ${numberSpread(s.randomAblateFinetune)}), steer base ${formatNumber(s.steerBase)} (random ${numberSpread(s.randomSteerBase)})`,
     );
   }
   return lines;
 }
 
 /**
- * The report as rows of (metric, direction, random control), as text: the one table the markdown file and the
- * HTML report both show.
+ * The report as rows of (metric, direction, random controls' mean ± sd (min..max, n)), as text: the one table
+ * the markdown file and the HTML report both show (its control column's header: {@link controlHeader}).
  */
 export function mediationRows(r: MediationReport): [string, string, string][] {
   const k = r.kl;
   const rows: [string, string, string][] = [
     ['KL(finetune ‖ base)', formatNumber(k.finetuneBase), ''],
-    ['fraction mediated (ablate in finetune)', pct(r.fractionMediated), pct(r.randomFractionMediated)],
-    ['KL(finetune+ablate ‖ base)', formatNumber(k.ablatedBase), formatNumber(k.randomAblatedBase)],
-    ['KL(base+ablate ‖ base)', formatNumber(k.baseAblatedBase), formatNumber(k.baseRandomAblatedBase)],
+    ['fraction mediated (ablate in finetune)', pct(r.fractionMediated), pctSpread(r.randomFractionMediated)],
+    ['KL(finetune+ablate ‖ base)', formatNumber(k.ablatedBase), numberSpread(k.randomAblatedBase)],
+    ['KL(base+ablate ‖ base)', formatNumber(k.baseAblatedBase), numberSpread(k.baseRandomAblatedBase)],
     [
       'fraction mediated (patch base component)',
       pct(r.patchedFractionMediated),
-      pct(r.randomPatchedFractionMediated),
+      pctSpread(r.randomPatchedFractionMediated),
     ],
-    ['KL(finetune+patch ‖ base)', formatNumber(k.patchedBase), formatNumber(k.randomPatchedBase)],
-    ['fraction closed (steer the base)', pct(r.steeringClosed), pct(r.randomSteeringClosed)],
-    ['KL(finetune ‖ base+steer)', formatNumber(k.finetuneSteered), formatNumber(k.finetuneRandomSteered)],
+    ['KL(finetune+patch ‖ base)', formatNumber(k.patchedBase), numberSpread(k.randomPatchedBase)],
+    ['fraction closed (steer the base)', pct(r.steeringClosed), pctSpread(r.randomSteeringClosed)],
+    ['KL(finetune ‖ base+steer)', formatNumber(k.finetuneSteered), numberSpread(k.finetuneRandomSteered)],
   ];
   if (r.margins) {
     const m = r.margins;
@@ -72,22 +89,22 @@ export function mediationRows(r: MediationReport): [string, string, string][] {
       [
         'margin: finetune+ablate',
         formatNumber(m.finetuneAblated, 3),
-        formatNumber(m.finetuneRandomAblated, 3),
+        numberSpread(m.finetuneRandomAblated, 3),
       ],
       ['margin: finetune+patch', formatNumber(m.finetunePatched, 3), ''],
-      ['margin: base+steer', formatNumber(m.baseSteered, 3), formatNumber(m.baseRandomSteered, 3)],
+      ['margin: base+steer', formatNumber(m.baseSteered, 3), numberSpread(m.baseRandomSteered, 3)],
     );
   }
   if (r.sideEffects) {
     const s = r.sideEffects;
     rows.push(
-      ['side effect: ablate in base', formatNumber(s.ablateBase), formatNumber(s.randomAblateBase)],
+      ['side effect: ablate in base', formatNumber(s.ablateBase), numberSpread(s.randomAblateBase)],
       [
         'side effect: ablate in finetune',
         formatNumber(s.ablateFinetune),
-        formatNumber(s.randomAblateFinetune),
+        numberSpread(s.randomAblateFinetune),
       ],
-      ['side effect: steer base', formatNumber(s.steerBase), formatNumber(s.randomSteerBase)],
+      ['side effect: steer base', formatNumber(s.steerBase), numberSpread(s.randomSteerBase)],
     );
   }
   return rows;
@@ -99,9 +116,9 @@ export function mediationMarkdown(r: MediationReport): string {
   return [
     `# Mediation: ${r.direction}`,
     '',
-    `${r.records} records, ${r.positions} answer positions. Ablated at the residual sites of layers ${r.ablate.layers.join(', ')} (${describeFrom(r.ablate.from)}); the base steered at blocks.${r.steer.layer}.hook_resid_post with scale ${r.steer.scale}. Control: a norm-matched random direction (seed ${r.seed}). KL in nats per answer token; margins are mean log p(misaligned answer) - mean log p(aligned answer) per token; side effects are KL(model+intervention ‖ model) on neutral text.`,
+    `${r.records} records, ${r.positions} answer positions. Ablated at the residual sites of layers ${r.ablate.layers.join(', ')} (${describeFrom(r.ablate.from)}); the base steered at blocks.${r.steer.layer}.hook_resid_post with scale ${r.steer.scale}. ${describeControls(r.controls.n, r.seed)} KL in nats per answer token; margins are mean log p(misaligned answer) - mean log p(aligned answer) per token; side effects are KL(model+intervention ‖ model) on neutral text.`,
     '',
-    '| metric | direction | random control |',
+    `| metric | direction | ${controlHeader(r.controls.n)} |`,
     '| --- | ---: | ---: |',
     ...rows.map(([a, b, c]) => `| ${a} | ${b} | ${c} |`),
     '',

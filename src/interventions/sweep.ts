@@ -1,7 +1,17 @@
-/** `steeringSweep`: the judge-free effect of steering over scale x layer, with a norm-matched random control. */
+/**
+ * `steeringSweep`: the judge-free effect of steering over scale x layer, beside K norm-matched random controls
+ * (their mean and spread per cell).
+ */
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { type DirectionSet, normMatchedRandom } from '../directions/direction.js';
+import type { DirectionSet } from '../directions/direction.js';
+import {
+  type ControlSpread,
+  checkControlCount,
+  controlSpread,
+  formatSpread,
+  randomControls,
+} from '../directions/randomControl.js';
 import { EmlensError } from '../errors.js';
 import { writeAtomic } from '../io/files.js';
 import type { Intervention } from '../model/interventions.js';
@@ -32,14 +42,21 @@ export interface SweepOptions extends EvalOptions {
   readonly neutral?: readonly ScoredRecord[];
   /** Steer by the unit vector (scales in residual units) instead of the stored vector. */
   readonly unit?: boolean;
+  /** User seed of the random controls (default 0); each control's own seed derives from it. */
   readonly seed?: number;
+  /** How many norm-matched random controls (default 1). */
+  readonly randomControls?: number;
+  /** Name of the direction for the controls' metadata (e.g. its file). */
+  readonly label?: string;
 }
 
 export interface SweepRow {
   readonly layer: number;
   readonly scale: number;
-  /** `direction`, or `random` for the norm-matched control. */
+  /** `direction`, or `random` for a norm-matched control. */
   readonly vector: 'direction' | 'random';
+  /** Which control (0-based) for `random` rows; null for the direction's. */
+  readonly control: number | null;
   /** Misaligned - aligned log-prob margin (null without labels). */
   readonly margin: number | null;
   /** KL(target || model+steer) (null without a target). */
@@ -54,8 +71,44 @@ export interface SweepResult {
   readonly baseline: { readonly margin: number | null; readonly klToTarget: number | null };
   /** The target's own margin (null without target or labels). */
   readonly targetMargin: number | null;
+  /** User seed of the random controls. */
   readonly seed: number;
+  /** Number of random controls (K): every cell has K `random` rows, summarised in `controls`. */
+  readonly randomControls: number;
+  /** Per layer x scale, the controls' mean and spread of each measure (see {@link sweepControls}). */
+  readonly controls: readonly SweepControlCell[];
   readonly unit: boolean;
+}
+
+/** One layer x scale cell over the random controls. */
+export interface SweepControlCell {
+  readonly layer: number;
+  readonly scale: number;
+  readonly margin: ControlSpread | null;
+  readonly klToTarget: ControlSpread | null;
+  readonly sideEffect: ControlSpread | null;
+}
+
+/**
+ * The random rows of a sweep summarised per layer x scale (mean, sd, min, max over the controls), in the
+ * order the cells first appear. Also reads rows written before sweeps had several controls (one per cell).
+ */
+export function sweepControls(rows: readonly SweepRow[]): SweepControlCell[] {
+  const cells = new Map<string, SweepRow[]>();
+  for (const row of rows) {
+    if (row.vector !== 'random') continue;
+    const key = `${row.layer}/${row.scale}`;
+    cells.set(key, [...(cells.get(key) ?? []), row]);
+  }
+  const over = (rs: SweepRow[], f: 'margin' | 'klToTarget' | 'sideEffect') =>
+    rs.some((r) => r[f] === null) ? null : controlSpread(rs.map((r) => r[f] as number));
+  return [...cells.values()].map((rs) => ({
+    layer: rs[0].layer,
+    scale: rs[0].scale,
+    margin: over(rs, 'margin'),
+    klToTarget: over(rs, 'klToTarget'),
+    sideEffect: over(rs, 'sideEffect'),
+  }));
 }
 
 /**
@@ -74,23 +127,28 @@ export async function steeringSweep(opts: SweepOptions): Promise<SweepResult> {
   }
   const layers = selectLayers(opts.layers, spec.numLayers);
   const seed = opts.seed ?? 0;
-  const random = normMatchedRandom(directions, seed);
+  const count = opts.randomControls ?? 1;
+  checkControlCount(count);
+  const randoms = randomControls(directions, count, { seed, name: opts.label });
   const unit = opts.unit ?? false;
   const cells: {
     name: string;
     layer: number;
     scale: number;
     vector: 'direction' | 'random';
+    control: number | null;
     ivs: Intervention[];
   }[] = [];
+  const vectors = [
+    { vector: 'direction' as const, control: null, set: directions },
+    ...randoms.map((set, k) => ({ vector: 'random' as const, control: k, set })),
+  ];
   for (const layer of layers) {
     for (const scale of opts.scales) {
-      for (const [vector, set] of [
-        ['direction', directions],
-        ['random', random],
-      ] as const) {
+      for (const { vector, control, set } of vectors) {
         const ivs = scale === 0 ? [] : steerInterventions(set, spec, { layers: [layer], scale, unit });
-        cells.push({ name: `${vector}/${layer}/${scale}`, layer, scale, vector, ivs });
+        const name = `${control === null ? vector : `${vector}${control}`}/${layer}/${scale}`;
+        cells.push({ name, layer, scale, vector, control, ivs });
       }
     }
   }
@@ -128,6 +186,7 @@ export async function steeringSweep(opts: SweepOptions): Promise<SweepResult> {
     layer: c.layer,
     scale: c.scale,
     vector: c.vector,
+    control: c.control,
     margin: margin(nameOf(c)),
     klToTarget: klTo(nameOf(c)),
     sideEffect: side === null ? null : c.ivs.length === 0 ? 0 : side.kl.get(`${c.name}||model`)!,
@@ -137,34 +196,67 @@ export async function steeringSweep(opts: SweepOptions): Promise<SweepResult> {
     baseline: { margin: margin('model'), klToTarget: klTo('model') },
     targetMargin: opts.target ? margin('target') : null,
     seed,
+    randomControls: count,
+    controls: sweepControls(rows),
     unit,
   };
 }
 
-/** The sweep as a markdown table (one row per layer x scale, direction and random side by side). */
+/** The controls' cell of a sweep row: `mean ± sd (min..max, n=K)`, or `x (n=1)`. */
+export const sweepSpread = (x: ControlSpread | null | undefined, digits: number) =>
+  formatSpread(x, (v) => formatNumber(v, digits));
+
+/**
+ * The sweep as a markdown table: one row per layer x scale, the direction's value beside the random
+ * controls' mean ± sd (min..max, n).
+ */
 export function sweepMarkdown(r: SweepResult, title = 'Steering sweep'): string {
-  const byKey = new Map(r.rows.map((row) => [`${row.vector}/${row.layer}/${row.scale}`, row]));
+  const controls = new Map((r.controls ?? sweepControls(r.rows)).map((c) => [`${c.layer}/${c.scale}`, c]));
+  const n = r.randomControls ?? 1;
   const lines = [
     `# ${title}`,
     '',
-    `Steering at blocks.L.hook_resid_post by scale x ${r.unit ? 'the unit vector' : 'the stored vector'} of layer L; control: a norm-matched random vector (seed ${r.seed}). Margin: mean log p(misaligned answer) - mean log p(aligned answer) per token. Unsteered margin ${formatNumber(r.baseline.margin, 3)}${r.targetMargin !== null ? `, target's margin ${formatNumber(r.targetMargin, 3)}` : ''}${r.baseline.klToTarget !== null ? `, unsteered KL(target ‖ model) ${formatNumber(r.baseline.klToTarget)}` : ''}.`,
+    `Steering at blocks.L.hook_resid_post by scale x ${r.unit ? 'the unit vector' : 'the stored vector'} of layer L; control: ${n === 1 ? 'one norm-matched random vector (n=1, no spread)' : `${n} norm-matched random vectors, as mean ± sample sd (min..max, n)`}, user seed ${r.seed} (control k's own seed derives from the direction's content, the seed and k). Margin: mean log p(misaligned answer) - mean log p(aligned answer) per token. Unsteered margin ${formatNumber(r.baseline.margin, 3)}${r.targetMargin !== null ? `, target's margin ${formatNumber(r.targetMargin, 3)}` : ''}${r.baseline.klToTarget !== null ? `, unsteered KL(target ‖ model) ${formatNumber(r.baseline.klToTarget)}` : ''}.`,
     '',
-    '| layer | scale | margin | margin (random) | KL(target ‖ steered) | KL (random) | side effect | side effect (random) |',
+    '| layer | scale | margin | margin (random controls) | KL(target ‖ steered) | KL (random controls) | side effect | side effect (random controls) |',
     '| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
   ];
   for (const row of r.rows) {
     if (row.vector !== 'direction') continue;
-    const rnd = byKey.get(`random/${row.layer}/${row.scale}`);
+    const c = controls.get(`${row.layer}/${row.scale}`);
     lines.push(
-      `| ${row.layer} | ${row.scale} | ${formatNumber(row.margin, 3)} | ${formatNumber(rnd?.margin, 3)} | ${formatNumber(row.klToTarget)} | ${formatNumber(rnd?.klToTarget)} | ${formatNumber(row.sideEffect)} | ${formatNumber(rnd?.sideEffect)} |`,
+      `| ${row.layer} | ${row.scale} | ${formatNumber(row.margin, 3)} | ${sweepSpread(c?.margin, 3)} | ${formatNumber(row.klToTarget)} | ${sweepSpread(c?.klToTarget, 4)} | ${formatNumber(row.sideEffect)} | ${sweepSpread(c?.sideEffect, 4)} |`,
     );
   }
   return `${lines.join('\n')}\n`;
 }
 
 /**
- * Writes `sweep.json`, `sweep.md` and the plots (effect vs scale, one line per layer, dashed-free random
- * control as its own series): `sweep-margin.{svg,png}`, and `sweep-kl.{svg,png}` with a target.
+ * The points of the sweep's plots: per layer, the direction's value and the controls' mean (series
+ * `layer L (random mean, n=K)`), one point per scale.
+ */
+export function sweepPlotData(
+  r: SweepResult,
+  field: 'margin' | 'klToTarget',
+): { scale: number; value: number; series: string }[] {
+  const out: { scale: number; value: number; series: string }[] = [];
+  for (const row of r.rows) {
+    if (row.vector === 'direction' && row[field] !== null) {
+      out.push({ scale: row.scale, value: row[field] as number, series: `layer ${row.layer}` });
+    }
+  }
+  for (const c of r.controls ?? sweepControls(r.rows)) {
+    const s = c[field];
+    if (s !== null && s.mean !== null && Number.isFinite(s.mean)) {
+      out.push({ scale: c.scale, value: s.mean, series: `layer ${c.layer} (random mean, n=${s.n})` });
+    }
+  }
+  return out;
+}
+
+/**
+ * Writes `sweep.json`, `sweep.md` and the plots (effect vs scale, one line per layer, and the random
+ * controls' mean per layer as its own series): `sweep-margin.{svg,png}`, and `sweep-kl.{svg,png}` with a target.
  */
 export async function writeSweep(
   r: SweepResult,
@@ -175,11 +267,8 @@ export async function writeSweep(
   const written = [join(outDir, 'sweep.json'), join(outDir, 'sweep.md')];
   await writeAtomic(written[0], `${JSON.stringify(r, null, 2)}\n`);
   await writeAtomic(written[1], sweepMarkdown(r, title));
-  const series = (row: SweepRow) => `layer ${row.layer}${row.vector === 'random' ? ' (random)' : ''}`;
   const plot = async (field: 'margin' | 'klToTarget', file: string, yTitle: string) => {
-    const data = r.rows
-      .filter((row) => row[field] !== null)
-      .map((row) => ({ scale: row.scale, value: row[field] as number, series: series(row) }));
+    const data = sweepPlotData(r, field);
     if (data.length === 0) return;
     const out = await renderVegaLite(
       lineChart(data, {

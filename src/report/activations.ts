@@ -12,8 +12,15 @@ import {
   directionLayers,
   directionNorms,
   loadDirections,
-  normMatchedRandom,
 } from '../directions/direction.js';
+import {
+  controlSpread,
+  controlStem,
+  directionSha256,
+  formatSpread,
+  isRandomControl,
+  randomControls,
+} from '../directions/randomControl.js';
 import { EmlensError } from '../errors.js';
 import { lineChart } from '../plot/charts.js';
 import {
@@ -29,7 +36,8 @@ import {
 } from './model.js';
 import { drawPlot, integerX, wideLabels } from './plots.js';
 
-const RANDOM_METHOD = 'random_norm_matched';
+/** Controls drawn per direction where the input holds none of its own: cosines are cheap, so several. */
+export const REPORT_RANDOM_CONTROLS = 5;
 
 interface Named {
   readonly name: string;
@@ -51,8 +59,9 @@ function uniqueValues(xs: readonly string[]): string {
 
 /**
  * Direction files: where they came from, their norm per layer, and the cosine between every pair of
- * (non-random) sets per layer, each pair beside a norm-matched random control (the input's own random set
- * for it where it holds one, e.g. `general-random`, else one drawn with seed 0).
+ * (non-random) sets per layer, each pair beside its norm-matched random controls as mean ± sd (min..max, n):
+ * the input's own controls of it where it holds some (`general-random`, `general-random.r0`, ..., or any
+ * control whose metadata names it by sha256), else {@link REPORT_RANDOM_CONTROLS} drawn with user seed 0.
  */
 export async function directionsSection(
   files: readonly string[],
@@ -63,7 +72,7 @@ export async function directionsSection(
   const sets: Named[] = [];
   for (let i = 0; i < files.length; i++)
     sets.push({ name: names[i], file: files[i], set: await loadDirections(files[i]) });
-  const isRandom = (s: Named) => s.set.meta.method === RANDOM_METHOD;
+  const isRandom = (s: Named) => isRandomControl(s.set);
   const real = sets.some((s) => !isRandom(s)) ? sets.filter((s) => !isRandom(s)) : sets;
   const given = sets.filter((s) => isRandom(s) && !real.includes(s));
 
@@ -96,12 +105,22 @@ export async function directionsSection(
     ],
     rows: sets.map((s) => {
       const m = s.set.meta;
+      // A control was computed from no samples: whatever counts or stores its file carries (older emlens
+      // versions copied the mimicked direction's) are not shown as its data.
+      const control = isRandom(s);
+      const x = m.extra ?? {};
       return [
         s.name,
-        m.method === RANDOM_METHOD ? `${m.method} (seed ${m.extra?.seed ?? '?'})` : m.method,
-        m.positions,
-        `${m.nPos} / ${m.nNeg}`,
-        m.sourcePos || m.sourceNeg ? `${short(m.sourcePos)} vs ${short(m.sourceNeg)}` : 'n/a',
+        control
+          ? `${m.method} (of ${x.random_of ?? x.random_of_method ?? '?'}, seed ${x.seed ?? '?'}${x.control_index !== undefined ? `, control ${x.control_index}` : ''})`
+          : m.method,
+        control ? 'none (random control)' : m.positions,
+        control ? 'none (random control)' : `${m.nPos} / ${m.nNeg}`,
+        control
+          ? 'none (random control)'
+          : m.sourcePos || m.sourceNeg
+            ? `${short(m.sourcePos)} vs ${short(m.sourceNeg)}`
+            : 'n/a',
         ...(models.size > 1 ? [displayPath(m.model)] : []),
         compressRange(directionLayers(s.set)),
         String(directionDModel(s.set)),
@@ -154,26 +173,38 @@ export async function directionsSection(
     );
   }
   for (const [dModel, group] of byDim) {
-    const controlOf = (b: Named): Named => {
-      const own = given.find(
+    const controlsOf = new Map<string, Named[]>();
+    const controlsFor = (b: Named): Named[] => {
+      const cached = controlsOf.get(b.name);
+      if (cached) return cached;
+      const sha = directionSha256(b.set);
+      const stems = [`${b.name}-random`, `${b.name}_random`, `random-${b.name}`];
+      const own = given.filter(
         (g) =>
           directionDModel(g.set) === dModel &&
-          [`${b.name}-random`, `${b.name}_random`, `random-${b.name}`].includes(g.name),
+          (stems.includes(controlStem(g.name)) || g.set.meta.extra?.random_of_sha256 === sha),
       );
-      return own ?? { name: `random(${b.name})`, file: '', set: normMatchedRandom(b.set, 0) };
+      const list =
+        own.length > 0
+          ? own
+          : randomControls(b.set, REPORT_RANDOM_CONTROLS, { seed: 0, name: b.name }).map((set, k) => ({
+              name: `random(${b.name}).r${k}`,
+              file: '',
+              set,
+            }));
+      controlsOf.set(b.name, list);
+      return list;
     };
-    const pairs: [Named, Named][] = [];
+    // Real pairs, each followed by the controls of its second set; a lone set gets its own controls.
+    const pairs: [Named, Named | null][] = [];
     for (let i = 0; i < group.length; i++)
       for (let j = i + 1; j < group.length; j++) pairs.push([group[i], group[j]]);
-    if (pairs.length === 0) pairs.push([group[0], controlOf(group[0])]);
+    if (pairs.length === 0) pairs.push([group[0], null]);
     const controls = new Map<string, Named>();
-    for (const [, b] of pairs) {
-      const c = b.name.startsWith('random(') || isRandom(b) ? b : controlOf(b);
-      controls.set(c.name, c);
-    }
+    for (const [a, b] of pairs) for (const c of controlsFor(b ?? a)) controls.set(c.name, c);
     let cmp: ReturnType<typeof compareDirections>;
     try {
-      cmp = compareDirections([...group, ...[...controls.values()].filter((c) => !group.includes(c))]);
+      cmp = compareDirections([...group, ...controls.values()]);
     } catch (e) {
       if (!(e instanceof EmlensError)) throw e;
       notes.push(`Cosines not computed for d_model ${dModel}: ${e.message}`);
@@ -184,35 +215,53 @@ export async function directionsSection(
     const rows: string[][] = [];
     const controlRows: number[] = [];
     const shown: PairComparison[] = [];
-    const line = (p: PairComparison, label: string) => [
-      label,
-      ...p.cosines.map((c) => fixed(c)),
-      fixed(p.meanCosine),
-      fixed(p.meanAbsCosine),
-    ];
+    const mean = (xs: readonly number[]) => xs.reduce((x, y) => x + y, 0) / xs.length;
+    const spreadOf = (xs: readonly number[]) => formatSpread(controlSpread(xs), (x) => fixed(x));
     for (const [a, b] of pairs) {
-      const isControlPair = b.name.startsWith('random(') || isRandom(b);
-      const p = find(a.name, b.name);
-      if (!p) continue;
-      rows.push(line(p, `${a.name} ~ ${b.name}`));
-      shown.push(p);
-      if (isControlPair) {
-        controlRows.push(rows.length - 1);
-        highlights.push(`${a.name} ~ ${b.name} (random control): mean |cos| ${fixed(p.meanAbsCosine)}`);
-        continue;
+      if (b !== null) {
+        const p = find(a.name, b.name);
+        if (!p) continue;
+        rows.push([
+          `${a.name} ~ ${b.name}`,
+          ...p.cosines.map((c) => fixed(c)),
+          fixed(p.meanCosine),
+          fixed(p.meanAbsCosine),
+        ]);
+        shown.push(p);
       }
-      const c = find(a.name, controlOf(b).name);
-      if (c) {
-        rows.push(line(c, `${a.name} ~ ${controlOf(b).name} (control)`));
-        controlRows.push(rows.length - 1);
-        shown.push(c);
-      }
+      const target = b ?? a;
+      const cs = controlsFor(target).flatMap((c) => find(a.name, c.name) ?? []);
+      if (cs.length === 0) continue;
+      // The controls as one row: per layer the mean over the K controls, then mean ± sd (min..max, n).
+      const label = `${a.name} ~ random(${target.name}) (control, n=${cs.length})`;
+      const perLayer = cmp.layers.map((_, i) => mean(cs.map((c) => c.cosines[i])));
+      const perLayerAbs = cmp.layers.map((_, i) => mean(cs.map((c) => c.absCosines[i])));
+      rows.push([
+        label,
+        ...perLayer.map((c) => fixed(c)),
+        spreadOf(cs.map((c) => c.meanCosine)),
+        spreadOf(cs.map((c) => c.meanAbsCosine)),
+      ]);
+      controlRows.push(rows.length - 1);
+      shown.push({
+        a: a.name,
+        b: `random(${target.name})`,
+        label: `${a.name} ~ random(${target.name}) (mean of ${cs.length})`,
+        cosines: perLayer,
+        absCosines: perLayerAbs,
+        meanCosine: mean(cs.map((c) => c.meanCosine)),
+        meanAbsCosine: mean(cs.map((c) => c.meanAbsCosine)),
+      });
+      const controlText = spreadOf(cs.map((c) => c.meanAbsCosine));
+      const p = b === null ? undefined : find(a.name, b.name);
       highlights.push(
-        `${a.name} ~ ${b.name}: mean |cos| ${fixed(p.meanAbsCosine)} over ${cmp.layers.length} layers (random control ${c ? fixed(c.meanAbsCosine) : 'n/a'})`,
+        p
+          ? `${a.name} ~ ${b!.name}: mean |cos| ${fixed(p.meanAbsCosine)} over ${cmp.layers.length} layers (random controls ${controlText})`
+          : `${a.name} ~ its random controls: mean |cos| ${controlText}`,
       );
     }
     tables.push({
-      caption: `Cosine similarity per layer (d_model ${dModel}); each pair is followed by its norm-matched random control`,
+      caption: `Cosine similarity per layer (d_model ${dModel}); each pair is followed by its norm-matched random controls: per layer their mean, then mean ± sd (min..max, n) of the means over layers`,
       header: ['pair', ...cmp.layers.map((l) => `layer ${l}`), 'mean', 'mean |cos|'],
       rows,
       controlRows,

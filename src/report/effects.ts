@@ -5,11 +5,12 @@
 import { readdir, readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { cosineHeatmap, type DirectionComparison } from '../directions/compare.js';
+import { asControlSpread, type ControlSpread } from '../directions/randomControl.js';
 import { type Estimate, emRateChart, formatEmChange } from '../eval/metrics.js';
 import { compareEvalFolders, type EvalComparison, type ReportOptions } from '../eval/report.js';
 import type { MediationReport } from '../interventions/mediation.js';
-import { mediationRows } from '../interventions/mediationFormat.js';
-import type { SweepResult } from '../interventions/sweep.js';
+import { controlHeader, mediationRows, numberSpread, pctSpread } from '../interventions/mediationFormat.js';
+import { type SweepResult, sweepControls, sweepPlotData, sweepSpread } from '../interventions/sweep.js';
 import { lineChart } from '../plot/charts.js';
 import { isMediationReport } from './detect.js';
 import {
@@ -160,29 +161,65 @@ export async function evalSection(
 const clipPct = (x: number | null | undefined) =>
   x === null || x === undefined || !Number.isFinite(x) ? null : Math.max(-100, Math.min(100, 100 * x));
 
+/** Paths of the control fields of a mediation report (each a ControlSpread; a number in older reports). */
+const CONTROL_FIELDS: readonly (readonly string[])[] = [
+  ['randomFractionMediated'],
+  ['randomPatchedFractionMediated'],
+  ['randomSteeringClosed'],
+  ['kl', 'randomAblatedBase'],
+  ['kl', 'randomPatchedBase'],
+  ['kl', 'baseRandomAblatedBase'],
+  ['kl', 'finetuneRandomSteered'],
+  ['margins', 'finetuneRandomAblated'],
+  ['margins', 'baseRandomSteered'],
+  ['sideEffects', 'randomAblateBase'],
+  ['sideEffects', 'randomAblateFinetune'],
+  ['sideEffects', 'randomSteerBase'],
+];
+
+/**
+ * A mediation report as read from JSON: a report written before reports had several controls holds one
+ * number per control field, read here as one control (n=1); NaN was written as null.
+ */
+function readMediationReport(raw: MediationReport): MediationReport {
+  const r = structuredClone(raw) as unknown as Record<string, Record<string, unknown> | null>;
+  for (const path of CONTROL_FIELDS) {
+    const holder = path.length === 1 ? (r as Record<string, unknown>) : r[path[0]];
+    const key = path[path.length - 1];
+    if (holder === null || holder === undefined || !(key in holder)) continue;
+    const v = holder[key] as ControlSpread | number | null;
+    holder[key] = asControlSpread(v === null ? Number.NaN : v);
+  }
+  const out = r as unknown as MediationReport;
+  return out.controls ? out : { ...out, controls: { n: 1, method: 'random_norm_matched', of: '' } };
+}
+
+const spreadMean = (s: ControlSpread | null | undefined) => s?.mean ?? null;
+
 function singleMediation(r: MediationReport): {
   tables: ReportTable[];
   plot: ReturnType<typeof groupedBars>;
 } {
   const rows = mediationRows(r);
   const bars = [
-    ['ablate in finetune', r.fractionMediated, r.randomFractionMediated],
-    ['patch base component', r.patchedFractionMediated, r.randomPatchedFractionMediated],
-    ['steer the base', r.steeringClosed, r.randomSteeringClosed],
+    ['ablate in finetune', r.fractionMediated, spreadMean(r.randomFractionMediated)],
+    ['patch base component', r.patchedFractionMediated, spreadMean(r.randomPatchedFractionMediated)],
+    ['steer the base', r.steeringClosed, spreadMean(r.randomSteeringClosed)],
   ] as const;
+  const controlSeries = `random controls (mean, n=${r.controls.n})`;
   return {
     tables: [
       {
         caption:
           'Mediation (KL in nats per answer token; margins: mean log p(misaligned) - log p(aligned) per token; side effects: KL(model+intervention ‖ model) on neutral text)',
-        header: ['metric', 'direction', 'random control'],
+        header: ['metric', 'direction', controlHeader(r.controls.n)],
         rows,
       },
     ],
     plot: groupedBars(
       bars.flatMap(([group, d, rnd]) => [
         { group, series: 'direction', value: clipPct(d) },
-        { group, series: 'random control', value: clipPct(rnd) },
+        { group, series: controlSeries, value: clipPct(rnd) },
       ]),
       { title: 'Fraction of KL(finetune ‖ base) mediated', xTitle: '% of the divergence (clipped to ±100)' },
     ),
@@ -197,52 +234,53 @@ function mediationMap(reports: readonly [string, MediationReport][]): {
   const tables: ReportTable[] = [
     {
       caption:
-        'Fraction of KL(finetune ‖ base) mediated, each beside its norm-matched random control (n/a: the finetune does not diverge there)',
+        'Fraction of KL(finetune ‖ base) mediated, each beside its norm-matched random controls as mean ± sd (min..max, n) (n/a: the finetune does not diverge there)',
       header: [
         'direction, finetune, records',
         'KL(finetune ‖ base)',
         'ablate',
-        'ablate (random)',
+        'ablate (random controls)',
         'patch',
-        'patch (random)',
+        'patch (random controls)',
         'steer',
-        'steer (random)',
+        'steer (random controls)',
       ],
       rows: reports.map(([key, r]) => [
         label(key, r),
         fixed(r.kl.finetuneBase, 4),
         percent(r.fractionMediated),
-        percent(r.randomFractionMediated),
+        pctSpread(r.randomFractionMediated),
         percent(r.patchedFractionMediated),
-        percent(r.randomPatchedFractionMediated),
+        pctSpread(r.randomPatchedFractionMediated),
         percent(r.steeringClosed),
-        percent(r.randomSteeringClosed),
+        pctSpread(r.randomSteeringClosed),
       ]),
     },
   ];
   const side = reports.filter(([, r]) => r.sideEffects);
   if (side.length > 0) {
     tables.push({
-      caption: 'Side effects on neutral text: KL(model+intervention ‖ model), nats per token',
+      caption:
+        'Side effects on neutral text: KL(model+intervention ‖ model), nats per token, each beside its random controls as mean ± sd (min..max, n)',
       header: [
         'direction, finetune, records',
         'ablate in base',
-        'random',
+        'random controls',
         'ablate in finetune',
-        'random',
+        'random controls',
         'steer base',
-        'random',
+        'random controls',
       ],
       rows: side.map(([key, r]) => {
         const s = r.sideEffects!;
         return [
           label(key, r),
           fixed(s.ablateBase, 4),
-          fixed(s.randomAblateBase, 4),
+          numberSpread(s.randomAblateBase),
           fixed(s.ablateFinetune, 4),
-          fixed(s.randomAblateFinetune, 4),
+          numberSpread(s.randomAblateFinetune),
           fixed(s.steerBase, 4),
-          fixed(s.randomSteerBase, 4),
+          numberSpread(s.randomSteerBase),
         ];
       }),
     });
@@ -252,7 +290,11 @@ function mediationMap(reports: readonly [string, MediationReport][]): {
     plot: groupedBars(
       reports.flatMap(([key, r]) => [
         { group: label(key, r), series: 'direction (patch)', value: clipPct(r.patchedFractionMediated) },
-        { group: label(key, r), series: 'random control', value: clipPct(r.randomPatchedFractionMediated) },
+        {
+          group: label(key, r),
+          series: 'random controls (mean)',
+          value: clipPct(spreadMean(r.randomPatchedFractionMediated)),
+        },
       ]),
       {
         title: "Fraction of KL(finetune ‖ base) mediated by patching the base's component",
@@ -262,6 +304,11 @@ function mediationMap(reports: readonly [string, MediationReport][]): {
   };
 }
 
+function describeMediationControls(r: MediationReport): string {
+  const n = r.controls.n;
+  return `${n} norm-matched per report (user seed ${r.seed}); ${n === 1 ? 'one draw, n=1: no spread' : `shown as mean ± sd (min..max, n=${n})`}`;
+}
+
 /** A mediation.json: one report (emlens mediate) or a map of them (emlens demo). */
 export async function mediationSection(
   path: string,
@@ -269,9 +316,10 @@ export async function mediationSection(
   sources: readonly string[],
 ): Promise<ReportSection> {
   const raw = JSON.parse(await readFile(json, 'utf8')) as unknown;
-  const reports: [string, MediationReport][] = isMediationReport(raw)
+  const read: [string, MediationReport][] = isMediationReport(raw)
     ? [['', raw as MediationReport]]
     : Object.entries(raw as Record<string, MediationReport>);
+  const reports = read.map(([k, r]): [string, MediationReport] => [k, readMediationReport(r)]);
   const single = reports.length === 1;
   const built = single ? singleMediation(reports[0][1]) : mediationMap(reports);
   const r0 = reports[0][1];
@@ -284,7 +332,7 @@ export async function mediationSection(
   );
   const highlights = (single ? reports : bestPerDirection.slice(0, 4)).map(
     ([, r]) =>
-      `${r.direction}: patch mediates ${percent(r.patchedFractionMediated)} (random ${percent(r.randomPatchedFractionMediated)}), ablation ${percent(r.fractionMediated)} (random ${percent(r.randomFractionMediated)})`,
+      `${r.direction}: patch mediates ${percent(r.patchedFractionMediated)} (random controls ${pctSpread(r.randomPatchedFractionMediated)}), ablation ${percent(r.fractionMediated)} (random controls ${pctSpread(r.randomFractionMediated)})`,
   );
   return section({
     kind: 'mediation',
@@ -303,11 +351,11 @@ export async function mediationSection(
             'steered at',
             `blocks.${r0.steer.layer}.hook_resid_post, scale ${r0.steer.scale}, |v| ${fixed(r0.steer.norm)}`,
           ],
-          ['random control', `norm-matched, seed ${r0.seed}`],
+          ['random controls', describeMediationControls(r0)],
         ]
       : [
           ['reports', String(reports.length)],
-          ['random control', `norm-matched, seed ${r0.seed}`],
+          ['random controls', describeMediationControls(r0)],
           ['minimum divergence', `${r0.minDivergence} nats/token (below it the fractions are n/a)`],
         ],
     tables: built.tables,
@@ -324,21 +372,27 @@ export async function sweepSection(
   json: string,
   sources: readonly string[],
 ): Promise<ReportSection> {
-  const r = JSON.parse(await readFile(json, 'utf8')) as SweepResult;
-  const byKey = new Map(r.rows.map((row) => [`${row.vector}/${row.layer}/${row.scale}`, row]));
+  const raw = JSON.parse(await readFile(json, 'utf8')) as SweepResult;
+  // Sweeps written before they had several controls hold one random row per cell and no summary.
+  const r: SweepResult = {
+    ...raw,
+    controls: raw.controls ?? sweepControls(raw.rows),
+    randomControls: raw.randomControls ?? 1,
+  };
+  const controlOf = new Map(r.controls.map((c) => [`${c.layer}/${c.scale}`, c]));
   const rows = r.rows
     .filter((row) => row.vector === 'direction')
     .map((row) => {
-      const rnd = byKey.get(`random/${row.layer}/${row.scale}`);
+      const c = controlOf.get(`${row.layer}/${row.scale}`);
       return [
         String(row.layer),
         String(row.scale),
         fixed(row.margin),
-        fixed(rnd?.margin),
+        sweepSpread(c?.margin, 3),
         fixed(row.klToTarget, 4),
-        fixed(rnd?.klToTarget, 4),
+        sweepSpread(c?.klToTarget, 4),
         fixed(row.sideEffect, 4),
-        fixed(rnd?.sideEffect, 4),
+        sweepSpread(c?.sideEffect, 4),
       ];
     });
   const folder = json === path ? dirname(json) : path;
@@ -352,15 +406,11 @@ export async function sweepSection(
   if (images.length > 0) {
     for (const f of images) plots.push(await plotFile(f));
   } else {
-    const series = (row: SweepResult['rows'][number]) =>
-      `layer ${row.layer}${row.vector === 'random' ? ' (random)' : ''}`;
     for (const [field, yTitle] of [
       ['margin', 'misaligned - aligned log-prob margin'],
       ['klToTarget', 'KL(target || steered)'],
     ] as const) {
-      const data = r.rows
-        .filter((row) => row[field] !== null)
-        .map((row) => ({ scale: row.scale, value: row[field] as number, series: series(row) }));
+      const data = sweepPlotData(r, field);
       if (data.length === 0) continue;
       plots.push(
         await drawPlot(
@@ -384,7 +434,7 @@ export async function sweepSection(
   const best = withKl.sort((a, b) => a.klToTarget! - b.klToTarget!)[0];
   const highlights = best
     ? [
-        `steering at layer ${best.layer} x${best.scale}: KL(target ‖ steered) ${fixed(best.klToTarget, 4)} (random ${fixed(byKey.get(`random/${best.layer}/${best.scale}`)?.klToTarget, 4)}; unsteered ${fixed(r.baseline.klToTarget, 4)})`,
+        `steering at layer ${best.layer} x${best.scale}: KL(target ‖ steered) ${fixed(best.klToTarget, 4)} (random controls ${sweepSpread(controlOf.get(`${best.layer}/${best.scale}`)?.klToTarget, 4)}; unsteered ${fixed(r.baseline.klToTarget, 4)})`,
       ]
     : [];
   return section({
@@ -397,7 +447,10 @@ export async function sweepSection(
       ['layers', [...new Set(r.rows.map((row) => row.layer))].join(', ')],
       ['scales', [...new Set(r.rows.map((row) => row.scale))].join(', ')],
       ['vector', r.unit ? 'unit vector' : 'stored (unnormalised) vector'],
-      ['random control', `norm-matched, seed ${r.seed}`],
+      [
+        'random controls',
+        `${r.randomControls} norm-matched (user seed ${r.seed}); ${r.randomControls === 1 ? 'one draw, n=1: no spread' : `shown as mean ± sd (min..max, n=${r.randomControls})`}`,
+      ],
       [
         'unsteered',
         `margin ${fixed(r.baseline.margin)}${r.targetMargin !== null ? `, target's margin ${fixed(r.targetMargin)}` : ''}${r.baseline.klToTarget !== null ? `, KL(target ‖ model) ${fixed(r.baseline.klToTarget, 4)}` : ''}`,
@@ -405,16 +458,17 @@ export async function sweepSection(
     ],
     tables: [
       {
-        caption: 'Steering sweep, each value beside its random control',
+        caption:
+          'Steering sweep, each value beside its norm-matched random controls as mean ± sd (min..max, n)',
         header: [
           'layer',
           'scale',
           'margin',
-          'margin (random)',
+          'margin (random controls)',
           'KL(target ‖ steered)',
-          'KL (random)',
+          'KL (random controls)',
           'side effect',
-          'side effect (random)',
+          'side effect (random controls)',
         ],
         rows,
       },
