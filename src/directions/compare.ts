@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import type { TopLevelSpec } from 'vega-lite';
 import { EmlensError } from '../errors.js';
 import { writeAtomic } from '../io/files.js';
+import { claimOutputFiles } from '../io/outputs.js';
 import { heatmap } from '../plot/charts.js';
 import { renderVegaLite } from '../plot/render.js';
 import { cosine, type DirectionSet, directionDModel, norm } from './direction.js';
@@ -165,11 +166,19 @@ export function comparisonToJson(cmp: DirectionComparison): unknown {
   );
 }
 
-/** Writes `cosine.svg`, `cosine.png` and `compare.json` into `outDir` (created if needed). */
+/** The files {@link writeComparison} writes into its folder. */
+export const COMPARISON_FILES = ['cosine.svg', 'cosine.png', 'compare.json'] as const;
+
+/**
+ * Writes `cosine.svg`, `cosine.png` and `compare.json` into `outDir` (created if needed). Refuses if any of
+ * them is there already, unless `overwrite`; other files in `outDir` are left alone.
+ */
 export async function writeComparison(
   cmp: DirectionComparison,
   outDir: string,
+  opts: { readonly overwrite?: boolean } = {},
 ): Promise<{ readonly svg: string; readonly png: string; readonly json: string }> {
+  await claimOutputFiles(outDir, COMPARISON_FILES, opts);
   await mkdir(outDir, { recursive: true });
   const { svg, png } = await renderVegaLite(cosineHeatmap(cmp), join(outDir, 'cosine'));
   const json = join(outDir, 'compare.json');

@@ -1,9 +1,10 @@
 /** `steeringSweep`: the judge-free effect of steering over scale x layer, with a norm-matched random control. */
-import { mkdir } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { type DirectionSet, normMatchedRandom } from '../directions/direction.js';
 import { EmlensError } from '../errors.js';
 import { writeAtomic } from '../io/files.js';
+import { claimOutputFiles } from '../io/outputs.js';
 import type { Intervention } from '../model/interventions.js';
 import type { Model } from '../model/model.js';
 import { lineChart } from '../plot/charts.js';
@@ -162,15 +163,28 @@ export function sweepMarkdown(r: SweepResult, title = 'Steering sweep'): string 
   return `${lines.join('\n')}\n`;
 }
 
+/** Every file {@link writeSweep} may write into its folder. */
+export const SWEEP_FILES = [
+  'sweep.json',
+  'sweep.md',
+  'sweep-margin.svg',
+  'sweep-margin.png',
+  'sweep-kl.svg',
+  'sweep-kl.png',
+] as const;
+
 /**
  * Writes `sweep.json`, `sweep.md` and the plots (effect vs scale, one line per layer, dashed-free random
- * control as its own series): `sweep-margin.{svg,png}`, and `sweep-kl.{svg,png}` with a target.
+ * control as its own series): `sweep-margin.{svg,png}`, and `sweep-kl.{svg,png}` with a target. Refuses if
+ * any of {@link SWEEP_FILES} is there already, unless `overwrite`; other files in `outDir` are left alone.
  */
 export async function writeSweep(
   r: SweepResult,
   outDir: string,
   title = 'Steering sweep',
+  opts: { readonly overwrite?: boolean } = {},
 ): Promise<string[]> {
+  await claimOutputFiles(outDir, SWEEP_FILES, opts);
   await mkdir(outDir, { recursive: true });
   const written = [join(outDir, 'sweep.json'), join(outDir, 'sweep.md')];
   await writeAtomic(written[0], `${JSON.stringify(r, null, 2)}\n`);
@@ -180,7 +194,12 @@ export async function writeSweep(
     const data = r.rows
       .filter((row) => row[field] !== null)
       .map((row) => ({ scale: row.scale, value: row[field] as number, series: series(row) }));
-    if (data.length === 0) return;
+    if (data.length === 0) {
+      // A plot this run has no data for may be left from an earlier run (--overwrite); it would be
+      // read as this run's.
+      for (const ext of ['svg', 'png']) await rm(join(outDir, `${file}.${ext}`), { force: true });
+      return;
+    }
     const out = await renderVegaLite(
       lineChart(data, {
         x: 'scale',
