@@ -43,6 +43,12 @@ export function registerCompare(program: Command): void {
       for (let i = 0; i < files.length; i++)
         sets.push({ name: names[i], set: await loadDirectionFile(files[i]) });
       const cmp = compareDirections(sets);
+      for (const z of cmp.zero) {
+        const file = files[names.indexOf(z.name)];
+        process.stderr.write(
+          `emlens: warning: ${file} is all zeros at layer${z.layers.length > 1 ? 's' : ''} ${z.layers.join(', ')}; its cosines there are n/a.\n`,
+        );
+      }
       console.log(formatCompareTable(cmp));
       const out = await writeComparison(cmp, flags.out, { overwrite: flags.overwrite });
       console.log(`\nwrote ${out.svg}, ${out.png}, ${out.json}`);

@@ -5,9 +5,10 @@ import {
   normMatchedRandom,
   saveDirections,
 } from '../directions/direction.js';
-import { directionFromStores } from '../directions/fromStores.js';
+import { directionFromStores, zeroLayers } from '../directions/fromStores.js';
 import { exportGguf, importGguf } from '../directions/gguf.js';
 import { EmlensError } from '../errors.js';
+import { claimOutputFile } from '../io/outputs.js';
 
 /**
  * The `emlens direction` command group (created once; every file that adds a `direction` subcommand or
@@ -42,10 +43,18 @@ export function directionGroup(program: Command): Command {
           'emlens direction needs --pos STORE --neg STORE --out FILE (or a subcommand: export-gguf, import-gguf).',
         );
       }
+      // Before the stores are read, so a refused --out costs nothing; saveDirections checks again.
+      await claimOutputFile(flags.out, { overwrite: flags.overwrite, createParent: true });
       const set = await directionFromStores(flags.pos, flags.neg, {
         hookType: flags.hook,
         weighting: flags.weighting,
       });
+      const zero = zeroLayers(set);
+      if (zero.length > 0) {
+        process.stderr.write(
+          `emlens: warning: the direction is all zeros at layer${zero.length > 1 ? 's' : ''} ${zero.join(', ')} (both sides have the same mean there); steering or ablating it there does nothing.\n`,
+        );
+      }
       await saveDirections(flags.out, set, { overwrite: flags.overwrite });
       const norms = [...set.vectors.entries()].map(([l, v]) => `${l}:${Math.hypot(...v).toFixed(3)}`);
       console.log(

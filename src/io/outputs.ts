@@ -34,7 +34,9 @@ export async function pathKind(path: string): Promise<'none' | 'file' | 'dir' | 
     if (s.isDirectory()) return 'dir';
     return 'other';
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return 'none';
+    // ENOTDIR: a part of the path is a file, so nothing can be there (the caller names the file part).
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return 'none';
     throw e;
   }
 }
