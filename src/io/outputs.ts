@@ -139,6 +139,30 @@ export async function claimOutputFiles(
 }
 
 /**
+ * Checks that a command may write into (and resume) the folder `dir`: it is absent, empty, or already holds
+ * at least one of `own` (the files that command writes, e.g. an eval's sampling.json), so a rerun resumes its
+ * own earlier run but never scribbles into a folder of something else. Throws one {@link EmlensError} line
+ * otherwise.
+ */
+export async function claimResumableFolder(
+  dir: string,
+  own: readonly string[],
+  opts: { readonly flag?: string; readonly what: string },
+): Promise<void> {
+  const flag = opts.flag ?? '--out';
+  const kind = await pathKind(dir);
+  if (kind === 'none') return;
+  if (kind !== 'dir') {
+    throw new EmlensError(`${flag} ${dir} exists and is not a folder; name a new folder instead.`);
+  }
+  const entries = await readdir(dir);
+  if (entries.length === 0 || own.some((f) => entries.includes(f))) return;
+  throw new EmlensError(
+    `${flag} ${dir} is not empty and is not ${opts.what} (it has none of ${own.join(', ')}); choose a new ${flag}, or the folder of the run to resume.`,
+  );
+}
+
+/**
  * Builds the output folder `dir` atomically: `build` fills a fresh temp folder beside `dir`, which then
  * replaces `dir` by rename. A failure removes the temp folder and leaves `dir` as it was. The claim
  * ({@link claimOutputFolder}) is checked first, so an existing non-empty folder is kept unless `overwrite`.
