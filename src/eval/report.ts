@@ -108,8 +108,8 @@ export async function writeReport(
   out: string,
   opts: ReportOptions = {},
 ): Promise<Report> {
-  await claimOutputFiles(out, ['report.md', 'report.json', 'em-rate.svg', 'em-rate.png'], opts);
   const { comparison, markdown, summaries } = await compareEvalFolders(dirs, opts);
+  await claimOutputFiles(out, ['report.md', 'report.json', 'em-rate.svg', 'em-rate.png'], opts);
   await mkdir(out, { recursive: true });
   const md = join(out, 'report.md');
   const json = join(out, 'report.json');
