@@ -143,6 +143,21 @@ describe('claimOutputFiles', () => {
 });
 
 describe('writeFolderAtomic', () => {
+  it('fills an empty working folder in place instead of renaming it away', async () => {
+    const d = await fresh();
+    const cwd = process.cwd();
+    process.chdir(d);
+    try {
+      await writeFolderAtomic('.', {}, async (tmp) => writeFile(join(tmp, 'config.json'), '{}'));
+      expect(await readdir('.')).toEqual(['config.json']);
+      expect(process.cwd()).toBe(d);
+    } finally {
+      process.chdir(cwd);
+    }
+    expect(await readdir(d)).toEqual(['config.json']);
+    expect(await readdir(root)).not.toContain(expect.stringMatching(/\.tmp$/));
+  });
+
   it('builds a new folder, refuses a non-empty one, and with overwrite swaps it only once complete', async () => {
     const d = await fresh();
     const out = join(d, 'model');

@@ -41,6 +41,13 @@ export async function pathKind(path: string): Promise<'none' | 'file' | 'dir' | 
   }
 }
 
+/** Whether `dir` is the working folder or one above it (renaming it away would strand the process). */
+function holdsCwd(dir: string): boolean {
+  const target = resolve(dir);
+  const cwd = process.cwd();
+  return cwd === target || cwd.startsWith(target.endsWith(sep) ? target : target + sep);
+}
+
 function overwriteHint(flag: string): string {
   return `pass --overwrite to replace it, or choose another ${flag}`;
 }
@@ -89,9 +96,7 @@ export async function claimOutputFolder(dir: string, opts: ClaimOptions = {}): P
   if (opts.overwrite) {
     // Replacing the working folder or one above it would delete far more than the command wrote (and
     // `--out .` is an easy slip), so --overwrite does not reach that far.
-    const target = resolve(dir);
-    const cwd = process.cwd();
-    if (cwd === target || cwd.startsWith(target.endsWith(sep) ? target : target + sep)) {
+    if (holdsCwd(dir)) {
       throw new EmlensError(
         `${flag} ${dir} is the current folder or one above it, which --overwrite will not replace; name a subfolder instead.`,
       );
@@ -193,6 +198,13 @@ export async function writeFolderAtomic<T>(
   const kind = await pathKind(dir);
   if (kind === 'none') {
     await rename(tmp, dir);
+    return result;
+  }
+  if (holdsCwd(dir)) {
+    // `--out .` into an empty working folder (the claim refused anything else): the folder itself must stay,
+    // so the new entries move into it one by one; there was nothing in it to lose.
+    for (const entry of await readdir(tmp)) await rename(join(tmp, entry), join(dir, entry));
+    await rm(tmp, { recursive: true, force: true });
     return result;
   }
   // Swap: move the old folder aside, move the new one in, then delete the old one. Between the two renames
