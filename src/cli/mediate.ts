@@ -7,8 +7,8 @@ import { readNeutralTexts, responsesToScored, textsToScored } from '../intervent
 import { claimOutputFiles } from '../io/outputs.js';
 import { type LoadModelOptions, loadModel, type Model } from '../model/model.js';
 import { loadTokenizer } from '../text/tokenizer.js';
-import { finiteNumber, nonNegativeInt, positiveInt } from './args.js';
-import { parseFrom } from './interventionCommon.js';
+import { nonNegativeInt, positiveInt } from './common.js';
+import { finiteNumber, parseFrom } from './interventionCommon.js';
 import { createProgress } from './progress.js';
 
 interface MediateFlags {
