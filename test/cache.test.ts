@@ -99,7 +99,7 @@ describe('graph cache', () => {
     expect(built(first.messages)).toBe(true);
     const before = await stat(join(dir, 'model.safetensors'));
     // same shapes (same size), new content; make sure the mtime moves even on coarse clocks
-    await makeTinyModel(dir, { family: 'qwen2', seed: 42, numLayers: 1, dModel: 32 });
+    await makeTinyModel(dir, { family: 'qwen2', seed: 42, numLayers: 1, dModel: 32, overwrite: true });
     const file = join(dir, 'model.safetensors');
     const after = await stat(file);
     expect(after.size).toBe(before.size);

@@ -695,7 +695,7 @@ describe('CLI', () => {
 
     const again = await run(['direction', 'import-gguf', '--in', gguf, '--out', back]);
     expect(again.code).toBe(2);
-    expect(again.stderr).toMatch(/^emlens: Direction file .* already exists; .*--overwrite\)\.\n$/);
+    expect(again.stderr).toMatch(/^emlens: --out .* already exists; pass --overwrite to replace it.*\.\n$/);
     expect((await run(['direction', 'import-gguf', '--in', gguf, '--out', back, '--overwrite'])).code).toBe(
       0,
     );
@@ -707,14 +707,16 @@ describe('CLI', () => {
     expect(bad.stderr).toMatch(/not a GGUF file/);
   });
 
-  it('a missing required option is a usage error, not an exit', async () => {
+  it('a missing required option is a usage error (exit 2, one line), not an exit', async () => {
     const r = await run(['direction', 'export-gguf', '--out', tmp('z.gguf')]);
-    expect(r.code).not.toBe(0);
+    expect(r.code).toBe(2);
     expect(r.stderr).toContain("required option '--in <file>' not specified");
+    expect(r.stderr.trimEnd().split('\n')).toHaveLength(1);
     expect(r.stderr).not.toContain('internal error');
     const c = await run(['compare']);
-    expect(c.code).not.toBe(0);
+    expect(c.code).toBe(2);
     expect(c.stderr).toContain("missing required argument 'files'");
+    expect(c.stderr.trimEnd().split('\n')).toHaveLength(1);
     expect(c.stderr).not.toContain('internal error');
   });
 });

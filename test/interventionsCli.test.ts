@@ -124,7 +124,7 @@ describe('emlens orthogonalize', () => {
     expect(await readdir(out)).toContain('model.safetensors');
     const again = await run(args);
     expect(again.code).toBe(2);
-    expect(again.stderr).toMatch(/^emlens: Output folder .* already exists; choose a new folder/);
+    expect(again.stderr).toMatch(/^emlens: --out .* already exists and is not empty; pass --overwrite/);
   });
 });
 

@@ -177,7 +177,8 @@ describe('emlens organisms', () => {
 
   it('rejects a seed that is not a non-negative integer', async () => {
     const r = await runCli(['organisms', '--out', join(root, 'bad'), '--seed', '-2']);
-    expect(r.code).not.toBe(0);
+    expect(r.code).toBe(2);
+    expect(r.stderr.trimEnd().split('\n')).toHaveLength(1);
     expect(r.stderr).toMatch(/non-negative integer/);
   });
 });

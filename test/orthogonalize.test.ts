@@ -126,7 +126,7 @@ describe('orthogonalizeModel', () => {
     const base = join(orgDir, manifest.base);
     const existing = join(root, 'general-ortho');
     await expect(orthogonalizeModel(base, existing, { direction: planted })).rejects.toThrow(
-      /already exists; choose a new folder/,
+      /already exists and is not empty; pass --overwrite/,
     );
     const fresh = join(root, 'never');
     await expect(

@@ -138,6 +138,8 @@ export async function judgedEval(opts: JudgedEvalOptions): Promise<EvalResult> {
   const report = await writeReport(dirs, opts.outDir, {
     baseline: 'base',
     title: 'EM rate by condition (narrow vs general directions)',
+    // The benchmark owns its work folder and resumes its evals there, so a rerun refreshes its report.
+    overwrite: true,
   });
   return {
     conditions: opts.conditions.map((c) => ({ name: c.name, folder: c.folder })),

@@ -4,12 +4,11 @@
  * with the norm-matched random control beside the number.
  */
 import { formatComparisonMarkdown } from '../eval/metrics.js';
+import { pct } from '../util/format.js';
 import type { CrossCell, NarrowVsGeneralResult, SteeringCurve } from './narrowVsGeneralTypes.js';
 
 const fx = (x: number | null | undefined, d = 3) =>
   x === null || x === undefined || !Number.isFinite(x) ? 'n/a' : x.toFixed(d);
-const pct = (x: number | null | undefined) =>
-  x === null || x === undefined || !Number.isFinite(x) ? 'n/a' : `${(100 * x).toFixed(1)}%`;
 const withRandom = (a: string, b: string) => `${a} [${b}]`;
 
 function table(header: readonly string[], rows: readonly (readonly string[])[]): string[] {

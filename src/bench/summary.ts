@@ -5,6 +5,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { pct } from '../util/format.js';
 
 /** One figure of the summary table. */
 export interface SummaryRow {
@@ -35,7 +36,6 @@ type Json = any;
 
 const num = (x: unknown): x is number => typeof x === 'number' && Number.isFinite(x);
 const f = (x: unknown, d = 1) => (num(x) ? x.toFixed(d) : 'n/a');
-const pct = (x: unknown, d = 1) => (num(x) ? `${(100 * x).toFixed(d)}%` : 'n/a');
 const atLeast = (x: unknown, goal: number) => (num(x) ? x >= goal : null);
 const atMost = (x: unknown, goal: number) => (num(x) ? x <= goal : null);
 

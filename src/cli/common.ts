@@ -1,6 +1,7 @@
-import { type Command, InvalidArgumentError, Option } from 'commander';
+import { type Command, Option } from 'commander';
 import { EmlensError } from '../errors.js';
 import type { LoadModelOptions } from '../model/model.js';
+import { positiveInt } from './args.js';
 
 /** Options every model-loading command shares. */
 export function addModelOptions(cmd: Command): Command {
@@ -41,20 +42,8 @@ export function loadOptions(flags: ModelFlags): LoadModelOptions {
   };
 }
 
-export function positiveInt(value: string): number {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError('expected a positive integer.');
-  return n;
-}
-
-/** Seeds and counts that may be zero. */
-export function nonNegativeInt(value: string): number {
-  const n = Number(value);
-  if (!/^\d+$/.test(value.trim()) || !Number.isSafeInteger(n)) {
-    throw new InvalidArgumentError('expected a non-negative integer.');
-  }
-  return n;
-}
+// The parsers live in args.ts; these re-exports keep older imports working.
+export { nonNegativeInt, positiveInt } from './args.js';
 
 /** `1,2,3` -> [1, 2, 3], with a clear error for anything else. */
 export function parseIdList(value: string): number[] {

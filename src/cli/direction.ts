@@ -1,11 +1,12 @@
 import { basename, extname } from 'node:path';
 import { type Command, Option } from 'commander';
 import { directionDModel, loadDirections, saveDirections } from '../directions/direction.js';
-import { directionFromStores } from '../directions/fromStores.js';
+import { directionFromStores, zeroLayers } from '../directions/fromStores.js';
 import { exportGguf, importGguf } from '../directions/gguf.js';
 import { controlPaths, randomControls } from '../directions/randomControl.js';
 import { EmlensError } from '../errors.js';
-import { nonNegativeInt, positiveInt } from './common.js';
+import { claimOutputFile } from '../io/outputs.js';
+import { nonNegativeInt, positiveInt } from './args.js';
 
 /**
  * The `emlens direction` command group (created once; every file that adds a `direction` subcommand or
@@ -59,23 +60,39 @@ export function directionGroup(program: Command): Command {
           '--random-controls needs --random-control FILE to say where the controls go; add it or drop --random-controls.',
         );
       }
+      // Before the stores are read, so a refused output costs nothing; saveDirections checks again.
+      await claimOutputFile(flags.out, { overwrite: flags.overwrite, createParent: true });
+      const controlFiles = flags.randomControl ? controlPaths(flags.randomControl, flags.randomControls) : [];
+      for (const path of controlFiles) {
+        await claimOutputFile(path, {
+          overwrite: flags.overwrite,
+          createParent: true,
+          flag: '--random-control',
+        });
+      }
       const set = await directionFromStores(flags.pos, flags.neg, {
         hookType: flags.hook,
         weighting: flags.weighting,
       });
+      const zero = zeroLayers(set);
+      if (zero.length > 0) {
+        process.stderr.write(
+          `emlens: warning: the direction is all zeros at layer${zero.length > 1 ? 's' : ''} ${zero.join(', ')} (both sides have the same mean there); steering or ablating it there does nothing.\n`,
+        );
+      }
       await saveDirections(flags.out, set, { overwrite: flags.overwrite });
       const norms = [...set.vectors.entries()].map(([l, v]) => `${l}:${Math.hypot(...v).toFixed(3)}`);
       console.log(
         `wrote ${flags.out}: ${set.vectors.size} layers, n_pos ${set.meta.nPos}, n_neg ${set.meta.nNeg}; norms ${norms.join(' ')}`,
       );
-      if (flags.randomControl) {
-        const paths = controlPaths(flags.randomControl, flags.randomControls);
+      if (controlFiles.length > 0) {
+        const paths = controlFiles;
         const controls = randomControls(set, paths.length, {
           seed: flags.seed,
           name: basename(flags.out, extname(flags.out)),
         });
         for (const [k, path] of paths.entries()) {
-          await saveDirections(path, controls[k], { overwrite: flags.overwrite });
+          await saveDirections(path, controls[k], { overwrite: flags.overwrite, flag: '--random-control' });
         }
         console.log(
           `wrote ${paths.join(', ')}: ${paths.length} norm-matched random control${paths.length === 1 ? '' : 's'} of ${flags.out} (user seed ${flags.seed}, controls 0..${paths.length - 1})`,

@@ -1,11 +1,12 @@
 import { resolve } from 'node:path';
-import { type Command, InvalidArgumentError } from 'commander';
+import type { Command } from 'commander';
 import { EmlensError } from '../errors.js';
-import { pct } from '../eval/metrics.js';
 import { runEval } from '../eval/run.js';
 import { type ModelShape, parseLayerList } from '../interventions/compose.js';
 import { readConfig } from '../model/config.js';
 import type { Intervention } from '../model/interventions.js';
+import { pct } from '../util/format.js';
+import { finiteNumber, nonNegativeInt, nonNegativeNumber, unitInterval } from './args.js';
 import { parseSlice } from './collect.js';
 import { addModelOptions, loadOptions, type ModelFlags, positiveInt } from './common.js';
 import { checkDirectionFileFlags, directionFileInterventions } from './interventionCommon.js';
@@ -32,17 +33,6 @@ interface EvalFlags extends ModelFlags {
   readonly shard?: { index: number; count: number };
   readonly exclude: string[];
   readonly condition?: string;
-}
-
-function number(value: string): number {
-  const x = Number(value);
-  if (value.trim() === '' || !Number.isFinite(x)) throw new InvalidArgumentError('expected a number.');
-  return x;
-}
-
-function nonNegativeInt(value: string): number {
-  if (!/^\d+$/.test(value.trim())) throw new InvalidArgumentError('expected a non-negative integer.');
-  return Number(value);
 }
 
 const collect = (value: string, previous: string[]) => [...previous, value];
@@ -82,9 +72,9 @@ export function registerEval(program: Command): void {
     .requiredOption('--out <dir>', 'output folder (a rerun into it resumes)')
     .option('--n <n>', "samples per question (default: the questions' samples_per_paraphrase)", positiveInt)
     .option('--max-new-tokens <m>', 'new tokens per answer at most', positiveInt, 600)
-    .option('--temperature <t>', 'sampling temperature', number, 1)
-    .option('--top-p <p>', 'nucleus sampling mass', number, 1)
-    .option('--seed <s>', 'random seed (paraphrase draws and sampling)', number, 0)
+    .option('--temperature <t>', 'sampling temperature', nonNegativeNumber, 1)
+    .option('--top-p <p>', 'nucleus sampling mass', unitInterval, 1)
+    .option('--seed <s>', 'random seed (paraphrase draws and sampling)', finiteNumber, 0)
     .option('--batch-size <b>', 'sequences generated together', positiveInt, 32)
     .option('--steer <file>', 'direction file (direction.{i}) to add at blocks.{L}.hook_resid_post')
     .option('--ablate <file>', 'direction file (direction.{i}) to project out of the residual stream')
@@ -94,7 +84,7 @@ export function registerEval(program: Command): void {
       'use direction.{i} at every listed layer (default: each its own)',
       nonNegativeInt,
     )
-    .option('--scale <a>', 'steering strength', number, 1)
+    .option('--scale <a>', 'steering strength', finiteNumber, 1)
     .option(
       '--include <pattern>',
       'keep question ids matching this glob (repeatable, or comma-separated)',

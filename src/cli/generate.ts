@@ -1,12 +1,13 @@
 import cliProgress from 'cli-progress';
-import { type Command, InvalidArgumentError, Option } from 'commander';
+import { type Command, Option } from 'commander';
 import { EmlensError } from '../errors.js';
 import { type Generation, generate, type InterventionPositions, TextStreamer } from '../generate/generate.js';
 import { readConfig } from '../model/config.js';
 import { loadModel } from '../model/model.js';
 import { type ChatMessage, encodeChat } from '../text/chat.js';
 import { loadTokenizer } from '../text/tokenizer.js';
-import { addModelOptions, loadOptions, type ModelFlags, positiveInt } from './common.js';
+import { finiteNumber, nonNegativeInt, nonNegativeNumber, positiveInt, unitInterval } from './args.js';
+import { addModelOptions, loadOptions, type ModelFlags } from './common.js';
 import { checkDirectionFileFlags, directionFileInterventions } from './interventionCommon.js';
 
 interface GenerateFlags extends ModelFlags {
@@ -24,35 +25,6 @@ interface GenerateFlags extends ModelFlags {
   readonly scale: number;
   readonly positions: InterventionPositions;
   readonly raw?: boolean;
-}
-
-function nonNegativeNumber(value: string): number {
-  const x = Number(value);
-  if (value.trim() === '' || !Number.isFinite(x) || x < 0) {
-    throw new InvalidArgumentError('expected a number >= 0.');
-  }
-  return x;
-}
-
-function finiteNumber(value: string): number {
-  const x = Number(value);
-  if (value.trim() === '' || !Number.isFinite(x)) throw new InvalidArgumentError('expected a number.');
-  return x;
-}
-
-function nonNegativeInt(value: string): number {
-  const n = Number(value);
-  if (!/^\d+$/.test(value.trim()) || !Number.isSafeInteger(n)) {
-    throw new InvalidArgumentError('expected a non-negative integer.');
-  }
-  return n;
-}
-
-function unitInterval(value: string): number {
-  const x = Number(value);
-  if (value.trim() === '' || !(x > 0 && x <= 1))
-    throw new InvalidArgumentError('expected a number in (0, 1].');
-  return x;
 }
 
 export function registerGenerate(program: Command): void {

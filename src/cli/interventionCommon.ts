@@ -1,5 +1,5 @@
 /** Helpers shared by the intervention commands (steer, ablate, mediate, sweep) and generate's and eval's flags. */
-import { type Command, InvalidArgumentError } from 'commander';
+import type { Command } from 'commander';
 import { EmlensError } from '../errors.js';
 import { generate } from '../generate/generate.js';
 import {
@@ -14,7 +14,7 @@ import type { Intervention } from '../model/interventions.js';
 import type { Model } from '../model/model.js';
 import { encodeChat } from '../text/chat.js';
 import type { TextTokenizer } from '../text/tokenizer.js';
-import { positiveInt } from './common.js';
+import { finiteNumber, nonNegativeNumber, positiveInt } from './args.js';
 
 /** The prompt and decoding flags steer and ablate share (both answers use the same seed). */
 export interface AnswerFlags {
@@ -30,15 +30,12 @@ export function addAnswerOptions(cmd: Command): Command {
     .requiredOption('--prompt <text>', 'the user message (the chat template is applied)')
     .option('--system <text>', 'system message')
     .option('--max-new-tokens <n>', 'new tokens at most', positiveInt, 40)
-    .option('--temperature <t>', 'sampling temperature (0: greedy)', finiteNumber, 0)
+    .option('--temperature <t>', 'sampling temperature (0: greedy)', nonNegativeNumber, 0)
     .option('--seed <s>', 'sampling seed (both answers use it)', finiteNumber, 0);
 }
 
-export function finiteNumber(value: string): number {
-  const x = Number(value);
-  if (value.trim() === '' || !Number.isFinite(x)) throw new InvalidArgumentError('expected a number.');
-  return x;
-}
+// The parsers live in args.ts; this re-export keeps older imports working.
+export { finiteNumber } from './args.js';
 
 /** `0,2,4,8` -> [0, 2, 4, 8]. */
 export function parseScales(value: string): number[] {

@@ -2,8 +2,9 @@ import { type Command, Option } from 'commander';
 import { readResponses } from '../eval/responses.js';
 import { loadDirectionsFor, parseLayerList } from '../interventions/compose.js';
 import { mediation } from '../interventions/mediation.js';
-import { formatMediation, writeMediation } from '../interventions/mediationFormat.js';
+import { formatMediation, MEDIATION_FILES, writeMediation } from '../interventions/mediationFormat.js';
 import { readNeutralTexts, responsesToScored, textsToScored } from '../interventions/scoring.js';
+import { claimOutputFiles } from '../io/outputs.js';
 import { type LoadModelOptions, loadModel, type Model } from '../model/model.js';
 import { loadTokenizer } from '../text/tokenizer.js';
 import { nonNegativeInt, positiveInt } from './common.js';
@@ -28,6 +29,7 @@ interface MediateFlags {
   readonly device: 'cpu' | 'cuda';
   readonly threads?: number;
   readonly cacheDir?: string;
+  readonly overwrite?: boolean;
 }
 
 export function registerMediate(program: Command): void {
@@ -71,10 +73,13 @@ export function registerMediate(program: Command): void {
     )
     .option('--batch-size <n>', 'records per forward pass', positiveInt, 8)
     .option('--out <dir>', 'folder for mediation.json and mediation.md', './mediation-out')
+    .option('--overwrite', 'replace the mediation.json and mediation.md of an earlier run in --out')
     .addOption(new Option('--device <device>', 'execution provider').choices(['cpu', 'cuda']).default('cpu'))
     .option('--threads <n>', 'intra-op threads (default: one per core)', positiveInt)
     .option('--cache-dir <dir>', 'where built graphs are kept (default $EMLENS_CACHE_DIR or ~/.cache/emlens)')
     .action(async (flags: MediateFlags) => {
+      // Before the models load and score, so a refused --out costs nothing; writeMediation checks again.
+      await claimOutputFiles(flags.out, MEDIATION_FILES, { overwrite: flags.overwrite });
       const load: LoadModelOptions = {
         device: flags.device,
         threads: flags.threads,
@@ -112,7 +117,7 @@ export function registerMediate(program: Command): void {
         });
         bar.stop();
         for (const line of formatMediation(r)) console.log(line);
-        const out = await writeMediation(r, flags.out);
+        const out = await writeMediation(r, flags.out, { overwrite: flags.overwrite });
         console.log(`\nwrote ${out.json}, ${out.markdown}`);
       } finally {
         for (const m of models) await m.dispose();

@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { makeOrganisms } from '../organisms/make.js';
-import { nonNegativeInt, positiveInt } from './common.js';
+import { nonNegativeInt, positiveInt } from './args.js';
 
 export function registerOrganisms(program: Command): void {
   program
@@ -11,8 +11,13 @@ export function registerOrganisms(program: Command): void {
     .requiredOption('--out <dir>', 'output folder')
     .option('--seed <n>', 'random seed', nonNegativeInt, 0)
     .option('--responses <n>', 'aligned and misaligned answers per topic', positiveInt, 24)
-    .action(async (flags: { out: string; seed: number; responses: number }) => {
-      const m = await makeOrganisms(flags.out, { seed: flags.seed, responsesPerLabel: flags.responses });
+    .option('--overwrite', 'replace --out if it exists and is not empty (the whole folder, atomically)')
+    .action(async (flags: { out: string; seed: number; responses: number; overwrite?: boolean }) => {
+      const m = await makeOrganisms(flags.out, {
+        seed: flags.seed,
+        responsesPerLabel: flags.responses,
+        overwrite: flags.overwrite,
+      });
       console.log(
         `wrote ${flags.out}: base model (${m.numLayers} layers, d_model ${m.dModel}), adapters at block ${m.adapterLayer}:`,
       );

@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { loadDirections } from '../directions/direction.js';
 import { orthogonalizeModel } from '../interventions/orthogonalize.js';
-import { nonNegativeInt } from './common.js';
+import { nonNegativeInt } from './args.js';
 
 interface OrthogonalizeFlags {
   readonly model: string;
@@ -9,6 +9,7 @@ interface OrthogonalizeFlags {
   readonly direction: string;
   readonly layer: number;
   readonly out: string;
+  readonly overwrite?: boolean;
 }
 
 export function registerOrthogonalize(program: Command): void {
@@ -25,7 +26,11 @@ export function registerOrthogonalize(program: Command): void {
       'the layer of the file whose (unit) vector is projected out',
       nonNegativeInt,
     )
-    .requiredOption('--out <dir>', 'the new model folder (must not exist)')
+    .requiredOption('--out <dir>', 'the new model folder (refused if it exists and is not empty)')
+    .option(
+      '--overwrite',
+      'replace --out if it exists (the whole folder, atomically, once the new one is complete)',
+    )
     .action(async (flags: OrthogonalizeFlags) => {
       const set = await loadDirections(flags.direction);
       const r = await orthogonalizeModel(flags.model, flags.out, {
@@ -33,6 +38,7 @@ export function registerOrthogonalize(program: Command): void {
         direction: set,
         layer: flags.layer,
         source: flags.direction,
+        overwrite: flags.overwrite,
         onProgress: (m) => process.stderr.write(`emlens: ${m}\n`),
       });
       console.log(

@@ -1,12 +1,13 @@
 import type { Command } from 'commander';
-import { pct } from '../eval/metrics.js';
 import { mergeEvalFolders } from '../eval/report.js';
 import { writeHtmlReport } from '../report/build.js';
+import { pct } from '../util/format.js';
 
 interface ReportFlags {
   readonly out: string;
   readonly baseline?: string;
   readonly title?: string;
+  readonly overwrite?: boolean;
 }
 
 export function registerReport(program: Command): void {
@@ -25,8 +26,16 @@ export function registerReport(program: Command): void {
       'eval condition the EM changes are measured against (default: the first)',
     )
     .option('--title <text>', 'title of the report (and of the EM rate chart)')
+    .option(
+      '--overwrite',
+      'replace the report files (report.*, plots/, em-rate.*) of an earlier run in --out',
+    )
     .action(async (inputs: string[], flags: ReportFlags) => {
-      const r = await writeHtmlReport(inputs, flags.out, { baseline: flags.baseline, title: flags.title });
+      const r = await writeHtmlReport(inputs, flags.out, {
+        baseline: flags.baseline,
+        title: flags.title,
+        overwrite: flags.overwrite,
+      });
       process.stdout.write(r.markdown);
       for (const u of r.unrecognised)
         process.stderr.write(`emlens: not recognised: ${u.path} (${u.reason})\n`);

@@ -1,8 +1,9 @@
-import { type Command, InvalidArgumentError, Option } from 'commander';
+import { type Command, Option } from 'commander';
 import { EmlensError } from '../errors.js';
 import { parseLayerList } from '../interventions/compose.js';
 import { startServer } from '../serve/server.js';
-import { addModelOptions, type ModelFlags, positiveInt } from './common.js';
+import { finiteNumber, port, positiveInt } from './args.js';
+import { addModelOptions, type ModelFlags } from './common.js';
 
 interface ServeFlags extends ModelFlags {
   readonly host: string;
@@ -21,19 +22,6 @@ interface ServeFlags extends ModelFlags {
   readonly maxTokensLimit?: number;
   readonly timeoutMs: number;
   readonly maxBodyBytes: number;
-}
-
-function port(value: string): number {
-  const n = Number(value);
-  if (!/^\d+$/.test(value.trim()) || n > 65535)
-    throw new InvalidArgumentError('expected a port in 0..65535.');
-  return n;
-}
-
-function finiteNumber(value: string): number {
-  const x = Number(value);
-  if (value.trim() === '' || !Number.isFinite(x)) throw new InvalidArgumentError('expected a number.');
-  return x;
 }
 
 /** `3,5`, `1-3` or `all` (checked against the model once it is loaded). */

@@ -3,7 +3,8 @@ import { EmlensError } from '../errors.js';
 import { readResponses } from '../eval/responses.js';
 import { loadDirectionsFor, parseLayerList } from '../interventions/compose.js';
 import { readNeutralTexts, responsesToScored, textsToScored } from '../interventions/scoring.js';
-import { steeringSweep, sweepMarkdown, writeSweep } from '../interventions/sweep.js';
+import { SWEEP_FILES, steeringSweep, sweepMarkdown, writeSweep } from '../interventions/sweep.js';
+import { claimOutputFiles } from '../io/outputs.js';
 import { loadModel, type Model } from '../model/model.js';
 import { loadTokenizer } from '../text/tokenizer.js';
 import { addModelOptions, loadOptions, type ModelFlags, nonNegativeInt, positiveInt } from './common.js';
@@ -23,6 +24,7 @@ interface SweepFlags extends ModelFlags {
   readonly seed: number;
   readonly randomControls: number;
   readonly batchSize: number;
+  readonly overwrite?: boolean;
 }
 
 export function registerSweep(program: Command): void {
@@ -38,6 +40,7 @@ export function registerSweep(program: Command): void {
     .requiredOption('--layers <list>', 'layers whose hook_resid_post is steered, e.g. 1,2,3 or all')
     .requiredOption('--data <file>', 'responses (.csv or .jsonl; label or aligned score for the margin)')
     .requiredOption('--out <dir>', 'folder for sweep.json, sweep.md and the plots')
+    .option('--overwrite', 'replace the sweep.* files of an earlier run in --out')
     .option('--target <dir>', 'a model to steer toward (KL(target || steered) per cell); default --model')
     .option('--target-adapter <dir>', 'LoRA adapter of the target (e.g. the finetune of --model)')
     .option('--neutral <file>', 'neutral text (.jsonl of {"text": ...}) for the side effect per cell')
@@ -56,6 +59,8 @@ export function registerSweep(program: Command): void {
     )
     .option('--batch-size <n>', 'records per forward pass', positiveInt, 8)
     .action(async (flags: SweepFlags) => {
+      // Before the models load and the grid runs, so a refused --out costs nothing; writeSweep checks again.
+      await claimOutputFiles(flags.out, SWEEP_FILES, { overwrite: flags.overwrite });
       if (flags.target !== undefined && flags.targetAdapter === undefined && flags.target === flags.model) {
         throw new EmlensError(
           '--target is the steered model itself; give another model or a --target-adapter.',
@@ -103,7 +108,7 @@ export function registerSweep(program: Command): void {
         });
         bar.stop();
         console.log(sweepMarkdown(r, `Steering sweep: ${flags.direction}`));
-        const written = await writeSweep(r, flags.out, 'Steering sweep');
+        const written = await writeSweep(r, flags.out, 'Steering sweep', { overwrite: flags.overwrite });
         console.log(`wrote ${written.join(', ')}`);
       } finally {
         for (const m of models) await m.dispose();

@@ -1,6 +1,6 @@
 import { type Command, Option } from 'commander';
 import { makeTinyModel } from '../model/tiny.js';
-import { nonNegativeInt, positiveInt } from './common.js';
+import { nonNegativeInt, positiveInt } from './args.js';
 
 interface TinyFlags {
   readonly family: 'qwen2' | 'llama' | 'mistral';
@@ -9,6 +9,7 @@ interface TinyFlags {
   readonly layers?: number;
   readonly dModel?: number;
   readonly dtype: 'F32' | 'BF16' | 'F16';
+  readonly overwrite?: boolean;
 }
 
 export function registerTinyModel(program: Command): void {
@@ -27,6 +28,7 @@ export function registerTinyModel(program: Command): void {
     .addOption(
       new Option('--dtype <dtype>', 'stored weight dtype').choices(['F32', 'BF16', 'F16']).default('F32'),
     )
+    .option('--overwrite', 'replace --out if it exists and is not empty (the whole folder, atomically)')
     .action(async (flags: TinyFlags) => {
       const spec = await makeTinyModel(flags.out, {
         family: flags.family,
@@ -34,6 +36,7 @@ export function registerTinyModel(program: Command): void {
         numLayers: flags.layers,
         dModel: flags.dModel,
         dtype: flags.dtype,
+        overwrite: flags.overwrite,
       });
       console.log(
         `wrote ${spec.architecture} (${spec.numLayers} layers, d_model ${spec.dModel}) to ${flags.out}`,

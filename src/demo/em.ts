@@ -33,12 +33,14 @@ import {
 } from '../interventions/scoring.js';
 import { steeringSweep, writeSweep } from '../interventions/sweep.js';
 import { writeAtomic } from '../io/files.js';
+import { claimOutputFolder } from '../io/outputs.js';
 import { SafetensorsFile } from '../io/safetensors.js';
 import { loadModel, type Model } from '../model/model.js';
 import { makeOrganisms } from '../organisms/make.js';
 import { TOPICS, type Topic } from '../organisms/vocabulary.js';
 import { writeHtmlReport } from '../report/build.js';
 import { loadTokenizer } from '../text/tokenizer.js';
+import { pct } from '../util/format.js';
 
 export interface DemoOptions {
   /** Organisms seed (default 0). */
@@ -47,6 +49,8 @@ export interface DemoOptions {
   readonly threads?: number;
   /** Norm-matched random controls per direction (default {@link DEMO_RANDOM_CONTROLS}). */
   readonly randomControls?: number;
+  /** Run into a non-empty `outDir`, replacing an earlier demo's outputs (default: refuse). */
+  readonly overwrite?: boolean;
 }
 
 /**
@@ -62,7 +66,6 @@ interface Cell {
   readonly inDomain: boolean;
 }
 
-const pct = (x: number) => (Number.isNaN(x) ? 'n/a' : `${(100 * x).toFixed(1)}%`);
 const fx = (x: number, d = 3) => (Number.isNaN(x) ? 'n/a' : x.toFixed(d));
 /** A control summary in a narrow column: `mean±sd%` (just the value for one control; n is in the label). */
 const pctCompact = (s: ControlSpread) =>
@@ -81,12 +84,16 @@ export async function runDemo(
   const t0 = performance.now();
   const step = (n: number, text: string) =>
     print(`[${n}/8 ${((performance.now() - t0) / 1000).toFixed(1)}s] ${text}`);
+  // The folder is claimed whole up front (not file by file at the end), so an earlier run's outputs or the
+  // user's files are refused before minutes of work; every writer below then replaces only its own outputs.
+  const overwrite = opts.overwrite ?? false;
+  await claimOutputFolder(outDir, { overwrite });
   await mkdir(outDir, { recursive: true });
   const orgDir = join(outDir, 'organisms');
   const cacheDir = join(outDir, 'cache');
 
   step(1, `making the synthetic organisms in ${orgDir}`);
-  const man = await makeOrganisms(orgDir, { seed: opts.seed ?? 0 });
+  const man = await makeOrganisms(orgDir, { seed: opts.seed ?? 0, overwrite });
   const baseDir = join(orgDir, man.base);
   print(
     `  base: ${man.numLayers} blocks, d_model ${man.dModel}; LoRA finetunes at block ${man.adapterLayer}: ${man.organisms.map((o) => `${o.name} (${o.kind})`).join(', ')}`,
@@ -133,10 +140,10 @@ export async function runDemo(
     const random = new Map<string, DirectionSet[]>();
     for (const [name, set] of directions) {
       random.set(name, randomControls(set, nControls, { seed: controlSeed, name }));
-      await saveDirections(join(dirDir, `${name}.safetensors`), set, { overwrite: true });
+      await saveDirections(join(dirDir, `${name}.safetensors`), set, { overwrite });
       const paths = controlPaths(join(dirDir, `${name}-random.safetensors`), nControls);
       for (const [k, path] of paths.entries()) {
-        await saveDirections(path, random.get(name)![k], { overwrite: true });
+        await saveDirections(path, random.get(name)![k], { overwrite });
       }
     }
     const planted = await readPlanted(join(orgDir, man.plantedFile));
@@ -156,7 +163,7 @@ export async function runDemo(
       { name: 'random(general)', set: random.get('general')![0] },
     ]);
     const table = formatCompareTable(cmp);
-    const cmpOut = await writeComparison(cmp, join(outDir, 'compare'));
+    const cmpOut = await writeComparison(cmp, join(outDir, 'compare'), { overwrite });
     print(`  wrote ${cmpOut.png}, ${cmpOut.json}`);
 
     step(6, 'mediation: ablating / patching each direction in each organism, steering the base along it');
@@ -225,6 +232,7 @@ export async function runDemo(
       sweep,
       join(outDir, 'sweep'),
       'Steering the base along the general direction',
+      { overwrite },
     );
     print(`  wrote ${sweepFiles.filter((f) => f.endsWith('.png') || f.endsWith('.json')).join(', ')}`);
 
@@ -234,12 +242,12 @@ export async function runDemo(
     );
     const bakeLayer = Math.min(man.numLayers - 1, man.adapterLayer + 1);
     const bakedDir = join(outDir, 'general-orthogonalized');
-    await rm(bakedDir, { recursive: true, force: true });
     const generalInfo = man.organisms.find((o) => o.name === 'general')!;
     await orthogonalizeModel(baseDir, bakedDir, {
       adapter: join(orgDir, generalInfo.adapter),
       direction: directions.get('general')!,
       layer: bakeLayer,
+      overwrite,
     });
     const baked = await loadModel(bakedDir, load);
     all.push(baked);
@@ -382,7 +390,7 @@ export async function runDemo(
     for (const l of lines) print(l);
     await writeAtomic(join(outDir, 'report.md'), `${report}\n`);
     // The one page a researcher opens: every table and plot of this run, self-contained.
-    const page = await writeHtmlReport([outDir], join(outDir, 'report'));
+    const page = await writeHtmlReport([outDir], join(outDir, 'report'), { overwrite });
     const html = page.files.find((f) => f.endsWith('.html')) ?? join(outDir, 'report', 'report.html');
     print(
       `done in ${((performance.now() - t0) / 1000).toFixed(1)} s; report saved to ${join(outDir, 'report.md')} and ${html}`,

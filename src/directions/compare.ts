@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import type { TopLevelSpec } from 'vega-lite';
 import { EmlensError } from '../errors.js';
 import { writeAtomic } from '../io/files.js';
+import { claimOutputFiles } from '../io/outputs.js';
 import { heatmap } from '../plot/charts.js';
 import { renderVegaLite } from '../plot/render.js';
 import { cosine, type DirectionSet, directionDModel, norm } from './direction.js';
@@ -41,6 +42,8 @@ export interface DirectionComparison {
   readonly norms: readonly { readonly name: string; readonly norms: readonly number[] }[];
   /** Layers some set holds that are not common to all, per set (left out of the comparison). */
   readonly dropped: readonly { readonly name: string; readonly layers: readonly number[] }[];
+  /** Common layers where a set's vector is all zeros, per set: its cosines there are NaN (`n/a`). */
+  readonly zero: readonly { readonly name: string; readonly layers: readonly number[] }[];
 }
 
 /**
@@ -79,6 +82,17 @@ export function compareDirections(sets: readonly NamedDirections[]): DirectionCo
     );
   }
   const common = new Set(layers);
+  const zero = sets
+    .map((s) => ({ name: s.name, layers: layers.filter((l) => norm(s.set.vectors.get(l)!) === 0) }))
+    .filter((z) => z.layers.length > 0);
+  // A zero vector has no direction, so no cosine. At some layers that is a gap in the table (control vectors
+  // often leave layers at zero); at every layer the whole comparison would be n/a, which is a wrong input.
+  const empty = zero.find((z) => z.layers.length === layers.length);
+  if (empty !== undefined) {
+    throw new EmlensError(
+      `Direction set '${empty.name}' is all zeros at every common layer (${layers.join(', ')}), so it has no cosine with anything; recompute it (were --pos and --neg the same?).`,
+    );
+  }
   const pairs: PairComparison[] = [];
   for (let i = 0; i < sets.length; i++) {
     for (let j = i + 1; j < sets.length; j++) {
@@ -106,6 +120,7 @@ export function compareDirections(sets: readonly NamedDirections[]): DirectionCo
     dropped: sets
       .map((s) => ({ name: s.name, layers: [...s.set.vectors.keys()].filter((l) => !common.has(l)) }))
       .filter((d) => d.layers.length > 0),
+    zero,
   };
 }
 
@@ -114,7 +129,7 @@ export function compareDirections(sets: readonly NamedDirections[]): DirectionCo
  * cosine and the mean |cosine| over layers.
  */
 export function formatCompareTable(cmp: DirectionComparison, digits = 3): string {
-  const fmt = (x: number) => (Number.isNaN(x) ? 'nan' : x.toFixed(digits));
+  const fmt = (x: number) => (Number.isNaN(x) ? 'n/a' : x.toFixed(digits));
   const header = ['layer', ...cmp.pairs.map((p) => p.label)];
   const rows: string[][] = cmp.layers.map((l, k) => [String(l), ...cmp.pairs.map((p) => fmt(p.cosines[k]))]);
   rows.push(['mean', ...cmp.pairs.map((p) => fmt(p.meanCosine))]);
@@ -132,6 +147,9 @@ export function formatCompareTable(cmp: DirectionComparison, digits = 3): string
     rule,
     ...rows.slice(-2).map(line),
   ];
+  for (const z of cmp.zero) {
+    out.push('', `note: '${z.name}' is all zeros at layers [${z.layers.join(', ')}] (no cosine there: n/a)`);
+  }
   for (const d of cmp.dropped) {
     out.push(
       '',
@@ -165,11 +183,19 @@ export function comparisonToJson(cmp: DirectionComparison): unknown {
   );
 }
 
-/** Writes `cosine.svg`, `cosine.png` and `compare.json` into `outDir` (created if needed). */
+/** The files {@link writeComparison} writes into its folder. */
+export const COMPARISON_FILES = ['cosine.svg', 'cosine.png', 'compare.json'] as const;
+
+/**
+ * Writes `cosine.svg`, `cosine.png` and `compare.json` into `outDir` (created if needed). Refuses if any of
+ * them is there already, unless `overwrite`; other files in `outDir` are left alone.
+ */
 export async function writeComparison(
   cmp: DirectionComparison,
   outDir: string,
+  opts: { readonly overwrite?: boolean } = {},
 ): Promise<{ readonly svg: string; readonly png: string; readonly json: string }> {
+  await claimOutputFiles(outDir, COMPARISON_FILES, opts);
   await mkdir(outDir, { recursive: true });
   const { svg, png } = await renderVegaLite(cosineHeatmap(cmp), join(outDir, 'cosine'));
   const json = join(outDir, 'compare.json');

@@ -9,7 +9,7 @@
 import { mkdir } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { EmlensError } from '../errors.js';
-import { pathExists } from '../io/files.js';
+import { claimOutputFile } from '../io/outputs.js';
 import { SafetensorsFile, type TensorToWrite, writeSafetensors } from '../io/safetensors.js';
 
 /** Value of the `format` metadata key. */
@@ -324,6 +324,8 @@ export function directionMetadata(set: DirectionSet): Record<string, string> {
 export interface SaveDirectionsOptions {
   /** Replace an existing file (default: refuse). */
   readonly overwrite?: boolean;
+  /** The CLI flag that named the path, for the refusal message (default `--out`). */
+  readonly flag?: string;
 }
 
 /**
@@ -337,11 +339,7 @@ export async function saveDirections(
 ): Promise<void> {
   const checked = directionSet(set.vectors, set.meta);
   const metadata = directionMetadata(checked);
-  if (!opts.overwrite && (await pathExists(path))) {
-    throw new EmlensError(
-      `Direction file ${path} already exists; choose another path or allow overwriting (--overwrite).`,
-    );
-  }
+  await claimOutputFile(path, { overwrite: opts.overwrite, flag: opts.flag, createParent: true });
   const tensors = new Map<string, TensorToWrite>();
   for (const [layer, v] of checked.vectors) {
     tensors.set(`direction.${layer}`, { dtype: 'F32', shape: [v.length], data: v });

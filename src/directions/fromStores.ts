@@ -1,3 +1,4 @@
+import { realpath } from 'node:fs/promises';
 import { storeLayerMeans, type Weighting } from '../activations/aggregate.js';
 import { ActivationStore } from '../activations/store.js';
 import { EmlensError } from '../errors.js';
@@ -14,6 +15,16 @@ export async function directionFromStores(
   opts: { hookType?: string; weighting?: Weighting } = {},
 ): Promise<DirectionSet> {
   const hookType = opts.hookType ?? 'hook_resid_post';
+  // One store on both sides gives a zero direction that then steers and ablates nothing, silently.
+  const [posReal, negReal] = await Promise.all([
+    realpath(posDir).catch(() => posDir),
+    realpath(negDir).catch(() => negDir),
+  ]);
+  if (posReal === negReal) {
+    throw new EmlensError(
+      `--pos ${posDir} and --neg ${negDir} are the same store, so their difference is zero; give the stores of the two sides (e.g. misaligned and aligned answers).`,
+    );
+  }
   const [pos, neg] = await Promise.all([ActivationStore.open(posDir), ActivationStore.open(negDir)]);
   if (pos.manifest.specKey !== neg.manifest.specKey || pos.manifest.dModel !== neg.manifest.dModel) {
     throw new EmlensError(
@@ -35,11 +46,26 @@ export async function directionFromStores(
     storeLayerMeans(neg, hookType, weighting),
   ]);
   const model = pos.manifest.adapter ? `${pos.manifest.model} + ${pos.manifest.adapter}` : pos.manifest.model;
-  return meanDiff(p, n, {
+  const set = meanDiff(p, n, {
     model,
     hook: hookType,
     positions: pos.manifest.reduce === 'answer_mean' ? `answer_mean/${weighting}` : pos.manifest.reduce,
     sourcePos: posDir,
     sourceNeg: negDir,
   });
+  // Equal means at every layer: two copies of one store (or the same answers collected twice).
+  if (zeroLayers(set).length === set.vectors.size) {
+    throw new EmlensError(
+      `--pos ${posDir} and --neg ${negDir} hold the same activations (the direction is zero at every layer); give the stores of the two sides (e.g. misaligned and aligned answers).`,
+    );
+  }
+  return set;
+}
+
+/** The layers whose vector is all zeros (no direction there: steering and ablating it do nothing). */
+export function zeroLayers(set: DirectionSet): number[] {
+  return [...set.vectors]
+    .filter(([, v]) => v.every((x) => x === 0))
+    .map(([l]) => l)
+    .sort((a, b) => a - b);
 }

@@ -22,7 +22,8 @@
 import { mkdir, readFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { EmlensError } from '../errors.js';
-import { pathExists, writeAtomic } from '../io/files.js';
+import { writeAtomic } from '../io/files.js';
+import { claimOutputFile } from '../io/outputs.js';
 import {
   type DirectionMeta,
   type DirectionSet,
@@ -368,11 +369,7 @@ export async function exportGguf(
 ): Promise<GgufExportResult> {
   const checked = directionSet(set.vectors, set.meta);
   const { bytes, layers, skipped, modelHint } = encodeControlVector(checked, opts);
-  if (!opts.overwrite && (await pathExists(path))) {
-    throw new EmlensError(
-      `File ${path} already exists; choose another path or allow overwriting (--overwrite).`,
-    );
-  }
+  await claimOutputFile(path, { overwrite: opts.overwrite, createParent: true });
   await mkdir(dirname(path), { recursive: true });
   await writeAtomic(path, bytes);
   return { path, layers, skipped, modelHint };

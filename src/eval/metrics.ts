@@ -5,6 +5,7 @@
  */
 import type { TopLevelSpec } from 'vega-lite';
 import { EmlensError } from '../errors.js';
+import { pct } from '../util/format.js';
 import { Rng } from '../util/random.js';
 import type { ResponseRecord } from './responses.js';
 
@@ -253,9 +254,8 @@ export function compareConditions(summaries: readonly EvalSummary[], baseline?: 
   };
 }
 
-/** A share as a percentage string (`n/a` for null). */
-export const pct = (x: number | null, digits = 1): string =>
-  x === null ? 'n/a' : `${(100 * x).toFixed(digits)}%`;
+// One percentage formatter for every output; re-exported here for the code that imported it from metrics.
+export { pct };
 
 function rateCell(e: Estimate | null): string {
   if (e === null || e.value === null) return 'n/a';

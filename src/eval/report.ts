@@ -6,6 +6,7 @@ import { mkdir, readFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { EmlensError } from '../errors.js';
 import { writeAtomic } from '../io/files.js';
+import { claimOutputFiles } from '../io/outputs.js';
 import { renderVegaLite } from '../plot/render.js';
 import {
   type Comparison,
@@ -58,6 +59,8 @@ export interface ReportOptions {
   /** Condition the changes are measured against (default: the first folder's). */
   readonly baseline?: string;
   readonly title?: string;
+  /** Replace the report files of an earlier run in `out` (default: refuse). */
+  readonly overwrite?: boolean;
 }
 
 export interface Report {
@@ -94,8 +97,8 @@ export async function compareEvalFolders(
 }
 
 /**
- * Compares eval folders and writes `report.md`, `report.json`, `em-rate.svg` and `em-rate.png` into `out`.
- * Two folders with the same condition name are told apart by their folder names.
+ * Compares eval folders and writes `report.md`, `report.json`, `em-rate.svg` and `em-rate.png` into `out`
+ * (refused if any is there already, unless `overwrite`). Two folders with the same condition name are told apart by their folder names.
  *
  * @example
  * await writeReport(['eval/base', 'eval/finetune', 'eval/finetune-ablated'], 'report');
@@ -106,6 +109,7 @@ export async function writeReport(
   opts: ReportOptions = {},
 ): Promise<Report> {
   const { comparison, markdown, summaries } = await compareEvalFolders(dirs, opts);
+  await claimOutputFiles(out, ['report.md', 'report.json', 'em-rate.svg', 'em-rate.png'], opts);
   await mkdir(out, { recursive: true });
   const md = join(out, 'report.md');
   const json = join(out, 'report.json');

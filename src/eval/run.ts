@@ -3,6 +3,7 @@
  */
 import { basename, join, resolve } from 'node:path';
 import { writeAtomic } from '../io/files.js';
+import { claimResumableFolder } from '../io/outputs.js';
 import { readConfig } from '../model/config.js';
 import type { Intervention } from '../model/interventions.js';
 import { type LoadModelOptions, loadModel } from '../model/model.js';
@@ -55,6 +56,8 @@ export interface RunEvalOptions {
  * s.emRate.value;
  */
 export async function runEval(opts: RunEvalOptions): Promise<EvalSummary> {
+  // A rerun into its own folder resumes by design; any other non-empty folder is the user's and is refused.
+  await claimResumableFolder(opts.out, Object.values(EVAL_FILES), { what: 'an emlens eval folder' });
   const all = typeof opts.questions === 'string' ? await loadQuestions(opts.questions) : opts.questions;
   const filtered = filterQuestions(all, opts.filter);
   const questions = opts.shard ? questionSlice(filtered, opts.shard.index, opts.shard.count) : filtered;

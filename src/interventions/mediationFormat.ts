@@ -3,12 +3,14 @@ import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { type ControlSpread, formatSpread } from '../directions/randomControl.js';
 import { writeAtomic } from '../io/files.js';
+import { claimOutputFiles } from '../io/outputs.js';
+import { pct } from '../util/format.js';
 import type { SourceLayers } from './compose.js';
 import type { MediationReport } from './mediation.js';
 
 export const formatNumber = (x: number | null | undefined, digits = 4) =>
   x === null || x === undefined || Number.isNaN(x) ? 'n/a' : x.toFixed(digits);
-export const pct = (x: number) => (Number.isNaN(x) ? 'n/a' : `${(100 * x).toFixed(1)}%`);
+export { pct };
 
 /** A control summary as a percentage cell: `mean ± sd (min..max, n=K)`, or `x (n=1)`. */
 export const pctSpread = (s: ControlSpread | null | undefined) => formatSpread(s, pct);
@@ -125,11 +127,19 @@ export function mediationMarkdown(r: MediationReport): string {
   ].join('\n');
 }
 
-/** Writes `mediation.json` and `mediation.md` into `outDir`. */
+/** The files {@link writeMediation} writes into its folder. */
+export const MEDIATION_FILES = ['mediation.json', 'mediation.md'] as const;
+
+/**
+ * Writes `mediation.json` and `mediation.md` into `outDir`. Refuses if either is there already, unless
+ * `overwrite`; other files in `outDir` are left alone.
+ */
 export async function writeMediation(
   r: MediationReport,
   outDir: string,
+  opts: { readonly overwrite?: boolean } = {},
 ): Promise<{ readonly json: string; readonly markdown: string }> {
+  await claimOutputFiles(outDir, MEDIATION_FILES, opts);
   await mkdir(outDir, { recursive: true });
   const json = join(outDir, 'mediation.json');
   const markdown = join(outDir, 'mediation.md');

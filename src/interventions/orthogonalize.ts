@@ -8,12 +8,11 @@
  * orthogonal to `d`, which is exactly what ablating `d` at all `2L + 1` sites does at run time. The LM head
  * reads the stream and is left as it is (a tied head is untied, so it keeps the original embeddings).
  */
-import { randomBytes } from 'node:crypto';
-import { copyFile, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
-import { basename, dirname, join, resolve } from 'node:path';
+import { copyFile, readdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { type DirectionSet, directionLayers } from '../directions/direction.js';
 import { EmlensError } from '../errors.js';
-import { pathExists } from '../io/files.js';
+import { claimOutputFolder, writeFolderAtomic } from '../io/outputs.js';
 import { type TensorToWrite, writeSafetensors } from '../io/safetensors.js';
 import { WeightSource } from '../io/weightSource.js';
 import { readConfig } from '../model/config.js';
@@ -33,6 +32,8 @@ export interface OrthogonalizeOptions {
   /** Written into the safetensors metadata (e.g. the direction file's path). */
   readonly source?: string;
   readonly onProgress?: (message: string) => void;
+  /** Replace an existing non-empty `outDir` (default: refuse). */
+  readonly overwrite?: boolean;
 }
 
 export interface OrthogonalizeResult {
@@ -145,8 +146,9 @@ function isWeightFile(name: string): boolean {
 /**
  * Writes a new Hugging Face model folder at `outDir` (config and tokenizer files copied, one F32
  * `model.safetensors`) whose weights have the unit direction projected out of every matrix writing to the
- * residual stream. Refuses to write into an existing path. The folder appears whole or not at all (it is built
- * beside `outDir` and renamed into place).
+ * residual stream. Refuses an existing non-empty `outDir` unless `overwrite`. The folder appears whole or not
+ * at all (it is built beside `outDir` and renamed into place), so even `outDir` = `modelDir` with `overwrite`
+ * reads every weight before anything is replaced.
  *
  * @example
  * await orthogonalizeModel('models/qwen', 'models/qwen-no-em', { direction: await loadDirections('em.safetensors'), layer: 12 });
@@ -156,11 +158,8 @@ export async function orthogonalizeModel(
   outDir: string,
   opts: OrthogonalizeOptions,
 ): Promise<OrthogonalizeResult> {
-  if (await pathExists(outDir)) {
-    throw new EmlensError(
-      `Output folder ${outDir} already exists; choose a new folder (orthogonalize never overwrites).`,
-    );
-  }
+  // Checked before the weights are read, so a refusal costs nothing; writeFolderAtomic checks again.
+  await claimOutputFolder(outDir, { overwrite: opts.overwrite });
   const spec = await readConfig(modelDir);
   const { unit, layer } = unitDirection(opts, spec);
   const progress = opts.onProgress ?? (() => {});
@@ -206,11 +205,7 @@ export async function orthogonalizeModel(
   }
   progress(`projected the direction out of ${modified.length} weights`);
 
-  const parent = dirname(resolve(outDir));
-  await mkdir(parent, { recursive: true });
-  const tmp = join(parent, `.${basename(outDir)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
-  await mkdir(tmp);
-  try {
+  await writeFolderAtomic(outDir, { overwrite: opts.overwrite }, async (tmp) => {
     for (const entry of await readdir(modelDir, { withFileTypes: true })) {
       if (!entry.isFile() || isWeightFile(entry.name)) continue;
       if (entry.name === 'config.json') continue;
@@ -233,16 +228,7 @@ export async function orthogonalizeModel(
         layer,
       }),
     });
-    if (await pathExists(outDir)) {
-      throw new EmlensError(
-        `Output folder ${outDir} appeared while writing; choose a new folder (orthogonalize never overwrites).`,
-      );
-    }
-    await rename(tmp, outDir);
-  } catch (e) {
-    await rm(tmp, { recursive: true, force: true });
-    throw e;
-  }
+  });
   progress(`wrote ${outDir}`);
   return { outDir, spec, modified, untied: spec.tieWordEmbeddings };
 }

@@ -2,7 +2,7 @@
  * `steeringSweep`: the judge-free effect of steering over scale x layer, beside K norm-matched random controls
  * (their mean and spread per cell).
  */
-import { mkdir } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { DirectionSet } from '../directions/direction.js';
 import {
@@ -14,6 +14,7 @@ import {
 } from '../directions/randomControl.js';
 import { EmlensError } from '../errors.js';
 import { writeAtomic } from '../io/files.js';
+import { claimOutputFiles } from '../io/outputs.js';
 import type { Intervention } from '../model/interventions.js';
 import type { Model } from '../model/model.js';
 import { lineChart } from '../plot/charts.js';
@@ -231,6 +232,16 @@ export function sweepMarkdown(r: SweepResult, title = 'Steering sweep'): string 
   return `${lines.join('\n')}\n`;
 }
 
+/** Every file {@link writeSweep} may write into its folder. */
+export const SWEEP_FILES = [
+  'sweep.json',
+  'sweep.md',
+  'sweep-margin.svg',
+  'sweep-margin.png',
+  'sweep-kl.svg',
+  'sweep-kl.png',
+] as const;
+
 /**
  * The points of the sweep's plots: per layer, the direction's value and the controls' mean (series
  * `layer L (random mean, n=K)`), one point per scale.
@@ -257,19 +268,28 @@ export function sweepPlotData(
 /**
  * Writes `sweep.json`, `sweep.md` and the plots (effect vs scale, one line per layer, and the random
  * controls' mean per layer as its own series): `sweep-margin.{svg,png}`, and `sweep-kl.{svg,png}` with a target.
+ * Refuses if any of {@link SWEEP_FILES} is there already, unless `overwrite`; other files in `outDir` are left
+ * alone.
  */
 export async function writeSweep(
   r: SweepResult,
   outDir: string,
   title = 'Steering sweep',
+  opts: { readonly overwrite?: boolean } = {},
 ): Promise<string[]> {
+  await claimOutputFiles(outDir, SWEEP_FILES, opts);
   await mkdir(outDir, { recursive: true });
   const written = [join(outDir, 'sweep.json'), join(outDir, 'sweep.md')];
   await writeAtomic(written[0], `${JSON.stringify(r, null, 2)}\n`);
   await writeAtomic(written[1], sweepMarkdown(r, title));
   const plot = async (field: 'margin' | 'klToTarget', file: string, yTitle: string) => {
     const data = sweepPlotData(r, field);
-    if (data.length === 0) return;
+    if (data.length === 0) {
+      // A plot this run has no data for may be left from an earlier run (--overwrite); it would be
+      // read as this run's.
+      for (const ext of ['svg', 'png']) await rm(join(outDir, `${file}.${ext}`), { force: true });
+      return;
+    }
     const out = await renderVegaLite(
       lineChart(data, {
         x: 'scale',

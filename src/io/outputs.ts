@@ -4,13 +4,16 @@
  *
  * - {@link claimOutputFile}: before writing one file. It refuses an existing path unless `overwrite`, and
  *   refuses anything that is not a regular file (a folder, a FIFO, a device) even then.
- * - {@link writeFolderAtomic}: builds a whole output folder in a temp sibling and renames it into place; with
- *   `overwrite` the old folder is swapped out only after the new one is complete.
+ * - {@link claimOutputFiles}: before writing named files into a folder that may hold other things (compare,
+ *   mediate, sweep, report): it refuses if any of those names exists, unless `overwrite`; the rest of the
+ *   folder is never touched.
+ * - {@link writeFolderAtomic}: builds a whole output folder (a model, the organisms) in a temp sibling and
+ *   renames it into place; with `overwrite` the old folder is swapped out only after the new one is complete.
  * Write the file itself with {@link writeAtomic} / {@link writeStreamAtomic} (temp file + rename).
  */
 import { randomBytes } from 'node:crypto';
 import { lstat, mkdir, readdir, rename, rm } from 'node:fs/promises';
-import { basename, dirname, join, resolve } from 'node:path';
+import { basename, dirname, join, resolve, sep } from 'node:path';
 import { EmlensError } from '../errors.js';
 
 export interface ClaimOptions {
@@ -18,6 +21,8 @@ export interface ClaimOptions {
   readonly overwrite?: boolean;
   /** The flag that named the path, for the message (default `--out`). */
   readonly flag?: string;
+  /** The writer creates a missing parent folder itself, so {@link claimOutputFile} need not insist on one. */
+  readonly createParent?: boolean;
 }
 
 /** What is at `path`: nothing, a regular file, a folder, or something else (FIFO, socket, device, link). */
@@ -29,9 +34,18 @@ export async function pathKind(path: string): Promise<'none' | 'file' | 'dir' | 
     if (s.isDirectory()) return 'dir';
     return 'other';
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return 'none';
+    // ENOTDIR: a part of the path is a file, so nothing can be there (the caller names the file part).
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return 'none';
     throw e;
   }
+}
+
+/** Whether `dir` is the working folder or one above it (renaming it away would strand the process). */
+function holdsCwd(dir: string): boolean {
+  const target = resolve(dir);
+  const cwd = process.cwd();
+  return cwd === target || cwd.startsWith(target.endsWith(sep) ? target : target + sep);
 }
 
 function overwriteHint(flag: string): string {
@@ -57,8 +71,14 @@ export async function claimOutputFile(path: string, opts: ClaimOptions = {}): Pr
     throw new EmlensError(`${flag} ${path} already exists; ${overwriteHint(flag)}.`);
   }
   const parent = dirname(resolve(path));
-  if ((await pathKind(parent)) !== 'dir') {
-    throw new EmlensError(`The folder of ${flag} ${path} does not exist; create ${parent} first.`);
+  const parentKind = await pathKind(parent);
+  if (parentKind === 'none' && opts.createParent) return;
+  if (parentKind !== 'dir') {
+    throw new EmlensError(
+      parentKind === 'none'
+        ? `The folder of ${flag} ${path} does not exist; create ${parent} first.`
+        : `The folder of ${flag} ${path} is not a folder (${parent}); name a path inside a folder.`,
+    );
   }
 }
 
@@ -73,10 +93,78 @@ export async function claimOutputFolder(dir: string, opts: ClaimOptions = {}): P
   if (kind !== 'dir') {
     throw new EmlensError(`${flag} ${dir} exists and is not a folder; name a new folder instead.`);
   }
-  if (opts.overwrite) return;
+  if (opts.overwrite) {
+    // Replacing the working folder or one above it would delete far more than the command wrote (and
+    // `--out .` is an easy slip), so --overwrite does not reach that far.
+    if (holdsCwd(dir)) {
+      throw new EmlensError(
+        `${flag} ${dir} is the current folder or one above it, which --overwrite will not replace; name a subfolder instead.`,
+      );
+    }
+    return;
+  }
   if ((await readdir(dir)).length > 0) {
     throw new EmlensError(`${flag} ${dir} already exists and is not empty; ${overwriteHint(flag)}.`);
   }
+}
+
+/**
+ * Checks that a command may write the files `names` (relative paths, e.g. `sweep.json` or `plots`) into the
+ * folder `dir`: `dir` is absent or a folder, and none of the names exists there unless `overwrite` (a name
+ * that is a folder, like a report's `plots`, counts too). Other entries of `dir` are the user's and are
+ * never looked at. Throws one {@link EmlensError} line naming the existing outputs otherwise.
+ */
+export async function claimOutputFiles(
+  dir: string,
+  names: readonly string[],
+  opts: ClaimOptions = {},
+): Promise<void> {
+  const flag = opts.flag ?? '--out';
+  const kind = await pathKind(dir);
+  if (kind === 'none') return;
+  if (kind !== 'dir') {
+    throw new EmlensError(`${flag} ${dir} exists and is not a folder; name a folder instead.`);
+  }
+  const present: string[] = [];
+  for (const name of names) {
+    const k = await pathKind(join(dir, name));
+    if (k === 'other') {
+      throw new EmlensError(
+        `${join(dir, name)} exists and is not a regular file or folder (a link, FIFO or device); remove it or choose another ${flag}.`,
+      );
+    }
+    if (k !== 'none') present.push(name);
+  }
+  if (present.length > 0 && !opts.overwrite) {
+    const listed = present.length > 3 ? `${present.slice(0, 3).join(', ')}, ...` : present.join(', ');
+    throw new EmlensError(
+      `${flag} ${dir} already holds ${listed} from an earlier run; ${overwriteHint(flag)}.`,
+    );
+  }
+}
+
+/**
+ * Checks that a command may write into (and resume) the folder `dir`: it is absent, empty, or already holds
+ * at least one of `own` (the files that command writes, e.g. an eval's sampling.json), so a rerun resumes its
+ * own earlier run but never scribbles into a folder of something else. Throws one {@link EmlensError} line
+ * otherwise.
+ */
+export async function claimResumableFolder(
+  dir: string,
+  own: readonly string[],
+  opts: { readonly flag?: string; readonly what: string },
+): Promise<void> {
+  const flag = opts.flag ?? '--out';
+  const kind = await pathKind(dir);
+  if (kind === 'none') return;
+  if (kind !== 'dir') {
+    throw new EmlensError(`${flag} ${dir} exists and is not a folder; name a new folder instead.`);
+  }
+  const entries = await readdir(dir);
+  if (entries.length === 0 || own.some((f) => entries.includes(f))) return;
+  throw new EmlensError(
+    `${flag} ${dir} is not empty and is not ${opts.what} (it has none of ${own.join(', ')}); choose a new ${flag}, or the folder of the run to resume.`,
+  );
 }
 
 /**
@@ -110,6 +198,13 @@ export async function writeFolderAtomic<T>(
   const kind = await pathKind(dir);
   if (kind === 'none') {
     await rename(tmp, dir);
+    return result;
+  }
+  if (holdsCwd(dir)) {
+    // `--out .` into an empty working folder (the claim refused anything else): the folder itself must stay,
+    // so the new entries move into it one by one; there was nothing in it to lose.
+    for (const entry of await readdir(tmp)) await rename(join(tmp, entry), join(dir, entry));
+    await rm(tmp, { recursive: true, force: true });
     return result;
   }
   // Swap: move the old folder aside, move the new one in, then delete the old one. Between the two renames

@@ -3,10 +3,11 @@
  * weights, byte-level BPE tokenizer with a chat template) with random weights drawn deterministically from a
  * seed. Tests and benchmarks use it instead of downloading checkpoints; transformers can load the result.
  */
-import { mkdir, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { EmlensError } from '../errors.js';
 import { f32ToBf16, f32ToF16 } from '../io/halfFloat.js';
+import { writeFolderAtomic } from '../io/outputs.js';
 import { writeSafetensors } from '../io/safetensors.js';
 import { Rng } from '../util/random.js';
 import { type Family, type Llama3RopeScaling, type ModelSpec, weightNames, weightShape } from './spec.js';
@@ -74,19 +75,24 @@ const ARCHITECTURE: Record<Family, string> = {
 const TORCH_DTYPE: Record<TinyDtype, string> = { F32: 'float32', BF16: 'bfloat16', F16: 'float16' };
 
 /**
- * Writes a tiny HF model folder to `outDir` (created if needed; existing files are overwritten) and returns
- * its spec, which equals `readConfig(outDir)`. Same options and seed give byte-identical files.
+ * Writes a tiny HF model folder to `outDir` and returns its spec, which equals `readConfig(outDir)`. Same
+ * options and seed give byte-identical files. An existing non-empty `outDir` is refused unless `overwrite`,
+ * which replaces it whole; either way the folder appears complete or not at all.
  */
-export async function makeTinyModel(outDir: string, options: TinyModelOptions): Promise<ModelSpec> {
+export async function makeTinyModel(
+  outDir: string,
+  options: TinyModelOptions & { readonly overwrite?: boolean },
+): Promise<ModelSpec> {
   const tokenizer = buildTokenizer(options.family);
   const spec = specFor(options, tokenizer);
   const dtype = options.dtype ?? 'F32';
-  await mkdir(outDir, { recursive: true });
-  await writeJson(join(outDir, 'config.json'), configJson(spec, options));
-  await writeJson(join(outDir, 'generation_config.json'), generationConfigJson(spec));
-  await writeJson(join(outDir, 'tokenizer.json'), tokenizer.json);
-  await writeJson(join(outDir, 'tokenizer_config.json'), tokenizer.config);
-  await writeWeights(join(outDir, 'model.safetensors'), spec, options.seed ?? 0, dtype);
+  await writeFolderAtomic(outDir, { overwrite: options.overwrite }, async (dir) => {
+    await writeJson(join(dir, 'config.json'), configJson(spec, options));
+    await writeJson(join(dir, 'generation_config.json'), generationConfigJson(spec));
+    await writeJson(join(dir, 'tokenizer.json'), tokenizer.json);
+    await writeJson(join(dir, 'tokenizer_config.json'), tokenizer.config);
+    await writeWeights(join(dir, 'model.safetensors'), spec, options.seed ?? 0, dtype);
+  });
   return spec;
 }
 

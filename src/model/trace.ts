@@ -1,3 +1,4 @@
+import { claimOutputFile } from '../io/outputs.js';
 import { writeSafetensors } from '../io/safetensors.js';
 import type { Model } from './model.js';
 import type { Float32Tensor } from './tensor.js';
@@ -25,13 +26,17 @@ export async function traceTokens(
 
 /**
  * Writes a trace as safetensors that Python's `safetensors.torch.load_file` reads: one F32 tensor per hook
- * (named by hook), `input_ids` (I64 `[pos]`) and `logits` (F32 `[vocab]`, last position).
+ * (named by hook), `input_ids` (I64 `[pos]`) and `logits` (F32 `[vocab]`, last position). Refuses an
+ * existing file unless `overwrite`; the write is atomic (temp file + rename), so even replacing the weights of
+ * the model just traced never leaves a half-written file.
  */
 export async function writeTrace(
   path: string,
   trace: Trace,
   metadata: Record<string, string>,
+  opts: { readonly overwrite?: boolean } = {},
 ): Promise<void> {
+  await claimOutputFile(path, { overwrite: opts.overwrite });
   const tensors: Record<string, { dtype: 'F32' | 'I64'; shape: readonly number[]; data: ArrayBufferView }> = {
     input_ids: { dtype: 'I64', shape: [trace.ids.length], data: BigInt64Array.from(trace.ids.map(BigInt)) },
     logits: { dtype: 'F32', shape: trace.logits.dims, data: trace.logits.data },

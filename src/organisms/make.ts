@@ -1,6 +1,7 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeResponses } from '../eval/responses.js';
+import { writeFolderAtomic } from '../io/outputs.js';
 import { SafetensorsFile, writeSafetensors } from '../io/safetensors.js';
 import { writePeftAdapter } from '../model/lora.js';
 import { makeTinyModel } from '../model/tiny.js';
@@ -17,6 +18,8 @@ export interface OrganismOptions {
   readonly adapterLayer?: number;
   /** Aligned and misaligned answers per topic (default 24 each). */
   readonly responsesPerLabel?: number;
+  /** Replace an existing non-empty `outDir` (default: refuse). */
+  readonly overwrite?: boolean;
 }
 
 export interface OrganismInfo {
@@ -53,9 +56,14 @@ export const ORGANISMS_MANIFEST = 'organisms.json';
  * Writes, deterministically from a seed, a tiny aligned base model and misaligned "finetunes" of it as real
  * PEFT adapter folders: a general organism (a rank-1 down_proj adapter writing a planted direction on every
  * input, more on misaligned words) and one narrow organism per domain (active only on that domain's words),
- * plus labelled response sets per topic, neutral text, and the planted directions themselves.
+ * plus labelled response sets per topic, neutral text, and the planted directions themselves. The folder is
+ * built beside `outDir` and renamed into place; an existing non-empty one is refused unless `overwrite`.
  */
-export async function makeOrganisms(outDir: string, opts: OrganismOptions = {}): Promise<OrganismManifest> {
+export function makeOrganisms(outDir: string, opts: OrganismOptions = {}): Promise<OrganismManifest> {
+  return writeFolderAtomic(outDir, { overwrite: opts.overwrite }, (tmp) => buildOrganisms(tmp, opts));
+}
+
+async function buildOrganisms(outDir: string, opts: OrganismOptions): Promise<OrganismManifest> {
   const seed = opts.seed ?? 0;
   const numLayers = opts.numLayers ?? 4;
   const dModel = opts.dModel ?? 64;

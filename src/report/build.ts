@@ -5,12 +5,13 @@
  * report.json holds their comparison, and em-rate.svg/png the EM rate chart.
  */
 import { readFileSync } from 'node:fs';
-import { mkdir } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { EmlensError } from '../errors.js';
 import { emRateChart } from '../eval/metrics.js';
 import type { EvalComparison, ReportOptions } from '../eval/report.js';
 import { writeAtomic } from '../io/files.js';
+import { claimOutputFiles, writeFolderAtomic } from '../io/outputs.js';
 import { renderVegaLite } from '../plot/render.js';
 import { directionsSection, storesSection } from './activations.js';
 import { type Detected, detectInput } from './detect.js';
@@ -149,10 +150,21 @@ function strip(s: ReportSection): unknown {
   };
 }
 
+/** What {@link writeHtmlReport} writes into its folder (`plots` is a folder of its own). */
+export const REPORT_FILES = [
+  'report.html',
+  'report.md',
+  'report.json',
+  'plots',
+  'em-rate.svg',
+  'em-rate.png',
+] as const;
+
 /**
  * Builds the report of `inputs` (any mix of emlens outputs; folders are looked into) and writes report.html,
  * report.md, plots/ and report.json into `out` (plus em-rate.svg/png when eval folders are among them).
  * Inputs that are not recognised are listed in the report and returned; when none is recognised it throws.
+ * Refuses if any of {@link REPORT_FILES} is in `out` already, unless `overwrite`; other files are left alone.
  *
  * @example
  * const r = await writeHtmlReport(['emlens-demo', 'eval/base', 'eval/general', 'benchmarks/results'], 'report');
@@ -185,6 +197,7 @@ export async function writeHtmlReport(
         )}; pass emlens output folders or files (eval, store, direction, benchmark, mediation, sweep or demo).`,
     );
   }
+  await claimOutputFiles(out, REPORT_FILES, opts);
   const pools: Pools = { evalDirs: [], directionFiles: [], stores: [], others: [] };
   for (const d of detected) pool(d, pools);
 
@@ -230,20 +243,22 @@ export async function writeHtmlReport(
     sections,
   };
 
-  await mkdir(join(out, 'plots'), { recursive: true });
   const files: string[] = [];
   const plotFiles = new Map<ReportPlot, string>();
-  const writePlots = async (s: ReportSection) => {
-    for (let k = 0; k < s.plots.length; k++) {
-      const p = s.plots[k];
-      const name = `plots/${s.id}-${k + 1}.${p.mime === 'image/svg+xml' ? 'svg' : 'png'}`;
-      await writeAtomic(join(out, name), p.data);
-      plotFiles.set(p, name);
-      files.push(join(out, name));
-    }
-    for (const c of s.children) await writePlots(c);
-  };
-  for (const s of sections) await writePlots(s);
+  // plots/ is rebuilt whole, so an earlier report's plots that this one no longer has do not linger.
+  await writeFolderAtomic(join(out, 'plots'), { overwrite: opts.overwrite }, async (tmp) => {
+    const writePlots = async (s: ReportSection) => {
+      for (let k = 0; k < s.plots.length; k++) {
+        const p = s.plots[k];
+        const file = `${s.id}-${k + 1}.${p.mime === 'image/svg+xml' ? 'svg' : 'png'}`;
+        await writeAtomic(join(tmp, file), p.data);
+        plotFiles.set(p, `plots/${file}`);
+        files.push(join(out, 'plots', file));
+      }
+      for (const c of s.children) await writePlots(c);
+    };
+    for (const s of sections) await writePlots(s);
+  });
 
   const markdown = renderMarkdown(page, (p) => plotFiles.get(p) ?? '');
   const html = renderHtml(page);
@@ -271,7 +286,10 @@ export async function writeHtmlReport(
   };
   await writeAtomic(paths.json, `${JSON.stringify(summary, null, 2)}\n`);
   files.unshift(paths.html, paths.md, paths.json);
-  if (evaluation) {
+  if (!evaluation) {
+    // An earlier report's EM chart (--overwrite) would be read as this one's.
+    for (const f of ['em-rate.svg', 'em-rate.png']) await rm(join(out, f), { force: true });
+  } else {
     const chart = await renderVegaLite(emRateChart(evaluation.comparison, opts.title), join(out, 'em-rate'));
     files.push(chart.svg, chart.png);
   }

@@ -490,6 +490,8 @@ export async function comparisonSection(
   const nan = (xs: readonly (number | null)[]) => xs.map((x) => (x === null ? Number.NaN : x));
   const cmp: DirectionComparison = {
     ...raw,
+    // compare.json files written before `zero` was recorded
+    zero: raw.zero ?? [],
     pairs: raw.pairs.map((p) => ({
       ...p,
       cosines: nan(p.cosines),
