@@ -1,12 +1,12 @@
 import { createHash } from 'node:crypto';
 import { EmlensError } from '../errors.js';
 import { cacheKey } from '../model/cache.js';
+import { adapterFingerprint, weightsFingerprint } from '../model/fingerprint.js';
 import { concatVectors } from '../model/graph/weights.js';
 import { resolveHooks } from '../model/hooks.js';
 import type { Intervention } from '../model/interventions.js';
 import type { Model } from '../model/model.js';
-import { adapterFingerprint, weightsFingerprint } from '../model/fingerprint.js';
-import { type StoreInputs, type StoreManifest, sliceRange, STORE_FORMAT, STORE_VERSION } from './manifest.js';
+import { STORE_FORMAT, STORE_VERSION, type StoreInputs, type StoreManifest, sliceRange } from './manifest.js';
 import { type Reduction, reduceRow, selectedPositions } from './reduce.js';
 import { appendShard, type ShardData, writeStore } from './store.js';
 

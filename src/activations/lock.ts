@@ -9,8 +9,9 @@
  * and prints the `rm` that clears it, rather than clearing it itself: a pid can be reused, and a lock from
  * another host cannot be checked at all.
  */
-import { open, readdir, readFile, rm, unlink } from 'node:fs/promises';
+
 import { readdirSync, rmSync, unlinkSync } from 'node:fs';
+import { open, readdir, readFile, rm, unlink } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { EmlensError } from '../errors.js';
@@ -122,7 +123,8 @@ export class StoreLock {
     }
     await fh.close();
     // Temp files of a writer that died mid-write (SIGKILL, power loss) are garbage now that we own the store.
-    for (const f of await readdir(dir)) if (isTemp(f)) await rm(join(dir, f), { force: true, recursive: true });
+    for (const f of await readdir(dir))
+      if (isTemp(f)) await rm(join(dir, f), { force: true, recursive: true });
     return new StoreLock(dir, path, onSignal);
   }
 
@@ -146,7 +148,8 @@ export class StoreLock {
     if (this.released) return;
     this.detach();
     try {
-      for (const f of readdirSync(this.dir)) if (isTemp(f)) rmSync(join(this.dir, f), { force: true, recursive: true });
+      for (const f of readdirSync(this.dir))
+        if (isTemp(f)) rmSync(join(this.dir, f), { force: true, recursive: true });
     } catch {}
     try {
       this.extraCleanup();

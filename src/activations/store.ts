@@ -13,8 +13,8 @@ import {
   MANIFEST_FILE,
   RECORDS_FILE,
   readManifest,
-  STORE_VERSION,
   type ShardEntry,
+  STORE_VERSION,
   type StoreInputs,
   type StoreManifest,
   sliceRange,
@@ -199,7 +199,12 @@ async function initStore(dir: string, m: StoreManifest): Promise<StoreManifest> 
   return m;
 }
 
-function checkSameJob(dir: string, m: StoreManifest, expected: StoreManifest, ignore?: readonly string[]): void {
+function checkSameJob(
+  dir: string,
+  m: StoreManifest,
+  expected: StoreManifest,
+  ignore?: readonly string[],
+): void {
   const diff = jobDifference(m, expected, 'range', ignore);
   if (diff) {
     throw new EmlensError(
@@ -262,7 +267,9 @@ export async function checkStoreOut(
   opts: WriteStoreOptions,
 ): Promise<'empty' | 'store' | 'foreign'> {
   if (opts.resume && opts.overwrite) {
-    throw new EmlensError('--resume continues the store in --out and --overwrite replaces it; pass one of them.');
+    throw new EmlensError(
+      '--resume continues the store in --out and --overwrite replaces it; pass one of them.',
+    );
   }
   const kind = await pathKind(out);
   if (kind === 'file' || kind === 'other') {
