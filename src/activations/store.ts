@@ -244,9 +244,9 @@ export async function openForResume(dir: string, expected: StoreManifest): Promi
   checkSameJob(dir, m, expected);
   await verifyStore(dir, m);
   const lines = await recordLines(dir, m);
-  if (lines.length > m.records) {
-    await truncate(join(dir, RECORDS_FILE), Buffer.byteLength(lines.slice(0, m.records).join('')));
-  }
+  const keep = Buffer.byteLength(lines.slice(0, m.records).join(''));
+  // Also a torn last line without its newline: left there, the next shard's first line would be glued to it.
+  if ((await stat(join(dir, RECORDS_FILE))).size !== keep) await truncate(join(dir, RECORDS_FILE), keep);
   // Shard files past the manifest's list are leftovers of an interrupted write: the next append overwrites them.
   return m;
 }
@@ -272,9 +272,14 @@ export async function checkStoreOut(
     );
   }
   const kind = await pathKind(out);
-  if (kind === 'file' || kind === 'other') {
+  if (kind === 'file') {
     throw new EmlensError(
       `--out ${out} is a file, not an activation store folder; choose a folder path (a new one, or a store to continue with --resume).`,
+    );
+  }
+  if (kind === 'other') {
+    throw new EmlensError(
+      `--out ${out} is a link, FIFO or device, not an activation store folder; name the folder itself or a new one.`,
     );
   }
   const state = kind === 'none' ? 'empty' : await folderState(out);
