@@ -188,7 +188,7 @@ describe('store errors', () => {
     await expect(
       collectToStore(model, records.slice(1), join(root, 'full'), { ...opts, resume: true }),
     ).rejects.toThrow(/different recordsKey/);
-    const steer = {
+    const steer: Intervention = {
       kind: 'steer',
       hooks: ['blocks.0.hook_resid_post'],
       vector: new Float32Array(32).fill(0.1),
