@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { EmlensError } from '../errors.js';
+import { pathKind } from '../io/outputs.js';
 import { cacheKey } from '../model/cache.js';
 import { adapterFingerprint, weightsFingerprint } from '../model/fingerprint.js';
 import { concatVectors } from '../model/graph/weights.js';
@@ -35,8 +36,13 @@ export interface CollectOptions {
   /** Replace what is at the output folder (atomically, once the new store is complete). */
   readonly overwrite?: boolean;
   readonly interventions?: readonly Intervention[];
-  /** The adapter folder the model was loaded with; its content is fingerprinted into the manifest. */
+  /**
+   * The adapter the model was loaded with, as recorded in the manifest. When it names a folder (the CLI passes
+   * the `--adapter` path) its weights and config are fingerprinted too; a label that is no folder is recorded
+   * as it is. `adapterDir` names the folder when `adapter` is only a label.
+   */
   readonly adapter?: string | null;
+  readonly adapterDir?: string;
   /** Where weight-file hashes are cached (default `$EMLENS_CACHE_DIR` or `~/.cache/emlens`). */
   readonly cacheDir?: string;
   /**
@@ -60,6 +66,14 @@ function recordsKey(records: readonly CollectRecord[]): string {
     if (r.mask) h.update(r.mask);
   }
   return h.digest('hex').slice(0, 24);
+}
+
+/** Content fingerprint of the adapter folder, or null when the options name none. */
+async function adapterKey(opts: CollectOptions): Promise<string | null> {
+  const dir = opts.adapterDir ?? opts.adapter;
+  if (!dir) return null;
+  if (opts.adapterDir === undefined && (await pathKind(dir)) !== 'dir') return null;
+  return adapterFingerprint(dir, { cacheDir: opts.cacheDir });
 }
 
 /** Hash of the interventions applied while collecting (their vectors bit for bit), null for none. */
@@ -133,7 +147,7 @@ export async function planCollect(
     : ([0, records.length] as [number, number]);
   const inputs: StoreInputs = {
     weights: opts.weightsFingerprint ?? (await weightsFingerprint(model.dir, { cacheDir: opts.cacheDir })),
-    adapterWeights: opts.adapter ? await adapterFingerprint(opts.adapter, { cacheDir: opts.cacheDir }) : null,
+    adapterWeights: await adapterKey(opts),
     tokenizer: opts.provenance?.tokenizer ?? null,
     data: opts.provenance?.data ?? null,
     span: opts.provenance?.span ?? null,
