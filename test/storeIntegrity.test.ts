@@ -8,7 +8,18 @@
  */
 import { type ChildProcess, execSync, spawn, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import { cp, mkdtemp, readdir, readFile, rm, stat, truncate, utimes, writeFile } from 'node:fs/promises';
+import {
+  cp,
+  mkdir,
+  mkdtemp,
+  readdir,
+  readFile,
+  rm,
+  stat,
+  truncate,
+  utimes,
+  writeFile,
+} from 'node:fs/promises';
 import { hostname, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -189,6 +200,28 @@ describe('a store is locked while written', () => {
     expect(rmCmd).toBe(`rm ${join(out, LOCK)}`);
     execSync(rmCmd);
     r = await runCli(collectArgs(out, { more: ['--resume'] }));
+    expect(r.code, r.stderr).toBe(0);
+    await expectSameStore(out, join(root, 'full'));
+  });
+
+  it('a store whose writer stopped before its first manifest is reported by its lock, then starts afresh', async () => {
+    const out = join(root, 'half-made');
+    await rm(out, { recursive: true, force: true });
+    await mkdir(out);
+    await writeFile(join(out, 'records.jsonl'), '');
+    const sleeper = spawn('sleep', ['60'], { stdio: 'ignore' });
+    try {
+      await writeFile(join(out, LOCK), `${JSON.stringify({ pid: sleeper.pid, host: hostname() })}\n`);
+      const r = await runCli(collectArgs(out, { more: ['--resume'] }));
+      expect(r.code).toBe(2);
+      expect(oneLine(r.stderr)).toBe(
+        `emlens: Store ${out} is being written by pid ${sleeper.pid} on host ${hostname()}; wait for it to finish.`,
+      );
+    } finally {
+      sleeper.kill();
+    }
+    await rm(join(out, LOCK));
+    const r = await runCli(collectArgs(out, { more: ['--resume'] }));
     expect(r.code, r.stderr).toBe(0);
     await expectSameStore(out, join(root, 'full'));
   });

@@ -225,9 +225,7 @@ export async function preflightStore(
   opts: WriteStoreOptions & { readonly ignore?: readonly string[] },
 ): Promise<void> {
   const state = await checkStoreOut(out, opts);
-  if (state === 'empty' && (await pathKind(out)) === 'dir') await assertUnlocked(out);
   if (state !== 'store' || !opts.resume) return;
-  await assertUnlocked(out);
   const m = await readManifest(out);
   requireVerifiable(out, m, 'resumed');
   checkSameJob(out, m, expected, opts.ignore);
@@ -251,11 +249,18 @@ export async function openForResume(dir: string, expected: StoreManifest): Promi
   return m;
 }
 
-/** What is in an existing folder: nothing (or only a lock), a store, or something else. */
+/**
+ * What is in an existing folder: nothing, a store, or something else. A lock, temp files and an empty
+ * records.jsonl are what a writer killed before its first manifest leaves: that folder counts as empty.
+ */
 async function folderState(dir: string): Promise<'empty' | 'store' | 'foreign'> {
-  const entries = (await readdir(dir)).filter((e) => e !== LOCK_FILE);
-  if (entries.length === 0) return 'empty';
-  return entries.includes(MANIFEST_FILE) ? 'store' : 'foreign';
+  const entries = (await readdir(dir)).filter(
+    (e) => e !== LOCK_FILE && !(e.startsWith('.') && e.endsWith('.tmp')),
+  );
+  if (entries.includes(MANIFEST_FILE)) return 'store';
+  if (entries.length === 1 && entries[0] === RECORDS_FILE && (await stat(join(dir, RECORDS_FILE))).size === 0)
+    return 'empty';
+  return entries.length === 0 ? 'empty' : 'foreign';
 }
 
 /**
@@ -282,6 +287,8 @@ export async function checkStoreOut(
       `--out ${out} is a link, FIFO or device, not an activation store folder; name the folder itself or a new one.`,
     );
   }
+  // A folder being written (or left locked) is reported as such, whatever it holds yet.
+  if (kind === 'dir') await assertUnlocked(out);
   const state = kind === 'none' ? 'empty' : await folderState(out);
   if (state === 'foreign' && !opts.overwrite) {
     throw new EmlensError(
