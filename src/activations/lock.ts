@@ -1,5 +1,6 @@
 /**
- * The write lock of an activation store: a lock file created with O_EXCL that names the writer's pid and host.
+ * The write lock of an activation store: a lock file created exclusively (a hard link, which fails if the name
+ * exists, as O_EXCL does) that names the writer's pid and host.
  * Two writers on one store (two `collect --resume` at once) interleave record lines and shards; with the lock
  * the second one stops before it touches anything.
  *
@@ -10,8 +11,9 @@
  * another host cannot be checked at all.
  */
 
+import { randomBytes } from 'node:crypto';
 import { readdirSync, rmSync, unlinkSync } from 'node:fs';
-import { open, readdir, readFile, rm, unlink } from 'node:fs/promises';
+import { link, readdir, readFile, rm, unlink, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { EmlensError } from '../errors.js';
@@ -107,21 +109,24 @@ export class StoreLock {
    */
   static async acquire(dir: string, onSignal: () => void = () => {}): Promise<StoreLock> {
     const path = join(dir, LOCK_FILE);
-    let fh: Awaited<ReturnType<typeof open>>;
+    // The lock appears with its content whole: written to a temp file, then hard-linked to its name, which
+    // fails with EEXIST when it exists, as O_EXCL does. (Created empty and then written, a reader could find
+    // it empty and call it unreadable.)
+    const tmp = join(dir, `.${LOCK_FILE}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
+    await writeFile(tmp, `${JSON.stringify({ pid: process.pid, host: hostname() })}\n`, { flag: 'wx' });
     try {
-      fh = await open(path, 'wx');
+      await link(tmp, path);
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'EEXIST') throw await lockedError(dir, path);
-      throw e;
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'EEXIST') throw await lockedError(dir, path);
+      // A file system without hard links: O_EXCL itself, with the short empty window that brings.
+      if (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'EOPNOTSUPP' && code !== 'EXDEV') throw e;
+      await writeFile(path, await readFile(tmp), { flag: 'wx' }).catch(async (e2: NodeJS.ErrnoException) => {
+        throw e2.code === 'EEXIST' ? await lockedError(dir, path) : e2;
+      });
+    } finally {
+      await unlink(tmp).catch(() => {});
     }
-    try {
-      await fh.writeFile(`${JSON.stringify({ pid: process.pid, host: hostname() })}\n`);
-    } catch (e) {
-      await fh.close().catch(() => {});
-      await unlink(path).catch(() => {});
-      throw e;
-    }
-    await fh.close();
     // Temp files of a writer that died mid-write (SIGKILL, power loss) are garbage now that we own the store.
     for (const f of await readdir(dir))
       if (isTemp(f)) await rm(join(dir, f), { force: true, recursive: true });
