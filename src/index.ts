@@ -7,10 +7,10 @@ export {
   collectToStore,
   sliceRange,
 } from './activations/collect.js';
-export type { ShardEntry, StoreManifest } from './activations/manifest.js';
+export type { ShardEntry, StoreInputs, StoreManifest } from './activations/manifest.js';
 export { responsesToRecords } from './activations/records.js';
 export { REDUCTIONS, type Reduction } from './activations/reduce.js';
-export { ActivationStore, mergeStores } from './activations/store.js';
+export { ActivationStore, type MergeOptions, mergeStores, verifyStore } from './activations/store.js';
 export { measureCopyBandwidth, measureMatMulCeiling } from './bench/hardware.js';
 export { runNarrowVsGeneral } from './bench/narrowVsGeneral.js';
 export { loadNarrowVsGeneralConfig, syntheticConfig } from './bench/narrowVsGeneralConfig.js';
@@ -143,6 +143,13 @@ export {
 export { WeightSource } from './io/weightSource.js';
 export { parseConfig, readConfig } from './model/config.js';
 export { describeModel, type ModelDescription } from './model/describe.js';
+export {
+  adapterFingerprint,
+  cachedSha256,
+  sha256File,
+  tokenizerFingerprint,
+  weightsFingerprint,
+} from './model/fingerprint.js';
 export type { Profile } from './model/graph/transformer.js';
 export { allHookNames, BLOCK_HOOKS, type BlockHook, hookName, resolveHooks, siteOf } from './model/hooks.js';
 export {

@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { storeLayerMeans } from '../src/activations/aggregate.js';
 import { type CollectRecord, collectToStore, sliceRange } from '../src/activations/collect.js';
 import { ActivationStore, mergeStores } from '../src/activations/store.js';
+import type { Intervention } from '../src/model/interventions.js';
 import { loadModel, type Model } from '../src/model/model.js';
 import { makeTinyModel } from '../src/model/tiny.js';
 import { Rng } from '../src/util/random.js';
@@ -130,6 +131,23 @@ describe('collectToStore', () => {
     expect(await filesOf(dir)).toEqual(await filesOf(join(root, 'full')));
   });
 
+  it('a record line torn mid-write (no newline) is trimmed on resume', async () => {
+    const dir = join(root, 'torn-line');
+    let batches = 0;
+    await expect(
+      collectToStore(model, records, dir, {
+        ...opts,
+        onProgress: () => {
+          if (++batches === 5) throw new Error('killed');
+        },
+      }),
+    ).rejects.toThrow('killed');
+    const { appendFile } = await import('node:fs/promises');
+    await appendFile(join(dir, 'records.jsonl'), '{"index":8,"id":"r');
+    await collectToStore(model, records, dir, { ...opts, resume: true });
+    expect(await filesOf(dir)).toEqual(await filesOf(join(root, 'full')));
+  });
+
   it('three slices merge into the unsliced store', async () => {
     const slices = [0, 1, 2].map((i) => join(root, `slice-${i}`));
     for (const [i, dir] of slices.entries()) {
@@ -170,6 +188,30 @@ describe('store errors', () => {
     await expect(
       collectToStore(model, records.slice(1), join(root, 'full'), { ...opts, resume: true }),
     ).rejects.toThrow(/different recordsKey/);
+    const steer: Intervention = {
+      kind: 'steer',
+      hooks: ['blocks.0.hook_resid_post'],
+      vector: new Float32Array(32).fill(0.1),
+    };
+    await expect(
+      collectToStore(model, records, join(root, 'full'), {
+        ...opts,
+        resume: true,
+        interventions: [steer],
+      }),
+    ).rejects.toThrow(/different interventions/);
+  });
+
+  it('refuses to resume with another model of the same config (another seed), naming the weights', async () => {
+    await makeTinyModel(join(root, 'm-seed4'), { family: 'qwen2', seed: 4, numLayers: 2, dModel: 32 });
+    const other = await loadModel(join(root, 'm-seed4'), { cacheDir: join(root, 'cache'), threads: 1 });
+    try {
+      await expect(
+        collectToStore(other, records, join(root, 'full'), { ...opts, resume: true }),
+      ).rejects.toThrow(/different weights \(content hash of the model weights: [0-9a-f]{12} there/);
+    } finally {
+      await other.dispose();
+    }
   });
 
   it('merge needs every slice of one job', async () => {
@@ -178,7 +220,7 @@ describe('store errors', () => {
     ).rejects.toThrow(/do not cover records/);
     await expect(
       mergeStores([join(root, 'slice-0'), join(root, 'full')], join(root, 'bad-merge2')),
-    ).rejects.toThrow(/another job|do not cover/);
+    ).rejects.toThrow(/another job|do not cover|overlap/);
   });
 
   it('a record without answer tokens and a folder that is not a store get clear errors', async () => {

@@ -1,13 +1,17 @@
 import { createHash } from 'node:crypto';
 import { EmlensError } from '../errors.js';
+import { pathKind } from '../io/outputs.js';
 import { cacheKey } from '../model/cache.js';
+import { adapterFingerprint, weightsFingerprint } from '../model/fingerprint.js';
 import { concatVectors } from '../model/graph/weights.js';
 import { resolveHooks } from '../model/hooks.js';
 import type { Intervention } from '../model/interventions.js';
 import type { Model } from '../model/model.js';
-import type { StoreManifest } from './manifest.js';
+import { STORE_FORMAT, STORE_VERSION, type StoreInputs, type StoreManifest, sliceRange } from './manifest.js';
 import { type Reduction, reduceRow, selectedPositions } from './reduce.js';
-import { appendShard, createStore, openForResume, type ShardData } from './store.js';
+import { appendShard, type ShardData, writeStore } from './store.js';
+
+export { sliceRange };
 
 /** One sequence to collect: token ids and (optionally) which tokens are the answer. */
 export interface CollectRecord {
@@ -29,27 +33,67 @@ export interface CollectOptions {
   /** Process only slice `index` of `count` (contiguous runs of whole shards). */
   readonly slice?: { readonly index: number; readonly count: number };
   readonly resume?: boolean;
+  /** Replace what is at the output folder (atomically, once the new store is complete). */
+  readonly overwrite?: boolean;
   readonly interventions?: readonly Intervention[];
+  /**
+   * The adapter the model was loaded with, as recorded in the manifest. When it names a folder (the CLI passes
+   * the `--adapter` path) its weights and config are fingerprinted too; a label that is no folder is recorded
+   * as it is. `adapterDir` names the folder when `adapter` is only a label.
+   */
   readonly adapter?: string | null;
+  readonly adapterDir?: string;
+  /** Where weight-file hashes are cached (default `$EMLENS_CACHE_DIR` or `~/.cache/emlens`). */
+  readonly cacheDir?: string;
+  /**
+   * Fingerprints of what made the records, which a resume or merge must match: content hashes of the data file
+   * and of the tokenizer files, and the answer span. The CLI fills them in; null where unknown.
+   */
+  readonly provenance?: { readonly data?: string; readonly tokenizer?: string; readonly span?: string };
+  /** Content fingerprint of the weights, when the model was not loaded from `model.dir`'s own files. */
+  readonly weightsFingerprint?: string;
   /** Called after each batch with records done and the total of this run. */
   readonly onProgress?: (done: number, total: number) => void;
 }
 
-/** Record range of slice `index` of `count`: whole shards, so every record sits in the same batch as unsliced. */
-export function sliceRange(total: number, shardSize: number, index: number, count: number): [number, number] {
-  if (!Number.isInteger(count) || count < 1 || !Number.isInteger(index) || index < 0 || index >= count) {
-    throw new EmlensError(`Slice ${index}/${count} is not valid; use --shard i/N with 0 <= i < N.`);
-  }
-  const shards = Math.ceil(total / shardSize);
-  const from = Math.floor((index * shards) / count) * shardSize;
-  const to = Math.min(total, Math.floor(((index + 1) * shards) / count) * shardSize);
-  return [Math.min(from, total), to];
-}
-
+/** Hash of everything each record feeds the model (id, token ids, answer mask), in order. */
 function recordsKey(records: readonly CollectRecord[]): string {
   const h = createHash('sha256');
-  for (const r of records) h.update(`${r.id}\u0000${r.ids.length}\u0000`);
+  for (const r of records) {
+    h.update(`${r.id}\u0000${r.ids.length}\u0000`);
+    h.update(new Uint8Array(Int32Array.from(r.ids).buffer));
+    h.update(r.mask ? `m${r.mask.length}\u0000` : 'all\u0000');
+    if (r.mask) h.update(r.mask);
+  }
   return h.digest('hex').slice(0, 24);
+}
+
+/** Content fingerprint of the adapter folder, or null when the options name none. */
+async function adapterKey(opts: CollectOptions): Promise<string | null> {
+  const dir = opts.adapterDir ?? opts.adapter;
+  if (!dir) return null;
+  if (opts.adapterDir === undefined && (await pathKind(dir)) !== 'dir') return null;
+  return adapterFingerprint(dir, { cacheDir: opts.cacheDir });
+}
+
+/** Hash of the interventions applied while collecting (their vectors bit for bit), null for none. */
+function interventionsKey(interventions: readonly Intervention[] | undefined): string | null {
+  if (!interventions || interventions.length === 0) return null;
+  const h = createHash('sha256');
+  const bytes = (v: Float32Array) => new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
+  for (const iv of interventions) {
+    h.update(`${iv.kind}\u0000${JSON.stringify(iv.hooks)}\u0000`);
+    const positions = iv.positions ?? 'all';
+    if (positions === 'all') h.update('all\u0000');
+    else h.update(bytes(positions));
+    if (iv.kind === 'steer') {
+      h.update(`${iv.scale ?? 1}\u0000`);
+      h.update(bytes(iv.vector));
+    } else {
+      for (const d of iv.directions) h.update(bytes(d));
+    }
+  }
+  return h.digest('hex');
 }
 
 /** Runs one batch and reduces each record's hooks. */
@@ -79,15 +123,16 @@ async function runBatch(
   return { perHook, counts };
 }
 
+/** What {@link planCollect} needs of a model: known from its config and load options, before it is loaded. */
+export type CollectModel = Pick<Model, 'dir' | 'spec' | 'profile' | 'device' | 'maxPositions'>;
+
 /**
- * Collects activations into an on-disk store (manifest + safetensors shards + records.jsonl). Batches are
- * fixed by record index (never by what is left to do), so a resumed or sliced run computes every record in the
- * same batch as an uninterrupted one and writes byte-identical shards. Memory holds one shard at a time.
+ * The manifest a collect of `records` starts from: the job (model, inputs, options, record range) and no shards.
+ * Hashes the weight files (cached) and the records.
  */
-export async function collectToStore(
-  model: Model,
+export async function planCollect(
+  model: CollectModel,
   records: readonly CollectRecord[],
-  outDir: string,
   opts: CollectOptions = {},
 ): Promise<StoreManifest> {
   if (records.length === 0) throw new EmlensError('No records to collect; the data file has no usable rows.');
@@ -108,9 +153,20 @@ export async function collectToStore(
   const range = opts.slice
     ? sliceRange(records.length, shardSize, opts.slice.index, opts.slice.count)
     : ([0, records.length] as [number, number]);
+  const inputs: StoreInputs = {
+    weights: opts.weightsFingerprint ?? (await weightsFingerprint(model.dir, { cacheDir: opts.cacheDir })),
+    adapterWeights: await adapterKey(opts),
+    tokenizer: opts.provenance?.tokenizer ?? null,
+    data: opts.provenance?.data ?? null,
+    span: opts.provenance?.span ?? null,
+    profile: model.profile,
+    device: model.device,
+    maxPositions: model.maxPositions,
+    interventions: interventionsKey(opts.interventions),
+  };
   const fresh: StoreManifest = {
-    format: 'emlens-activations',
-    version: 1,
+    format: STORE_FORMAT,
+    version: STORE_VERSION,
     model: model.dir,
     adapter: opts.adapter ?? null,
     specKey: cacheKey(model.spec),
@@ -122,6 +178,7 @@ export async function collectToStore(
     shardSize,
     totalRecords: records.length,
     recordsKey: recordsKey(records),
+    inputs,
     range,
     slice: opts.slice ?? null,
     records: 0,
@@ -129,44 +186,55 @@ export async function collectToStore(
     complete: range[0] === range[1],
     createdWith: 'emlens 0.1.0',
   };
-  let m = opts.resume
-    ? await openForResume(outDir, fresh).catch(async (e) => {
-        if (e instanceof EmlensError && /not an activation store/.test(e.message))
-          return createStore(outDir, fresh);
-        throw e;
-      })
-    : await createStore(outDir, fresh);
+  return fresh;
+}
 
+/**
+ * Collects activations into an on-disk store (manifest + safetensors shards + records.jsonl). Batches are
+ * fixed by record index (never by what is left to do), so a resumed or sliced run computes every record in the
+ * same batch as an uninterrupted one and writes byte-identical shards. Memory holds one shard at a time.
+ */
+export async function collectToStore(
+  model: Model,
+  records: readonly CollectRecord[],
+  outDir: string,
+  opts: CollectOptions = {},
+): Promise<StoreManifest> {
+  const fresh = await planCollect(model, records, opts);
+  const { hooks, reduce, batchSize, shardSize, range } = fresh;
   const total = range[1] - range[0];
-  opts.onProgress?.(m.records, total);
-  while (!m.complete) {
-    const start = range[0] + m.records;
-    const end = Math.min(range[1], start + shardSize);
-    const perHook = new Map<string, Float32Array[]>(hooks.map((h) => [h, []]));
-    const counts: number[] = [];
-    const lines: Record<string, unknown>[] = [];
-    for (let b = start; b < end; b += batchSize) {
-      const batch = records.slice(b, Math.min(end, b + batchSize));
-      const res = await runBatch(model, batch, hooks, reduce, opts.interventions);
-      for (const h of hooks) perHook.get(h)!.push(...res.perHook.get(h)!);
-      counts.push(...res.counts);
-      batch.forEach((rec, k) => {
-        lines.push({
-          index: b + k,
-          id: rec.id,
-          tokens: rec.ids.length,
-          answer_tokens: res.counts[k],
-          ...rec.meta,
+  return writeStore(outDir, fresh, { resume: opts.resume, overwrite: opts.overwrite }, async (dir, start) => {
+    let m = start;
+    opts.onProgress?.(m.records, total);
+    while (!m.complete) {
+      const first = range[0] + m.records;
+      const end = Math.min(range[1], first + shardSize);
+      const perHook = new Map<string, Float32Array[]>(hooks.map((h) => [h, []]));
+      const counts: number[] = [];
+      const lines: Record<string, unknown>[] = [];
+      for (let b = first; b < end; b += batchSize) {
+        const batch = records.slice(b, Math.min(end, b + batchSize));
+        const res = await runBatch(model, batch, hooks, reduce, opts.interventions);
+        for (const h of hooks) perHook.get(h)!.push(...res.perHook.get(h)!);
+        counts.push(...res.counts);
+        batch.forEach((rec, k) => {
+          lines.push({
+            index: b + k,
+            id: rec.id,
+            tokens: rec.ids.length,
+            answer_tokens: res.counts[k],
+            ...rec.meta,
+          });
         });
-      });
-      opts.onProgress?.(m.records + (Math.min(end, b + batchSize) - start), total);
+        opts.onProgress?.(m.records + (Math.min(end, b + batchSize) - first), total);
+      }
+      const data: ShardData = {
+        hooks: new Map(hooks.map((h) => [h, concatVectors(perHook.get(h)!)])),
+        tokenCounts: counts,
+        records: lines,
+      };
+      m = await appendShard(dir, m, data);
     }
-    const data: ShardData = {
-      hooks: new Map(hooks.map((h) => [h, concatVectors(perHook.get(h)!)])),
-      tokenCounts: counts,
-      records: lines,
-    };
-    m = await appendShard(outDir, m, data);
-  }
-  return m;
+    return m;
+  });
 }

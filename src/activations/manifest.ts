@@ -7,6 +7,7 @@ import type { Reduction } from './reduce.js';
 export const MANIFEST_FILE = 'manifest.json';
 export const RECORDS_FILE = 'records.jsonl';
 export const STORE_FORMAT = 'emlens-activations';
+export const STORE_VERSION = 2;
 
 export interface ShardEntry {
   readonly file: string;
@@ -16,7 +17,57 @@ export interface ShardEntry {
   readonly firstRecord: number;
   /** Rows of the hook tensors (records, or answer tokens for `none`). */
   readonly rows: number;
+  /** Size and sha256 of the shard file, so a deleted, truncated or altered shard is noticed (v2). */
+  readonly bytes?: number;
+  readonly sha256?: string;
+  /** sha256 of this shard's lines of records.jsonl (each line with its newline) (v2). */
+  readonly recordsSha256?: string;
 }
+
+/**
+ * Everything besides the model config that decides the numbers a store holds (v2). A resumed run or a merged
+ * slice must agree on every field; hashes are sha256 hex, null where the caller did not say (library use
+ * without a data file or tokenizer folder).
+ */
+export interface StoreInputs {
+  /** Content hash of the model's safetensors weight files. */
+  readonly weights: string;
+  /** Content hash of the adapter's weights and config. */
+  readonly adapterWeights: string | null;
+  /** Content hash of tokenizer.json, tokenizer_config.json and chat_template.jinja. */
+  readonly tokenizer: string | null;
+  /** Content hash of the responses file. */
+  readonly data: string | null;
+  /** Which tokens are the answer (`after-user`, `content`). */
+  readonly span: string | null;
+  readonly profile: string;
+  readonly device: string;
+  readonly maxPositions: number;
+  /** Hash of the interventions applied while collecting; null for none. */
+  readonly interventions: string | null;
+}
+
+/** What each job field means, for the message that refuses a mismatch. */
+export const FIELD_LABELS: Readonly<Record<string, string>> = {
+  specKey: 'model config',
+  weights: 'content hash of the model weights',
+  adapter: 'adapter folder',
+  adapterWeights: 'content hash of the adapter weights and config',
+  tokenizer: 'content hash of the tokenizer and chat template',
+  data: 'content hash of the data file',
+  span: 'answer span',
+  profile: 'graph precision',
+  device: 'execution provider',
+  maxPositions: 'longest sequence the graph accepts',
+  interventions: 'interventions applied',
+  hooks: 'hooks',
+  reduce: 'reduction',
+  batchSize: 'records per forward pass',
+  shardSize: 'records per shard',
+  recordsKey: 'hash of the record ids, token ids and answer masks',
+  totalRecords: 'records of the whole job',
+  range: 'record range of this slice',
+};
 
 /**
  * What a store holds and how it was made. Everything a resumed or merged run must agree on is here; the
@@ -24,7 +75,8 @@ export interface ShardEntry {
  */
 export interface StoreManifest {
   readonly format: typeof STORE_FORMAT;
-  readonly version: 1;
+  /** 2 records `inputs` and shard checksums; 1 (older emlens) does not, so it can be read but not verified. */
+  readonly version: 1 | 2;
   readonly model: string;
   readonly adapter: string | null;
   /** Hash of the model spec, so a store from another model is noticed. */
@@ -38,8 +90,10 @@ export interface StoreManifest {
   readonly shardSize: number;
   /** Records of the whole job (all slices). */
   readonly totalRecords: number;
-  /** Hash of the job's record ids in order: a resume on other data is refused. */
+  /** Hash of the job's records in order (ids, token ids, answer masks): a resume on other data is refused. */
   readonly recordsKey: string;
+  /** Absent in v1 stores. */
+  readonly inputs?: StoreInputs;
   /** This store's part of the job: `[start, end)` record indices and the slice it is. */
   readonly range: readonly [number, number];
   readonly slice: { readonly index: number; readonly count: number } | null;
@@ -48,6 +102,17 @@ export interface StoreManifest {
   readonly shards: readonly ShardEntry[];
   readonly complete: boolean;
   readonly createdWith: string;
+}
+
+/** Record range of slice `index` of `count`: whole shards, so every record sits in the same batch as unsliced. */
+export function sliceRange(total: number, shardSize: number, index: number, count: number): [number, number] {
+  if (!Number.isInteger(count) || count < 1 || !Number.isInteger(index) || index < 0 || index >= count) {
+    throw new EmlensError(`Slice ${index}/${count} is not valid; use --shard i/N with 0 <= i < N.`);
+  }
+  const shards = Math.ceil(total / shardSize);
+  const from = Math.floor((index * shards) / count) * shardSize;
+  const to = Math.min(total, Math.floor(((index + 1) * shards) / count) * shardSize);
+  return [Math.min(from, total), to];
 }
 
 /** Reads a store's manifest with a clear error if the folder is not a store. */
@@ -68,9 +133,9 @@ export async function readManifest(dir: string): Promise<StoreManifest> {
       `${join(dir, MANIFEST_FILE)} is not valid JSON (${(e as Error).message}); the store is damaged, collect it again.`,
     );
   }
-  if (m.format !== STORE_FORMAT || m.version !== 1) {
+  if (m.format !== STORE_FORMAT || (m.version !== 1 && m.version !== STORE_VERSION)) {
     throw new EmlensError(
-      `${dir} holds format '${m.format}' v${m.version}, not ${STORE_FORMAT} v1; collect it again with this emlens.`,
+      `${dir} holds format '${m.format}' v${m.version}, not ${STORE_FORMAT} v${STORE_VERSION}; collect it again with this emlens.`,
     );
   }
   return m;

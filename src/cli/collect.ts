@@ -1,10 +1,17 @@
 import { type Command, InvalidArgumentError, Option } from 'commander';
-import { type CollectRecord, collectToStore } from '../activations/collect.js';
+import {
+  type CollectOptions,
+  type CollectRecord,
+  collectToStore,
+  planCollect,
+} from '../activations/collect.js';
 import { responsesToRecords } from '../activations/records.js';
 import { REDUCTIONS, type Reduction } from '../activations/reduce.js';
+import { checkStoreOut, preflightStore } from '../activations/store.js';
 import { EmlensError } from '../errors.js';
 import { type ResponseRecord, readResponses } from '../eval/responses.js';
 import { readConfig } from '../model/config.js';
+import { sha256File, tokenizerFingerprint } from '../model/fingerprint.js';
 import { defaultMaxPositions, loadModel } from '../model/model.js';
 import { loadTokenizer } from '../text/tokenizer.js';
 import { addModelOptions, loadOptions, type ModelFlags, positiveInt } from './common.js';
@@ -19,6 +26,7 @@ interface CollectFlags extends ModelFlags {
   readonly batchSize: number;
   readonly shardSize: number;
   readonly resume?: boolean;
+  readonly overwrite?: boolean;
   readonly shard?: { index: number; count: number };
   readonly adapter?: string;
 }
@@ -67,29 +75,54 @@ export function registerCollect(program: Command): void {
     )
     .option('--batch-size <n>', 'records per forward pass', positiveInt, 8)
     .option('--shard-size <n>', 'records per shard file', positiveInt, 256)
-    .option('--resume', 'continue an interrupted run in --out')
+    .option('--resume', 'continue an interrupted run in --out (same model, data and options)')
+    .option('--overwrite', 'replace what is in --out (the old folder stays until the new store is complete)')
     .option(
       '--shard <i/N>',
       'process only slice i of N (merge the slices with `emlens store merge`)',
       parseSlice,
     )
     .action(async (flags: CollectFlags) => {
+      // Refused before the model loads: a wrong --out should not cost a graph build.
+      await checkStoreOut(flags.out, { resume: flags.resume, overwrite: flags.overwrite });
       const responses = await readResponses(flags.data);
       const tokenizer = await loadTokenizer(flags.model);
       const records = responsesToRecords(tokenizer, responses, flags.span);
+      const write = { resume: flags.resume, overwrite: flags.overwrite };
+      const opts: CollectOptions = {
+        hooks: [flags.hooks],
+        reduce: flags.reduce,
+        batchSize: flags.batchSize,
+        shardSize: flags.shardSize,
+        ...write,
+        slice: flags.shard,
+        adapter: flags.adapter ?? null,
+        cacheDir: flags.cacheDir,
+        provenance: {
+          data: await sha256File(flags.data),
+          tokenizer: await tokenizerFingerprint(flags.model),
+          span: flags.span,
+        },
+      };
+      // A resume of another job, or of a damaged or locked store, is refused before the model loads. Precision
+      // and sequence limit are known only once it has; they are checked then.
+      const spec = await readConfig(flags.model);
       // Before the graph is built (minutes for a real model): a record too long for it fails the run anyway.
-      checkLengths(flags.data, responses, records, defaultMaxPositions(await readConfig(flags.model)));
+      checkLengths(flags.data, responses, records, defaultMaxPositions(spec));
+      const planned = await planCollect(
+        { dir: flags.model, spec, device: flags.device, profile: flags.profile ?? 'fp32', maxPositions: 0 },
+        records,
+        opts,
+      );
+      await preflightStore(flags.out, planned, {
+        ...write,
+        ignore: flags.profile ? ['maxPositions'] : ['profile', 'maxPositions'],
+      });
       const model = await loadModel(flags.model, loadOptions(flags));
       const progress = createProgress('collect', records.length);
       try {
         const m = await collectToStore(model, records, flags.out, {
-          hooks: [flags.hooks],
-          reduce: flags.reduce,
-          batchSize: flags.batchSize,
-          shardSize: flags.shardSize,
-          resume: flags.resume,
-          slice: flags.shard,
-          adapter: flags.adapter ?? null,
+          ...opts,
           onProgress: (done) => progress.update(done),
         });
         progress.stop();

@@ -11,6 +11,13 @@ export function registerStore(program: Command): void {
     .action(async (dir: string, flags: { json?: boolean }) => {
       const s = await ActivationStore.open(dir);
       const m = s.manifest;
+      // A damaged store is reported, never summarised as if whole.
+      const verified = await s.verify();
+      if (!verified) {
+        process.stderr.write(
+          `emlens: warning: ${dir} was written by an older emlens (manifest v${m.version}) without shard checksums or weight fingerprints; its content cannot be verified, and it cannot be resumed or merged.\n`,
+        );
+      }
       if (flags.json) {
         console.log(JSON.stringify(m, null, 2));
         return;
@@ -25,7 +32,12 @@ export function registerStore(program: Command): void {
           `tokens    ${tokens} answer tokens (mean ${(tokens / Math.max(1, counts.length)).toFixed(1)} per record)`,
           `reduce    ${m.reduce}, ${m.dtype}, d_model ${m.dModel}`,
           `hooks     ${m.hooks.length}: ${m.hooks.length > 4 ? `${m.hooks.slice(0, 2).join(', ')}, ..., ${m.hooks.at(-1)}` : m.hooks.join(', ')}`,
-          `shards    ${m.shards.length} (${m.shardSize} records each, batch ${m.batchSize})`,
+          `shards    ${m.shards.length} (${m.shardSize} records each, batch ${m.batchSize})${verified ? ', sha256 verified' : ', not verifiable (v1)'}`,
+          ...(m.inputs
+            ? [
+                `inputs    weights ${m.inputs.weights.slice(0, 12)}${m.inputs.adapterWeights ? `, adapter ${m.inputs.adapterWeights.slice(0, 12)}` : ''}, ${m.inputs.profile} on ${m.inputs.device}${m.inputs.span ? `, span ${m.inputs.span}` : ''}${m.inputs.data ? `, data ${m.inputs.data.slice(0, 12)}` : ''}`,
+              ]
+            : []),
         ].join('\n'),
       );
     });
@@ -33,9 +45,10 @@ export function registerStore(program: Command): void {
     .command('merge')
     .description('join the slices of one `collect --shard i/N` job')
     .requiredOption('--out <dir>', 'new store folder')
+    .option('--overwrite', 'replace what is in --out (the old folder stays until the merge is complete)')
     .argument('<slices...>', 'slice store folders')
-    .action(async (slices: string[], flags: { out: string }) => {
-      const m = await mergeStores(slices, flags.out);
+    .action(async (slices: string[], flags: { out: string; overwrite?: boolean }) => {
+      const m = await mergeStores(slices, flags.out, { overwrite: flags.overwrite });
       console.log(`${flags.out}: ${m.records} records from ${slices.length} slices`);
     });
 }
