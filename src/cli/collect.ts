@@ -108,9 +108,10 @@ export function registerCollect(program: Command): void {
       // and sequence limit are known only once it has; they are checked then.
       const spec = await readConfig(flags.model);
       // Before the graph is built (minutes for a real model): a record too long for it fails the run anyway.
-      checkLengths(flags.data, responses, records, defaultMaxPositions(spec));
+      const maxPositions = defaultMaxPositions(spec);
+      checkLengths(flags.data, responses, records, maxPositions);
       const planned = await planCollect(
-        { dir: flags.model, spec, device: flags.device, profile: flags.profile ?? 'fp32', maxPositions: 0 },
+        { dir: flags.model, spec, device: flags.device, profile: flags.profile ?? 'fp32', maxPositions },
         records,
         opts,
       );
