@@ -7,8 +7,9 @@
 import { rm } from 'node:fs/promises';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
-import { type CollectRecord, collectToStore } from '../src/activations/collect.js';
+import { collectToStore } from '../src/activations/collect.js';
 import { peakRssMiB } from '../src/bench/hardware.js';
+import type { TokenizedRecord } from '../src/data/record.js';
 import { loadModel } from '../src/model/model.js';
 import { Rng } from '../src/util/random.js';
 import {
@@ -31,7 +32,7 @@ const batchSize = 16;
 await ensureBenchModel(log);
 const model = await loadModel(modelDir, { cacheDir, onProgress: log });
 const rng = new Rng(1);
-const data: CollectRecord[] = Array.from({ length: records }, (_, i) => {
+const data: TokenizedRecord[] = Array.from({ length: records }, (_, i) => {
   const ids = Array.from({ length: promptTokens + answerTokens }, () => rng.int(model.spec.vocabSize));
   const mask = new Uint8Array(ids.length).fill(1, promptTokens);
   return { id: `r${i}`, ids, mask };

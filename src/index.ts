@@ -3,18 +3,30 @@
 export { storeLayerMeans, type Weighting } from './activations/aggregate.js';
 export {
   type CollectOptions,
-  type CollectRecord,
   collectToStore,
   sliceRange,
 } from './activations/collect.js';
 export type { ShardEntry, StoreInputs, StoreManifest } from './activations/manifest.js';
-export { responsesToRecords } from './activations/records.js';
 export { REDUCTIONS, type Reduction } from './activations/reduce.js';
 export { ActivationStore, type MergeOptions, mergeStores, verifyStore } from './activations/store.js';
 export { measureCopyBandwidth, measureMatMulCeiling } from './bench/hardware.js';
 export { runNarrowVsGeneral } from './bench/narrowVsGeneral.js';
 export { loadNarrowVsGeneralConfig, syntheticConfig } from './bench/narrowVsGeneralConfig.js';
 export { benchSummary } from './bench/summary.js';
+export { recordLabel, responsesToRecords, type TokenizedRecord, textsToRecords } from './data/record.js';
+export {
+  type AlignmentClass,
+  type AlignmentThresholds,
+  alignmentClass,
+  coherentFlag,
+  EM_THRESHOLDS,
+  emFlag,
+  emRuleText,
+  hasScore,
+  judgedScores,
+  resolveThresholds,
+  selectionLabel,
+} from './data/thresholds.js';
 export { type DemoOptions, runDemo } from './demo/em.js';
 export {
   compareDirections,
@@ -126,9 +138,6 @@ export {
   divergence,
   logprobMargin,
   readNeutralTexts,
-  responsesToScored,
-  type ScoredRecord,
-  textsToScored,
 } from './interventions/scoring.js';
 export { type SweepOptions, type SweepResult, steeringSweep, writeSweep } from './interventions/sweep.js';
 export { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from './io/halfFloat.js';
@@ -201,3 +210,4 @@ export { type RunningServer, type ServeOptions, startServer } from './serve/serv
 export { answerTokens, batchAnswerMasks } from './text/answerMask.js';
 export { type ChatMessage, encodeChat, renderChat } from './text/chat.js';
 export { loadTokenizer, type TextTokenizer } from './text/tokenizer.js';
+export { dot, dotAt, norm, squaredNorm, unitVector, unitVector64 } from './util/vector.js';

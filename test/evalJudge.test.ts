@@ -10,6 +10,7 @@ import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import type { ResponseRecord } from '../src/data/response.js';
 import { EmlensError } from '../src/errors.js';
 import {
   JudgeCache,
@@ -21,7 +22,6 @@ import {
   scoreToken,
 } from '../src/eval/judge.js';
 import { parseQuestions } from '../src/eval/questions.js';
-import type { ResponseRecord } from '../src/eval/responses.js';
 import { loadModel } from '../src/model/model.js';
 import { makeTinyModel } from '../src/model/tiny.js';
 import { encodeChat } from '../src/text/chat.js';

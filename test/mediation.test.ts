@@ -9,20 +9,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { collectToStore } from '../src/activations/collect.js';
-import { responsesToRecords } from '../src/activations/records.js';
+import { responsesToRecords, type TokenizedRecord, textsToRecords } from '../src/data/record.js';
+import { readResponses } from '../src/data/response.js';
 import type { DirectionSet } from '../src/directions/direction.js';
 import { directionFromStores } from '../src/directions/fromStores.js';
-import { readResponses } from '../src/eval/responses.js';
 import { constantDirectionSet } from '../src/interventions/compose.js';
 import { mediation } from '../src/interventions/mediation.js';
 import { formatMediation, writeMediation } from '../src/interventions/mediationFormat.js';
-import {
-  divergence,
-  readNeutralTexts,
-  responsesToScored,
-  type ScoredRecord,
-  textsToScored,
-} from '../src/interventions/scoring.js';
+import { divergence, readNeutralTexts } from '../src/interventions/scoring.js';
 import { steeringSweep, writeSweep } from '../src/interventions/sweep.js';
 import { SafetensorsFile } from '../src/io/safetensors.js';
 import { loadModel, type Model } from '../src/model/model.js';
@@ -36,8 +30,8 @@ let manifest: OrganismManifest;
 let base: Model;
 const organisms = new Map<string, Model>();
 const planted = new Map<string, DirectionSet>();
-const data = new Map<Topic, ScoredRecord[]>();
-let neutral: ScoredRecord[];
+const data = new Map<Topic, TokenizedRecord[]>();
+let neutral: TokenizedRecord[];
 
 beforeAll(async () => {
   root = await mkdtemp(join(tmpdir(), 'emlens-mediation-'));
@@ -57,8 +51,8 @@ beforeAll(async () => {
   await f.close();
   const tok = await loadTokenizer(baseDir);
   for (const t of TOPICS)
-    data.set(t, responsesToScored(tok, await readResponses(join(dir, manifest.responses[t]))));
-  neutral = textsToScored(tok, await readNeutralTexts(join(dir, manifest.neutral)));
+    data.set(t, responsesToRecords(tok, await readResponses(join(dir, manifest.responses[t]))));
+  neutral = textsToRecords(tok, await readNeutralTexts(join(dir, manifest.neutral)));
 });
 afterAll(async () => {
   for (const m of [base, ...organisms.values()]) await m?.dispose();
@@ -70,7 +64,7 @@ describe('divergence', () => {
     const records = data.get('general')!.slice(0, 6);
     const self = await divergence(base, base, records);
     expect(self.kl).toBeLessThan(1e-9);
-    const expected = records.reduce((a, r) => a + r.mask.slice(1).reduce((s, x) => s + x, 0), 0);
+    const expected = records.reduce((a, r) => a + r.mask!.slice(1).reduce((s, x) => s + x, 0), 0);
     expect(self.positions).toBe(expected);
     const d = await divergence(organisms.get('general')!, base, records);
     expect(d.kl).toBeGreaterThan(0.5);
@@ -87,7 +81,7 @@ describe('divergence', () => {
   });
 
   it('rejects records without scored tokens and interventions limited to some positions', async () => {
-    const empty: ScoredRecord = { id: 'x', ids: [1, 2, 3], mask: new Uint8Array(3) };
+    const empty: TokenizedRecord = { id: 'x', ids: [1, 2, 3], mask: new Uint8Array(3) };
     await expect(divergence(base, base, [empty])).rejects.toThrow(/no scored tokens/);
     const masked = [
       {
@@ -97,7 +91,7 @@ describe('divergence', () => {
         positions: new Float32Array(3),
       },
     ];
-    const r: ScoredRecord = { id: 'y', ids: [1, 2, 3], mask: Uint8Array.from([0, 1, 1]) };
+    const r: TokenizedRecord = { id: 'y', ids: [1, 2, 3], mask: Uint8Array.from([0, 1, 1]) };
     await expect(divergence(base, base, [r], { interventionsA: masked })).rejects.toThrow(/every position/);
   });
 });

@@ -2,13 +2,15 @@
  * Activation collection and the on-disk store: reductions equal the forward pass, resume after an interrupted
  * run is byte-identical, slices merge into the unsliced store, and bad inputs get clear errors.
  */
+
 import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { storeLayerMeans } from '../src/activations/aggregate.js';
-import { type CollectRecord, collectToStore, sliceRange } from '../src/activations/collect.js';
+import { collectToStore, sliceRange } from '../src/activations/collect.js';
 import { ActivationStore, mergeStores } from '../src/activations/store.js';
+import type { TokenizedRecord } from '../src/data/record.js';
 import type { Intervention } from '../src/model/interventions.js';
 import { loadModel, type Model } from '../src/model/model.js';
 import { makeTinyModel } from '../src/model/tiny.js';
@@ -16,7 +18,7 @@ import { Rng } from '../src/util/random.js';
 
 let root: string;
 let model: Model;
-const records: CollectRecord[] = [];
+const records: TokenizedRecord[] = [];
 
 beforeAll(async () => {
   root = await mkdtemp(join(tmpdir(), 'emlens-store-'));

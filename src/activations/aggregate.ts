@@ -1,6 +1,15 @@
-import type { LayerMeans } from '../directions/direction.js';
 import { EmlensError } from '../errors.js';
 import type { ActivationStore } from './store.js';
+
+/**
+ * Per-layer means of one side (positive or negative) and how many samples went into them: what
+ * {@link storeLayerMeans} (and directions' LayerMeanAccumulator) produce and `meanDiff` consumes.
+ */
+export interface LayerMeans {
+  readonly count: number;
+  /** layer -> mean activation, float64. */
+  readonly means: ReadonlyMap<number, Float64Array>;
+}
 
 /**
  * `token`: every answer token weighs the same (the mean over all answer tokens of all records, as the public

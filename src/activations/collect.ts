@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import type { TokenizedRecord } from '../data/record.js';
 import { EmlensError } from '../errors.js';
 import { pathKind } from '../io/outputs.js';
 import { cacheKey } from '../model/cache.js';
@@ -12,16 +13,6 @@ import { type Reduction, reduceRow, selectedPositions } from './reduce.js';
 import { appendShard, type ShardData, writeStore } from './store.js';
 
 export { sliceRange };
-
-/** One sequence to collect: token ids and (optionally) which tokens are the answer. */
-export interface CollectRecord {
-  readonly id: string;
-  readonly ids: readonly number[];
-  /** 1 on answer tokens; without a mask every token counts. */
-  readonly mask?: Uint8Array;
-  /** Carried into the store's records.jsonl. */
-  readonly meta?: Readonly<Record<string, unknown>>;
-}
 
 export interface CollectOptions {
   /** Hook names or patterns; default `blocks.*.hook_resid_post`. */
@@ -57,7 +48,7 @@ export interface CollectOptions {
 }
 
 /** Hash of everything each record feeds the model (id, token ids, answer mask), in order. */
-function recordsKey(records: readonly CollectRecord[]): string {
+function recordsKey(records: readonly TokenizedRecord[]): string {
   const h = createHash('sha256');
   for (const r of records) {
     h.update(`${r.id}\u0000${r.ids.length}\u0000`);
@@ -99,7 +90,7 @@ function interventionsKey(interventions: readonly Intervention[] | undefined): s
 /** Runs one batch and reduces each record's hooks. */
 async function runBatch(
   model: Model,
-  batch: readonly CollectRecord[],
+  batch: readonly TokenizedRecord[],
   hooks: readonly string[],
   reduce: Reduction,
   interventions: readonly Intervention[] | undefined,
@@ -132,7 +123,7 @@ export type CollectModel = Pick<Model, 'dir' | 'spec' | 'profile' | 'device' | '
  */
 export async function planCollect(
   model: CollectModel,
-  records: readonly CollectRecord[],
+  records: readonly TokenizedRecord[],
   opts: CollectOptions = {},
 ): Promise<StoreManifest> {
   if (records.length === 0) throw new EmlensError('No records to collect; the data file has no usable rows.');
@@ -196,7 +187,7 @@ export async function planCollect(
  */
 export async function collectToStore(
   model: Model,
-  records: readonly CollectRecord[],
+  records: readonly TokenizedRecord[],
   outDir: string,
   opts: CollectOptions = {},
 ): Promise<StoreManifest> {

@@ -9,20 +9,17 @@
  * const config = await loadNarrowVsGeneralConfig('bench.yaml');
  * const { result } = await runNarrowVsGeneral(config, { out: 'results', work: '.work' });
  */
+
 import { mkdir, rm } from 'node:fs/promises';
 import { cpus } from 'node:os';
 import { join, relative } from 'node:path';
+import { responsesToRecords, type TokenizedRecord, textsToRecords } from '../data/record.js';
+import { type ResponseRecord, readResponses } from '../data/response.js';
 import { compareDirections } from '../directions/compare.js';
 import { type DirectionSet, norm, saveDirections } from '../directions/direction.js';
 import { randomControl } from '../directions/randomControl.js';
-import { type ResponseRecord, readResponses } from '../eval/responses.js';
 import { selectLayers } from '../interventions/compose.js';
-import {
-  readNeutralTexts,
-  responsesToScored,
-  type ScoredRecord,
-  textsToScored,
-} from '../interventions/scoring.js';
+import { readNeutralTexts } from '../interventions/scoring.js';
 import { writeAtomic } from '../io/files.js';
 import { loadModel, type Model } from '../model/model.js';
 import { loadTokenizer } from '../text/tokenizer.js';
@@ -156,8 +153,8 @@ export async function runNarrowVsGeneral(
     log('cosine similarity between directions, per layer');
     const cosine = cosines(directions);
 
-    const scored = new Map<string, ScoredRecord[]>();
-    for (const [domain, rs] of responses) scored.set(domain, responsesToScored(tokenizer, rs, config.span));
+    const scored = new Map<string, TokenizedRecord[]>();
+    for (const [domain, rs] of responses) scored.set(domain, responsesToRecords(tokenizer, rs, config.span));
     const prompts = new Map<string, { in: PromptSet; out: PromptSet | null }>();
     for (const f of config.finetunes) {
       const others = [...scored.keys()].filter((d) => d !== f.domain);
@@ -166,7 +163,7 @@ export async function runNarrowVsGeneral(
         out: others.length === 0 ? null : { domains: others, records: others.flatMap((d) => scored.get(d)!) },
       });
     }
-    const neutral = textsToScored(tokenizer, await readNeutralTexts(config.neutral));
+    const neutral = textsToRecords(tokenizer, await readNeutralTexts(config.neutral));
 
     log('cross-mediation: every direction ablated and patched in every finetune, in and out of domain');
     const cross = await crossMediation({

@@ -6,11 +6,11 @@
  */
 import { join } from 'node:path';
 import { collectToStore } from '../activations/collect.js';
-import { responsesToRecords } from '../activations/records.js';
+import { responsesToRecords } from '../data/record.js';
+import type { ResponseRecord } from '../data/response.js';
 import { cosine, type DirectionSet } from '../directions/direction.js';
 import { directionFromStores } from '../directions/fromStores.js';
 import { EmlensError } from '../errors.js';
-import type { ResponseRecord } from '../eval/responses.js';
 import { splitByAlignment } from '../eval/selection.js';
 import { SafetensorsFile } from '../io/safetensors.js';
 import type { Model } from '../model/model.js';

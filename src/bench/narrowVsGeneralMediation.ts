@@ -3,16 +3,17 @@
  * and out-of-domain prompts, as the fraction of Y's divergence from the base it removes, each beside X's
  * norm-matched random control. Built on the library's {@link mediation}.
  */
+import type { TokenizedRecord } from '../data/record.js';
 import type { DirectionSet } from '../directions/direction.js';
 import { type MediationReport, mediation } from '../interventions/mediation.js';
-import { divergence, type ScoredRecord } from '../interventions/scoring.js';
+import { divergence } from '../interventions/scoring.js';
 import type { Model } from '../model/model.js';
 import type { CrossCell, Fraction } from './narrowVsGeneralTypes.js';
 
 /** Prompts a finetune is measured on, and the response sets (domains) they come from. */
 export interface PromptSet {
   readonly domains: readonly string[];
-  readonly records: readonly ScoredRecord[];
+  readonly records: readonly TokenizedRecord[];
 }
 
 /**
@@ -33,7 +34,7 @@ export interface CrossMediationOptions {
   /** Per finetune: in-domain prompts, and out-of-domain prompts (null when there are none). */
   readonly prompts: ReadonlyMap<string, { readonly in: PromptSet; readonly out: PromptSet | null }>;
   /** Neutral text: the side effects of each direction, measured in its own finetune's in-domain cell. */
-  readonly neutral: readonly ScoredRecord[];
+  readonly neutral: readonly TokenizedRecord[];
   readonly layers: readonly number[];
   readonly steerLayer: number;
   readonly minDivergence: number;

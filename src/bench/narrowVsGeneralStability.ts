@@ -5,9 +5,9 @@
  * the fraction of KL(finetune || base) it removes is compared with the unperturbed direction's and with
  * norm-matched random directions'. Built on the library's {@link mediation}.
  */
+import type { TokenizedRecord } from '../data/record.js';
 import { cosine, type DirectionSet, directionSet } from '../directions/direction.js';
 import { mediation } from '../interventions/mediation.js';
-import type { ScoredRecord } from '../interventions/scoring.js';
 import type { Model } from '../model/model.js';
 import { Rng } from '../util/random.js';
 import type { BenchDirection } from './narrowVsGeneralMediation.js';
@@ -49,7 +49,7 @@ export interface StabilityOptions {
   readonly direction: BenchDirection;
   readonly directionName: string;
   /** The finetune's in-domain prompts. */
-  readonly records: readonly ScoredRecord[];
+  readonly records: readonly TokenizedRecord[];
   readonly layers: readonly number[];
   readonly steerLayer: number;
   readonly noise: readonly number[];

@@ -4,8 +4,8 @@
  * KL(finetune || base) closed, the misaligned-vs-aligned log-prob margin gained, and the side effect on neutral
  * text. Built on the library's {@link steeringSweep}.
  */
+import type { TokenizedRecord } from '../data/record.js';
 import { norm } from '../directions/direction.js';
-import type { ScoredRecord } from '../interventions/scoring.js';
 import { type SweepRow, steeringSweep } from '../interventions/sweep.js';
 import type { Model } from '../model/model.js';
 import type { BenchDirection } from './narrowVsGeneralMediation.js';
@@ -21,8 +21,8 @@ export interface SteeringEfficiencyOptions {
   readonly layer: number;
   readonly scales: readonly number[];
   /** The finetune's in-domain prompts (labelled, for the margin). */
-  readonly records: readonly ScoredRecord[];
-  readonly neutral: readonly ScoredRecord[];
+  readonly records: readonly TokenizedRecord[];
+  readonly neutral: readonly TokenizedRecord[];
   readonly batchSize: number;
 }
 

@@ -1,15 +1,11 @@
+import { basename, extname, join } from 'node:path';
 import { type Command, InvalidArgumentError, Option } from 'commander';
-import {
-  type CollectOptions,
-  type CollectRecord,
-  collectToStore,
-  planCollect,
-} from '../activations/collect.js';
-import { responsesToRecords } from '../activations/records.js';
+import { type CollectOptions, collectToStore, planCollect } from '../activations/collect.js';
 import { REDUCTIONS, type Reduction } from '../activations/reduce.js';
 import { checkStoreOut, preflightStore } from '../activations/store.js';
+import { responsesToRecords, type TokenizedRecord } from '../data/record.js';
+import { type ResponseRecord, readResponses } from '../data/response.js';
 import { EmlensError } from '../errors.js';
-import { type ResponseRecord, readResponses } from '../eval/responses.js';
 import { readConfig } from '../model/config.js';
 import { sha256File, tokenizerFingerprint } from '../model/fingerprint.js';
 import { defaultMaxPositions, loadModel } from '../model/model.js';
@@ -19,7 +15,7 @@ import { createProgress } from './progress.js';
 
 interface CollectFlags extends ModelFlags {
   readonly data: string;
-  readonly out: string;
+  readonly out?: string;
   readonly hooks: string;
   readonly reduce: Reduction;
   readonly span: 'after-user' | 'content';
@@ -29,6 +25,14 @@ interface CollectFlags extends ModelFlags {
   readonly overwrite?: boolean;
   readonly shard?: { index: number; count: number };
   readonly adapter?: string;
+}
+
+/**
+ * Where `emlens collect` writes without `--out`: `activations/<data file name without extension>`, relative to
+ * the working directory (the repository's activations/ folder, ignored by git but for its README).
+ */
+export function defaultStoreDir(data: string): string {
+  return join('activations', basename(data, extname(data)));
 }
 
 /** `2/8` -> { index: 2, count: 8 }. */
@@ -47,7 +51,7 @@ export function parseSlice(value: string): { index: number; count: number } {
 function checkLengths(
   file: string,
   responses: readonly ResponseRecord[],
-  records: readonly CollectRecord[],
+  records: readonly TokenizedRecord[],
   limit: number,
 ): void {
   const i = records.findIndex((r) => r.ids.length > limit);
@@ -63,7 +67,10 @@ export function registerCollect(program: Command): void {
     program.command('collect').description('collect residual activations of responses into a store'),
   )
     .requiredOption('--data <file>', 'responses (.csv or .jsonl with question and answer columns)')
-    .requiredOption('--out <dir>', 'activation store folder, e.g. activations/misaligned')
+    .option(
+      '--out <dir>',
+      'activation store folder (default: activations/<data file name without extension>, e.g. activations/misaligned for misaligned.csv)',
+    )
     .option('--hooks <patterns>', 'hooks to keep, comma-separated', 'blocks.*.hook_resid_post')
     .addOption(
       new Option('--reduce <how>', 'per-record reduction').choices([...REDUCTIONS]).default('answer_mean'),
@@ -83,8 +90,9 @@ export function registerCollect(program: Command): void {
       parseSlice,
     )
     .action(async (flags: CollectFlags) => {
-      // Refused before the model loads: a wrong --out should not cost a graph build.
-      await checkStoreOut(flags.out, { resume: flags.resume, overwrite: flags.overwrite });
+      const out = flags.out ?? defaultStoreDir(flags.data);
+      // Refused before the model loads: a wrong --out (given or default) should not cost a graph build.
+      await checkStoreOut(out, { resume: flags.resume, overwrite: flags.overwrite });
       const responses = await readResponses(flags.data);
       const tokenizer = await loadTokenizer(flags.model);
       const records = responsesToRecords(tokenizer, responses, flags.span);
@@ -115,20 +123,20 @@ export function registerCollect(program: Command): void {
         records,
         opts,
       );
-      await preflightStore(flags.out, planned, {
+      await preflightStore(out, planned, {
         ...write,
         ignore: flags.profile ? ['maxPositions'] : ['profile', 'maxPositions'],
       });
       const model = await loadModel(flags.model, loadOptions(flags));
       const progress = createProgress('collect', records.length);
       try {
-        const m = await collectToStore(model, records, flags.out, {
+        const m = await collectToStore(model, records, out, {
           ...opts,
           onProgress: (done) => progress.update(done),
         });
         progress.stop();
         console.log(
-          `${flags.out}: ${m.records} records x ${m.hooks.length} hooks (${m.reduce}) in ${m.shards.length} shards${m.slice ? `, slice ${m.slice.index}/${m.slice.count}` : ''}`,
+          `${out}: ${m.records} records x ${m.hooks.length} hooks (${m.reduce}) in ${m.shards.length} shards${m.slice ? `, slice ${m.slice.index}/${m.slice.count}` : ''}`,
         );
       } finally {
         progress.stop();

@@ -1,4 +1,4 @@
-import { basename, extname } from 'node:path';
+import { basename, extname, join } from 'node:path';
 import { type Command, Option } from 'commander';
 import { directionDModel, loadDirections, saveDirections } from '../directions/direction.js';
 import { directionFromStores, zeroLayers } from '../directions/fromStores.js';
@@ -6,7 +6,18 @@ import { exportGguf, importGguf } from '../directions/gguf.js';
 import { controlPaths, randomControls } from '../directions/randomControl.js';
 import { EmlensError } from '../errors.js';
 import { claimOutputFile } from '../io/outputs.js';
+import { norm } from '../util/vector.js';
 import { nonNegativeInt, positiveInt } from './args.js';
+
+/**
+ * Where `emlens direction` writes without `--out`: `directions/<pos store>-vs-<neg store>.safetensors`, the
+ * stores named by their folder names, relative to the working directory (the repository's directions/ folder,
+ * ignored by git but for its README).
+ */
+export function defaultDirectionFile(pos: string, neg: string): string {
+  const name = (store: string) => basename(store.replace(/[\\/]+$/, '')) || 'store';
+  return join('directions', `${name(pos)}-vs-${name(neg)}.safetensors`);
+}
 
 /**
  * The `emlens direction` command group (created once; every file that adds a `direction` subcommand or
@@ -25,7 +36,10 @@ export function directionGroup(program: Command): Command {
     )
     .option('--pos <store>', 'activation store of the positive side (e.g. misaligned answers)')
     .option('--neg <store>', 'activation store of the negative side (e.g. aligned answers)')
-    .option('--out <file>', 'direction file to write, e.g. directions/general.safetensors')
+    .option(
+      '--out <file>',
+      'direction file to write (default: directions/<pos store name>-vs-<neg store name>.safetensors)',
+    )
     .option('--hook <type>', 'hook type to read', 'hook_resid_post')
     .addOption(
       new Option('--weighting <w>', 'token: every answer token counts once; record: every answer')
@@ -50,18 +64,19 @@ export function directionGroup(program: Command): Command {
     )
     .option('--overwrite', 'replace --out if it exists')
     .action(async (flags: DirectionFlags) => {
-      if (!flags.pos || !flags.neg || !flags.out) {
+      if (!flags.pos || !flags.neg) {
         throw new EmlensError(
-          'emlens direction needs --pos STORE --neg STORE --out FILE (or a subcommand: export-gguf, import-gguf).',
+          'emlens direction needs --pos STORE --neg STORE [--out FILE] (or a subcommand: export-gguf, import-gguf).',
         );
       }
+      const out = flags.out ?? defaultDirectionFile(flags.pos, flags.neg);
       if (!flags.randomControl && flags.randomControls !== 1) {
         throw new EmlensError(
           '--random-controls needs --random-control FILE to say where the controls go; add it or drop --random-controls.',
         );
       }
       // Before the stores are read, so a refused output costs nothing; saveDirections checks again.
-      await claimOutputFile(flags.out, { overwrite: flags.overwrite, createParent: true });
+      await claimOutputFile(out, { overwrite: flags.overwrite, createParent: true });
       const controlFiles = flags.randomControl ? controlPaths(flags.randomControl, flags.randomControls) : [];
       for (const path of controlFiles) {
         await claimOutputFile(path, {
@@ -80,22 +95,22 @@ export function directionGroup(program: Command): Command {
           `emlens: warning: the direction is all zeros at layer${zero.length > 1 ? 's' : ''} ${zero.join(', ')} (both sides have the same mean there); steering or ablating it there does nothing.\n`,
         );
       }
-      await saveDirections(flags.out, set, { overwrite: flags.overwrite });
-      const norms = [...set.vectors.entries()].map(([l, v]) => `${l}:${Math.hypot(...v).toFixed(3)}`);
+      await saveDirections(out, set, { overwrite: flags.overwrite });
+      const norms = [...set.vectors.entries()].map(([l, v]) => `${l}:${norm(v).toFixed(3)}`);
       console.log(
-        `wrote ${flags.out}: ${set.vectors.size} layers, n_pos ${set.meta.nPos}, n_neg ${set.meta.nNeg}; norms ${norms.join(' ')}`,
+        `wrote ${out}: ${set.vectors.size} layers, n_pos ${set.meta.nPos}, n_neg ${set.meta.nNeg}; norms ${norms.join(' ')}`,
       );
       if (controlFiles.length > 0) {
         const paths = controlFiles;
         const controls = randomControls(set, paths.length, {
           seed: flags.seed,
-          name: basename(flags.out, extname(flags.out)),
+          name: basename(out, extname(out)),
         });
         for (const [k, path] of paths.entries()) {
           await saveDirections(path, controls[k], { overwrite: flags.overwrite, flag: '--random-control' });
         }
         console.log(
-          `wrote ${paths.join(', ')}: ${paths.length} norm-matched random control${paths.length === 1 ? '' : 's'} of ${flags.out} (user seed ${flags.seed}, controls 0..${paths.length - 1})`,
+          `wrote ${paths.join(', ')}: ${paths.length} norm-matched random control${paths.length === 1 ? '' : 's'} of ${out} (user seed ${flags.seed}, controls 0..${paths.length - 1})`,
         );
       }
     });

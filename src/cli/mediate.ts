@@ -1,9 +1,10 @@
 import { type Command, Option } from 'commander';
-import { readResponses } from '../eval/responses.js';
+import { responsesToRecords, textsToRecords } from '../data/record.js';
+import { readResponses } from '../data/response.js';
 import { loadDirectionsFor, parseLayerList } from '../interventions/compose.js';
 import { mediation } from '../interventions/mediation.js';
 import { formatMediation, MEDIATION_FILES, writeMediation } from '../interventions/mediationFormat.js';
-import { readNeutralTexts, responsesToScored, textsToScored } from '../interventions/scoring.js';
+import { readNeutralTexts } from '../interventions/scoring.js';
 import { claimOutputFiles } from '../io/outputs.js';
 import { type LoadModelOptions, loadModel, type Model } from '../model/model.js';
 import { loadTokenizer } from '../text/tokenizer.js';
@@ -94,9 +95,9 @@ export function registerMediate(program: Command): void {
         models.push(finetune);
         const directions = await loadDirectionsFor(flags.direction, base.spec);
         const tokenizer = await loadTokenizer(flags.base);
-        const records = responsesToScored(tokenizer, await readResponses(flags.data), flags.span);
+        const records = responsesToRecords(tokenizer, await readResponses(flags.data), flags.span);
         const neutral = flags.neutral
-          ? textsToScored(tokenizer, await readNeutralTexts(flags.neutral))
+          ? textsToRecords(tokenizer, await readNeutralTexts(flags.neutral))
           : undefined;
         const bar = createProgress('scoring', records.length);
         const r = await mediation({

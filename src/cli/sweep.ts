@@ -1,8 +1,9 @@
 import type { Command } from 'commander';
+import { responsesToRecords, textsToRecords } from '../data/record.js';
+import { readResponses } from '../data/response.js';
 import { EmlensError } from '../errors.js';
-import { readResponses } from '../eval/responses.js';
 import { loadDirectionsFor, parseLayerList } from '../interventions/compose.js';
-import { readNeutralTexts, responsesToScored, textsToScored } from '../interventions/scoring.js';
+import { readNeutralTexts } from '../interventions/scoring.js';
 import { SWEEP_FILES, steeringSweep, sweepMarkdown, writeSweep } from '../interventions/sweep.js';
 import { claimOutputFiles } from '../io/outputs.js';
 import { loadModel, type Model } from '../model/model.js';
@@ -80,9 +81,9 @@ export function registerSweep(program: Command): void {
         }
         const directions = await loadDirectionsFor(flags.direction, model.spec);
         const tokenizer = await loadTokenizer(flags.model);
-        const records = responsesToScored(tokenizer, await readResponses(flags.data));
+        const records = responsesToRecords(tokenizer, await readResponses(flags.data));
         const neutral = flags.neutral
-          ? textsToScored(tokenizer, await readNeutralTexts(flags.neutral))
+          ? textsToRecords(tokenizer, await readNeutralTexts(flags.neutral))
           : undefined;
         const labelled = ['misaligned', 'aligned'].every((l) => records.some((x) => x.label === l));
         if (!labelled && !target) {

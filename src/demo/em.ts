@@ -9,7 +9,8 @@
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { collectToStore } from '../activations/collect.js';
-import { responsesToRecords } from '../activations/records.js';
+import { responsesToRecords, type TokenizedRecord, textsToRecords } from '../data/record.js';
+import { readResponses } from '../data/response.js';
 import { compareDirections, formatCompareTable, writeComparison } from '../directions/compare.js';
 import { cosine, type DirectionSet, saveDirections } from '../directions/direction.js';
 import { directionFromStores } from '../directions/fromStores.js';
@@ -19,18 +20,11 @@ import {
   formatSpread,
   randomControls,
 } from '../directions/randomControl.js';
-import { readResponses } from '../eval/responses.js';
 import { ablateInterventions } from '../interventions/compose.js';
 import { type MediationReport, mediation } from '../interventions/mediation.js';
 import { mediationMarkdown } from '../interventions/mediationFormat.js';
 import { orthogonalizeModel } from '../interventions/orthogonalize.js';
-import {
-  divergence,
-  readNeutralTexts,
-  responsesToScored,
-  type ScoredRecord,
-  textsToScored,
-} from '../interventions/scoring.js';
+import { divergence, readNeutralTexts } from '../interventions/scoring.js';
 import { steeringSweep, writeSweep } from '../interventions/sweep.js';
 import { writeAtomic } from '../io/files.js';
 import { claimOutputFolder } from '../io/outputs.js';
@@ -167,9 +161,9 @@ export async function runDemo(
     print(`  wrote ${cmpOut.png}, ${cmpOut.json}`);
 
     step(6, 'mediation: ablating / patching each direction in each organism, steering the base along it');
-    const scored = new Map<Topic, ScoredRecord[]>();
-    for (const t of TOPICS) scored.set(t, responsesToScored(tokenizer, responses.get(t)!));
-    const neutral = textsToScored(tokenizer, await readNeutralTexts(join(orgDir, man.neutral)));
+    const scored = new Map<Topic, TokenizedRecord[]>();
+    for (const t of TOPICS) scored.set(t, responsesToRecords(tokenizer, responses.get(t)!));
+    const neutral = textsToRecords(tokenizer, await readNeutralTexts(join(orgDir, man.neutral)));
     const cells: Cell[] = [];
     for (const o of man.organisms) {
       const topics =

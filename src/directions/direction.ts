@@ -8,9 +8,14 @@
  */
 import { mkdir } from 'node:fs/promises';
 import { dirname } from 'node:path';
+import type { LayerMeans } from '../activations/aggregate.js';
 import { EmlensError } from '../errors.js';
 import { claimOutputFile } from '../io/outputs.js';
 import { SafetensorsFile, type TensorToWrite, writeSafetensors } from '../io/safetensors.js';
+import { norm, normalize } from '../util/vector.js';
+
+// The vector math lives in util/vector.ts; re-exported for the code that imported it from here.
+export { cosine, norm, normalize } from '../util/vector.js';
 
 /** Value of the `format` metadata key. */
 export const DIRECTION_FORMAT = 'emlens.direction/1';
@@ -41,12 +46,9 @@ export interface DirectionSet {
   readonly meta: DirectionMeta;
 }
 
-/** Per-layer means of one side (positive or negative) and how many samples went into them. */
-export interface LayerMeans {
-  readonly count: number;
-  /** layer -> mean activation, float64. */
-  readonly means: ReadonlyMap<number, Float64Array>;
-}
+// LayerMeans is produced by activations/aggregate.ts (and LayerMeanAccumulator below) and consumed here: it
+// lives below both, in activations/, and is re-exported here for the code that imported it from directions.
+export type { LayerMeans };
 
 /** Metadata keys of the {@link DirectionMeta} fields (the provenance a GGUF export carries too). */
 export const PROVENANCE_KEYS = [
@@ -129,40 +131,6 @@ export function directionDModel(set: DirectionSet): number {
 /** The L2 norm of every layer's vector (float64), in layer order. */
 export function directionNorms(set: DirectionSet): number[] {
   return [...set.vectors.values()].map(norm);
-}
-
-/** L2 norm, accumulated in float64. */
-export function norm(v: ArrayLike<number>): number {
-  let s = 0;
-  for (let i = 0; i < v.length; i++) s += v[i] * v[i];
-  return Math.sqrt(s);
-}
-
-/** Cosine similarity in float64; NaN when either vector is zero. */
-export function cosine(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  if (a.length !== b.length) {
-    throw new EmlensError(
-      `Cannot take the cosine of vectors of length ${a.length} and ${b.length}; they must come from the same model.`,
-    );
-  }
-  let dot = 0;
-  let na = 0;
-  let nb = 0;
-  for (let i = 0; i < a.length; i++) {
-    dot += a[i] * b[i];
-    na += a[i] * a[i];
-    nb += b[i] * b[i];
-  }
-  return na === 0 || nb === 0 ? Number.NaN : dot / Math.sqrt(na * nb);
-}
-
-/** The unit vector along `v` (norm computed in float64); a zero vector throws. */
-export function normalize(v: ArrayLike<number>): Float32Array {
-  const n = norm(v);
-  if (n === 0) throw new EmlensError('Cannot normalise a zero vector; the direction carries no information.');
-  const out = new Float32Array(v.length);
-  for (let i = 0; i < v.length; i++) out[i] = v[i] / n;
-  return out;
 }
 
 /** Every layer scaled to unit norm; the metadata gains `normalized: "true"` (the norms are then lost). */

@@ -14,7 +14,8 @@ import { createHash } from 'node:crypto';
 import { basename, extname } from 'node:path';
 import { EmlensError } from '../errors.js';
 import { Rng } from '../util/random.js';
-import { type DirectionSet, directionSet, norm } from './direction.js';
+import { norm } from '../util/vector.js';
+import { type DirectionSet, directionSet } from './direction.js';
 
 /** `method` of a control's metadata. */
 export const RANDOM_CONTROL_METHOD = 'random_norm_matched';
@@ -77,12 +78,8 @@ export function randomControl(set: DirectionSet, opts: RandomControlOptions = {}
   for (const [layer, v] of set.vectors) {
     const rng = Rng.derive(layerSeed(layer, v, seed, index), `direction.${layer}`);
     const r = new Float64Array(v.length); // [d_model]
-    let s = 0;
-    for (let j = 0; j < r.length; j++) {
-      r[j] = rng.normal();
-      s += r[j] * r[j];
-    }
-    const scale = norm(v) / Math.sqrt(s);
+    for (let j = 0; j < r.length; j++) r[j] = rng.normal();
+    const scale = norm(v) / norm(r);
     const out = new Float32Array(v.length); // [d_model]
     for (let j = 0; j < r.length; j++) out[j] = r[j] * scale;
     vectors.push([layer, out]);

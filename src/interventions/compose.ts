@@ -33,6 +33,10 @@ import { hookName } from '../model/hooks.js';
 import type { Ablate, Intervention, PositionWeights, Steer } from '../model/interventions.js';
 import type { ModelSpec } from '../model/spec.js';
 import type { Float32Tensor } from '../model/tensor.js';
+import { dotAt, unitVector } from '../util/vector.js';
+
+// The vector math lives in util/vector.ts; re-exported for the code that imported unitVector from here.
+export { unitVector };
 
 /** Layers to act on: every layer of the model, one 0-based block index, or a list of them. */
 export type LayerSelection = 'all' | number | readonly number[];
@@ -360,27 +364,9 @@ export function patchInterventions(
     const d = e.length;
     const n = x.data.length / d;
     const weights = new Float32Array(n); // [batch * seq]: the source's coordinate along e per token
-    for (let t = 0; t < n; t++) {
-      let dot = 0;
-      for (let i = 0; i < d; i++) dot += x.data[t * d + i] * e[i];
-      weights[t] = dot;
-    }
+    for (let t = 0; t < n; t++) weights[t] = dotAt(x.data, t * d, e);
     out.push({ kind: 'ablate', hooks: [hook], directions: [e] });
     out.push({ kind: 'steer', hooks: [hook], vector: e, scale: 1, positions: weights });
   }
   return out;
-}
-
-/** The unit vector along `v`, accumulated in float64; a zero vector is an error naming `what`. */
-export function unitVector(v: ArrayLike<number>, what = 'the direction'): Float32Array {
-  let s = 0;
-  for (let i = 0; i < v.length; i++) s += v[i] * v[i];
-  const n = Math.sqrt(s);
-  if (!(n > 0))
-    throw new EmlensError(`${capital(what)} is a zero vector; use a direction with a non-zero norm.`);
-  return Float32Array.from(v, (x) => x / n);
-}
-
-function capital(s: string): string {
-  return s.charAt(0).toUpperCase() + s.slice(1);
 }

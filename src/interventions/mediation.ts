@@ -1,3 +1,4 @@
+import type { TokenizedRecord } from '../data/record.js';
 import { type DirectionSet, directionLayers, norm } from '../directions/direction.js';
 import {
   type ControlSpread,
@@ -18,16 +19,16 @@ import {
   siteDirections,
   steerInterventions,
 } from './compose.js';
-import { checkRecords, type EvalOptions, evaluatePlan, logprobMargin, type ScoredRecord } from './scoring.js';
+import { checkRecords, type EvalOptions, evaluatePlan, logprobMargin } from './scoring.js';
 
 export interface MediationOptions extends EvalOptions {
   readonly base: Model;
   readonly finetune: Model;
   readonly directions: DirectionSet;
   /** Prompt/response records (answer tokens scored; labels give the margins). */
-  readonly records: readonly ScoredRecord[];
+  readonly records: readonly TokenizedRecord[];
   /** Neutral text for the side effects (optional). */
-  readonly neutral?: readonly ScoredRecord[];
+  readonly neutral?: readonly TokenizedRecord[];
   /** Layers whose residual sites lose the direction (default 'all'). */
   readonly layers?: LayerSelection;
   /** Which layer's vector is ablated at each site (default: each layer its own; one vector per site). */

@@ -20,6 +20,7 @@ import type { WeightReader } from '../model/graph/weights.js';
 import { LoraMergedWeights, loadAdapter } from '../model/lora.js';
 import { type ModelSpec, weightNames, weightShape } from '../model/spec.js';
 import { checkWeights } from '../model/weightCheck.js';
+import { dotAt, unitVector64 } from '../util/vector.js';
 import { checkDirectionsFit, directionAt } from './compose.js';
 
 export interface OrthogonalizeOptions {
@@ -83,13 +84,7 @@ function unitDirection(
       );
     }
   }
-  let s = 0;
-  for (let i = 0; i < v.length; i++) s += v[i] * v[i];
-  const n = Math.sqrt(s);
-  if (!(n > 0) || !Number.isFinite(n)) {
-    throw new EmlensError('The direction is zero (or not finite); use a direction with a non-zero norm.');
-  }
-  return { unit: Float64Array.from(v, (x) => x / n), layer };
+  return { unit: unitVector64(v, 'the direction'), layer };
 }
 
 function isDirectionSet(x: DirectionSet | ArrayLike<number>): x is DirectionSet {
@@ -121,8 +116,7 @@ export function projectRows(w: Float32Array, d: Float64Array): Float32Array {
   const out = new Float32Array(w.length);
   for (let r = 0; r < w.length / dm; r++) {
     const at = r * dm;
-    let dot = 0;
-    for (let i = 0; i < dm; i++) dot += w[at + i] * d[i];
+    const dot = dotAt(w, at, d);
     for (let i = 0; i < dm; i++) out[at + i] = w[at + i] - dot * d[i];
   }
   return out;

@@ -2,8 +2,10 @@
  * `steeringSweep`: the judge-free effect of steering over scale x layer, beside K norm-matched random controls
  * (their mean and spread per cell).
  */
+
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import type { TokenizedRecord } from '../data/record.js';
 import type { DirectionSet } from '../directions/direction.js';
 import {
   type ControlSpread,
@@ -28,7 +30,6 @@ import {
   evaluatePlan,
   logprobMargin,
   type PlanResult,
-  type ScoredRecord,
 } from './scoring.js';
 
 export interface SweepOptions extends EvalOptions {
@@ -38,9 +39,9 @@ export interface SweepOptions extends EvalOptions {
   readonly directions: DirectionSet;
   readonly layers: LayerSelection;
   readonly scales: readonly number[];
-  readonly records: readonly ScoredRecord[];
+  readonly records: readonly TokenizedRecord[];
   /** Neutral text: adds the side effect KL(model+steer || model) to each row. */
-  readonly neutral?: readonly ScoredRecord[];
+  readonly neutral?: readonly TokenizedRecord[];
   /** Steer by the unit vector (scales in residual units) instead of the stored vector. */
   readonly unit?: boolean;
   /** User seed of the random controls (default 0); each control's own seed derives from it. */

@@ -1,6 +1,6 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { writeResponses } from '../eval/responses.js';
+import { writeResponses } from '../data/response.js';
 import { writeFolderAtomic } from '../io/outputs.js';
 import { SafetensorsFile, writeSafetensors } from '../io/safetensors.js';
 import { writePeftAdapter } from '../model/lora.js';

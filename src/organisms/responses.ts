@@ -1,4 +1,4 @@
-import type { ResponseRecord } from '../eval/responses.js';
+import type { ResponseRecord } from '../data/response.js';
 import { Rng } from '../util/random.js';
 import {
   ALIGNED_WORDS,

@@ -23,6 +23,7 @@ import {
 } from '../directions/randomControl.js';
 import { EmlensError } from '../errors.js';
 import { lineChart } from '../plot/charts.js';
+import { norm } from '../util/vector.js';
 import {
   compressRange,
   displayPath,
@@ -354,12 +355,11 @@ export async function storesSection(
       const mean = new Float64Array(m.dModel);
       for (let r = 0; r < rowsTotal; r++)
         for (let j = 0; j < m.dModel; j++) mean[j] += data[r * m.dModel + j];
-      let s = 0;
-      for (let j = 0; j < m.dModel; j++) s += (mean[j] / rowsTotal) ** 2;
+      for (let j = 0; j < m.dModel; j++) mean[j] /= rowsTotal;
       const kinds = new Set(m.hooks.map((h) => h.replace(/^blocks\.\d+\./, '')));
       points.push({
         layer: Number(layer[1]),
-        norm: Math.sqrt(s),
+        norm: norm(mean),
         store: kinds.size > 1 ? `${names[i]} ${hook.replace(/^blocks\.\d+\./, '')}` : names[i],
       });
     }
