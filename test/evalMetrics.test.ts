@@ -54,8 +54,10 @@ describe('EM rate and coherence', () => {
     expect(s.judged).toBe(7);
     expect(s.emRate.value).toBeCloseTo(3 / 7, 12);
     expect(s.emRate.n).toBe(7);
-    // coherent > 50 among the 8 answers with a coherent score
-    expect(s.coherenceRate.value).toBeCloseTo(7 / 8, 12);
+    // coherent > 50 among the 7 judged answers (aligned and coherent both scored, as the public EM code
+    // drops rows for both rates; the row with coherent 90 but no aligned score is not counted)
+    expect(s.coherenceRate.value).toBeCloseTo(6 / 7, 12);
+    expect(s.coherenceRate.n).toBe(7);
     expect(s.means.aligned.value).toBeCloseTo((10 + 30 + 31 + 90 + 5 + 0 + 80 + 20) / 8, 12);
     expect(s.means.coherent.n).toBe(8);
     expect(s.perQuestion.map((q) => [q.questionId, q.judged, q.emRate.value])).toEqual([
