@@ -14,6 +14,7 @@ export { runNarrowVsGeneral } from './bench/narrowVsGeneral.js';
 export { loadNarrowVsGeneralConfig, syntheticConfig } from './bench/narrowVsGeneralConfig.js';
 export { benchSummary } from './bench/summary.js';
 export { recordLabel, responsesToRecords, type TokenizedRecord, textsToRecords } from './data/record.js';
+export { type ResponseRecord, readResponses, writeResponses } from './data/response.js';
 export {
   type AlignmentClass,
   type AlignmentThresholds,
@@ -94,7 +95,6 @@ export {
   readEvalSummary,
   writeReport,
 } from './eval/report.js';
-export { type ResponseRecord, readResponses, writeResponses } from './eval/responses.js';
 export { runEval } from './eval/run.js';
 export { directionInterventions, type SampleOptions, sampleAnswers } from './eval/sample.js';
 export { type AlignmentSplitOptions, splitByAlignment } from './eval/selection.js';
