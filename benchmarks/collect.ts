@@ -8,9 +8,9 @@ import { rm } from 'node:fs/promises';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { type CollectRecord, collectToStore } from '../src/activations/collect.js';
-import { peakRssMiB } from '../src/bench/hardware.js';
 import { loadModel } from '../src/model/model.js';
 import { Rng } from '../src/util/random.js';
+import { peakRssMiB } from './lib/hardware.js';
 import {
   benchLog,
   cacheDir,

@@ -11,10 +11,6 @@ export type { ShardEntry, StoreInputs, StoreManifest } from './activations/manif
 export { responsesToRecords } from './activations/records.js';
 export { REDUCTIONS, type Reduction } from './activations/reduce.js';
 export { ActivationStore, type MergeOptions, mergeStores, verifyStore } from './activations/store.js';
-export { measureCopyBandwidth, measureMatMulCeiling } from './bench/hardware.js';
-export { runNarrowVsGeneral } from './bench/narrowVsGeneral.js';
-export { loadNarrowVsGeneralConfig, syntheticConfig } from './bench/narrowVsGeneralConfig.js';
-export { benchSummary } from './bench/summary.js';
 export { type DemoOptions, runDemo } from './demo/em.js';
 export {
   compareDirections,

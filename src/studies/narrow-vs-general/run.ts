@@ -1,5 +1,5 @@
 /**
- * The narrow-vs-general benchmark (`npm run bench:directions`): for each finetune's misaligned-vs-aligned
+ * The narrow-vs-general study (`npm run bench:directions`): for each finetune's misaligned-vs-aligned
  * direction and each finetune, the layerwise cosines between directions, the cross-mediation matrix (in and
  * out of domain), steering efficiency per unit of added norm, stability under random perturbation, side
  * effects per unit of mediation, and with a judge the EM rate and coherence per condition; every figure beside
@@ -12,29 +12,29 @@
 import { mkdir, rm } from 'node:fs/promises';
 import { cpus } from 'node:os';
 import { join, relative } from 'node:path';
-import { compareDirections } from '../directions/compare.js';
-import { type DirectionSet, norm, saveDirections } from '../directions/direction.js';
-import { randomControl } from '../directions/randomControl.js';
-import { type ResponseRecord, readResponses } from '../eval/responses.js';
-import { selectLayers } from '../interventions/compose.js';
+import { compareDirections } from '../../directions/compare.js';
+import { type DirectionSet, norm, saveDirections } from '../../directions/direction.js';
+import { randomControl } from '../../directions/randomControl.js';
+import { type ResponseRecord, readResponses } from '../../eval/responses.js';
+import { selectLayers } from '../../interventions/compose.js';
 import {
   readNeutralTexts,
   responsesToScored,
   type ScoredRecord,
   textsToScored,
-} from '../interventions/scoring.js';
-import { writeAtomic } from '../io/files.js';
-import { loadModel, type Model } from '../model/model.js';
-import { loadTokenizer } from '../text/tokenizer.js';
-import type { NarrowVsGeneralConfig } from './narrowVsGeneralConfig.js';
-import { finetuneDirection, plantedCosines } from './narrowVsGeneralDirections.js';
-import { evalConditions, judgedEval } from './narrowVsGeneralEval.js';
-import { type BenchDirection, crossMediation, type PromptSet } from './narrowVsGeneralMediation.js';
-import { writeNarrowVsGeneralPlots } from './narrowVsGeneralPlots.js';
-import { narrowVsGeneralMarkdown } from './narrowVsGeneralReport.js';
-import { sideEffectRow } from './narrowVsGeneralSideEffects.js';
-import { stability } from './narrowVsGeneralStability.js';
-import { steeringEfficiency } from './narrowVsGeneralSteering.js';
+} from '../../interventions/scoring.js';
+import { writeAtomic } from '../../io/files.js';
+import { loadModel, type Model } from '../../model/model.js';
+import { loadTokenizer } from '../../text/tokenizer.js';
+import type { NarrowVsGeneralConfig } from './config.js';
+import { finetuneDirection, plantedCosines } from './directions.js';
+import { evalConditions, judgedEval } from './eval.js';
+import { type BenchDirection, crossMediation, type PromptSet } from './mediation.js';
+import { writeNarrowVsGeneralPlots } from './plots.js';
+import { narrowVsGeneralMarkdown } from './report.js';
+import { sideEffectRow } from './sideEffects.js';
+import { stability } from './stability.js';
+import { steeringEfficiency } from './steering.js';
 import type {
   CosineResult,
   DirectionInfo,
@@ -43,7 +43,7 @@ import type {
   SideEffectRow,
   StabilityCurve,
   SteeringCurve,
-} from './narrowVsGeneralTypes.js';
+} from './types.js';
 
 /** File names inside the output folder. */
 export const NARROW_VS_GENERAL_FILES = {
@@ -67,7 +67,7 @@ export function resultToJson(r: NarrowVsGeneralResult): string {
   return `${JSON.stringify(r, (_k, v) => (typeof v === 'number' && !Number.isFinite(v) ? null : v), 2)}\n`;
 }
 
-/** Runs the whole benchmark on a configuration and writes its outputs (see the module comment). */
+/** Runs the whole study on a configuration and writes its outputs (see the module comment). */
 export async function runNarrowVsGeneral(
   config: NarrowVsGeneralConfig,
   opts: RunNarrowVsGeneralOptions,

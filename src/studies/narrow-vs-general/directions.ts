@@ -1,22 +1,22 @@
 /**
- * The directions the benchmark compares: for each finetune, the mean activation on its misaligned answers minus
+ * The directions the study compares: for each finetune, the mean activation on its misaligned answers minus
  * that on its aligned answers (in-domain responses, read by the finetune itself), per layer of
  * `hook_resid_post`, through an on-disk activation store; plus the cosine of each with a planted (ground-truth)
  * direction when one is known.
  */
 import { join } from 'node:path';
-import { collectToStore } from '../activations/collect.js';
-import { responsesToRecords } from '../activations/records.js';
-import { cosine, type DirectionSet } from '../directions/direction.js';
-import { directionFromStores } from '../directions/fromStores.js';
-import { EmlensError } from '../errors.js';
-import type { ResponseRecord } from '../eval/responses.js';
-import { splitByAlignment } from '../eval/selection.js';
-import { SafetensorsFile } from '../io/safetensors.js';
-import type { Model } from '../model/model.js';
-import type { AnswerSpan } from '../text/answerMask.js';
-import type { TextTokenizer } from '../text/tokenizer.js';
-import type { FinetuneSpec } from './narrowVsGeneralConfig.js';
+import { collectToStore } from '../../activations/collect.js';
+import { responsesToRecords } from '../../activations/records.js';
+import { cosine, type DirectionSet } from '../../directions/direction.js';
+import { directionFromStores } from '../../directions/fromStores.js';
+import { EmlensError } from '../../errors.js';
+import type { ResponseRecord } from '../../eval/responses.js';
+import { splitByAlignment } from '../../eval/selection.js';
+import { SafetensorsFile } from '../../io/safetensors.js';
+import type { Model } from '../../model/model.js';
+import type { AnswerSpan } from '../../text/answerMask.js';
+import type { TextTokenizer } from '../../text/tokenizer.js';
+import type { FinetuneSpec } from './config.js';
 
 /**
  * Misaligned and aligned answers: by the `label` column when every row has one (`misaligned`/`aligned`), else

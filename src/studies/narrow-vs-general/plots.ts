@@ -1,13 +1,13 @@
 /**
- * The benchmark's plots, drawn from its result alone (so they can be redrawn from the JSON): the cosine
+ * The study's plots, drawn from its result alone (so they can be redrawn from the JSON): the cosine
  * heatmap (pair x layer), the cross-mediation matrices (ablation and patch), the steering-efficiency curves
  * and the stability curves, each with the norm-matched random control.
  */
 import { join } from 'node:path';
 import type { TopLevelSpec } from 'vega-lite';
-import { heatmap, lineChart } from '../plot/charts.js';
-import { renderVegaLite } from '../plot/render.js';
-import type { NarrowVsGeneralResult } from './narrowVsGeneralTypes.js';
+import { heatmap, lineChart } from '../../plot/charts.js';
+import { renderVegaLite } from '../../plot/render.js';
+import type { NarrowVsGeneralResult } from './types.js';
 
 /** Writes every plot as `{name}.svg` and `{name}.png` into `outDir`; returns the PNG paths. */
 export async function writeNarrowVsGeneralPlots(r: NarrowVsGeneralResult, outDir: string): Promise<string[]> {

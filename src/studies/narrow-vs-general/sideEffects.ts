@@ -3,8 +3,8 @@
  * KL(model+intervention || model) on neutral text, divided by how much of the finetune's divergence it
  * mediates (or closes, for steering), each beside the norm-matched random control.
  */
-import type { MediationReport } from '../interventions/mediation.js';
-import type { SideEffectRow, SteeringCurve } from './narrowVsGeneralTypes.js';
+import type { MediationReport } from '../../interventions/mediation.js';
+import type { SideEffectRow, SteeringCurve } from './types.js';
 
 /** Below this fraction mediated, a side effect is not divided by it (the ratio would mean nothing). */
 export const MIN_MEDIATION_FOR_RATIO = 0.05;
@@ -25,7 +25,7 @@ export function sideEffectRow(
   const s = own.sideEffects;
   if (s === null) return null;
   const f = own.fractionMediated;
-  // The benchmark draws one control per direction (n=1): its mean is that draw.
+  // The study draws one control per direction (n=1): its mean is that draw.
   const rf = own.randomFractionMediated.mean;
   return {
     direction,

@@ -3,11 +3,11 @@
  * and out-of-domain prompts, as the fraction of Y's divergence from the base it removes, each beside X's
  * norm-matched random control. Built on the library's {@link mediation}.
  */
-import type { DirectionSet } from '../directions/direction.js';
-import { type MediationReport, mediation } from '../interventions/mediation.js';
-import { divergence, type ScoredRecord } from '../interventions/scoring.js';
-import type { Model } from '../model/model.js';
-import type { CrossCell, Fraction } from './narrowVsGeneralTypes.js';
+import type { DirectionSet } from '../../directions/direction.js';
+import { type MediationReport, mediation } from '../../interventions/mediation.js';
+import { divergence, type ScoredRecord } from '../../interventions/scoring.js';
+import type { Model } from '../../model/model.js';
+import type { CrossCell, Fraction } from './types.js';
 
 /** Prompts a finetune is measured on, and the response sets (domains) they come from. */
 export interface PromptSet {
@@ -16,7 +16,7 @@ export interface PromptSet {
 }
 
 /**
- * A direction and the user seed of its norm-matched random control (the benchmark draws one control per
+ * A direction and the user seed of its norm-matched random control (the study draws one control per
  * direction, so its tables' random columns are single draws, n=1; the control's own seed also derives from
  * the direction's content, so no two directions share a draw).
  */

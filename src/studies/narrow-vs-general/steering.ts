@@ -4,12 +4,12 @@
  * KL(finetune || base) closed, the misaligned-vs-aligned log-prob margin gained, and the side effect on neutral
  * text. Built on the library's {@link steeringSweep}.
  */
-import { norm } from '../directions/direction.js';
-import type { ScoredRecord } from '../interventions/scoring.js';
-import { type SweepRow, steeringSweep } from '../interventions/sweep.js';
-import type { Model } from '../model/model.js';
-import type { BenchDirection } from './narrowVsGeneralMediation.js';
-import type { SteeringCurve, SteeringPoint } from './narrowVsGeneralTypes.js';
+import { norm } from '../../directions/direction.js';
+import type { ScoredRecord } from '../../interventions/scoring.js';
+import { type SweepRow, steeringSweep } from '../../interventions/sweep.js';
+import type { Model } from '../../model/model.js';
+import type { BenchDirection } from './mediation.js';
+import type { SteeringCurve, SteeringPoint } from './types.js';
 
 export interface SteeringEfficiencyOptions {
   readonly base: Model;

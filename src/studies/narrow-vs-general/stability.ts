@@ -5,13 +5,13 @@
  * the fraction of KL(finetune || base) it removes is compared with the unperturbed direction's and with
  * norm-matched random directions'. Built on the library's {@link mediation}.
  */
-import { cosine, type DirectionSet, directionSet } from '../directions/direction.js';
-import { mediation } from '../interventions/mediation.js';
-import type { ScoredRecord } from '../interventions/scoring.js';
-import type { Model } from '../model/model.js';
-import { Rng } from '../util/random.js';
-import type { BenchDirection } from './narrowVsGeneralMediation.js';
-import type { Spread, StabilityCurve, StabilityPoint } from './narrowVsGeneralTypes.js';
+import { cosine, type DirectionSet, directionSet } from '../../directions/direction.js';
+import { mediation } from '../../interventions/mediation.js';
+import type { ScoredRecord } from '../../interventions/scoring.js';
+import type { Model } from '../../model/model.js';
+import { Rng } from '../../util/random.js';
+import type { BenchDirection } from './mediation.js';
+import type { Spread, StabilityCurve, StabilityPoint } from './types.js';
 
 /**
  * The direction with noise added to each layer's vector: `v + noise * |v| * r`, with `r` a unit vector drawn

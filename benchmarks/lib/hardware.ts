@@ -1,7 +1,7 @@
 import * as ort from 'onnxruntime-node';
-import { defaultThreads } from '../model/session.js';
-import type { ModelSpec } from '../model/spec.js';
-import { GraphBuilder } from '../onnx/builder.js';
+import { defaultThreads } from '../../src/model/session.js';
+import type { ModelSpec } from '../../src/model/spec.js';
+import { GraphBuilder } from '../../src/onnx/builder.js';
 
 /** Median of timings in ms. */
 export function median(xs: readonly number[]): number {

@@ -1,8 +1,8 @@
 /**
- * The narrow-vs-general benchmark's result: plain data, written as JSON (NaN as null) and read by the report,
+ * The narrow-vs-general study's result: plain data, written as JSON (NaN as null) and read by the report,
  * the plots and `npm run bench`'s summary.
  */
-import type { Comparison } from '../eval/metrics.js';
+import type { Comparison } from '../../eval/metrics.js';
 
 /** Fractions are `null` where the finetune does not diverge from the base (nothing to mediate). */
 export type Fraction = number | null;

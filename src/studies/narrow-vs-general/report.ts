@@ -1,11 +1,11 @@
 /**
- * The benchmark's result as markdown: a headline table (one row per direction), then the cosines, the
+ * The study's result as markdown: a headline table (one row per direction), then the cosines, the
  * cross-mediation matrices, steering efficiency, stability, side effects and (with a judge) the EM rates, each
  * with the norm-matched random control beside the number.
  */
-import { formatComparisonMarkdown } from '../eval/metrics.js';
-import { pct } from '../util/format.js';
-import type { CrossCell, NarrowVsGeneralResult, SteeringCurve } from './narrowVsGeneralTypes.js';
+import { formatComparisonMarkdown } from '../../eval/metrics.js';
+import { pct } from '../../util/format.js';
+import type { CrossCell, NarrowVsGeneralResult, SteeringCurve } from './types.js';
 
 const fx = (x: number | null | undefined, d = 3) =>
   x === null || x === undefined || !Number.isFinite(x) ? 'n/a' : x.toFixed(d);

@@ -5,7 +5,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { pct } from '../util/format.js';
+import { pct } from '../../src/util/format.js';
 
 /** One figure of the summary table. */
 export interface SummaryRow {

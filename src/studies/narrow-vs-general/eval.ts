@@ -1,19 +1,19 @@
 /**
- * The judged part of the benchmark (only with a judge and a question file): EM rate and coherence with
+ * The judged part of the study (only with a judge and a question file): EM rate and coherence with
  * bootstrap CIs per condition (the base, each finetune, each finetune with its own direction ablated and with
  * the random control ablated, optionally with every other direction ablated, and the base steered along each
  * direction and its random control), through the eval library's runEval and writeReport.
  */
 import { join } from 'node:path';
-import { randomControl } from '../directions/randomControl.js';
-import { createJudge, type Judge } from '../eval/judge.js';
-import { writeReport } from '../eval/report.js';
-import { runEval } from '../eval/run.js';
-import { ablateInterventions, type ModelShape, steerInterventions } from '../interventions/compose.js';
-import type { Intervention } from '../model/interventions.js';
-import type { NarrowVsGeneralConfig } from './narrowVsGeneralConfig.js';
-import type { BenchDirection } from './narrowVsGeneralMediation.js';
-import type { EvalResult } from './narrowVsGeneralTypes.js';
+import { randomControl } from '../../directions/randomControl.js';
+import { createJudge, type Judge } from '../../eval/judge.js';
+import { writeReport } from '../../eval/report.js';
+import { runEval } from '../../eval/run.js';
+import { ablateInterventions, type ModelShape, steerInterventions } from '../../interventions/compose.js';
+import type { Intervention } from '../../model/interventions.js';
+import type { NarrowVsGeneralConfig } from './config.js';
+import type { BenchDirection } from './mediation.js';
+import type { EvalResult } from './types.js';
 
 /** One evaluated condition: a model (the base or a finetune) with optional interventions. */
 export interface EvalCondition {
@@ -32,7 +32,7 @@ const slug = (s: string) =>
     .replace(/^-+|-+$/g, '')
     .toLowerCase();
 
-/** The conditions the benchmark evaluates (see the module comment). */
+/** The conditions the study evaluates (see the module comment). */
 export function evalConditions(
   config: NarrowVsGeneralConfig,
   directions: ReadonlyMap<string, BenchDirection>,
@@ -138,7 +138,7 @@ export async function judgedEval(opts: JudgedEvalOptions): Promise<EvalResult> {
   const report = await writeReport(dirs, opts.outDir, {
     baseline: 'base',
     title: 'EM rate by condition (narrow vs general directions)',
-    // The benchmark owns its work folder and resumes its evals there, so a rerun refreshes its report.
+    // The study owns its work folder and resumes its evals there, so a rerun refreshes its report.
     overwrite: true,
   });
   return {

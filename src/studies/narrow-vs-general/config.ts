@@ -1,5 +1,5 @@
 /**
- * The narrow-vs-general benchmark's configuration: a YAML file naming the base model, the finetunes (PEFT
+ * The narrow-vs-general study's configuration: a YAML file naming the base model, the finetunes (PEFT
  * adapters, each with a domain), the response sets per domain, neutral text, layers, and optionally a judge
  * and question file. Validated with zod; every error names the field and the fix. Relative paths are resolved
  * against the config file's folder.
@@ -20,9 +20,9 @@ import { dirname, join, resolve } from 'node:path';
 import { closest } from 'fastest-levenshtein';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
-import { EmlensError } from '../errors.js';
-import { pathExists } from '../io/files.js';
-import type { OrganismManifest } from '../organisms/make.js';
+import { EmlensError } from '../../errors.js';
+import { pathExists } from '../../io/files.js';
+import type { OrganismManifest } from '../../organisms/make.js';
 
 const name = z.string().regex(/^[A-Za-z0-9_.-]+$/);
 const path = z.string().min(1);
