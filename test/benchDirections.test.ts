@@ -198,7 +198,7 @@ describe('the config loader', () => {
 
   it('names a missing config file', async () => {
     await expect(loadNarrowVsGeneralConfig(join(root, 'none.yaml'))).rejects.toThrow(
-      /Cannot read the config file .*none.yaml; check the path/,
+      /Config file .*none.yaml does not exist; check the path/,
     );
   });
 });

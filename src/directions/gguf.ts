@@ -19,10 +19,12 @@
  * Besides the llama.cpp keys, the exporter writes the direction file's provenance as `emlens.*` strings
  * (llama.cpp ignores unknown keys), so export -> import restores the metadata too.
  */
-import { mkdir, readFile } from 'node:fs/promises';
+
+import { mkdir } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { EmlensError } from '../errors.js';
 import { writeAtomic } from '../io/files.js';
+import { readUserFile } from '../io/inputFiles.js';
 import { claimOutputFile } from '../io/outputs.js';
 import {
   type DirectionMeta,
@@ -487,15 +489,7 @@ export function decodeControlVector(bytes: Uint8Array, file = '<buffer>'): Direc
 
 /** Reads a llama.cpp control vector; `direction.N` becomes emlens block N (`blocks.{N}.hook_resid_post`). */
 export async function importGguf(path: string): Promise<DirectionSet> {
-  let bytes: Buffer;
-  try {
-    bytes = await readFile(path);
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') throw new EmlensError(`GGUF file ${path} does not exist; check the path.`);
-    if (code === 'EISDIR') throw new EmlensError(`GGUF path ${path} is a directory; point at a .gguf file.`);
-    throw e;
-  }
+  const bytes = await readUserFile(path, 'GGUF file', null);
   return decodeControlVector(bytes, path);
 }
 

@@ -2,9 +2,10 @@
  * Scoring records under conditions: next-token distributions over answer tokens (float64 log-softmax), the KL
  * divergence between two conditions, and log-prob margins. The building blocks of mediation and sweeps.
  */
-import { readFile } from 'node:fs/promises';
+
 import { EmlensError } from '../errors.js';
 import type { ResponseRecord } from '../eval/responses.js';
+import { readUserFile } from '../io/inputFiles.js';
 import type { Intervention } from '../model/interventions.js';
 import type { Model } from '../model/model.js';
 import type { Float32Tensor } from '../model/tensor.js';
@@ -74,12 +75,7 @@ export function textsToScored(tokenizer: TextTokenizer, texts: readonly string[]
 
 /** Reads neutral text: JSONL of `{"text": ...}` (the organisms' responses/neutral.jsonl) or plain lines. */
 export async function readNeutralTexts(path: string): Promise<string[]> {
-  let raw: string;
-  try {
-    raw = await readFile(path, 'utf8');
-  } catch {
-    throw new EmlensError(`Cannot read neutral text file ${path}; check the path.`);
-  }
+  const raw = await readUserFile(path, 'Neutral text file');
   const lines = raw
     .split('\n')
     .map((l) => l.trim())

@@ -15,13 +15,15 @@
  * layers: [8, 12, 16]
  * ```
  */
-import { readFile, stat } from 'node:fs/promises';
+
+import { stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { closest } from 'fastest-levenshtein';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { EmlensError } from '../../errors.js';
 import { pathExists } from '../../io/files.js';
+import { readUserFile } from '../../io/inputFiles.js';
 import type { OrganismManifest } from '../../organisms/make.js';
 
 const name = z.string().regex(/^[A-Za-z0-9_.-]+$/);
@@ -396,12 +398,7 @@ function evalDefaults() {
 
 /** Reads, parses and validates a config file (see {@link parseNarrowVsGeneralConfig}). */
 export async function loadNarrowVsGeneralConfig(file: string): Promise<NarrowVsGeneralConfig> {
-  let text: string;
-  try {
-    text = await readFile(file, 'utf8');
-  } catch {
-    throw new EmlensError(`Cannot read the config file ${file}; check the path.`);
-  }
+  const text = await readUserFile(file, 'Config file');
   let doc: unknown;
   try {
     doc = parseYaml(text);
