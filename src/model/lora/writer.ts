@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { EmlensError } from '../../errors.js';
 import { f32ToBf16, f32ToF16 } from '../../io/halfFloat.js';
 import { writeSafetensors } from '../../io/safetensors.js';
+import { sortKeys } from '../../util/json.js';
 import { PREFIX } from './adapter.js';
 import {
   ADAPTER_CONFIG_FILE,
@@ -43,10 +44,6 @@ export interface PeftAdapterOptions {
   readonly adapterNameInKeys?: boolean;
   /** Fields added to (or overriding) adapter_config.json. */
   readonly config?: Readonly<Record<string, unknown>>;
-}
-
-function sortKeys(o: Json): Json {
-  return Object.fromEntries(Object.entries(o).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
 }
 
 /**
