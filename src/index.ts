@@ -52,7 +52,7 @@ export {
   loadLocalJudge,
   OpenAIJudge,
   scoreFromLogprobs,
-} from './eval/judge.js';
+} from './eval/judge/index.js';
 export {
   bootstrapMean,
   compareConditions,
@@ -169,7 +169,7 @@ export {
   parseLoraConfig,
   targetsModule,
   writePeftAdapter,
-} from './model/lora.js';
+} from './model/lora/index.js';
 export {
   type ForwardOptions,
   type ForwardResult,

@@ -19,7 +19,7 @@ import {
   OpenAIJudge,
   scoreFromLogprobs,
   scoreToken,
-} from '../src/eval/judge.js';
+} from '../src/eval/judge/index.js';
 import { parseQuestions } from '../src/eval/questions.js';
 import type { ResponseRecord } from '../src/eval/responses.js';
 import { loadModel } from '../src/model/model.js';

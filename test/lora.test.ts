@@ -20,7 +20,7 @@ import {
   parseLoraConfig,
   targetsModule,
   writePeftAdapter,
-} from '../src/model/lora.js';
+} from '../src/model/lora/index.js';
 import { loadModel } from '../src/model/model.js';
 import { type ModelSpec, weightShape } from '../src/model/spec.js';
 import { makeTinyModel } from '../src/model/tiny.js';

@@ -10,7 +10,7 @@ import { type GraphVariant, graphHookName, IO, type Profile } from './graph/tran
 import type { WeightReader } from './graph/weights.js';
 import { allHookNames, type BlockHook, resolveHooks, siteCount } from './hooks.js';
 import { type Intervention, interventionFeeds } from './interventions.js';
-import { LoraMergedWeights, loadAdapter } from './lora.js';
+import { LoraMergedWeights, loadAdapter } from './lora/index.js';
 import type { KvArray, OutputBuffers } from './outputBuffers.js';
 import { createSession, type Device } from './session.js';
 import { type ModelSpec, parameterCount } from './spec.js';

@@ -6,7 +6,7 @@
  */
 import { join } from 'node:path';
 import { randomControl } from '../../directions/randomControl.js';
-import { createJudge, type Judge } from '../../eval/judge.js';
+import { createJudge, type Judge } from '../../eval/judge/index.js';
 import { writeReport } from '../../eval/report.js';
 import { runEval } from '../../eval/run.js';
 import { ablateInterventions, type ModelShape, steerInterventions } from '../../interventions/compose.js';
