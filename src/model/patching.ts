@@ -21,7 +21,8 @@ export function logitDiff(correct: number, wrong: number): PatchingMetric {
 export interface PatchingSweepOptions {
   /**
    * The hooks patched, one table row each, as names or patterns (`blocks.*.hook_resid_pre`: TransformerLens'
-   * layer x position residual sweep); any residual hook, `hook_attn_out` or `hook_mlp_out`.
+   * layer x position residual sweep); any residual hook, `hook_attn_out` or `hook_mlp_out`. Rows come in
+   * model order (the result's `hooks`), whatever order they are given in.
    */
   readonly hooks: string | readonly string[];
   /** The positions patched, one table column each (negative counts from the end); default every position. */
@@ -34,7 +35,7 @@ export interface PatchingSweepOptions {
 }
 
 export interface PatchingSweepResult {
-  /** Row names. */
+  /** Row names, in model order. */
   readonly hooks: readonly string[];
   /** Column positions (non-negative). */
   readonly positions: readonly number[];
