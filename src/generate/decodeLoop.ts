@@ -53,7 +53,7 @@ export async function decodeLoop(
   for (const iv of interventions) {
     if ((iv as { kind: string }).kind === 'patch') {
       throw new EmlensError(
-        'Activation patches apply to forward and trace, not to generation (a patch needs values for tokens not yet generated); patch the prompt with forward({ returnCache: true }).',
+        'Activation patches apply to forward and trace, not to generation (a patch needs values for tokens not yet generated); run the patched prompt with forward({ returnCache: true }) and continue from its cache.',
       );
     }
   }
