@@ -150,9 +150,13 @@ export type { Profile } from './model/graph/transformer.js';
 export { allHookNames, BLOCK_HOOKS, type BlockHook, hookName, resolveHooks, siteOf } from './model/hooks.js';
 export {
   type Ablate,
+  type ForwardIntervention,
   type Intervention,
   orthonormalize,
+  type Patch,
   type PositionWeights,
+  patchSiteOf,
+  positionWeights,
   type Steer,
 } from './model/interventions.js';
 export {
@@ -180,12 +184,30 @@ export {
   Model,
 } from './model/model.js';
 export { DecodeBuffers, type KvArray, type OutputBuffers } from './model/outputBuffers.js';
+export {
+  logitDiff,
+  type PatchingMetric,
+  type PatchingSweepOptions,
+  type PatchingSweepResult,
+  patchingSweep,
+} from './model/patching.js';
 export { ropeInvFreq, ropeTables } from './model/rope.js';
 export { CUDA_INSTALL_COMMAND, cudaAvailable, type Device } from './model/session.js';
 export { type Family, type ModelSpec, parameterCount, SUPPORTED_ARCHITECTURES } from './model/spec.js';
 export type { Float32Tensor } from './model/tensor.js';
 export { makeTinyModel, QWEN25_05B_SHAPE, type TinyModelOptions } from './model/tiny.js';
-export { type Trace, traceTokens, writeTrace } from './model/trace.js';
+export {
+  ActivationCache,
+  type EncodeOptions,
+  type Trace,
+  type TraceInput,
+  type TraceOptions,
+  type TraceResult,
+  type TraceSequence,
+  traceTokens,
+  writeTrace,
+} from './model/trace.js';
+export { tensorView, type View, viewOf } from './model/views.js';
 export { makeOrganisms, type OrganismManifest, type OrganismOptions } from './organisms/make.js';
 export { renderVegaLite } from './plot/render.js';
 export { emlensVersion, type HtmlReport, type HtmlReportOptions, writeHtmlReport } from './report/build.js';
