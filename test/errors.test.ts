@@ -50,6 +50,7 @@ afterAll(async () => {
 describe('hooks', () => {
   it('a misspelt hook suggests the right name', async () => {
     await expectEmlensError(
+      // @ts-expect-error a misspelt literal does not compile; the run-time check is for JS callers
       model.forward([ids], { hooks: ['blocks.0.hook_resid_psot'] }),
       "'blocks.0.hook_resid_psot'",
       /did you mean 'blocks\.0\.hook_resid_post'/,
@@ -68,6 +69,7 @@ describe('hooks', () => {
     await expectEmlensError(
       model.forward([ids], {
         interventions: [
+          // @ts-expect-error a misspelt literal does not compile; the run-time check is for JS callers
           { kind: 'steer', hooks: ['blocks.1.hook_resid_psot'], vector: new Float32Array(spec.dModel) },
         ],
       }),
@@ -126,6 +128,7 @@ describe('interventions', () => {
     await expectEmlensError(
       model.forward([ids], {
         interventions: [
+          // @ts-expect-error interventions take residual hooks only; the run-time check is for JS callers
           { kind: 'steer', hooks: ['blocks.0.hook_attn_out'], vector: new Float32Array(spec.dModel) },
         ],
       }),

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { EmlensError } from '../errors.js';
 import { cacheKey } from '../model/cache.js';
 import { concatVectors } from '../model/graph/weights.js';
-import { resolveHooks } from '../model/hooks.js';
+import { type HookName, type HookSelector, resolveHooks } from '../model/hooks.js';
 import type { Intervention } from '../model/interventions.js';
 import type { Model } from '../model/model.js';
 import type { StoreManifest } from './manifest.js';
@@ -21,7 +21,7 @@ export interface CollectRecord {
 
 export interface CollectOptions {
   /** Hook names or patterns; default `blocks.*.hook_resid_post`. */
-  readonly hooks?: readonly string[];
+  readonly hooks?: readonly HookSelector[];
   readonly reduce?: Reduction;
   readonly batchSize?: number;
   /** Records per shard file; rounded up to a multiple of batchSize. */
@@ -56,7 +56,7 @@ function recordsKey(records: readonly CollectRecord[]): string {
 async function runBatch(
   model: Model,
   batch: readonly CollectRecord[],
-  hooks: readonly string[],
+  hooks: readonly HookName[],
   reduce: Reduction,
   interventions: readonly Intervention[] | undefined,
 ): Promise<{ perHook: Map<string, Float32Array[]>; counts: number[] }> {

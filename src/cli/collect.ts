@@ -5,6 +5,7 @@ import { REDUCTIONS, type Reduction } from '../activations/reduce.js';
 import { EmlensError } from '../errors.js';
 import { type ResponseRecord, readResponses } from '../eval/responses.js';
 import { readConfig } from '../model/config.js';
+import { parseHookPatterns } from '../model/hooks.js';
 import { defaultMaxPositions, loadModel } from '../model/model.js';
 import { loadTokenizer } from '../text/tokenizer.js';
 import { addModelOptions, loadOptions, type ModelFlags, positiveInt } from './common.js';
@@ -74,6 +75,7 @@ export function registerCollect(program: Command): void {
       parseSlice,
     )
     .action(async (flags: CollectFlags) => {
+      const hooks = parseHookPatterns(flags.hooks);
       const responses = await readResponses(flags.data);
       const tokenizer = await loadTokenizer(flags.model);
       const records = responsesToRecords(tokenizer, responses, flags.span);
@@ -83,7 +85,7 @@ export function registerCollect(program: Command): void {
       const progress = createProgress('collect', records.length);
       try {
         const m = await collectToStore(model, records, flags.out, {
-          hooks: [flags.hooks],
+          hooks,
           reduce: flags.reduce,
           batchSize: flags.batchSize,
           shardSize: flags.shardSize,

@@ -8,7 +8,14 @@ import { readConfig } from './config.js';
 import { ensureGraph, graphFileName } from './graph/build.js';
 import { type GraphVariant, graphHookName, IO, type Profile } from './graph/transformer.js';
 import type { WeightReader } from './graph/weights.js';
-import { allHookNames, type BlockHook, resolveHooks, siteCount } from './hooks.js';
+import {
+  allHookNames,
+  type BlockHook,
+  type HookName,
+  type HookSelector,
+  resolveHooks,
+  siteCount,
+} from './hooks.js';
 import { type Intervention, interventionFeeds } from './interventions.js';
 import { LoraMergedWeights, loadAdapter } from './lora.js';
 import type { KvArray, OutputBuffers } from './outputBuffers.js';
@@ -61,8 +68,11 @@ export interface LoadStats {
 }
 
 export interface ForwardOptions {
-  /** Hook names or patterns to return (`blocks.*.hook_resid_post`); none by default. */
-  readonly hooks?: readonly string[];
+  /**
+   * Hook names or patterns to return (`blocks.*.hook_resid_post`, see `HookPattern`); none by default. A
+   * run-time string (a CLI flag) goes through `parseHookPatterns` first.
+   */
+  readonly hooks?: readonly HookSelector[];
   readonly interventions?: readonly Intervention[];
   /** `last` (default): `[batch, vocab]`; `all`: `[batch, seq, vocab]` (a second graph, built on first use). */
   readonly logits?: 'last' | 'all';
@@ -80,7 +90,7 @@ export interface ForwardOptions {
 export interface ForwardResult {
   readonly logits: Float32Tensor;
   /** Requested hooks, each `[batch, seq, d_model]` (left padding included: see `padding`). */
-  readonly hooks: ReadonlyMap<string, Float32Tensor>;
+  readonly hooks: ReadonlyMap<HookName, Float32Tensor>;
   /** Left padding of each row in this call. */
   readonly padding: readonly number[];
   readonly cache?: KVCache;
@@ -201,7 +211,7 @@ export class Model {
   }
 
   /** Every hook name, block by block. */
-  get hookNames(): string[] {
+  get hookNames(): HookName[] {
     return allHookNames(this.spec.numLayers);
   }
 

@@ -1,5 +1,6 @@
 import { claimOutputFile } from '../io/outputs.js';
 import { writeSafetensors } from '../io/safetensors.js';
+import type { HookName, HookSelector } from './hooks.js';
 import type { Model } from './model.js';
 import type { Float32Tensor } from './tensor.js';
 
@@ -7,7 +8,7 @@ import type { Float32Tensor } from './tensor.js';
 export interface Trace {
   readonly ids: readonly number[];
   /** Each `[pos, d_model]`. */
-  readonly hooks: ReadonlyMap<string, Float32Tensor>;
+  readonly hooks: ReadonlyMap<HookName, Float32Tensor>;
   readonly logits: Float32Tensor; // [vocab]
 }
 
@@ -15,10 +16,10 @@ export interface Trace {
 export async function traceTokens(
   model: Model,
   ids: readonly number[],
-  hooks: readonly string[],
+  hooks: readonly HookSelector[],
 ): Promise<Trace> {
   const r = await model.forward([ids], { hooks });
-  const perToken = new Map<string, Float32Tensor>();
+  const perToken = new Map<HookName, Float32Tensor>();
   for (const [name, t] of r.hooks)
     perToken.set(name, { data: t.data, dims: [ids.length, model.spec.dModel] });
   return { ids, hooks: perToken, logits: { data: r.logits.data, dims: [model.spec.vocabSize] } };
