@@ -3,7 +3,7 @@
  * under a subpath entry (`emlens/io`, `emlens/serve`, ...) that package.json exports; nothing the old flat
  * index exported was lost; and every name a JSDoc `@example` calls is importable from one of the entries.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -205,6 +205,17 @@ describe('package entries', () => {
         existsSync(sourceOf(entry.import)),
         `${subpath} -> ${relative(ROOT, sourceOf(entry.import))}`,
       ).toBe(true);
+    }
+  });
+
+  it('a built dist (when there is one, newer than package.json) holds every export target', async () => {
+    const exports = await packageExports();
+    const built = join(ROOT, 'dist', 'index.js');
+    if (!existsSync(built) || statSync(built).mtimeMs < statSync(join(ROOT, 'package.json')).mtimeMs) return;
+    for (const [subpath, entry] of Object.entries(exports)) {
+      for (const target of [entry.types, entry.import]) {
+        expect(existsSync(join(ROOT, target)), `${subpath}: ${target}`).toBe(true);
+      }
     }
   });
 

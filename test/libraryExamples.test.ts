@@ -108,12 +108,14 @@ describe('README Library section', () => {
     expect(em.vectors.size).toBe(model.spec.numLayers);
 
     // Or from your own means
+    const samples = [new Map([[0, Float32Array.from([1, 2])]]), new Map([[0, Float32Array.from([3, 2])]])];
+    const otherAcc = new LayerMeanAccumulator();
+    otherAcc.add(new Map([[0, [0, 2]]]));
+    // README:
     const acc = new LayerMeanAccumulator();
-    const other = new LayerMeanAccumulator();
-    acc.add(new Map([[0, [1, 2]]]));
-    other.add(new Map([[0, [0, 2]]]));
-    const own = meanDiff(acc.result(), other.result(), { model: 'mine' });
-    expect([...own.vectors.get(0)!]).toEqual([1, 0]);
+    for (const sample of samples) acc.add(sample); // Map<layer, vector>
+    const set = meanDiff(acc.result(), otherAcc.result(), { model: 'mine' });
+    expect([...set.vectors.get(0)!]).toEqual([2, 0]);
   });
 
   it('steer, ablate and generate', async () => {
