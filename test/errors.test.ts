@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EmlensError } from '../src/errors.js';
+import { hookName } from '../src/model/hooks.js';
 import { loadModel, type Model } from '../src/model/model.js';
 import { CUDA_INSTALL_COMMAND, cudaAvailable } from '../src/model/session.js';
 import type { ModelSpec } from '../src/model/spec.js';
@@ -59,8 +60,8 @@ describe('hooks', () => {
 
   it('a hook of a layer beyond the model names the layers it has', async () => {
     await expectEmlensError(
-      model.forward([ids], { hooks: [`blocks.${spec.numLayers}.hook_resid_post`] }),
-      `blocks.${spec.numLayers}.hook_resid_post`,
+      model.forward([ids], { hooks: [hookName(spec.numLayers, 'resid_post')] }),
+      hookName(spec.numLayers, 'resid_post'),
       `0..${spec.numLayers - 1}`,
     );
   });
