@@ -10,6 +10,7 @@ import * as ort from 'onnxruntime-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EmlensError } from '../src/errors.js';
 import { generate } from '../src/generate/generate.js';
+import { type HookName, type HookSelector, hookName } from '../src/model/hooks.js';
 import { type ForwardIntervention, positionWeights } from '../src/model/interventions.js';
 import { type ForwardResult, loadModel, type Model } from '../src/model/model.js';
 import { logitDiff, patchingSweep } from '../src/model/patching.js';
@@ -19,7 +20,7 @@ import { ids, maxAbsDiff, vec } from './helpers/numeric.js';
 
 const SEQ = 7;
 const K = 3; // the position where clean and corrupted differ
-const ALL = ['blocks.*.*'];
+const ALL: readonly HookSelector[] = ['blocks.*.*'];
 
 let root: string;
 let model: Model;
@@ -28,7 +29,7 @@ let clean: number[];
 let corrupted: number[];
 
 /** The `[d]` vector at token (b, p) of a `[batch, seq, d]` hook. */
-function at(r: ForwardResult, hook: string, b: number, p: number): Float32Array {
+function at(r: ForwardResult, hook: HookName, b: number, p: number): Float32Array {
   const t = r.hooks.get(hook)!;
   const [, seq, d] = t.dims;
   return t.data.subarray((b * seq + p) * d, (b * seq + p + 1) * d);
@@ -79,7 +80,7 @@ describe('patch', () => {
       interventions: [{ kind: 'patch', hook, values: v, positions: positionWeights(1, SEQ, [q]) }],
     });
     expect(at(r, hook, 0, q)).toEqual(v.subarray(q * spec.dModel, (q + 1) * spec.dModel));
-    const last = `blocks.${spec.numLayers - 1}.hook_resid_post`;
+    const last = hookName(spec.numLayers - 1, 'resid_post');
     for (let p = 0; p < SEQ; p++) {
       const drift = maxAbsDiff(at(r, last, 0, p), at(base, last, 0, p));
       if (p < q) expect(drift, `pos ${p}`).toBeLessThanOrEqual(1e-5);

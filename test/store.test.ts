@@ -7,7 +7,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { storeLayerMeans } from '../src/activations/aggregate.js';
-import { type CollectRecord, collectToStore, sliceRange } from '../src/activations/collect.js';
+import {
+  type CollectOptions,
+  type CollectRecord,
+  collectToStore,
+  sliceRange,
+} from '../src/activations/collect.js';
 import { ActivationStore, mergeStores } from '../src/activations/store.js';
 import type { Intervention } from '../src/model/interventions.js';
 import { loadModel, type Model } from '../src/model/model.js';
@@ -36,7 +41,7 @@ afterAll(async () => {
   await rm(root, { recursive: true, force: true });
 });
 
-const opts = { hooks: ['blocks.*.hook_resid_post'], batchSize: 4, shardSize: 8 };
+const opts: CollectOptions = { hooks: ['blocks.*.hook_resid_post'], batchSize: 4, shardSize: 8 };
 
 async function filesOf(dir: string): Promise<Map<string, Buffer>> {
   const out = new Map<string, Buffer>();

@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { collectToStore } from '../src/activations/collect.js';
 import { ActivationStore } from '../src/activations/store.js';
 import { EmlensError } from '../src/errors.js';
+import type { HookSelector } from '../src/model/hooks.js';
 import { loadModel, type Model } from '../src/model/model.js';
 import type { ModelSpec } from '../src/model/spec.js';
 import { makeTinyModel } from '../src/model/tiny.js';
@@ -16,7 +17,11 @@ import { type ChatMessage, encodeChat } from '../src/text/chat.js';
 import { loadTokenizer, type TextTokenizer } from '../src/text/tokenizer.js';
 import { ids, maxAbsDiff } from './helpers/numeric.js';
 
-const HOOKS = ['blocks.*.hook_resid_post', 'blocks.1.hook_resid_pre', 'blocks.0.hook_mlp_out'];
+const HOOKS: readonly HookSelector[] = [
+  'blocks.*.hook_resid_post',
+  'blocks.1.hook_resid_pre',
+  'blocks.0.hook_mlp_out',
+];
 const CHAT: ChatMessage[] = [
   { role: 'system', content: 'You are terse.' },
   { role: 'user', content: 'What is 2 + 2?' },

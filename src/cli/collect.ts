@@ -12,6 +12,7 @@ import { EmlensError } from '../errors.js';
 import { type ResponseRecord, readResponses } from '../eval/responses.js';
 import { readConfig } from '../model/config.js';
 import { sha256File, tokenizerFingerprint } from '../model/fingerprint.js';
+import { parseHookPatterns } from '../model/hooks.js';
 import { defaultMaxPositions, loadModel } from '../model/model.js';
 import { loadTokenizer } from '../text/tokenizer.js';
 import { addModelOptions, loadOptions, type ModelFlags, positiveInt } from './common.js';
@@ -85,12 +86,13 @@ export function registerCollect(program: Command): void {
     .action(async (flags: CollectFlags) => {
       // Refused before the model loads: a wrong --out should not cost a graph build.
       await checkStoreOut(flags.out, { resume: flags.resume, overwrite: flags.overwrite });
+      const hooks = parseHookPatterns(flags.hooks);
       const responses = await readResponses(flags.data);
       const tokenizer = await loadTokenizer(flags.model);
       const records = responsesToRecords(tokenizer, responses, flags.span);
       const write = { resume: flags.resume, overwrite: flags.overwrite };
       const opts: CollectOptions = {
-        hooks: [flags.hooks],
+        hooks,
         reduce: flags.reduce,
         batchSize: flags.batchSize,
         shardSize: flags.shardSize,

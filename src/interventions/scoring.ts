@@ -6,6 +6,7 @@
 import { EmlensError } from '../errors.js';
 import type { ResponseRecord } from '../eval/responses.js';
 import { readUserFile } from '../io/inputFiles.js';
+import type { HookName, HookSelector, ResidualHookName } from '../model/hooks.js';
 import type { Intervention } from '../model/interventions.js';
 import type { Model } from '../model/model.js';
 import type { Float32Tensor } from '../model/tensor.js';
@@ -121,14 +122,17 @@ export interface BatchLogits {
   /** log-sum-exp of each position's logits, float64. */
   readonly lse: Float64Array;
   /** Hooks fetched for conditions that patch from this one. */
-  readonly hooks: ReadonlyMap<string, Float32Tensor>;
+  readonly hooks: ReadonlyMap<HookName, Float32Tensor>;
 }
 
 /** A condition of a plan: a model, fixed interventions, or a patch from an earlier condition's run. */
 export interface PlanCondition extends Condition {
   readonly name: string;
   /** Patch `source`'s component along each site's direction into this run (see patchInterventions). */
-  readonly patch?: { readonly source: string; readonly sites: ReadonlyMap<string, readonly Float32Array[]> };
+  readonly patch?: {
+    readonly source: string;
+    readonly sites: ReadonlyMap<ResidualHookName, readonly Float32Array[]>;
+  };
 }
 
 export interface Plan {
@@ -186,7 +190,7 @@ export function checkConditions(plan: Plan): void {
 export async function runLogits(
   model: Model,
   interventions: readonly Intervention[],
-  hooks: readonly string[],
+  hooks: readonly HookSelector[],
   rows: readonly (readonly number[])[],
   pos: readonly Position[],
 ) {
@@ -241,12 +245,12 @@ export async function evaluatePlan(
   for (const [a, b] of plan.pairs) {
     for (const n of [a, b]) if (!index.has(n)) throw new Error(`evaluatePlan: unknown condition ${n}`);
   }
-  const patchHooks = new Map<string, Set<string>>();
+  const patchHooks = new Map<string, Set<ResidualHookName>>();
   plan.conditions.forEach((c, i) => {
     if (!c.patch) return;
     const j = index.get(c.patch.source);
     if (j === undefined || j >= i) throw new Error(`evaluatePlan: ${c.name} patches from a later condition`);
-    const set = patchHooks.get(c.patch.source) ?? new Set<string>();
+    const set = patchHooks.get(c.patch.source) ?? new Set<ResidualHookName>();
     for (const h of c.patch.sites.keys()) set.add(h);
     patchHooks.set(c.patch.source, set);
   });

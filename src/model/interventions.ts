@@ -1,6 +1,6 @@
 import type { NdArray } from 'ndarray';
 import { EmlensError } from '../errors.js';
-import { resolveHooks, siteCount, siteOf } from './hooks.js';
+import { type ResidualHookSelector, resolveHooks, siteCount, siteOf } from './hooks.js';
 import type { Float32Tensor } from './tensor.js';
 
 /** Where in the current call an intervention applies: every position, or a `[batch, seq]` weight per token. */
@@ -10,7 +10,7 @@ export type PositionWeights = 'all' | Float32Array;
 export interface Steer {
   readonly kind: 'steer';
   /** Residual hook names or patterns (`blocks.*.hook_resid_post`). */
-  readonly hooks: readonly string[];
+  readonly hooks: readonly ResidualHookSelector[];
   readonly vector: Float32Array; // [d_model]
   readonly scale?: number;
   readonly positions?: PositionWeights;
@@ -19,7 +19,8 @@ export interface Steer {
 /** Project the span of `directions` out of the residual stream at the given hooks. */
 export interface Ablate {
   readonly kind: 'ablate';
-  readonly hooks: readonly string[];
+  /** Residual hook names or patterns (`blocks.*.hook_resid_post`). */
+  readonly hooks: readonly ResidualHookSelector[];
   /** One or more directions (rank k); they need not be normalised or orthogonal. */
   readonly directions: readonly Float32Array[]; // k x [d_model]
   readonly positions?: PositionWeights;

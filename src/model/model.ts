@@ -10,7 +10,14 @@ import { readConfig } from './config.js';
 import { ensureGraph, graphFileName } from './graph/build.js';
 import { type GraphVariant, graphHookName, IO, type Profile } from './graph/transformer.js';
 import type { WeightReader } from './graph/weights.js';
-import { allHookNames, type BlockHook, resolveHooks, siteCount } from './hooks.js';
+import {
+  allHookNames,
+  type BlockHook,
+  type HookName,
+  type HookSelector,
+  resolveHooks,
+  siteCount,
+} from './hooks.js';
 import { type ForwardIntervention, interventionFeeds, patchSiteCount } from './interventions.js';
 import { LoraMergedWeights, loadAdapter } from './lora/index.js';
 import type { KvArray, OutputBuffers } from './outputBuffers.js';
@@ -73,8 +80,11 @@ export interface LoadStats {
 }
 
 export interface ForwardOptions {
-  /** Hook names or patterns to return (`blocks.*.hook_resid_post`); none by default. */
-  readonly hooks?: readonly string[];
+  /**
+   * Hook names or patterns to return (`blocks.*.hook_resid_post`, see `HookPattern`); none by default. A
+   * run-time string (a CLI flag) goes through `parseHookPatterns` first.
+   */
+  readonly hooks?: readonly HookSelector[];
   /** Steering, ablation and activation patching (see `Patch`), applied in the graph. */
   readonly interventions?: readonly ForwardIntervention[];
   /** `last` (default): `[batch, vocab]`; `all`: `[batch, seq, vocab]` (a second graph, built on first use). */
@@ -93,7 +103,7 @@ export interface ForwardOptions {
 export interface ForwardResult {
   readonly logits: Float32Tensor;
   /** Requested hooks, each `[batch, seq, d_model]` (left padding included: see `padding`). */
-  readonly hooks: ReadonlyMap<string, Float32Tensor>;
+  readonly hooks: ReadonlyMap<HookName, Float32Tensor>;
   /** Left padding of each row in this call. */
   readonly padding: readonly number[];
   readonly cache?: KVCache;
@@ -264,7 +274,7 @@ export class Model {
   }
 
   /** Every hook name, block by block. */
-  get hookNames(): string[] {
+  get hookNames(): HookName[] {
     return allHookNames(this.spec.numLayers);
   }
 

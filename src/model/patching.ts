@@ -5,7 +5,7 @@
  */
 import ndarray, { type NdArray } from 'ndarray';
 import { EmlensError } from '../errors.js';
-import { resolveHooks } from './hooks.js';
+import { type HookName, type HookSelector, resolveHooks } from './hooks.js';
 import { patchSiteOf } from './interventions.js';
 import type { Model } from './model.js';
 import type { EncodeOptions, TraceSequence } from './trace.js';
@@ -24,7 +24,7 @@ export interface PatchingSweepOptions {
    * layer x position residual sweep); any residual hook, `hook_attn_out` or `hook_mlp_out`. Rows come in
    * model order (the result's `hooks`), whatever order they are given in.
    */
-  readonly hooks: string | readonly string[];
+  readonly hooks: HookSelector | readonly HookSelector[];
   /** The positions patched, one table column each (negative counts from the end); default every position. */
   readonly positions?: readonly number[];
   readonly metric: PatchingMetric;
@@ -36,7 +36,7 @@ export interface PatchingSweepOptions {
 
 export interface PatchingSweepResult {
   /** Row names, in model order. */
-  readonly hooks: readonly string[];
+  readonly hooks: readonly HookName[];
   /** Column positions (non-negative). */
   readonly positions: readonly number[];
   /**

@@ -3,6 +3,7 @@ import { claimOutputFile } from '../io/outputs.js';
 import { writeSafetensors } from '../io/safetensors.js';
 import { type ChatMessage, encodeChat } from '../text/chat.js';
 import type { TextTokenizer } from '../text/tokenizer.js';
+import type { HookName, HookSelector } from './hooks.js';
 import type { ForwardIntervention } from './interventions.js';
 import type { ForwardResult, Model } from './model.js';
 import type { Float32Tensor } from './tensor.js';
@@ -28,7 +29,7 @@ export interface EncodeOptions {
 
 export interface TraceOptions extends EncodeOptions {
   /** Hook names or patterns to cache (`blocks.*.hook_resid_post`); none by default. */
-  readonly hooks?: readonly string[];
+  readonly hooks?: readonly HookSelector[];
   /** Steering, ablation and activation patches (`[batch, seq]` positions include left padding). */
   readonly interventions?: readonly ForwardIntervention[];
   /** `last` (default): logits `[batch, vocab]`; `all`: `[batch, pos, vocab]`. */
@@ -54,13 +55,13 @@ export interface TraceResult {
  * `[batch, pos, d_model]` ndarray view over the buffer onnxruntime returned (no copy), so
  * `cache.get(h).pick(b, p)` is one token's residual vector.
  */
-export class ActivationCache implements Iterable<[string, View]> {
-  private readonly views = new Map<string, View>();
+export class ActivationCache implements Iterable<[HookName, View]> {
+  private readonly views = new Map<HookName, View>();
 
-  constructor(private readonly tensors: ReadonlyMap<string, Float32Tensor>) {}
+  constructor(private readonly tensors: ReadonlyMap<HookName, Float32Tensor>) {}
 
   /** The `[batch, pos, d_model]` view of a cached hook; an uncached name is an error naming the cached ones. */
-  get(hook: string): View {
+  get(hook: HookName): View {
     let v = this.views.get(hook);
     if (v) return v;
     const t = this.tensors.get(hook);
@@ -78,17 +79,17 @@ export class ActivationCache implements Iterable<[string, View]> {
   }
 
   /** The hook as a dense `Float32Tensor` (the same buffer as its view). */
-  tensor(hook: string): Float32Tensor {
+  tensor(hook: HookName): Float32Tensor {
     this.get(hook);
     return this.tensors.get(hook)!;
   }
 
-  has(hook: string): boolean {
+  has(hook: HookName): boolean {
     return this.tensors.has(hook);
   }
 
   /** Cached hook names, in model order. */
-  keys(): string[] {
+  keys(): HookName[] {
     return [...this.tensors.keys()];
   }
 
@@ -96,7 +97,7 @@ export class ActivationCache implements Iterable<[string, View]> {
     return this.tensors.size;
   }
 
-  *[Symbol.iterator](): Iterator<[string, View]> {
+  *[Symbol.iterator](): Iterator<[HookName, View]> {
     for (const k of this.tensors.keys()) yield [k, this.get(k)];
   }
 }
@@ -172,7 +173,7 @@ export async function traceModel(
 export interface Trace {
   readonly ids: readonly number[];
   /** Each `[pos, d_model]`. */
-  readonly hooks: ReadonlyMap<string, Float32Tensor>;
+  readonly hooks: ReadonlyMap<HookName, Float32Tensor>;
   readonly logits: Float32Tensor; // [vocab]
 }
 
@@ -180,10 +181,10 @@ export interface Trace {
 export async function traceTokens(
   model: Model,
   ids: readonly number[],
-  hooks: readonly string[],
+  hooks: readonly HookSelector[],
 ): Promise<Trace> {
   const r = await model.forward([ids], { hooks });
-  const perToken = new Map<string, Float32Tensor>();
+  const perToken = new Map<HookName, Float32Tensor>();
   for (const [name, t] of r.hooks)
     perToken.set(name, { data: t.data, dims: [ids.length, model.spec.dModel] });
   return { ids, hooks: perToken, logits: { data: r.logits.data, dims: [model.spec.vocabSize] } };

@@ -13,6 +13,7 @@ import { EmlensError } from '../../errors.js';
 import type { ResponseRecord } from '../../eval/responses.js';
 import { splitByAlignment } from '../../eval/selection.js';
 import { SafetensorsFile } from '../../io/safetensors.js';
+import { hookName } from '../../model/hooks.js';
 import type { Model } from '../../model/model.js';
 import type { AnswerSpan } from '../../text/answerMask.js';
 import type { TextTokenizer } from '../../text/tokenizer.js';
@@ -70,7 +71,7 @@ export async function finetuneDirection(
       `The ${finetune.domain} responses hold ${misaligned.length} misaligned and ${aligned.length} aligned answers, so finetune '${finetune.name}' has no direction; give both kinds (a label column, or aligned/coherent scores).`,
     );
   }
-  const hooks = opts.layers.map((l) => `blocks.${l}.hook_resid_post`);
+  const hooks = opts.layers.map((l) => hookName(l, 'resid_post'));
   const stores: string[] = [];
   for (const [label, rows] of [
     ['misaligned', misaligned],

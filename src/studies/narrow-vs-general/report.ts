@@ -4,6 +4,7 @@
  * with the norm-matched random control beside the number.
  */
 import { formatComparisonMarkdown } from '../../eval/metrics.js';
+import { hookName } from '../../model/hooks.js';
 import { pct } from '../../util/format.js';
 import type { CrossCell, NarrowVsGeneralResult, SteeringCurve } from './types.js';
 
@@ -157,7 +158,7 @@ export function narrowVsGeneralMarkdown(r: NarrowVsGeneralResult): string {
     '',
     '## Steering efficiency',
     '',
-    `The base steered by scale x v at blocks.${s.steerLayer}.hook_resid_post toward each finetune (its in-domain prompts): the fraction of KL(finetune ‖ base) closed and the misaligned - aligned log-prob margin gained, per unit of added norm; side effect: KL(base+steer ‖ base) on neutral text. Steering adds the vector at every position: a finetune that changes only some tokens (a narrow one, on its domain's words) is overshot on all the others, so KL(finetune ‖ base+steer) can grow while the margin still moves toward the finetune's.`,
+    `The base steered by scale x v at ${hookName(s.steerLayer, 'resid_post')} toward each finetune (its in-domain prompts): the fraction of KL(finetune ‖ base) closed and the misaligned - aligned log-prob margin gained, per unit of added norm; side effect: KL(base+steer ‖ base) on neutral text. Steering adds the vector at every position: a finetune that changes only some tokens (a narrow one, on its domain's words) is overshot on all the others, so KL(finetune ‖ base+steer) can grow while the margin still moves toward the finetune's.`,
     '',
     ...table(
       [

@@ -1,0 +1,17 @@
+/**
+ * `emlens/activations`: collection into activation stores (sharded, resumable, sliceable), the store format,
+ * reductions, merging slices, and per-layer means of a store.
+ */
+export { storeLayerMeans, type Weighting } from './aggregate.js';
+export { type CollectOptions, type CollectRecord, collectToStore, sliceRange } from './collect.js';
+export {
+  MANIFEST_FILE,
+  RECORDS_FILE,
+  readManifest,
+  type ShardEntry,
+  STORE_FORMAT,
+  type StoreManifest,
+} from './manifest.js';
+export { responsesToRecords } from './records.js';
+export { REDUCTIONS, type Reduction } from './reduce.js';
+export { ActivationStore, mergeStores } from './store.js';
