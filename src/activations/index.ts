@@ -14,4 +14,4 @@ export {
 } from './manifest.js';
 export { responsesToRecords } from './records.js';
 export { REDUCTIONS, type Reduction } from './reduce.js';
-export { ActivationStore, mergeStores } from './store.js';
+export { ActivationStore, type MergeOptions, mergeStores, verifyStore } from './store.js';

@@ -3,8 +3,18 @@
  * weight folders (one or many safetensors files), atomic writes, and output claims that refuse to clobber.
  */
 export { pathExists, writeAtomic, writeStreamAtomic } from './files.js';
+export {
+  encodeGguf,
+  GGML_TYPE_F32,
+  type GgufFile,
+  type GgufKv,
+  type GgufTensorInfo,
+  GgufType,
+  type GgufValue,
+  parseGguf,
+} from './gguf.js';
 export { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from './halfFloat.js';
-export { readInputText } from './inputFiles.js';
+export { inputExists, openInputFile, readInputText, readUserFile } from './inputFiles.js';
 export {
   type ClaimOptions,
   claimOutputFile,

@@ -6,6 +6,13 @@
 
 export { parseConfig, readConfig } from './config.js';
 export { describeModel, type ModelDescription } from './describe.js';
+export {
+  adapterFingerprint,
+  cachedSha256,
+  sha256File,
+  tokenizerFingerprint,
+  weightsFingerprint,
+} from './fingerprint.js';
 export type { Profile } from './graph/transformer.js';
 export {
   allHookNames,
@@ -29,9 +36,13 @@ export {
 } from './hooks.js';
 export {
   type Ablate,
+  type ForwardIntervention,
   type Intervention,
   orthonormalize,
+  type Patch,
   type PositionWeights,
+  patchSiteOf,
+  positionWeights,
   type Steer,
 } from './interventions.js';
 export {
@@ -61,6 +72,13 @@ export {
   Model,
 } from './model.js';
 export { DecodeBuffers, type KvArray, type OutputBuffers } from './outputBuffers.js';
+export {
+  logitDiff,
+  type PatchingMetric,
+  type PatchingSweepOptions,
+  type PatchingSweepResult,
+  patchingSweep,
+} from './patching.js';
 export { ropeInvFreq, ropeTables } from './rope.js';
 export { CUDA_INSTALL_COMMAND, cudaAvailable, type Device } from './session.js';
 export {
@@ -74,4 +92,14 @@ export {
 } from './spec.js';
 export type { Float32Tensor } from './tensor.js';
 export { makeTinyModel, QWEN25_05B_SHAPE, type TinyDtype, type TinyModelOptions } from './tiny.js';
-export { type Trace, traceTokens, writeTrace } from './trace.js';
+export {
+  ActivationCache,
+  type Trace,
+  type TraceInput,
+  type TraceOptions,
+  type TraceResult,
+  type TraceSequence,
+  traceTokens,
+  writeTrace,
+} from './trace.js';
+export { tensorView, type View, viewOf } from './views.js';

@@ -23,6 +23,7 @@ export {
   resultToJson,
   runNarrowVsGeneral,
 } from './run.js';
+export { perturbDirections } from './stability.js';
 export type {
   CosineResult,
   CrossCell,
