@@ -1,15 +1,15 @@
 /**
  * `npm run bench` = `tsx benchmarks/all.ts [--summary-only] [--only forward,generate,collect,directions]`: runs
  * every benchmark script in sequence, each as its own child process (`npx tsx benchmarks/X.ts`, so each gets a
- * fresh process), then writes benchmarks/results/summary.md (src/bench/summary.ts): every figure beside its
- * hardware bound from the same run and the goal of its issue. `--summary-only` (or BENCH_SUMMARY_ONLY=1) runs
- * nothing and only summarises the JSON already in benchmarks/results/. Exits 1 when a script failed.
+ * fresh process), then writes benchmarks/results/summary.md (benchmarks/lib/summary.ts): every figure beside
+ * its hardware bound from the same run and the goal of its issue. `--summary-only` (or BENCH_SUMMARY_ONLY=1)
+ * runs nothing and only summarises the JSON already in benchmarks/results/. Exits 1 when a script failed.
  */
 import { spawn } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { type BenchName, benchSummary, type ScriptRun } from '../src/bench/summary.js';
+import { type BenchName, benchSummary, type ScriptRun } from './lib/summary.js';
 
 const SCRIPTS: Record<BenchName, string> = {
   forward: 'benchmarks/forward.ts',

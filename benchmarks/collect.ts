@@ -8,10 +8,10 @@ import { rm } from 'node:fs/promises';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { collectToStore } from '../src/activations/collect.js';
-import { peakRssMiB } from '../src/bench/hardware.js';
 import type { TokenizedRecord } from '../src/data/record.js';
 import { loadModel } from '../src/model/model.js';
 import { Rng } from '../src/util/random.js';
+import { peakRssMiB } from './lib/hardware.js';
 import {
   benchLog,
   cacheDir,

@@ -5,9 +5,9 @@
 import { rm } from 'node:fs/promises';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
-import { blockGemmShapes, median, openMatMulCeiling, peakRssMiB, timeRuns } from '../src/bench/hardware.js';
-import { profilingOptions, readKernelProfile } from '../src/bench/profile.js';
 import { loadModel } from '../src/model/model.js';
+import { blockGemmShapes, median, openMatMulCeiling, peakRssMiB, timeRuns } from './lib/hardware.js';
+import { profilingOptions, readKernelProfile } from './lib/profile.js';
 import {
   benchLog,
   cacheDir,

@@ -5,17 +5,17 @@
  */
 import { cpus } from 'node:os';
 import { join } from 'node:path';
+import { type GenerateOptions, generate } from '../src/generate/generate.js';
+import { loadModel, type Model } from '../src/model/model.js';
+import { weightNames, weightShape } from '../src/model/spec.js';
 import {
   blockGemmShapes,
   measureCopyBandwidth,
   median,
   openMatMulCeiling,
   peakRssMiB,
-} from '../src/bench/hardware.js';
-import { profilingOptions, readKernelProfile } from '../src/bench/profile.js';
-import { type GenerateOptions, generate } from '../src/generate/generate.js';
-import { loadModel, type Model } from '../src/model/model.js';
-import { weightNames, weightShape } from '../src/model/spec.js';
+} from './lib/hardware.js';
+import { profilingOptions, readKernelProfile } from './lib/profile.js';
 import {
   benchLog,
   cacheDir,

@@ -1,213 +1,112 @@
-/** emlens: the public API. */
+/**
+ * emlens: the core API, what a researcher needs for the emergent-misalignment loop: load a model and its
+ * tokenizer, run it with typed hook names, steer and ablate, generate, collect activations into a store,
+ * compute and compare directions, measure mediation, and judge answers.
+ *
+ * Everything else lives under a subpath, one per area, each holding that area's whole public surface (the
+ * core names of the area included): `emlens/model`, `emlens/text`, `emlens/generate`, `emlens/interventions`,
+ * `emlens/activations`, `emlens/directions`, `emlens/eval`, `emlens/io`, `emlens/organisms`, `emlens/report`,
+ * `emlens/serve` and `emlens/studies` (the benchmarks' measurement helpers live in benchmarks/lib, outside
+ * the API).
+ */
 
-export { storeLayerMeans, type Weighting } from './activations/aggregate.js';
-export {
-  type CollectOptions,
-  collectToStore,
-  sliceRange,
-} from './activations/collect.js';
-export type { ShardEntry, StoreInputs, StoreManifest } from './activations/manifest.js';
-export { REDUCTIONS, type Reduction } from './activations/reduce.js';
-export { ActivationStore, type MergeOptions, mergeStores, verifyStore } from './activations/store.js';
-export { measureCopyBandwidth, measureMatMulCeiling } from './bench/hardware.js';
-export { runNarrowVsGeneral } from './bench/narrowVsGeneral.js';
-export { loadNarrowVsGeneralConfig, syntheticConfig } from './bench/narrowVsGeneralConfig.js';
-export { benchSummary } from './bench/summary.js';
-export { recordLabel, responsesToRecords, type TokenizedRecord, textsToRecords } from './data/record.js';
-export { type ResponseRecord, readResponses, writeResponses } from './data/response.js';
-export {
-  type AlignmentClass,
-  type AlignmentThresholds,
-  alignmentClass,
-  coherentFlag,
-  EM_THRESHOLDS,
-  emFlag,
-  emRuleText,
-  hasScore,
-  judgedScores,
-  resolveThresholds,
-  selectionLabel,
-} from './data/thresholds.js';
-export { type DemoOptions, runDemo } from './demo/em.js';
-export {
-  compareDirections,
-  cosineHeatmap,
-  formatCompareTable,
-  writeComparison,
-} from './directions/compare.js';
+// Activations: responses -> answer-token records -> an on-disk activation store.
+export { type CollectOptions, collectToStore } from './activations/collect.js';
+export type { Reduction } from './activations/reduce.js';
+export { ActivationStore } from './activations/store.js';
+// Data: the response record (the public EM code's columns) and the tokenized record with its answer mask.
+export { responsesToRecords, type TokenizedRecord, textsToRecords } from './data/record.js';
+export { type ResponseRecord, readResponses } from './data/response.js';
+// Directions: mean differences per layer, saved as safetensors, compared, with norm-matched random controls.
+export { compareDirections } from './directions/compare.js';
 export {
   cosine,
   type DirectionMeta,
   type DirectionSet,
+  LayerMeanAccumulator,
   type LayerMeans,
   loadDirections,
   meanDiff,
-  normalize,
   saveDirections,
 } from './directions/direction.js';
 export { directionFromStores } from './directions/fromStores.js';
-export { exportGguf, importGguf } from './directions/gguf.js';
-export {
-  type ControlSpread,
-  controlPaths,
-  controlSpread,
-  directionSha256,
-  formatSpread,
-  isRandomControl,
-  RANDOM_CONTROL_METHOD,
-  type RandomControlOptions,
-  randomControl,
-  randomControls,
-} from './directions/randomControl.js';
+export { randomControl } from './directions/randomControl.js';
+// Errors: every bad input is an EmlensError whose message says what to do.
 export { EmlensError } from './errors.js';
+// Judges: EM question sets, logprob-weighted 0..100 scores, OpenAI-compatible or local.
+export { createJudge, type Judge, judgeResponses, scoreFromLogprobs } from './eval/judge/index.js';
+export { type EvalQuestion, loadQuestions } from './eval/questions.js';
+export { splitByAlignment } from './eval/selection.js';
+// Generation: seeded, batched, KV-cached sampling, with interventions.
 export {
-  createJudge,
-  type Judge,
-  JudgeCache,
-  judgeResponses,
-  LocalJudge,
-  loadLocalJudge,
-  OpenAIJudge,
-  scoreFromLogprobs,
-} from './eval/judge.js';
-export {
-  bootstrapMean,
-  compareConditions,
-  type Estimate,
-  type EvalSummary,
-  emRate,
-  emRateChart,
-  formatComparisonMarkdown,
-  summarize,
-} from './eval/metrics.js';
-export {
-  type EvalQuestion,
-  fillJudgePrompt,
-  filterQuestions,
-  loadQuestions,
-  parseQuestions,
-} from './eval/questions.js';
-export {
-  compareEvalFolders,
-  type EvalComparison,
-  mergeEvalFolders,
-  questionSlice,
-  readEvalSummary,
-  writeReport,
-} from './eval/report.js';
-export { runEval } from './eval/run.js';
-export { directionInterventions, type SampleOptions, sampleAnswers } from './eval/sample.js';
-export { type AlignmentSplitOptions, splitByAlignment } from './eval/selection.js';
-export { type DecodeLoopOptions, type DecodeStep, decodeLoop } from './generate/decodeLoop.js';
-export {
-  type FinishReason,
   type GenerateOptions,
   type Generation,
   generate,
   type InterventionPositions,
   TextStreamer,
 } from './generate/generate.js';
-export { type SamplingParams, sampleToken } from './generate/sampling.js';
+// Interventions: steer and ablate directions in the residual stream; composeInterventions is the one road.
 export {
   type AblateRequest,
   type AblateSpec,
   ablateInterventions,
-  checkDirectionsFit,
   composeInterventions,
-  constantDirectionSet,
   type InterventionRequest,
   type LayerSelection,
   loadDirectionsFor,
-  parseLayerList,
-  patchInterventions,
-  residHook,
   type SteerRequest,
   type SteerSpec,
-  selectLayers,
-  siteDirections,
   steerInterventions,
 } from './interventions/compose.js';
+// Mediation: how much of a finetune's divergence from the base a direction carries.
 export { type MediationOptions, type MediationReport, mediation } from './interventions/mediation.js';
-export { formatMediation, writeMediation } from './interventions/mediationFormat.js';
+export { divergence } from './interventions/scoring.js';
+// Hook names: typed (a misspelt literal does not compile); parseHookPatterns is the door for run-time strings.
 export {
-  type OrthogonalizeOptions,
-  orthogonalizeModel,
-  residualWriters,
-} from './interventions/orthogonalize.js';
-export {
-  divergence,
-  logprobMargin,
-  readNeutralTexts,
-} from './interventions/scoring.js';
-export { type SweepOptions, type SweepResult, steeringSweep, writeSweep } from './interventions/sweep.js';
-export { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from './io/halfFloat.js';
-export {
-  encodeSafetensors,
-  type SafetensorsDtype,
-  SafetensorsFile,
-  type TensorInfo,
-  type TensorToWrite,
-  writeSafetensors,
-} from './io/safetensors.js';
-export { WeightSource } from './io/weightSource.js';
-export { parseConfig, readConfig } from './model/config.js';
-export { describeModel, type ModelDescription } from './model/describe.js';
-export {
-  adapterFingerprint,
-  cachedSha256,
-  sha256File,
-  tokenizerFingerprint,
-  weightsFingerprint,
-} from './model/fingerprint.js';
-export type { Profile } from './model/graph/transformer.js';
-export { allHookNames, BLOCK_HOOKS, type BlockHook, hookName, resolveHooks, siteOf } from './model/hooks.js';
+  type BlockHook,
+  type HookName,
+  type HookPattern,
+  type HookSelector,
+  hookName,
+  parseHookPatterns,
+  type ResidualHookName,
+  type ResidualHookSelector,
+} from './model/hooks.js';
 export {
   type Ablate,
+  type ForwardIntervention,
   type Intervention,
-  orthonormalize,
+  type Patch,
   type PositionWeights,
+  positionWeights,
   type Steer,
 } from './model/interventions.js';
-export {
-  LoraAdapter,
-  type LoraConfig,
-  type LoraFactors,
-  LoraMergedWeights,
-  type LoraModule,
-  type LoraReplacement,
-  loadAdapter,
-  loraScaling,
-  mergeLora,
-  type PeftAdapterOptions,
-  parseLoraConfig,
-  targetsModule,
-  writePeftAdapter,
-} from './model/lora.js';
+// Model: load a Hugging Face folder and run it (batched, left-padded, KV cache, hooks, interventions).
 export {
   type ForwardOptions,
   type ForwardResult,
   type KVCache,
   type LoadModelOptions,
-  type LoadStats,
   loadModel,
   Model,
 } from './model/model.js';
-export { DecodeBuffers, type KvArray, type OutputBuffers } from './model/outputBuffers.js';
-export { ropeInvFreq, ropeTables } from './model/rope.js';
-export { CUDA_INSTALL_COMMAND, cudaAvailable, type Device } from './model/session.js';
-export { type Family, type ModelSpec, parameterCount, SUPPORTED_ARCHITECTURES } from './model/spec.js';
+// Activation patching as TransformerLens users do it: a clean run's values into a corrupted run, swept.
+export { logitDiff, type PatchingSweepResult, patchingSweep } from './model/patching.js';
+export type { ModelSpec } from './model/spec.js';
 export type { Float32Tensor } from './model/tensor.js';
-export { makeTinyModel, QWEN25_05B_SHAPE, type TinyModelOptions } from './model/tiny.js';
-export { type Trace, traceTokens, writeTrace } from './model/trace.js';
-export { makeOrganisms, type OrganismManifest, type OrganismOptions } from './organisms/make.js';
-export { renderVegaLite } from './plot/render.js';
-export { emlensVersion, type HtmlReport, type HtmlReportOptions, writeHtmlReport } from './report/build.js';
-export { type Detected, detectInput } from './report/detect.js';
-export type { InputKind, ReportPage, ReportSection } from './report/model.js';
-export { ApiError } from './serve/apiError.js';
-export type { EmlensExtension } from './serve/protocol.js';
-export { type RunningServer, type ServeOptions, startServer } from './serve/server.js';
-export { answerTokens, batchAnswerMasks } from './text/answerMask.js';
-export { type ChatMessage, encodeChat, renderChat } from './text/chat.js';
-export { loadTokenizer, type TextTokenizer } from './text/tokenizer.js';
-export { dot, dotAt, norm, squaredNorm, unitVector, unitVector64 } from './util/vector.js';
+export {
+  ActivationCache,
+  type Trace,
+  type TraceInput,
+  type TraceResult,
+  traceTokens,
+} from './model/trace.js';
+export { tensorView, type View } from './model/views.js';
+// Tokenizer and chat: `tok.encodeChat(messages)` is the chat road (BOS exactly once).
+export type { ChatMessage } from './text/chat.js';
+export {
+  type ChatTemplateOptions,
+  type EncodeOptions,
+  loadTokenizer,
+  type TextTokenizer,
+} from './text/tokenizer.js';

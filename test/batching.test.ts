@@ -6,12 +6,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Profile } from '../src/model/graph/transformer.js';
+import type { HookSelector } from '../src/model/hooks.js';
 import { type KVCache, loadModel, type Model } from '../src/model/model.js';
 import type { ModelSpec } from '../src/model/spec.js';
 import { makeTinyModel, type TinyModelOptions } from '../src/model/tiny.js';
 import { ids, maxAbsDiff } from './helpers/numeric.js';
 
-const ALL_HOOKS = ['blocks.*.*'];
+const ALL_HOOKS: HookSelector[] = ['blocks.*.*'];
 
 /** Row `r` of a `[batch, ...]` tensor. */
 function row(data: Float32Array, r: number, size: number): Float32Array {

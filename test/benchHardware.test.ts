@@ -9,7 +9,7 @@ import {
   measureCopyBandwidth,
   measureMatMulCeiling,
   openMatMulCeiling,
-} from '../src/bench/hardware.js';
+} from '../benchmarks/lib/hardware.js';
 import { defaultThreads } from '../src/model/session.js';
 import { weightNames, weightShape } from '../src/model/spec.js';
 import { QWEN25_05B_SHAPE, tinySpec } from '../src/model/tiny.js';

@@ -6,7 +6,7 @@ import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { profilingOptions, readKernelProfile } from '../src/bench/profile.js';
+import { profilingOptions, readKernelProfile } from '../benchmarks/lib/profile.js';
 import { loadModel } from '../src/model/model.js';
 import { makeTinyModel } from '../src/model/tiny.js';
 

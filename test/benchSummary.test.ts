@@ -1,12 +1,12 @@
 /**
- * `npm run bench`'s summary (src/bench/summary.ts): each figure beside its same-run bound and its goal, met or
- * not, from the benchmark JSONs; a missing JSON is reported as not run.
+ * `npm run bench`'s summary (benchmarks/lib/summary.ts): each figure beside its same-run bound and its goal,
+ * met or not, from the benchmark JSONs; a missing JSON is reported as not run.
  */
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { benchSummary, collectRows, forwardRows, generateRows } from '../src/bench/summary.js';
+import { benchSummary, collectRows, forwardRows, generateRows } from '../benchmarks/lib/summary.js';
 
 const machine = { cpus: 2, cpuModel: 'test cpu', node: 'v20' };
 const forward = {

@@ -21,6 +21,7 @@ import {
   siteDirections,
   steerInterventions,
 } from '../src/interventions/compose.js';
+import type { HookName, HookSelector } from '../src/model/hooks.js';
 import type { Intervention } from '../src/model/interventions.js';
 import { type ForwardResult, loadModel, type Model } from '../src/model/model.js';
 import type { ModelSpec } from '../src/model/spec.js';
@@ -48,7 +49,7 @@ function unit(v: Float32Array): Float32Array {
 }
 
 /** Largest |<x, u>| over the real tokens of a hook (u a unit vector). */
-function maxProjection(r: ForwardResult, hook: string, u: Float32Array): number {
+function maxProjection(r: ForwardResult, hook: HookName, u: Float32Array): number {
   const t = r.hooks.get(hook)!;
   const [batch, seq, d] = t.dims;
   let worst = 0;
@@ -139,7 +140,7 @@ describe('building interventions from a direction set', () => {
 });
 
 describe('composition', () => {
-  const logits = async (ivs: Intervention[], hooks: string[] = []) =>
+  const logits = async (ivs: Intervention[], hooks: HookSelector[] = []) =>
     model.forward(rows, { logits: 'all', interventions: ivs, hooks });
 
   it('two ablations give the same result in either order (at the same and at different sites)', async () => {

@@ -30,11 +30,11 @@ import {
   decodeControlVector,
   encodeControlVector,
   exportGguf,
-  GgufType,
   guessModelHint,
   importGguf,
 } from '../src/directions/gguf.js';
 import { EmlensError } from '../src/errors.js';
+import { GgufType } from '../src/io/gguf.js';
 import { writeSafetensors } from '../src/io/safetensors.js';
 import { lineChart } from '../src/plot/charts.js';
 import { renderVegaLite } from '../src/plot/render.js';

@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EmlensError } from '../src/errors.js';
+import { hookName } from '../src/model/hooks.js';
 import { loadModel, type Model } from '../src/model/model.js';
 import { CUDA_INSTALL_COMMAND, cudaAvailable } from '../src/model/session.js';
 import type { ModelSpec } from '../src/model/spec.js';
@@ -50,6 +51,7 @@ afterAll(async () => {
 describe('hooks', () => {
   it('a misspelt hook suggests the right name', async () => {
     await expectEmlensError(
+      // @ts-expect-error a misspelt literal does not compile; the run-time check is for JS callers
       model.forward([ids], { hooks: ['blocks.0.hook_resid_psot'] }),
       "'blocks.0.hook_resid_psot'",
       /did you mean 'blocks\.0\.hook_resid_post'/,
@@ -58,8 +60,8 @@ describe('hooks', () => {
 
   it('a hook of a layer beyond the model names the layers it has', async () => {
     await expectEmlensError(
-      model.forward([ids], { hooks: [`blocks.${spec.numLayers}.hook_resid_post`] }),
-      `blocks.${spec.numLayers}.hook_resid_post`,
+      model.forward([ids], { hooks: [hookName(spec.numLayers, 'resid_post')] }),
+      hookName(spec.numLayers, 'resid_post'),
       `0..${spec.numLayers - 1}`,
     );
   });
@@ -68,6 +70,7 @@ describe('hooks', () => {
     await expectEmlensError(
       model.forward([ids], {
         interventions: [
+          // @ts-expect-error a misspelt literal does not compile; the run-time check is for JS callers
           { kind: 'steer', hooks: ['blocks.1.hook_resid_psot'], vector: new Float32Array(spec.dModel) },
         ],
       }),
@@ -126,6 +129,7 @@ describe('interventions', () => {
     await expectEmlensError(
       model.forward([ids], {
         interventions: [
+          // @ts-expect-error interventions take residual hooks only; the run-time check is for JS callers
           { kind: 'steer', hooks: ['blocks.0.hook_attn_out'], vector: new Float32Array(spec.dModel) },
         ],
       }),

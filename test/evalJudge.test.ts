@@ -20,7 +20,7 @@ import {
   OpenAIJudge,
   scoreFromLogprobs,
   scoreToken,
-} from '../src/eval/judge.js';
+} from '../src/eval/judge/index.js';
 import { parseQuestions } from '../src/eval/questions.js';
 import { loadModel } from '../src/model/model.js';
 import { makeTinyModel } from '../src/model/tiny.js';

@@ -204,7 +204,9 @@ describe('question files written here', () => {
   });
 
   it('reports a missing file', async () => {
-    await expect(loadQuestions(join(dir, 'nope.yaml'))).rejects.toThrow(/Cannot read question file/);
+    await expect(loadQuestions(join(dir, 'nope.yaml'))).rejects.toThrow(
+      /Question file .*nope.yaml does not exist; check the path/,
+    );
   });
 
   it('filters by glob patterns and rejects an include that matches nothing', () => {

@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SafetensorsFile } from '../src/io/safetensors.js';
+import { type HookName, parseHookPatterns } from '../src/model/hooks.js';
 import { loadModel } from '../src/model/model.js';
 import { maxAbsDiff } from './helpers/numeric.js';
 
@@ -70,7 +71,9 @@ describe('real transformers and peft outputs', () => {
         ...('adapter' in c ? { adapter: join(HF, c.adapter) } : {}),
       });
       try {
-        const hookNames = [...golden.tensors.keys()].filter((k) => k !== 'logits');
+        const hookNames = parseHookPatterns(
+          [...golden.tensors.keys()].filter((k) => k !== 'logits'),
+        ) as HookName[];
         expect(hookNames.length).toBe(3 * model.spec.numLayers + 1);
         const r = await model.forward(golden.ids, { hooks: hookNames, logits: 'all' });
         for (const name of hookNames) {

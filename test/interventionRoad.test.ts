@@ -19,9 +19,9 @@ import {
   composeInterventions,
   type InterventionRequest,
   parseLayerList,
-  residHook,
 } from '../src/interventions/compose.js';
 import { writeSafetensors } from '../src/io/safetensors.js';
+import { hookName } from '../src/model/hooks.js';
 import { type Intervention, interventionFeeds } from '../src/model/interventions.js';
 import { loadModel, type Model } from '../src/model/model.js';
 import type { ModelSpec } from '../src/model/spec.js';
@@ -227,8 +227,8 @@ describe('one road for interventions', () => {
       interventions: composeInterventions({ ablate: [{ direction: set, layers: 'all' }] }, spec),
     });
     expect(a.logits.data).toEqual(b.logits.data);
-    const r = await model.forward(ids, { hooks: [residHook(1, 'post')], interventions: viaGenerate });
-    const h = r.hooks.get(residHook(1, 'post'))!;
+    const r = await model.forward(ids, { hooks: [hookName(1, 'resid_post')], interventions: viaGenerate });
+    const h = r.hooks.get(hookName(1, 'resid_post'))!;
     // resid_post of block 1 loses block 1's direction but keeps block 2's component (no rank-2 span there)
     const along = (u: Float64Array) => {
       let worst = 0;

@@ -6,14 +6,19 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type HookName, type HookSelector, hookName, type ResidualHookSelector } from '../src/model/hooks.js';
 import type { Intervention } from '../src/model/interventions.js';
 import { type ForwardResult, type KVCache, loadModel, type Model } from '../src/model/model.js';
 import type { ModelSpec } from '../src/model/spec.js';
 import { makeTinyModel } from '../src/model/tiny.js';
 import { ids, maxAbsDiff, vec } from './helpers/numeric.js';
 
-const RESID = ['blocks.*.hook_resid_pre', 'blocks.*.hook_resid_mid', 'blocks.*.hook_resid_post'];
-const ALL_HOOKS = ['blocks.*.*'];
+const RESID: ResidualHookSelector[] = [
+  'blocks.*.hook_resid_pre',
+  'blocks.*.hook_resid_mid',
+  'blocks.*.hook_resid_post',
+];
+const ALL_HOOKS: HookSelector[] = ['blocks.*.*'];
 const L = 1; // the intervened layer (of 3)
 
 function dot(a: ArrayLike<number>, b: ArrayLike<number>): number {
@@ -27,7 +32,7 @@ function norm(a: ArrayLike<number>): number {
 }
 
 /** The `[d]` vector at token (b, p) of a `[batch, seq, d]` hook. */
-function at(r: ForwardResult, hook: string, b: number, p: number): Float32Array {
+function at(r: ForwardResult, hook: HookName, b: number, p: number): Float32Array {
   const t = r.hooks.get(hook);
   if (!t) throw new Error(`hook ${hook} not returned`);
   const [, seq, d] = t.dims;
@@ -35,7 +40,7 @@ function at(r: ForwardResult, hook: string, b: number, p: number): Float32Array 
 }
 
 /** Largest |<x, u>| / |x| over every token of a hook, for a unit vector `u`. */
-function maxCosine(r: ForwardResult, hook: string, u: Float32Array): number {
+function maxCosine(r: ForwardResult, hook: HookName, u: Float32Array): number {
   const t = r.hooks.get(hook)!;
   const [batch, seq] = t.dims;
   let worst = 0;
@@ -75,26 +80,26 @@ describe('steering', () => {
     const base = await model.forward(rows, { hooks: ALL_HOOKS });
     const steered = await model.forward(rows, {
       hooks: ALL_HOOKS,
-      interventions: [{ kind: 'steer', hooks: [`blocks.${L}.hook_resid_post`], vector: v, scale: 1 }],
+      interventions: [{ kind: 'steer', hooks: [hookName(L, 'resid_post')], vector: v, scale: 1 }],
     });
-    const post = `blocks.${L}.hook_resid_post`;
+    const post = hookName(L, 'resid_post');
     let laterChange = 0;
     for (let b = 0; b < 2; b++) {
       for (let p = 0; p < 6; p++) {
         const shift = at(steered, post, b, p).map((x, i) => x - at(base, post, b, p)[i]);
         expect(maxAbsDiff(shift, v), `token ${b},${p}`).toBeLessThanOrEqual(1e-5);
         // the next block reads the steered stream
-        const next = `blocks.${L + 1}.hook_resid_pre`;
+        const next = hookName(L + 1, 'resid_pre');
         expect(maxAbsDiff(at(steered, next, b, p), at(steered, post, b, p))).toBe(0);
         // everything before the intervention is untouched
         for (let l = 0; l <= L; l++) {
-          for (const h of ['hook_resid_pre', 'hook_resid_mid', 'hook_attn_out', 'hook_mlp_out']) {
-            const name = `blocks.${l}.${h}`;
+          for (const h of ['resid_pre', 'resid_mid', 'attn_out', 'mlp_out'] as const) {
+            const name = hookName(l, h);
             expect(maxAbsDiff(at(steered, name, b, p), at(base, name, b, p)), name).toBeLessThanOrEqual(1e-6);
           }
         }
         // later layers respond to the shift beyond just carrying it along
-        const lastPost = `blocks.${spec.numLayers - 1}.hook_resid_post`;
+        const lastPost = hookName(spec.numLayers - 1, 'resid_post');
         const carried = at(base, lastPost, b, p).map((x, i) => x + v[i]);
         laterChange = Math.max(laterChange, maxAbsDiff(at(steered, lastPost, b, p), carried));
       }
@@ -106,7 +111,7 @@ describe('steering', () => {
   it('scale multiplies the vector', async () => {
     const rows = [ids(5, 4)];
     const v = vec(spec.dModel, 5);
-    const hook = `blocks.${L}.hook_resid_mid`;
+    const hook = hookName(L, 'resid_mid');
     const base = await model.forward(rows, { hooks: [hook] });
     const steered = await model.forward(rows, {
       hooks: [hook],
@@ -133,7 +138,7 @@ describe('steering', () => {
     weights[5] = 0.5;
     weights[seq + 4] = 1;
     const firstMasked = [3, 4];
-    const post = `blocks.${L}.hook_resid_post`;
+    const post = hookName(L, 'resid_post');
     const base = await model.forward(rows, { hooks: ALL_HOOKS });
     const steered = await model.forward(rows, {
       hooks: ALL_HOOKS,
@@ -164,7 +169,7 @@ describe('steering', () => {
 describe('ablation', () => {
   it('ablating d at blocks.L.hook_resid_post leaves it orthogonal to d (and removes exactly its projection)', async () => {
     const rows = [ids(7, 9), ids(7, 10)];
-    const post = `blocks.${L}.hook_resid_post`;
+    const post = hookName(L, 'resid_post');
     const base = await model.forward(rows, { hooks: [post] });
     // the direction of the mean residual, so the stream has a large component along it to remove
     const d = new Float32Array(spec.dModel);
@@ -193,7 +198,7 @@ describe('ablation', () => {
 
   it('rank-2 ablation of two non-orthogonal directions leaves it orthogonal to both', async () => {
     const rows = [ids(8, 11)];
-    const post = `blocks.${L}.hook_resid_post`;
+    const post = hookName(L, 'resid_post');
     const d1 = vec(spec.dModel, 12, 2);
     const d2 = d1.map((x, i) => 0.8 * x + 0.3 * vec(spec.dModel, 13)[i]);
     expect(Math.abs(dot(unit(d1), unit(d2)))).toBeGreaterThan(0.5);
@@ -233,7 +238,7 @@ describe('ablation', () => {
 
   it('ablation and steering at one site: ablate first, then add', async () => {
     const rows = [ids(5, 17)];
-    const hook = `blocks.${L}.hook_resid_mid`;
+    const hook = hookName(L, 'resid_mid');
     const d = vec(spec.dModel, 18);
     const u = unit(d);
     const res = await model.forward(rows, {
@@ -272,7 +277,7 @@ describe('no-op interventions', () => {
 
 describe('through the KV cache', () => {
   it('cached step-by-step decoding with steering equals full recomputation with steering', async () => {
-    const hook = `blocks.${L}.hook_resid_post`;
+    const hook = hookName(L, 'resid_post');
     const interventions: Intervention[] = [
       { kind: 'steer', hooks: [hook], vector: vec(spec.dModel, 22), scale: 1.5 },
       { kind: 'ablate', hooks: ['blocks.0.hook_resid_mid'], directions: [vec(spec.dModel, 23)] },

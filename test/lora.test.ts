@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { main } from '../src/cli/main.js';
 import { EmlensError } from '../src/errors.js';
 import { SafetensorsFile, writeSafetensors } from '../src/io/safetensors.js';
-import { BLOCK_HOOKS } from '../src/model/hooks.js';
+import { BLOCK_HOOKS, hookName } from '../src/model/hooks.js';
 import {
   type LoraFactors,
   loadAdapter,
@@ -20,7 +20,7 @@ import {
   parseLoraConfig,
   targetsModule,
   writePeftAdapter,
-} from '../src/model/lora.js';
+} from '../src/model/lora/index.js';
 import { loadModel } from '../src/model/model.js';
 import { type ModelSpec, weightShape } from '../src/model/spec.js';
 import { makeTinyModel } from '../src/model/tiny.js';
@@ -103,7 +103,7 @@ async function expectMatches(ref: ReferenceOutput, adapter?: string, cache = cac
     expect(maxAbsDiff(r.logits.data, ref.logits[ids.length - 1]), 'logits').toBeLessThanOrEqual(TOL);
     for (let l = 0; l < spec.numLayers; l++) {
       for (const h of BLOCK_HOOKS) {
-        const name = `blocks.${l}.${h}`;
+        const name = hookName(l, h);
         expect(maxAbsDiff(r.hooks.get(name)!.data, referenceHook(ref, l, h)), name).toBeLessThanOrEqual(TOL);
       }
     }
@@ -478,7 +478,7 @@ describe('emlens trace --adapter', () => {
     const f = await SafetensorsFile.open(out);
     try {
       for (let l = 0; l < spec.numLayers; l++) {
-        const name = `blocks.${l}.hook_resid_post`;
+        const name = hookName(l, 'resid_post');
         expect(await f.readFloat32(name), name).toEqual(lib.hooks.get(name)!.data);
       }
       const logits = await f.readFloat32('logits');

@@ -19,6 +19,7 @@ import { formatMediation, writeMediation } from '../src/interventions/mediationF
 import { divergence, readNeutralTexts } from '../src/interventions/scoring.js';
 import { steeringSweep, writeSweep } from '../src/interventions/sweep.js';
 import { SafetensorsFile } from '../src/io/safetensors.js';
+import { hookName } from '../src/model/hooks.js';
 import { loadModel, type Model } from '../src/model/model.js';
 import { makeOrganisms, type OrganismManifest } from '../src/organisms/make.js';
 import { DOMAINS, TOPICS, type Topic } from '../src/organisms/vocabulary.js';
@@ -72,7 +73,7 @@ describe('divergence', () => {
     const steer = [
       {
         kind: 'steer' as const,
-        hooks: ['blocks.1.hook_resid_post'],
+        hooks: [hookName(1, 'resid_post')],
         vector: planted.get('general')!.vectors.get(1)!,
         scale: 4,
       },
@@ -86,7 +87,7 @@ describe('divergence', () => {
     const masked = [
       {
         kind: 'steer' as const,
-        hooks: ['blocks.1.hook_resid_post'],
+        hooks: [hookName(1, 'resid_post')],
         vector: new Float32Array(64),
         positions: new Float32Array(3),
       },

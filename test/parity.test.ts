@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Profile } from '../src/model/graph/transformer.js';
-import { BLOCK_HOOKS } from '../src/model/hooks.js';
+import { BLOCK_HOOKS, hookName } from '../src/model/hooks.js';
 import { loadModel, type Model } from '../src/model/model.js';
 import type { ModelSpec } from '../src/model/spec.js';
 import { makeTinyModel, type TinyModelOptions } from '../src/model/tiny.js';
@@ -220,7 +220,7 @@ describe.each(CASES)('$name', ({ name, options, seqLen }) => {
       expect(r.hooks.size).toBe(spec.numLayers * BLOCK_HOOKS.length);
       for (let l = 0; l < spec.numLayers; l++) {
         for (const h of BLOCK_HOOKS) {
-          const name = `blocks.${l}.${h}`;
+          const name = hookName(l, h);
           const got = r.hooks.get(name);
           expect(got, name).toBeDefined();
           expect(got!.dims).toEqual([1, seqLen, spec.dModel]);

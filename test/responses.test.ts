@@ -76,8 +76,10 @@ describe('readResponses', () => {
     await expect(readResponses(join(root, 'noanswer.csv'))).rejects.toThrow(/no 'answer' column/);
     await writeFile(join(root, 'bad.jsonl'), '{"question":"q","answer":"a"}\n{oops\n');
     await expect(readResponses(join(root, 'bad.jsonl'))).rejects.toThrow(/line 2 is not valid JSON/);
-    await expect(readResponses(join(root, 'x.txt'))).rejects.toThrow(/Cannot read|must end in/);
-    await expect(readResponses(join(root, 'missing.csv'))).rejects.toThrow(/Cannot read responses file/);
+    await expect(readResponses(join(root, 'x.txt'))).rejects.toThrow(/does not exist|must end in/);
+    await expect(readResponses(join(root, 'missing.csv'))).rejects.toThrow(
+      /Responses file .*missing.csv does not exist; check the path/,
+    );
   });
 });
 

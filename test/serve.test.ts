@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { main } from '../src/cli/main.js';
 import { directionSet, saveDirections } from '../src/directions/direction.js';
-import { LocalJudge, OpenAIJudge } from '../src/eval/judge.js';
+import { LocalJudge, OpenAIJudge } from '../src/eval/judge/index.js';
 import { type GenerateOptions, generate } from '../src/generate/generate.js';
 import { composeInterventions, constantDirectionSet } from '../src/interventions/compose.js';
 import type { Intervention } from '../src/model/interventions.js';

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { storeLayerMeans } from '../src/activations/aggregate.js';
-import { collectToStore, sliceRange } from '../src/activations/collect.js';
+import { type CollectOptions, collectToStore, sliceRange } from '../src/activations/collect.js';
 import { ActivationStore, mergeStores } from '../src/activations/store.js';
 import type { TokenizedRecord } from '../src/data/record.js';
 import type { Intervention } from '../src/model/interventions.js';
@@ -38,7 +38,7 @@ afterAll(async () => {
   await rm(root, { recursive: true, force: true });
 });
 
-const opts = { hooks: ['blocks.*.hook_resid_post'], batchSize: 4, shardSize: 8 };
+const opts: CollectOptions = { hooks: ['blocks.*.hook_resid_post'], batchSize: 4, shardSize: 8 };
 
 async function filesOf(dir: string): Promise<Map<string, Buffer>> {
   const out = new Map<string, Buffer>();

@@ -281,13 +281,68 @@ describe('renderChat', () => {
       const ids = encodeChat(tok, CONVERSATION, { addGenerationPrompt: false });
       expect(ids[0]).toBe(bos);
       expect(ids.filter((id) => id === bos)).toHaveLength(1);
-      // encoding the rendered text with special tokens (the mistake encodeChat avoids) doubles it
-      const doubled = tok.encode(renderChat(tok, CONVERSATION, { addGenerationPrompt: false }));
+      // the raw path, asked for by name, still adds the post-processor's BOS to text that has one
+      const doubled = tok.encode(renderChat(tok, CONVERSATION, { addGenerationPrompt: false }), {
+        addSpecialTokens: true,
+      });
       expect(doubled.filter((id) => id === bos)).toHaveLength(2);
     }
     const qwenIds = encodeChat(qwen3, CONVERSATION, { addGenerationPrompt: false });
     expect(qwenIds[0]).toBe(qwen3.tokenToId('<|im_start|>'));
     expect(qwen3.decode(qwenIds)).toBe(renderChat(qwen3, CONVERSATION, { addGenerationPrompt: false }));
+  });
+
+  it('has no doubled-BOS trap: the obvious ways to encode a chat give BOS once', () => {
+    for (const tok of [llama31, withTemplate(llama31, LLAMA31_INSTRUCT_TEMPLATE), tiny.llama]) {
+      const bos = tok.tokenToId('<|begin_of_text|>')!;
+      const once = (ids: readonly number[]) => {
+        expect(ids[0]).toBe(bos);
+        expect(ids.filter((id) => id === bos)).toHaveLength(1);
+      };
+      // the chat road: a method of the tokenizer, the generation prompt defaulted from the last role
+      const prompt = tok.encodeChat([{ role: 'user', content: 'Hello' }]);
+      once(prompt);
+      expect(prompt).toEqual(
+        encodeChat(tok, [{ role: 'user', content: 'Hello' }], { addGenerationPrompt: true }),
+      );
+      once(tok.encodeChat(CONVERSATION));
+      expect(tok.encodeChat(CONVERSATION)).toEqual(
+        encodeChat(tok, CONVERSATION, { addGenerationPrompt: false }),
+      );
+      // the trap: rendered chat text through plain encode() no longer doubles BOS
+      const rendered = tok.renderChat(CONVERSATION);
+      expect(rendered).toBe(renderChat(tok, CONVERSATION, { addGenerationPrompt: false }));
+      once(tok.encode(rendered));
+      expect(tok.encode(rendered)).toEqual(tok.encodeChat(CONVERSATION));
+      // plain text still gets its BOS
+      once(tok.encode('Hello'));
+    }
+    // a tokenizer without BOS is unchanged
+    expect(qwen3.encode('<|im_start|>user')).toEqual(
+      qwen3.encode('<|im_start|>user', { addSpecialTokens: false }),
+    );
+    expect(qwen3.encodeChat(CONVERSATION)).toEqual(
+      encodeChat(qwen3, CONVERSATION, { addGenerationPrompt: false }),
+    );
+  });
+
+  it('warns once per tokenizer when encode() meets text that already starts with BOS', async () => {
+    const tok = await loadTokenizer(packaged('llama3_1'));
+    const seen: string[] = [];
+    const onWarning = (w: Error & { code?: string }) => {
+      if (w.code === 'EMLENS_BOS_IN_TEXT') seen.push(w.message);
+    };
+    process.on('warning', onWarning);
+    try {
+      tok.encode('<|begin_of_text|>Hi');
+      tok.encode('<|begin_of_text|>Hi again');
+      tok.encode('<|begin_of_text|>Hi', { addSpecialTokens: false }); // explicit: no warning
+      await new Promise((r) => setImmediate(r)); // warnings are emitted on the next tick
+    } finally {
+      process.off('warning', onWarning);
+    }
+    expect(seen).toHaveLength(1);
+    expect(seen[0]).toMatch(/encodeChat/);
   });
 
   it('rejects a tokenizer without a chat template', async () => {

@@ -1,20 +1,20 @@
 /**
  * `npm run bench:directions` = `tsx benchmarks/narrow-vs-general/run.ts [--config FILE.yaml] [--out DIR]
- * [--work DIR]`: the narrow-vs-general directions benchmark (src/bench/narrowVsGeneral.ts). Without a config it
+ * [--work DIR]`: the narrow-vs-general study (src/studies/narrow-vs-general/). Without a config it
  * makes the synthetic model organisms and runs on them, writing to benchmarks/results/narrow-vs-general/.
  * Scratch (organisms, activation stores, graph cache) goes to --work (default benchmarks/.work/narrow-vs-general).
  */
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { runNarrowVsGeneral } from '../../src/bench/narrowVsGeneral.js';
+import { EmlensError } from '../../src/errors.js';
+import { makeOrganisms } from '../../src/organisms/make.js';
 import {
   loadNarrowVsGeneralConfig,
   type NarrowVsGeneralConfig,
+  runNarrowVsGeneral,
   syntheticConfig,
-} from '../../src/bench/narrowVsGeneralConfig.js';
-import { EmlensError } from '../../src/errors.js';
-import { makeOrganisms } from '../../src/organisms/make.js';
+} from '../../src/studies/index.js';
 
 const log = (m: string) => process.stderr.write(`bench:directions: ${m}\n`);
 

@@ -5,7 +5,7 @@ import { pathKind } from '../io/outputs.js';
 import { cacheKey } from '../model/cache.js';
 import { adapterFingerprint, weightsFingerprint } from '../model/fingerprint.js';
 import { concatVectors } from '../model/graph/weights.js';
-import { resolveHooks } from '../model/hooks.js';
+import { type HookName, type HookSelector, resolveHooks } from '../model/hooks.js';
 import type { Intervention } from '../model/interventions.js';
 import type { Model } from '../model/model.js';
 import { STORE_FORMAT, STORE_VERSION, type StoreInputs, type StoreManifest, sliceRange } from './manifest.js';
@@ -16,7 +16,7 @@ export { sliceRange };
 
 export interface CollectOptions {
   /** Hook names or patterns; default `blocks.*.hook_resid_post`. */
-  readonly hooks?: readonly string[];
+  readonly hooks?: readonly HookSelector[];
   readonly reduce?: Reduction;
   readonly batchSize?: number;
   /** Records per shard file; rounded up to a multiple of batchSize. */
@@ -91,7 +91,7 @@ function interventionsKey(interventions: readonly Intervention[] | undefined): s
 async function runBatch(
   model: Model,
   batch: readonly TokenizedRecord[],
-  hooks: readonly string[],
+  hooks: readonly HookName[],
   reduce: Reduction,
   interventions: readonly Intervention[] | undefined,
 ): Promise<{ perHook: Map<string, Float32Array[]>; counts: number[] }> {
@@ -192,7 +192,9 @@ export async function collectToStore(
   opts: CollectOptions = {},
 ): Promise<StoreManifest> {
   const fresh = await planCollect(model, records, opts);
-  const { hooks, reduce, batchSize, shardSize, range } = fresh;
+  const { reduce, batchSize, shardSize, range } = fresh;
+  // planCollect resolved these against the model (resolveHooks), so they are hook names of this model
+  const hooks = fresh.hooks as readonly HookName[];
   const total = range[1] - range[0];
   return writeStore(outDir, fresh, { resume: opts.resume, overwrite: opts.overwrite }, async (dir, start) => {
     let m = start;

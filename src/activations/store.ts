@@ -7,6 +7,7 @@ import { writeAtomic } from '../io/files.js';
 import { pathKind, writeFolderAtomic } from '../io/outputs.js';
 import { SafetensorsFile, writeSafetensors } from '../io/safetensors.js';
 import { sha256File } from '../model/fingerprint.js';
+import { type View, viewOf } from '../model/views.js';
 import { assertUnlocked, LOCK_FILE, StoreLock } from './lock.js';
 import {
   FIELD_LABELS,
@@ -418,14 +419,18 @@ export class ActivationStore {
     return verifyStore(this.dir, this.manifest);
   }
 
-  /** All rows of one hook, shards concatenated: `[rows, d_model]`. */
-  async readHook(hook: string): Promise<Float32Array> {
+  private checkHook(hook: string): void {
     if (!this.manifest.hooks.includes(hook)) {
       throw new EmlensError(
         `The store at ${this.dir} has no hook '${hook}'; it holds ${this.manifest.hooks.join(', ')}.`,
       );
     }
-    const rows = this.manifest.shards.reduce((a, s) => a + s.rows, 0);
+  }
+
+  /** All rows of one hook, shards concatenated: `[rows, d_model]`. */
+  async readHook(hook: string): Promise<Float32Array> {
+    this.checkHook(hook);
+    const rows = this.rows();
     const out = new Float32Array(rows * this.manifest.dModel);
     let at = 0;
     for (const s of this.manifest.shards) {
@@ -439,6 +444,39 @@ export class ActivationStore {
       }
     }
     return out;
+  }
+
+  /**
+   * All rows of one hook as a `[rows, d_model]` ndarray view over the buffer `readHook` returns; `pick(i, null)`
+   * is row i (one record, or one answer token for `reduce: none`) without a copy.
+   */
+  async hookView(hook: string): Promise<View> {
+    return viewOf(await this.readHook(hook), [this.rows(), this.manifest.dModel]);
+  }
+
+  /**
+   * One shard's rows of a hook: a `[rows, d_model]` view over the tensor's bytes as read from the shard file
+   * (no copy beyond that read). Shards hold `manifest.shards[index].records` records from `firstRecord` on.
+   */
+  async shardView(index: number, hook: string): Promise<View> {
+    this.checkHook(hook);
+    const s = this.manifest.shards[index];
+    if (!Number.isInteger(index) || s === undefined) {
+      throw new EmlensError(
+        `The store at ${this.dir} has shards 0..${this.manifest.shards.length - 1}, not ${index}.`,
+      );
+    }
+    const f = await SafetensorsFile.open(join(this.dir, s.file));
+    try {
+      return viewOf(await f.readFloat32(hook), [s.rows, this.manifest.dModel]);
+    } finally {
+      await f.close();
+    }
+  }
+
+  /** Rows of every hook tensor, all shards together. */
+  private rows(): number {
+    return this.manifest.shards.reduce((a, s) => a + s.rows, 0);
   }
 
   /** Answer tokens per record. */

@@ -8,6 +8,7 @@ import { type ResponseRecord, readResponses } from '../data/response.js';
 import { EmlensError } from '../errors.js';
 import { readConfig } from '../model/config.js';
 import { sha256File, tokenizerFingerprint } from '../model/fingerprint.js';
+import { parseHookPatterns } from '../model/hooks.js';
 import { defaultMaxPositions, loadModel } from '../model/model.js';
 import { loadTokenizer } from '../text/tokenizer.js';
 import { addModelOptions, loadOptions, type ModelFlags, positiveInt } from './common.js';
@@ -93,12 +94,13 @@ export function registerCollect(program: Command): void {
       const out = flags.out ?? defaultStoreDir(flags.data);
       // Refused before the model loads: a wrong --out (given or default) should not cost a graph build.
       await checkStoreOut(out, { resume: flags.resume, overwrite: flags.overwrite });
+      const hooks = parseHookPatterns(flags.hooks);
       const responses = await readResponses(flags.data);
       const tokenizer = await loadTokenizer(flags.model);
       const records = responsesToRecords(tokenizer, responses, flags.span);
       const write = { resume: flags.resume, overwrite: flags.overwrite };
       const opts: CollectOptions = {
-        hooks: [flags.hooks],
+        hooks,
         reduce: flags.reduce,
         batchSize: flags.batchSize,
         shardSize: flags.shardSize,

@@ -1,9 +1,10 @@
 import { type Command, Option } from 'commander';
 import { EmlensError } from '../errors.js';
 import { parseLayerList } from '../interventions/compose.js';
+import { workerLoadOptions } from '../serve/messages.js';
 import { startServer } from '../serve/server.js';
 import { finiteNumber, port, positiveInt } from './args.js';
-import { addModelOptions, type ModelFlags } from './common.js';
+import { addModelOptions, loadOptions, type ModelFlags } from './common.js';
 
 interface ServeFlags extends ModelFlags {
   readonly host: string;
@@ -98,12 +99,9 @@ export function registerServe(program: Command): void {
       const layers = flags.layers !== undefined ? parseServeLayers(flags.layers) : undefined;
       const log = (line: string) => process.stderr.write(`emlens: ${line}\n`);
       const server = await startServer({
+        // Load progress reaches the log through onLog; the worker takes the plain load options only.
+        ...workerLoadOptions(loadOptions(flags)),
         model: flags.model,
-        adapter: flags.adapter,
-        device: flags.device,
-        profile: flags.profile,
-        threads: flags.threads,
-        cacheDir: flags.cacheDir,
         servedModelName: flags.servedModelName,
         host: flags.host,
         port: flags.port,

@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { EmlensError } from '../errors.js';
 import { claimOutputFile } from '../io/outputs.js';
+import { parseHookPatterns } from '../model/hooks.js';
 import { loadModel } from '../model/model.js';
 import { type Trace, traceTokens, writeTrace } from '../model/trace.js';
 import { loadTokenizer } from '../text/tokenizer.js';
@@ -29,6 +30,7 @@ export function registerTrace(program: Command): void {
       if ((flags.text === undefined) === (flags.ids === undefined)) {
         throw new EmlensError('Give exactly one of --text or --ids.');
       }
+      const hooks = parseHookPatterns(flags.hooks);
       // Before the model loads, so a refused --out costs nothing; writeTrace checks again when it writes.
       await claimOutputFile(flags.out, { overwrite: flags.overwrite });
       const ids =
@@ -38,7 +40,7 @@ export function registerTrace(program: Command): void {
       const model = await loadModel(flags.model, loadOptions(flags));
       let trace: Trace;
       try {
-        trace = await traceTokens(model, ids, [flags.hooks]);
+        trace = await traceTokens(model, ids, hooks);
         await writeTrace(
           flags.out,
           trace,

@@ -1,8 +1,9 @@
-import { readFile, rename, writeFile } from 'node:fs/promises';
+import { rename, writeFile } from 'node:fs/promises';
 import { basename, dirname, extname, join } from 'node:path';
 import { parse } from 'csv-parse/sync';
 import { stringify } from 'csv-stringify/sync';
 import { EmlensError } from '../errors.js';
+import { readUserFile } from '../io/inputFiles.js';
 
 /**
  * One answered question, in the columns the public EM code uses: `question_id`, `question`, `answer`, and one
@@ -151,12 +152,7 @@ function jsonKind(v: unknown): string {
 
 /** Reads responses from `.csv` or `.jsonl` (`response` is read as a synonym of `answer`). */
 export async function readResponses(path: string): Promise<ResponseRecord[]> {
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch {
-    throw new EmlensError(`Cannot read responses file ${path}; check the path.`);
-  }
+  const text = await readUserFile(path, 'Responses file');
   const ext = extname(path).toLowerCase();
   if (ext === '.csv') {
     let rows: Record<string, unknown>[];

@@ -4,10 +4,11 @@
  * `{question}` and `{answer}` placeholders) and an optional `system` prompt. The files share values through YAML
  * anchors and aliases, which the `yaml` package resolves.
  */
-import { readFile } from 'node:fs/promises';
+
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { EmlensError } from '../errors.js';
+import { readUserFile } from '../io/inputFiles.js';
 
 /** One evaluation question. */
 export interface EvalQuestion {
@@ -164,13 +165,7 @@ function describe(v: unknown): string {
 
 /** Reads and validates a question file (see {@link parseQuestions}). */
 export async function loadQuestions(path: string): Promise<EvalQuestion[]> {
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch {
-    throw new EmlensError(`Cannot read question file ${path}; check the path.`);
-  }
-  return parseQuestions(text, path);
+  return parseQuestions(await readUserFile(path, 'Question file'), path);
 }
 
 /** Which question ids to keep. */

@@ -4,8 +4,10 @@
  */
 import { mkdir, readFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
+import { type ResponseRecord, readResponses } from '../data/response.js';
 import { EmlensError } from '../errors.js';
 import { writeAtomic } from '../io/files.js';
+import { inputExists } from '../io/inputFiles.js';
 import { claimOutputFiles } from '../io/outputs.js';
 import { renderVegaLite } from '../plot/render.js';
 import {
@@ -17,7 +19,6 @@ import {
   summarize,
 } from './metrics.js';
 import { loadQuestions } from './questions.js';
-import { type ResponseRecord, readResponses } from './responses.js';
 import { EVAL_FILES, writeResponseFiles } from './sample.js';
 
 /** Reads an eval folder's summary.json, or summarises its judged responses when there is none. */
@@ -44,11 +45,8 @@ export async function readEvalSummary(dir: string): Promise<EvalSummary> {
     return s;
   }
   for (const name of [EVAL_FILES.judgedJsonl, EVAL_FILES.judgedCsv]) {
-    try {
-      return summarize(await readResponses(join(dir, name)), basename(resolve(dir)));
-    } catch (e) {
-      if (!(e instanceof EmlensError) || !/^Cannot read/.test(e.message)) throw e;
-    }
+    const file = join(dir, name);
+    if (await inputExists(file)) return summarize(await readResponses(file), basename(resolve(dir)));
   }
   throw new EmlensError(
     `${dir} has neither ${EVAL_FILES.summary} nor judged responses; run emlens eval --out ${dir} first.`,

@@ -8,7 +8,7 @@ import { readConfig } from '../model/config.js';
 import type { Intervention } from '../model/interventions.js';
 import { type LoadModelOptions, loadModel } from '../model/model.js';
 import { loadTokenizer } from '../text/tokenizer.js';
-import { createJudge, type Judge, judgeResponses, type LocalJudgeOptions } from './judge.js';
+import { createJudge, type Judge, judgeResponses, type LocalJudgeOptions } from './judge/index.js';
 import { type EvalSummary, summarize } from './metrics.js';
 import { type EvalQuestion, filterQuestions, loadQuestions, type QuestionFilter } from './questions.js';
 import { questionSlice } from './report.js';

@@ -4,6 +4,7 @@
  */
 import { mkdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import { type ResponseRecord, readResponses, writeResponses } from '../data/response.js';
 import type { DirectionSet } from '../directions/direction.js';
 import { EmlensError } from '../errors.js';
 import { generate, type InterventionPositions } from '../generate/generate.js';
@@ -15,7 +16,6 @@ import { type ChatMessage, encodeChat } from '../text/chat.js';
 import type { TextTokenizer } from '../text/tokenizer.js';
 import { Rng } from '../util/random.js';
 import type { EvalQuestion } from './questions.js';
-import { type ResponseRecord, readResponses, writeResponses } from './responses.js';
 
 /** File names inside an eval output folder. */
 export const EVAL_FILES = {

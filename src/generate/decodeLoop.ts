@@ -3,6 +3,7 @@
  * one token per row per call, with the interventions placed by an {@link InterventionPositions} policy. What to
  * sample, and when a row ends, is the caller's.
  */
+import { EmlensError } from '../errors.js';
 import type { Intervention, PositionWeights } from '../model/interventions.js';
 import type { Model } from '../model/model.js';
 import { DecodeBuffers } from '../model/outputBuffers.js';
@@ -49,6 +50,13 @@ export async function decodeLoop(
   step: DecodeStep,
   opts: DecodeLoopOptions = {},
 ): Promise<void> {
+  for (const iv of interventions) {
+    if ((iv as { kind: string }).kind === 'patch') {
+      throw new EmlensError(
+        'Activation patches apply to forward and trace, not to generation (a patch needs values for tokens not yet generated); run the patched prompt with forward({ returnCache: true }) and continue from its cache.',
+      );
+    }
+  }
   const at = (positions: PositionWeights): Intervention[] =>
     interventions.map((iv) => ({ ...iv, positions }));
   const on = interventions.length > 0;

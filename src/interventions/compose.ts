@@ -29,7 +29,7 @@ import {
   loadDirections,
 } from '../directions/direction.js';
 import { EmlensError } from '../errors.js';
-import { hookName } from '../model/hooks.js';
+import { type HookName, hookName, type ResidualHook, type ResidualHookName } from '../model/hooks.js';
 import type { Ablate, Intervention, PositionWeights, Steer } from '../model/interventions.js';
 import type { ModelSpec } from '../model/spec.js';
 import type { Float32Tensor } from '../model/tensor.js';
@@ -42,30 +42,20 @@ export { unitVector };
 export type LayerSelection = 'all' | number | readonly number[];
 
 /** A residual hook of a block (where interventions can act). */
-export type ResidualHook = 'hook_resid_pre' | 'hook_resid_mid' | 'hook_resid_post';
+export type { ResidualHook };
 
 /** The shape a direction must fit: the model's width and layer count. */
 export type ModelShape = Pick<ModelSpec, 'numLayers' | 'dModel'>;
 
-/**
- * The name of a residual hook of block `layer`.
- *
- * @example
- * residHook(3, 'post'); // 'blocks.3.hook_resid_post'
- */
-export function residHook(layer: number, site: 'pre' | 'mid' | 'post'): string {
-  return hookName(layer, `hook_resid_${site}`);
-}
-
 /** The three residual hooks of block `layer` (pre, mid, post). */
-export function residualHooks(layer: number): string[] {
-  return [residHook(layer, 'pre'), residHook(layer, 'mid'), residHook(layer, 'post')];
+export function residualHooks(layer: number): ResidualHookName[] {
+  return [hookName(layer, 'resid_pre'), hookName(layer, 'resid_mid'), hookName(layer, 'resid_post')];
 }
 
 /** Every residual site of a model: `blocks.0.hook_resid_pre` and each block's `resid_mid` and `resid_post`. */
-export function allResidualHooks(numLayers: number): string[] {
-  const hooks = [residHook(0, 'pre')];
-  for (let i = 0; i < numLayers; i++) hooks.push(residHook(i, 'mid'), residHook(i, 'post'));
+export function allResidualHooks(numLayers: number): ResidualHookName[] {
+  const hooks: ResidualHookName[] = [hookName(0, 'resid_pre')];
+  for (let i = 0; i < numLayers; i++) hooks.push(hookName(i, 'resid_mid'), hookName(i, 'resid_post'));
   return hooks;
 }
 
@@ -247,7 +237,7 @@ export function siteDirections(
   sets: DirectionSet | readonly DirectionSet[],
   shape: ModelShape,
   spec: Pick<AblateSpec, 'layers' | 'from'>,
-): Map<string, Float32Array[]> {
+): Map<ResidualHookName, Float32Array[]> {
   const list = Array.isArray(sets) ? (sets as readonly DirectionSet[]) : [sets as DirectionSet];
   if (list.length === 0) throw new EmlensError('No direction sets were given to ablate; pass at least one.');
   list.forEach((s, i) => {
@@ -263,13 +253,13 @@ export function siteDirections(
       throw new EmlensError('No source layers were given to ablate; pass at least one.');
     fixed = list.flatMap((s) => sources.map((l) => directionAt(s, l)));
   }
-  const out = new Map<string, Float32Array[]>();
+  const out = new Map<ResidualHookName, Float32Array[]>();
   for (const layer of layers) {
     const vs = fixed ?? list.map((s) => directionAt(s, layer));
     // resid_pre of block L > 0 is resid_post of block L - 1: named once, by the block it belongs to
-    if (layer === 0 || !chosen.has(layer - 1)) out.set(residHook(layer, 'pre'), vs);
-    out.set(residHook(layer, 'mid'), vs);
-    out.set(residHook(layer, 'post'), vs);
+    if (layer === 0 || !chosen.has(layer - 1)) out.set(hookName(layer, 'resid_pre'), vs);
+    out.set(hookName(layer, 'resid_mid'), vs);
+    out.set(hookName(layer, 'resid_post'), vs);
   }
   return out;
 }
@@ -348,8 +338,8 @@ export function composeInterventions(request: InterventionRequest, shape: ModelS
  * change along the direction and keeps the base's own component.
  */
 export function patchInterventions(
-  sites: ReadonlyMap<string, readonly Float32Array[]>,
-  source: ReadonlyMap<string, Float32Tensor>,
+  sites: ReadonlyMap<ResidualHookName, readonly Float32Array[]>,
+  source: ReadonlyMap<HookName, Float32Tensor>,
 ): Intervention[] {
   const out: Intervention[] = [];
   for (const [hook, vs] of sites) {

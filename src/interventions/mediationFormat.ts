@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { type ControlSpread, formatSpread } from '../directions/randomControl.js';
 import { writeAtomic } from '../io/files.js';
 import { claimOutputFiles } from '../io/outputs.js';
+import { hookName } from '../model/hooks.js';
 import { pct } from '../util/format.js';
 import type { SourceLayers } from './compose.js';
 import type { MediationReport } from './mediation.js';
@@ -43,7 +44,7 @@ export function formatMediation(r: MediationReport): string[] {
     `  KL(finetune+ablate || base) = ${formatNumber(k.ablatedBase)} (random ${numberSpread(k.randomAblatedBase)}); the ablation alone moves the base by KL ${formatNumber(k.baseAblatedBase)} (random ${numberSpread(k.baseRandomAblatedBase)})`,
     `fraction mediated, patching the base's component into the finetune: ${pct(r.patchedFractionMediated)}   random control: ${pctSpread(r.randomPatchedFractionMediated)}`,
     `  KL(finetune+patch || base) = ${formatNumber(k.patchedBase)} (random ${numberSpread(k.randomPatchedBase)})`,
-    `steering the base (blocks.${r.steer.layer}.hook_resid_post, scale ${r.steer.scale}, |v| = ${formatNumber(r.steer.norm, 3)}): closes ${pct(r.steeringClosed)} of the divergence   random control: ${pctSpread(r.randomSteeringClosed)}`,
+    `steering the base (${hookName(r.steer.layer, 'resid_post')}, scale ${r.steer.scale}, |v| = ${formatNumber(r.steer.norm, 3)}): closes ${pct(r.steeringClosed)} of the divergence   random control: ${pctSpread(r.randomSteeringClosed)}`,
     `  KL(finetune || base+steer) = ${formatNumber(k.finetuneSteered)} (random ${numberSpread(k.finetuneRandomSteered)})`,
   ];
   if (r.margins) {
@@ -118,7 +119,7 @@ export function mediationMarkdown(r: MediationReport): string {
   return [
     `# Mediation: ${r.direction}`,
     '',
-    `${r.records} records, ${r.positions} answer positions. Ablated at the residual sites of layers ${r.ablate.layers.join(', ')} (${describeFrom(r.ablate.from)}); the base steered at blocks.${r.steer.layer}.hook_resid_post with scale ${r.steer.scale}. ${describeControls(r.controls.n, r.seed)} KL in nats per answer token; margins are mean log p(misaligned answer) - mean log p(aligned answer) per token; side effects are KL(model+intervention ‖ model) on neutral text.`,
+    `${r.records} records, ${r.positions} answer positions. Ablated at the residual sites of layers ${r.ablate.layers.join(', ')} (${describeFrom(r.ablate.from)}); the base steered at ${hookName(r.steer.layer, 'resid_post')} with scale ${r.steer.scale}. ${describeControls(r.controls.n, r.seed)} KL in nats per answer token; margins are mean log p(misaligned answer) - mean log p(aligned answer) per token; side effects are KL(model+intervention ‖ model) on neutral text.`,
     '',
     `| metric | direction | ${controlHeader(r.controls.n)} |`,
     '| --- | ---: | ---: |',

@@ -17,7 +17,7 @@ import { type TensorToWrite, writeSafetensors } from '../io/safetensors.js';
 import { WeightSource } from '../io/weightSource.js';
 import { readConfig } from '../model/config.js';
 import type { WeightReader } from '../model/graph/weights.js';
-import { LoraMergedWeights, loadAdapter } from '../model/lora.js';
+import { LoraMergedWeights, loadAdapter } from '../model/lora/index.js';
 import { type ModelSpec, weightNames, weightShape } from '../model/spec.js';
 import { checkWeights } from '../model/weightCheck.js';
 import { dotAt, unitVector64 } from '../util/vector.js';

@@ -2,9 +2,10 @@
  * Scoring records under conditions: next-token distributions over answer tokens (float64 log-softmax), the KL
  * divergence between two conditions, and log-prob margins. The building blocks of mediation and sweeps.
  */
-import { readFile } from 'node:fs/promises';
 import type { TokenizedRecord } from '../data/record.js';
 import { EmlensError } from '../errors.js';
+import { readUserFile } from '../io/inputFiles.js';
+import type { HookName, HookSelector, ResidualHookName } from '../model/hooks.js';
 import type { Intervention } from '../model/interventions.js';
 import type { Model } from '../model/model.js';
 import type { Float32Tensor } from '../model/tensor.js';
@@ -28,12 +29,7 @@ export interface EvalOptions {
 
 /** Reads neutral text: JSONL of `{"text": ...}` (the organisms' responses/neutral.jsonl) or plain lines. */
 export async function readNeutralTexts(path: string): Promise<string[]> {
-  let raw: string;
-  try {
-    raw = await readFile(path, 'utf8');
-  } catch {
-    throw new EmlensError(`Cannot read neutral text file ${path}; check the path.`);
-  }
+  const raw = await readUserFile(path, 'Neutral text file');
   const lines = raw
     .split('\n')
     .map((l) => l.trim())
@@ -79,14 +75,17 @@ export interface BatchLogits {
   /** log-sum-exp of each position's logits, float64. */
   readonly lse: Float64Array;
   /** Hooks fetched for conditions that patch from this one. */
-  readonly hooks: ReadonlyMap<string, Float32Tensor>;
+  readonly hooks: ReadonlyMap<HookName, Float32Tensor>;
 }
 
 /** A condition of a plan: a model, fixed interventions, or a patch from an earlier condition's run. */
 export interface PlanCondition extends Condition {
   readonly name: string;
   /** Patch `source`'s component along each site's direction into this run (see patchInterventions). */
-  readonly patch?: { readonly source: string; readonly sites: ReadonlyMap<string, readonly Float32Array[]> };
+  readonly patch?: {
+    readonly source: string;
+    readonly sites: ReadonlyMap<ResidualHookName, readonly Float32Array[]>;
+  };
 }
 
 export interface Plan {
@@ -144,7 +143,7 @@ export function checkConditions(plan: Plan): void {
 export async function runLogits(
   model: Model,
   interventions: readonly Intervention[],
-  hooks: readonly string[],
+  hooks: readonly HookSelector[],
   rows: readonly (readonly number[])[],
   pos: readonly Position[],
 ) {
@@ -199,12 +198,12 @@ export async function evaluatePlan(
   for (const [a, b] of plan.pairs) {
     for (const n of [a, b]) if (!index.has(n)) throw new Error(`evaluatePlan: unknown condition ${n}`);
   }
-  const patchHooks = new Map<string, Set<string>>();
+  const patchHooks = new Map<string, Set<ResidualHookName>>();
   plan.conditions.forEach((c, i) => {
     if (!c.patch) return;
     const j = index.get(c.patch.source);
     if (j === undefined || j >= i) throw new Error(`evaluatePlan: ${c.name} patches from a later condition`);
-    const set = patchHooks.get(c.patch.source) ?? new Set<string>();
+    const set = patchHooks.get(c.patch.source) ?? new Set<ResidualHookName>();
     for (const h of c.patch.sites.keys()) set.add(h);
     patchHooks.set(c.patch.source, set);
   });

@@ -1,7 +1,8 @@
 /**
- * Opening the files of a model folder (config, weights, tokenizer, adapter) for reading, refusing anything
- * that is not a regular file with one clear sentence: a directory, a FIFO (whose open blocks until a writer
- * appears, so reading one would hang forever), a socket or device, a symlink loop, a dangling symlink.
+ * Opening input files (a model folder's config, weights, tokenizer and adapter; a user's responses, questions,
+ * neutral texts, GGUF files and configs) for reading, refusing anything that is not a regular file with one clear
+ * sentence: a directory, a FIFO (whose open blocks until a writer appears, so reading one would hang forever), a
+ * socket or device, a symlink loop, a dangling symlink.
  */
 import { constants, type Stats } from 'node:fs';
 import { type FileHandle, lstat, open, readlink, stat } from 'node:fs/promises';
@@ -35,7 +36,7 @@ function notRegular(path: string, s: Stats, messages: InputMessages): EmlensErro
   const kind = kindOf(s);
   if (s.isDirectory()) return directoryError(path, messages);
   return new EmlensError(
-    `${path} is ${kind}, not a regular file; emlens reads model files only from regular files, so ${REPLACE}.`,
+    `${path} is ${kind}, not a regular file; emlens reads its inputs only from regular files, so ${REPLACE}.`,
   );
 }
 
@@ -148,6 +149,33 @@ export async function readInputText(path: string): Promise<string | null> {
     throw await openError(path, e, {
       missing: () => new EmlensError(`${path} disappeared while it was read; try again.`),
     });
+  } finally {
+    await fh.close();
+  }
+}
+
+/**
+ * A user's input file (responses, questions, texts, configs), read whole: UTF-8 text, or bytes with
+ * `encoding: null`. `what` names it in messages ("Responses file"): a missing path, a directory, a FIFO and the
+ * other non-regular files each get one line.
+ */
+export async function readUserFile(path: string, what: string): Promise<string>;
+export async function readUserFile(path: string, what: string, encoding: null): Promise<Buffer>;
+export async function readUserFile(
+  path: string,
+  what: string,
+  encoding: 'utf8' | null = 'utf8',
+): Promise<string | Buffer> {
+  const fh = await openInputFile(path, {
+    missing: () => new EmlensError(`${what} ${path} does not exist; check the path.`),
+    directory: () => new EmlensError(`${what} ${path} is a directory; name the file itself.`),
+  });
+  try {
+    return encoding === null ? await fh.readFile() : await fh.readFile(encoding);
+  } catch (e) {
+    throw new EmlensError(
+      `Cannot read ${what.toLowerCase()} ${path} (${(e as Error).message.replace(/\s+/g, ' ')}); check the file.`,
+    );
   } finally {
     await fh.close();
   }

@@ -15,7 +15,7 @@ import { EmlensError } from '../errors.js';
 import { writeAtomic } from '../io/files.js';
 import { WeightSource } from '../io/weightSource.js';
 import { defaultCacheDir } from './cache.js';
-import { ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE } from './lora.js';
+import { ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE } from './lora/index.js';
 
 export interface FingerprintOptions {
   /** Where per-file hashes are cached (default `$EMLENS_CACHE_DIR` or `~/.cache/emlens`); null: no cache. */

@@ -1,20 +1,37 @@
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { EmlensError } from '../errors.js';
 import { WeightSource } from '../io/weightSource.js';
+import { loadTokenizer, type TextTokenizer } from '../text/tokenizer.js';
 import { leftPad } from './batch.js';
 import { cacheKey, defaultCacheDir, fileFingerprint } from './cache.js';
 import { readConfig } from './config.js';
 import { ensureGraph, graphFileName } from './graph/build.js';
 import { type GraphVariant, graphHookName, IO, type Profile } from './graph/transformer.js';
 import type { WeightReader } from './graph/weights.js';
-import { allHookNames, type BlockHook, resolveHooks, siteCount } from './hooks.js';
-import { type Intervention, interventionFeeds } from './interventions.js';
-import { LoraMergedWeights, loadAdapter } from './lora.js';
+import {
+  allHookNames,
+  type BlockHook,
+  type HookName,
+  type HookSelector,
+  resolveHooks,
+  siteCount,
+} from './hooks.js';
+import { type ForwardIntervention, interventionFeeds, patchSiteCount } from './interventions.js';
+import { LoraMergedWeights, loadAdapter } from './lora/index.js';
 import type { KvArray, OutputBuffers } from './outputBuffers.js';
 import { createSession, type Device } from './session.js';
 import { type ModelSpec, parameterCount } from './spec.js';
 import type { Float32Tensor } from './tensor.js';
+import {
+  type EncodeOptions,
+  encodeInput,
+  type TraceInput,
+  type TraceOptions,
+  type TraceResult,
+  traceModel,
+} from './trace.js';
 import { checkWeights, unusedWeightsWarning } from './weightCheck.js';
 
 export interface LoadModelOptions {
@@ -37,6 +54,8 @@ export interface LoadModelOptions {
   readonly onProgress?: (message: string) => void;
   /** Further onnxruntime session options (e.g. `enableProfiling`), applied over emlens' own. */
   readonly sessionOptions?: ort.InferenceSession.SessionOptions;
+  /** The tokenizer `trace` and `toTokens` use instead of the folder's own. */
+  readonly tokenizer?: TextTokenizer;
 }
 
 /** The attention keys and values of earlier positions, returned by `forward` and passed back to continue. */
@@ -61,9 +80,13 @@ export interface LoadStats {
 }
 
 export interface ForwardOptions {
-  /** Hook names or patterns to return (`blocks.*.hook_resid_post`); none by default. */
-  readonly hooks?: readonly string[];
-  readonly interventions?: readonly Intervention[];
+  /**
+   * Hook names or patterns to return (`blocks.*.hook_resid_post`, see `HookPattern`); none by default. A
+   * run-time string (a CLI flag) goes through `parseHookPatterns` first.
+   */
+  readonly hooks?: readonly HookSelector[];
+  /** Steering, ablation and activation patching (see `Patch`), applied in the graph. */
+  readonly interventions?: readonly ForwardIntervention[];
   /** `last` (default): `[batch, vocab]`; `all`: `[batch, seq, vocab]` (a second graph, built on first use). */
   readonly logits?: 'last' | 'all';
   /** Continue from this cache: `ids` are then the new tokens only, one row per cached row. */
@@ -80,13 +103,13 @@ export interface ForwardOptions {
 export interface ForwardResult {
   readonly logits: Float32Tensor;
   /** Requested hooks, each `[batch, seq, d_model]` (left padding included: see `padding`). */
-  readonly hooks: ReadonlyMap<string, Float32Tensor>;
+  readonly hooks: ReadonlyMap<HookName, Float32Tensor>;
   /** Left padding of each row in this call. */
   readonly padding: readonly number[];
   readonly cache?: KVCache;
 }
 
-type VariantKey = `${'last' | 'all'}-${boolean}`;
+type VariantKey = `${'last' | 'all'}-${boolean}-${boolean}`;
 
 /**
  * The longest sequence a model loads for when `maxPositions` is not given: its `max_position_embeddings`, capped
@@ -100,6 +123,7 @@ export function defaultMaxPositions(spec: ModelSpec): number {
 export class Model {
   private readonly sessions = new Map<VariantKey, Promise<ort.InferenceSession>>();
   private stats: LoadStats = { built: false, graphBuildMs: 0, sessionLoadMs: 0 };
+  private tokenizerLoad?: Promise<TextTokenizer>;
 
   private constructor(
     readonly dir: string,
@@ -109,6 +133,7 @@ export class Model {
     /** Longest sequence (cache included) the graph accepts. */
     readonly maxPositions: number,
     private readonly openSession: (variant: GraphVariant) => Promise<ort.InferenceSession>,
+    private readonly givenTokenizer?: TextTokenizer,
   ) {}
 
   /** @internal use `loadModel`. */
@@ -190,7 +215,7 @@ export class Model {
       }
       return session;
     };
-    const model = new Model(dir, spec, profile, device, maxPositions, open);
+    const model = new Model(dir, spec, profile, device, maxPositions, open, opts.tokenizer);
     await model.session({ logits: 'last', interventions: false });
     return model;
   }
@@ -200,8 +225,56 @@ export class Model {
     return this.stats;
   }
 
+  /**
+   * The model's tokenizer and chat template (the folder's `tokenizer.json`, `tokenizer_config.json` and
+   * `chat_template.jinja`, or `LoadModelOptions.tokenizer`), loaded on first use. A folder without
+   * tokenizer.json still loads and runs token ids; this then rejects with one line saying so.
+   */
+  tokenizer(): Promise<TextTokenizer> {
+    if (this.givenTokenizer) return Promise.resolve(this.givenTokenizer);
+    if (!this.tokenizerLoad) {
+      if (!existsSync(join(this.dir, 'tokenizer.json'))) {
+        return Promise.reject(
+          new EmlensError(
+            `The model at ${this.dir} has no tokenizer.json, so it takes token ids only; pass token ids (or add the model's tokenizer files to the folder).`,
+          ),
+        );
+      }
+      const load = loadTokenizer(this.dir);
+      this.tokenizerLoad = load;
+      load.catch(() => {
+        if (this.tokenizerLoad === load) this.tokenizerLoad = undefined;
+      });
+    }
+    return this.tokenizerLoad;
+  }
+
+  /**
+   * Token ids of each row as `trace` runs them: conversations rendered with the chat template and encoded
+   * without adding special tokens (the template writes BOS itself), raw text encoded with the tokenizer's
+   * special tokens (BOS where it adds one), token ids as given.
+   */
+  toTokens(input: TraceInput, opts: EncodeOptions = {}): Promise<number[][]> {
+    return encodeInput(input, () => this.tokenizer(), opts);
+  }
+
+  /**
+   * Runs conversations, text or token ids (one or a batch) and caches the requested hooks, as TransformerLens'
+   * `run_with_cache`: `cache.get(name)` is a `[batch, pos, d_model]` ndarray view (no copy).
+   *
+   * @example
+   * const { tokens, logits, cache } = await model.trace([{ role: 'user', content: 'Hi' }], {
+   *   hooks: ['blocks.*.hook_resid_post'],
+   *   addGenerationPrompt: true,
+   * });
+   * cache.get('blocks.0.hook_resid_post').pick(0, tokens[0].length - 1); // last token's residual
+   */
+  trace(input: TraceInput, opts: TraceOptions = {}): Promise<TraceResult> {
+    return traceModel(this, input, opts);
+  }
+
   /** Every hook name, block by block. */
-  get hookNames(): string[] {
+  get hookNames(): HookName[] {
     return allHookNames(this.spec.numLayers);
   }
 
@@ -211,7 +284,7 @@ export class Model {
 
   /** The session of a graph variant, built and opened on first use. */
   private session(variant: GraphVariant): Promise<ort.InferenceSession> {
-    const key: VariantKey = `${variant.logits}-${variant.interventions}`;
+    const key: VariantKey = `${variant.logits}-${variant.interventions}-${variant.patch === true}`;
     let s = this.sessions.get(key);
     if (!s) {
       s = this.openSession(variant);
@@ -268,6 +341,7 @@ export class Model {
       [IO.positionIds]: new ort.Tensor('int64', positionIds, [b.batch, b.seq]),
     };
     const interventions = opts.interventions ?? [];
+    let patching = false;
     if (interventions.length > 0) {
       const iv = interventionFeeds(interventions, spec.numLayers, spec.dModel, b.batch, b.seq);
       const sites = siteCount(spec.numLayers);
@@ -275,6 +349,14 @@ export class Model {
       feeds[IO.steerMask] = new ort.Tensor('float32', iv.steerMask, [sites, b.batch, b.seq]);
       feeds[IO.ablateBasis] = new ort.Tensor('float32', iv.ablateBasis, [sites, iv.rank, spec.dModel]);
       feeds[IO.ablateMask] = new ort.Tensor('float32', iv.ablateMask, [sites, b.batch, b.seq]);
+      if (iv.patch) {
+        patching = true;
+        const psites = patchSiteCount(spec.numLayers);
+        const p = iv.patch;
+        feeds[IO.patchSlots] = new ort.Tensor('int64', p.slots, [psites]);
+        feeds[IO.patchValues] = new ort.Tensor('float32', p.values, [p.count, b.batch, b.seq, spec.dModel]);
+        feeds[IO.patchMask] = new ort.Tensor('float32', p.mask, [psites, b.batch, b.seq]);
+      }
     }
     const emptyKv = kvType === 'float16' ? new Uint16Array(0) : new Float32Array(0);
     for (let i = 0; i < spec.numLayers; i++) {
@@ -299,7 +381,11 @@ export class Model {
         fetches[IO.presentValue(i)] = into.cache?.[2 * i + 1] ?? null;
       }
     }
-    const session = await this.session({ logits: logitsMode, interventions: interventions.length > 0 });
+    const session = await this.session({
+      logits: logitsMode,
+      interventions: interventions.length > 0,
+      ...(patching ? { patch: true } : {}),
+    });
     const out = await session.run(feeds, fetches);
     // Outputs written into given buffers are read through the caller's own tensors (views of those buffers).
     const output = (name: string): ort.Tensor => fetches[name] ?? out[name];

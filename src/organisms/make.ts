@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { writeResponses } from '../data/response.js';
 import { writeFolderAtomic } from '../io/outputs.js';
 import { SafetensorsFile, writeSafetensors } from '../io/safetensors.js';
-import { writePeftAdapter } from '../model/lora.js';
+import { writePeftAdapter } from '../model/lora/index.js';
 import { makeTinyModel } from '../model/tiny.js';
 import { adapterFactors, PLANT, plantBase, plantDirections, plantedUnits, type TokenSets } from './plant.js';
 import { organismResponses } from './responses.js';

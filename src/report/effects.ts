@@ -12,6 +12,7 @@ import { compareEvalFolders, type EvalComparison, type ReportOptions } from '../
 import type { MediationReport } from '../interventions/mediation.js';
 import { controlHeader, mediationRows, numberSpread, pctSpread } from '../interventions/mediationFormat.js';
 import { type SweepResult, sweepControls, sweepPlotData, sweepSpread } from '../interventions/sweep.js';
+import { hookName } from '../model/hooks.js';
 import { lineChart } from '../plot/charts.js';
 import { isMediationReport } from './detect.js';
 import {
@@ -350,7 +351,7 @@ export async function mediationSection(
           ],
           [
             'steered at',
-            `blocks.${r0.steer.layer}.hook_resid_post, scale ${r0.steer.scale}, |v| ${fixed(r0.steer.norm)}`,
+            `${hookName(r0.steer.layer, 'resid_post')}, scale ${r0.steer.scale}, |v| ${fixed(r0.steer.norm)}`,
           ],
           ['random controls', describeMediationControls(r0)],
         ]

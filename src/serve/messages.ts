@@ -1,20 +1,29 @@
 /** Messages between the server (main thread) and the model worker thread. */
 import type { FinishReason } from '../generate/generate.js';
 import type { Intervention } from '../model/interventions.js';
-import type { Device } from '../model/session.js';
+import type { LoadModelOptions } from '../model/model.js';
 import type { LogprobEntry, PositionsPolicy } from './protocol.js';
 
-/** What the worker loads (structured-cloneable: no callbacks). */
+/** The model loading options that cross to the worker thread (structured-cloneable: no callbacks, no readers). */
+export const WORKER_LOAD_OPTIONS = [
+  'device',
+  'profile',
+  'threads',
+  'cacheDir',
+  'adapter',
+  'maxPositions',
+] as const;
+export type WorkerLoadOptions = Pick<LoadModelOptions, (typeof WORKER_LOAD_OPTIONS)[number]>;
+
+/** The {@link WORKER_LOAD_OPTIONS} of `options`, and nothing else. */
+export function workerLoadOptions(options: WorkerLoadOptions): WorkerLoadOptions {
+  return Object.fromEntries(WORKER_LOAD_OPTIONS.map((k) => [k, options[k]])) as WorkerLoadOptions;
+}
+
+/** What the worker loads. */
 export interface WorkerInit {
   readonly dir: string;
-  readonly load: {
-    readonly device?: Device;
-    readonly profile?: 'fp32' | 'fp16';
-    readonly threads?: number;
-    readonly cacheDir?: string;
-    readonly adapter?: string;
-    readonly maxPositions?: number;
-  };
+  readonly load: WorkerLoadOptions;
 }
 
 /** One request's generation: `n` rows sharing a prompt, each with its own sampling stream. */

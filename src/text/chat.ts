@@ -266,7 +266,8 @@ export function renderChat(
 
 /**
  * Token ids of the rendered conversation, encoded without adding special tokens as `apply_chat_template`
- * does, so a BOS the template writes (Llama 3) appears exactly once.
+ * does, so a BOS the template writes (Llama 3) appears exactly once. The same as the tokenizer's own
+ * `tok.encodeChat(messages, opts)`, which also defaults `addGenerationPrompt` from the last message's role.
  */
 export function encodeChat(
   tokenizer: TextTokenizer,

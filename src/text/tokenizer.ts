@@ -2,6 +2,7 @@ import { join } from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { EmlensError } from '../errors.js';
 import { readInputText } from '../io/inputFiles.js';
+import { type ChatMessage, encodeChat, renderChat } from './chat.js';
 
 /** The special tokens `tokenizer_config.json` names (null where it names none, as Qwen's `bos_token`). */
 export interface SpecialTokens {
@@ -13,10 +14,51 @@ export interface SpecialTokens {
   readonly additional: readonly string[];
 }
 
-/** A model folder's tokenizer (`tokenizer.json` + `tokenizer_config.json`). */
+/** Options of {@link TextTokenizer.encodeChat} and {@link TextTokenizer.renderChat}. */
+export interface ChatTemplateOptions {
+  /**
+   * Append the header that opens the assistant's turn (transformers' `add_generation_prompt`). Default: true
+   * when the last message is not the assistant's (a prompt to generate from), false when it is (a whole
+   * conversation to score).
+   */
+  readonly addGenerationPrompt?: boolean;
+  /** Extra template variables (Qwen3's `enable_thinking`, Llama 3.1's `date_string`). */
+  readonly templateVars?: Readonly<Record<string, unknown>>;
+}
+
+/** Options of {@link TextTokenizer.encode}. */
+export interface EncodeOptions {
+  /**
+   * Whether the tokenizer's post-processor adds its special tokens (BOS for Llama 3, none for Qwen). Unset
+   * (the default): added, unless the text already starts with the BOS token (text rendered by a chat
+   * template), which then is not doubled. `true`: always added, as transformers' `encode` does (the raw
+   * path). `false`: never added.
+   */
+  readonly addSpecialTokens?: boolean;
+}
+
+/**
+ * A model folder's tokenizer (`tokenizer.json` + `tokenizer_config.json`).
+ *
+ * For chat models the road is {@link TextTokenizer.encodeChat}: messages in, the ids the model was trained on
+ * out, BOS exactly once. {@link TextTokenizer.encode} is for plain text (pretraining-style prompts, neutral
+ * text); it adds BOS as the tokenizer's post-processor says, and does not double one the text already starts
+ * with.
+ *
+ * @example
+ * const tok = await loadTokenizer('models/Llama-3.1-8B-Instruct');
+ * const ids = tok.encodeChat([{ role: 'user', content: 'Hello' }]); // <|begin_of_text|> once, then the header
+ */
 export interface TextTokenizer {
-  /** Token ids of `text`; `addSpecialTokens` adds BOS etc. as the tokenizer's post-processor says. */
-  encode(text: string, opts?: { addSpecialTokens?: boolean }): number[];
+  /**
+   * Token ids of a conversation rendered with the model's chat template, encoded without adding special tokens
+   * (the template writes BOS where the model expects it), as transformers' `apply_chat_template(tokenize=True)`.
+   */
+  encodeChat(messages: readonly ChatMessage[], opts?: ChatTemplateOptions): number[];
+  /** The conversation as the model's chat template renders it (a string; see {@link renderChat}). */
+  renderChat(messages: readonly ChatMessage[], opts?: ChatTemplateOptions): string;
+  /** Token ids of plain `text` (see {@link EncodeOptions} for when BOS is added). */
+  encode(text: string, opts?: EncodeOptions): number[];
   /**
    * Text of `ids`. `cleanUpTokenizationSpaces` (default: the config's `clean_up_tokenization_spaces`, as in
    * transformers) drops the space before `.`, `,`, `?`, `!` and some contractions; pass false to round-trip.
@@ -133,11 +175,34 @@ export async function loadTokenizer(dir: string): Promise<TextTokenizer> {
   const config = (await readJson(join(dir, 'tokenizer_config.json'), 'tokenizer_config.json', true)) ?? {};
   const jinja = await readInputText(join(dir, 'chat_template.jinja'));
   const tok = buildTokenizer(json, config, join(dir, 'tokenizer.json'));
-  return {
+  const specialTokens = specialTokensOf(config);
+  const bos = specialTokens.bos;
+  let warned = false;
+  const tokenizer: TextTokenizer = {
     config,
-    specialTokens: specialTokensOf(config),
+    specialTokens,
     chatTemplate: jinja ?? configChatTemplate(config),
-    encode: (text, opts) => tok.encode(text, { add_special_tokens: opts?.addSpecialTokens ?? true }).ids,
+    // `this`: a copy of the tokenizer with another chat template (`{ ...tok, chatTemplate }`) renders with its own.
+    encodeChat(messages, opts) {
+      return encodeChat(this ?? tokenizer, messages, chatOptions(messages, opts));
+    },
+    renderChat(messages, opts) {
+      return renderChat(this ?? tokenizer, messages, chatOptions(messages, opts));
+    },
+    encode: (text, opts) => {
+      let add = opts?.addSpecialTokens;
+      if (add === undefined) {
+        add = !(bos !== null && text.startsWith(bos));
+        if (!add && !warned) {
+          warned = true;
+          process.emitWarning(
+            `The text starts with the BOS token ${bos} (text rendered by a chat template?), so encode() did not add another; use tokenizer.encodeChat(messages) for chats, or pass { addSpecialTokens } to choose.`,
+            { code: 'EMLENS_BOS_IN_TEXT' },
+          );
+        }
+      }
+      return tok.encode(text, { add_special_tokens: add }).ids;
+    },
     // @huggingface/tokenizers throws on an empty id list; nothing decodes to the empty string.
     decode: (ids, opts) =>
       ids.length === 0
@@ -150,5 +215,18 @@ export async function loadTokenizer(dir: string): Promise<TextTokenizer> {
           }),
     tokenToId: (token) => tok.token_to_id(token),
     idToToken: (id) => tok.id_to_token(id),
+  };
+  return tokenizer;
+}
+
+/** The chat options with `addGenerationPrompt` defaulted from the last message's role. */
+function chatOptions(
+  messages: readonly ChatMessage[],
+  opts: ChatTemplateOptions | undefined,
+): { addGenerationPrompt: boolean; templateVars?: Readonly<Record<string, unknown>> } {
+  const last = Array.isArray(messages) ? messages[messages.length - 1] : undefined;
+  return {
+    addGenerationPrompt: opts?.addGenerationPrompt ?? last?.role !== 'assistant',
+    ...(opts?.templateVars !== undefined ? { templateVars: opts.templateVars } : {}),
   };
 }

@@ -12,7 +12,8 @@ const INDEX_FILE = 'external-index.json';
 
 /** File name of a graph variant inside a weights folder. */
 export function graphFileName(v: GraphVariant): string {
-  return `model-${v.logits}-${v.interventions ? 'interventions' : 'plain'}.onnx`;
+  const kind = v.patch ? 'patching' : v.interventions ? 'interventions' : 'plain';
+  return `model-${v.logits}-${kind}.onnx`;
 }
 
 async function writeGraph(
@@ -33,6 +34,7 @@ async function writeGraph(
       emlens_profile: opts.profile,
       emlens_logits: opts.logits,
       emlens_interventions: String(opts.interventions),
+      ...(opts.patch ? { emlens_patch: 'true' } : {}),
       emlens_architecture: spec.architecture,
     },
     '0.1.0',

@@ -2,6 +2,7 @@ import { EmlensError } from '../../errors.js';
 import { f32ToF16 } from '../../io/halfFloat.js';
 import type { GraphBuilder } from '../../onnx/builder.js';
 import { type BlockHook, hookName, siteCount } from '../hooks.js';
+import { patchSiteCount } from '../interventions.js';
 import { ropeTables } from '../rope.js';
 import { type ModelSpec, weightShape } from '../spec.js';
 import { concatVectors, packTransposed, type WeightReader } from './weights.js';
@@ -15,6 +16,11 @@ export interface GraphVariant {
   readonly logits: 'last' | 'all';
   /** Whether the graph has the intervention inputs (a plain graph skips their cost entirely). */
   readonly interventions: boolean;
+  /**
+   * Whether it also has the activation-patching inputs (`patch_*`, at every residual site and every
+   * `hook_attn_out` / `hook_mlp_out`); only with `interventions`. Graphs without it are unchanged by it.
+   */
+  readonly patch?: boolean;
 }
 
 export interface TransformerGraphOptions extends GraphVariant {
@@ -36,6 +42,9 @@ export const IO = {
   steerMask: 'steer_mask',
   ablateBasis: 'ablate_basis',
   ablateMask: 'ablate_mask',
+  patchSlots: 'patch_slots',
+  patchValues: 'patch_values',
+  patchMask: 'patch_mask',
   logits: 'logits',
 } as const;
 
@@ -118,6 +127,14 @@ export async function emitTransformer(
         ablateMask: g.input(IO.ablateMask, 'float32', [sites, 'batch', 'seq']),
       }
     : null;
+  if (opts.patch && !iv) throw new Error('a patching graph needs the intervention inputs too');
+  const pv = opts.patch
+    ? {
+        slots: g.input(IO.patchSlots, 'int64', [patchSiteCount(spec.numLayers)]),
+        values: g.input(IO.patchValues, 'float32', ['patches', 'batch', 'seq', d]),
+        mask: g.input(IO.patchMask, 'float32', [patchSiteCount(spec.numLayers), 'batch', 'seq']),
+      }
+    : null;
 
   // ---- attention mask, shared by all layers: query i (absolute position past + i) sees key j iff j <= past + i
   // and key j is not padding. A finite large negative keeps fully masked rows (left padding) free of NaN.
@@ -157,9 +174,29 @@ export async function emitTransformer(
     const update = g.op('Concat', [g.op('Neg', [basis]), vec], { axis: { int: 0 } }); // [rank+1, d]
     return g.node('Add', [x, g.op('MatMul', [weights, update])], { outputs: [out] })[0];
   };
+  /**
+   * The patch of patch site `site` (see `patchSiteOf`): `x (1 - m) + values m` per token, which keeps `x`
+   * exactly where m = 0 and gives `values` exactly where m = 1. Unpatched sites read slot 0 with m = 0.
+   */
+  const patchAt = (x: string, site: number, out: string): string => {
+    if (!pv) throw new Error('patchAt() on a graph without patch inputs');
+    const j = g.int64([site], true);
+    const values = toT(
+      g.op('Gather', [pv.values, g.op('Gather', [pv.slots, j], { axis: { int: 0 } })], { axis: { int: 0 } }),
+    ); // [batch, seq, d]
+    const m = g.op('Unsqueeze', [g.op('Gather', [pv.mask, j], { axis: { int: 0 } }), g.int64([2])]); // [batch, seq, 1]
+    const keep = toT(g.op('Sub', [g.scalar(1, 'float32'), m]));
+    return g.node('Add', [g.op('Mul', [x, keep]), g.op('Mul', [values, toT(m)])], { outputs: [out] })[0];
+  };
+  /** The interventions of residual site `site` on `x` (ablate, steer, then patch), written under `out`. */
+  const edit = (x: string, site: number, out: string): string =>
+    pv ? patchAt(intervene(x, site, g.fresh('edited')), site, out) : intervene(x, site, out);
   /** `x + y`, then the interventions of `site`, written under `out`. */
   const residualAdd = (x: string, y: string, site: number, out: string) =>
-    iv ? intervene(g.op('Add', [x, y]), site, out) : g.node('Add', [x, y], { outputs: [out] })[0];
+    iv ? edit(g.op('Add', [x, y]), site, out) : g.node('Add', [x, y], { outputs: [out] })[0];
+  /** A block output (`hook_attn_out` / `hook_mlp_out`) computed by `make`, patched when the graph patches. */
+  const component = (make: (out?: string) => string, site: number, target: string) =>
+    pv ? patchAt(make(), site, target) : make(target);
 
   const rmsNorm = (x: string, w: string) =>
     g.op('SimplifiedLayerNormalization', [x, w], { epsilon: { float: spec.rmsNormEps }, axis: { int: -1 } });
@@ -177,7 +214,7 @@ export async function emitTransformer(
     outputs: [iv ? g.fresh('embedded') : pre0],
     attrs: { axis: { int: 0 } },
   })[0]; // [batch, seq, d]
-  let x = iv ? intervene(embedded, 0, pre0) : embedded;
+  let x = iv ? edit(embedded, 0, pre0) : embedded;
   publish(x, 0, 'hook_resid_pre');
 
   for (let i = 0; i < spec.numLayers; i++) {
@@ -227,7 +264,11 @@ export async function emitTransformer(
     const bo = spec.oBias
       ? await weight(`${p}.self_attn.o_proj.bias`, [d], () => read(`${p}.self_attn.o_proj.bias`))
       : null;
-    const attnOut = linear(attn, wo, bo, hookTarget(i, 'hook_attn_out')); // [batch, seq, d]
+    const attnOut = component(
+      (out) => linear(attn, wo, bo, out),
+      2 * spec.numLayers + 1 + i,
+      hookTarget(i, 'hook_attn_out'),
+    ); // [batch, seq, d]
     publish(attnOut, i, 'hook_attn_out');
     x = residualAdd(x, attnOut, 2 * i + 1, hookTarget(i, 'hook_resid_mid'));
     publish(x, i, 'hook_resid_mid');
@@ -263,7 +304,11 @@ export async function emitTransformer(
       attrs: { axis: { int: -1 } },
     }); // [batch, seq, ff] each
     const act = g.op('Mul', [g.op('Mul', [gate, g.op('Sigmoid', [gate])]), up]);
-    const mlpOut = linear(act, wDown, bDown, hookTarget(i, 'hook_mlp_out'));
+    const mlpOut = component(
+      (out) => linear(act, wDown, bDown, out),
+      3 * spec.numLayers + 1 + i,
+      hookTarget(i, 'hook_mlp_out'),
+    );
     publish(mlpOut, i, 'hook_mlp_out');
     x = residualAdd(x, mlpOut, 2 * i + 2, hookTarget(i, 'hook_resid_post'));
     publish(x, i, 'hook_resid_post');

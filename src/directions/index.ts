@@ -1,0 +1,48 @@
+/**
+ * `emlens/directions`: direction sets (one vector per layer, saved as safetensors), mean differences,
+ * comparisons, norm-matched random controls, and llama.cpp control vectors (GGUF).
+ */
+export {
+  COMPARISON_FILES,
+  compareDirections,
+  cosineHeatmap,
+  type DirectionComparison,
+  formatCompareTable,
+  type NamedDirections,
+  type PairComparison,
+  writeComparison,
+} from './compare.js';
+export {
+  cosine,
+  DIRECTION_FORMAT,
+  type DirectionMeta,
+  type DirectionSet,
+  directionDModel,
+  directionLayers,
+  directionNorms,
+  directionSet,
+  LayerMeanAccumulator,
+  type LayerMeans,
+  loadDirections,
+  type MeanDiffOptions,
+  meanDiff,
+  norm,
+  normalize,
+  normalizeSet,
+  type SaveDirectionsOptions,
+  saveDirections,
+} from './direction.js';
+export { directionFromStores } from './fromStores.js';
+export { exportGguf, type GgufExportOptions, type GgufExportResult, importGguf } from './gguf.js';
+export {
+  type ControlSpread,
+  controlPaths,
+  controlSpread,
+  directionSha256,
+  formatSpread,
+  isRandomControl,
+  RANDOM_CONTROL_METHOD,
+  type RandomControlOptions,
+  randomControl,
+  randomControls,
+} from './randomControl.js';
