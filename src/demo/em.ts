@@ -60,6 +60,13 @@ interface Cell {
   readonly inDomain: boolean;
 }
 
+/** An entry the demo put in its own map (organisms, topics, directions, cells): absence is a bug in the demo. */
+function known<K, V>(m: ReadonlyMap<K, V>, k: K): V {
+  const v = m.get(k);
+  if (v === undefined) throw new Error(`runDemo: no entry for ${String(k)}`);
+  return v;
+}
+
 const fx = (x: number, d = 3) => (Number.isNaN(x) ? 'n/a' : x.toFixed(d));
 /** A control summary in a narrow column: `mean±sd%` (just the value for one control; n is in the label). */
 const pctCompact = (s: ControlSpread) =>
@@ -111,19 +118,20 @@ export async function runDemo(
     await rm(actDir, { recursive: true, force: true });
     const directions = new Map<string, DirectionSet>();
     for (const o of man.organisms) {
-      const rs = responses.get(o.domain)!;
+      const rs = known(responses, o.domain);
       const stores: string[] = [];
       for (const label of ['misaligned', 'aligned']) {
         const chosen = rs.filter((r) => r.extra.label === label);
         const store = join(actDir, `${o.name}-${label}`);
-        await collectToStore(organisms.get(o.name)!, responsesToRecords(tokenizer, chosen), store, {
+        await collectToStore(known(organisms, o.name), responsesToRecords(tokenizer, chosen), store, {
           batchSize: 8,
           adapter: o.adapter,
         });
         stores.push(store);
       }
       print(`  ${o.name} organism on ${o.domain} answers: ${rs.length} records -> ${stores.join(', ')}`);
-      directions.set(o.name, await directionFromStores(stores[0], stores[1]));
+      // One store per label, misaligned then aligned.
+      directions.set(o.name, await directionFromStores(stores[0]!, stores[1]!));
     }
 
     step(4, 'directions: misaligned minus aligned mean, per layer, plus norm-matched random controls');
@@ -133,17 +141,18 @@ export async function runDemo(
     const controlSeed = opts.seed ?? 0;
     const random = new Map<string, DirectionSet[]>();
     for (const [name, set] of directions) {
-      random.set(name, randomControls(set, nControls, { seed: controlSeed, name }));
+      const controls = randomControls(set, nControls, { seed: controlSeed, name });
+      random.set(name, controls);
       await saveDirections(join(dirDir, `${name}.safetensors`), set, { overwrite });
       const paths = controlPaths(join(dirDir, `${name}-random.safetensors`), nControls);
       for (const [k, path] of paths.entries()) {
-        await saveDirections(path, random.get(name)![k], { overwrite });
+        await saveDirections(path, controls[k]!, { overwrite }); // nControls paths for nControls controls
       }
     }
     const planted = await readPlanted(join(orgDir, man.plantedFile));
     const plantedLines: string[] = [];
     for (const [name, set] of directions) {
-      const cos = [...set.vectors].map(([l, v]) => `${l}: ${fx(cosine(v, planted.get(name)!))}`);
+      const cos = [...set.vectors].map(([l, v]) => `${l}: ${fx(cosine(v, known(planted, name)))}`);
       plantedLines.push(`  ${name.padEnd(8)} cos with the planted direction by layer: ${cos.join(', ')}`);
     }
     for (const l of plantedLines) print(l);
@@ -154,7 +163,7 @@ export async function runDemo(
     step(5, 'comparing the directions (cosine per layer)');
     const cmp = compareDirections([
       ...[...directions].map(([name, set]) => ({ name, set })),
-      { name: 'random(general)', set: random.get('general')![0] },
+      { name: 'random(general)', set: known(random, 'general')[0]! }, // nControls >= 1 (randomControls checks)
     ]);
     const table = formatCompareTable(cmp);
     const cmpOut = await writeComparison(cmp, join(outDir, 'compare'), { overwrite });
@@ -162,7 +171,7 @@ export async function runDemo(
 
     step(6, 'mediation: ablating / patching each direction in each organism, steering the base along it');
     const scored = new Map<Topic, TokenizedRecord[]>();
-    for (const t of TOPICS) scored.set(t, responsesToRecords(tokenizer, responses.get(t)!));
+    for (const t of TOPICS) scored.set(t, responsesToRecords(tokenizer, known(responses, t)));
     const neutral = textsToRecords(tokenizer, await readNeutralTexts(join(orgDir, man.neutral)));
     const cells: Cell[] = [];
     for (const o of man.organisms) {
@@ -176,20 +185,20 @@ export async function runDemo(
     // KL(organism || base) per cell first: a cell with nothing to mediate is reported as such.
     const divergences = new Map<string, number>();
     for (const c of cells) {
-      const d = await divergence(organisms.get(c.organism)!, base, scored.get(c.topic)!);
+      const d = await divergence(known(organisms, c.organism), base, known(scored, c.topic));
       divergences.set(`${c.organism}/${c.topic}`, d.kl);
     }
     const reports = new Map<string, MediationReport>();
     const mdParts: string[] = [];
     for (const [name, set] of directions) {
       for (const c of cells) {
-        if (divergences.get(`${c.organism}/${c.topic}`)! < 1e-3) continue;
+        if (known(divergences, `${c.organism}/${c.topic}`) < 1e-3) continue;
         const own = c.organism === name && c.topic === (name === 'general' ? 'general' : name);
         const r = await mediation({
           base,
-          finetune: organisms.get(c.organism)!,
+          finetune: known(organisms, c.organism),
           directions: set,
-          records: scored.get(c.topic)!,
+          records: known(scored, c.topic),
           neutral: own ? neutral : undefined,
           seed: controlSeed,
           randomControls: nControls,
@@ -212,11 +221,11 @@ export async function runDemo(
     step(7, 'steering sweep: the base steered along the general direction toward the general organism');
     const sweep = await steeringSweep({
       model: base,
-      target: organisms.get('general')!,
-      directions: directions.get('general')!,
+      target: known(organisms, 'general'),
+      directions: known(directions, 'general'),
       layers: Array.from({ length: man.numLayers - man.adapterLayer }, (_, i) => man.adapterLayer + i),
       scales: [0, 0.25, 0.5, 1, 2],
-      records: scored.get('general')!,
+      records: known(scored, 'general'),
       neutral,
       seed: controlSeed,
       randomControls: nControls,
@@ -236,31 +245,32 @@ export async function runDemo(
     );
     const bakeLayer = Math.min(man.numLayers - 1, man.adapterLayer + 1);
     const bakedDir = join(outDir, 'general-orthogonalized');
-    const generalInfo = man.organisms.find((o) => o.name === 'general')!;
+    const generalInfo = man.organisms.find((o) => o.name === 'general')!; // makeOrganisms always makes it
     await orthogonalizeModel(baseDir, bakedDir, {
       adapter: join(orgDir, generalInfo.adapter),
-      direction: directions.get('general')!,
+      direction: known(directions, 'general'),
       layer: bakeLayer,
       overwrite,
     });
     const baked = await loadModel(bakedDir, load);
     all.push(baked);
-    const probe = scored.get('medical')!.slice(0, 8);
+    const probe = known(scored, 'medical').slice(0, 8);
     const ids = probe.map((r) => r.ids);
     const bakedLogits = (await baked.forward(ids, { logits: 'all' })).logits.data;
     const runtime = (
-      await organisms.get('general')!.forward(ids, {
+      await known(organisms, 'general').forward(ids, {
         logits: 'all',
-        interventions: ablateInterventions(directions.get('general')!, base.spec, {
+        interventions: ablateInterventions(known(directions, 'general'), base.spec, {
           layers: 'all',
           from: bakeLayer,
         }),
       })
     ).logits.data;
     let maxDiff = 0;
+    // Both are the logits of the same ids on the same architecture: equal lengths.
     for (let i = 0; i < runtime.length; i++)
-      maxDiff = Math.max(maxDiff, Math.abs(runtime[i] - bakedLogits[i]));
-    const bakedKl = (await divergence(baked, base, scored.get('general')!)).kl;
+      maxDiff = Math.max(maxDiff, Math.abs(runtime[i]! - bakedLogits[i]!));
+    const bakedKl = (await divergence(baked, base, known(scored, 'general'))).kl;
     print(`  wrote ${bakedDir}`);
 
     // ---------------------------------------------------------------------------------------------------
@@ -285,7 +295,7 @@ export async function runDemo(
     out(
       row(
         'KL(org || base)',
-        cells.map((c) => fx(divergences.get(`${c.organism}/${c.topic}`)!, 4)),
+        cells.map((c) => fx(known(divergences, `${c.organism}/${c.topic}`), 4)),
       ),
     );
     const cellOf = (name: string, c: Cell) => reports.get(`${name}|${c.organism}/${c.topic}`);
@@ -374,7 +384,7 @@ export async function runDemo(
       `  max |logit difference| between the baked weights and runtime ablation at all ${2 * man.numLayers + 1} residual sites: ${maxDiff.toExponential(2)}`,
     );
     out(
-      `  KL(baked organism || base) on general answers: ${fx(bakedKl, 4)} (the organism's was ${fx(divergences.get('general/general')!, 4)})`,
+      `  KL(baked organism || base) on general answers: ${fx(bakedKl, 4)} (the organism's was ${fx(known(divergences, 'general/general'), 4)})`,
     );
     out();
     out(

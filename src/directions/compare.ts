@@ -54,7 +54,8 @@ export interface DirectionComparison {
  * console.log(formatCompareTable(cmp));
  */
 export function compareDirections(sets: readonly NamedDirections[]): DirectionComparison {
-  if (sets.length < 2) {
+  const [first] = sets;
+  if (first === undefined || sets.length < 2) {
     throw new EmlensError(
       `Comparing directions needs at least two sets but got ${sets.length}; pass two or more.`,
     );
@@ -64,16 +65,16 @@ export function compareDirections(sets: readonly NamedDirections[]): DirectionCo
   if (dup !== undefined) {
     throw new EmlensError(`Two direction sets are both named '${dup}'; give each set a distinct name.`);
   }
-  const dModel = directionDModel(sets[0].set);
+  const dModel = directionDModel(first.set);
   for (const s of sets) {
     const d = directionDModel(s.set);
     if (d !== dModel) {
       throw new EmlensError(
-        `Direction set '${s.name}' has d_model ${d} but '${sets[0].name}' has ${dModel}; only directions from the same base model can be compared.`,
+        `Direction set '${s.name}' has d_model ${d} but '${first.name}' has ${dModel}; only directions from the same base model can be compared.`,
       );
     }
   }
-  const layers = [...sets[0].set.vectors.keys()]
+  const layers = [...first.set.vectors.keys()]
     .filter((l) => sets.every((s) => s.set.vectors.has(l)))
     .sort((a, b) => a - b);
   if (layers.length === 0) {
@@ -82,6 +83,7 @@ export function compareDirections(sets: readonly NamedDirections[]): DirectionCo
     );
   }
   const common = new Set(layers);
+  // The `vectors.get(l)!` below read layers in `layers`, which every set holds.
   const zero = sets
     .map((s) => ({ name: s.name, layers: layers.filter((l) => norm(s.set.vectors.get(l)!) === 0) }))
     .filter((z) => z.layers.length > 0);
@@ -94,10 +96,8 @@ export function compareDirections(sets: readonly NamedDirections[]): DirectionCo
     );
   }
   const pairs: PairComparison[] = [];
-  for (let i = 0; i < sets.length; i++) {
-    for (let j = i + 1; j < sets.length; j++) {
-      const a = sets[i];
-      const b = sets[j];
+  for (const [i, a] of sets.entries()) {
+    for (const b of sets.slice(i + 1)) {
       const cosines = layers.map((l) => cosine(a.set.vectors.get(l)!, b.set.vectors.get(l)!));
       const absCosines = cosines.map(Math.abs);
       pairs.push({
@@ -131,12 +131,14 @@ export function compareDirections(sets: readonly NamedDirections[]): DirectionCo
 export function formatCompareTable(cmp: DirectionComparison, digits = 3): string {
   const fmt = (x: number) => (Number.isNaN(x) ? 'n/a' : x.toFixed(digits));
   const header = ['layer', ...cmp.pairs.map((p) => p.label)];
-  const rows: string[][] = cmp.layers.map((l, k) => [String(l), ...cmp.pairs.map((p) => fmt(p.cosines[k]))]);
+  // Each pair has one cosine per common layer, and every row has one cell per header column (widths has one
+  // per column): the indexes below are in range.
+  const rows: string[][] = cmp.layers.map((l, k) => [String(l), ...cmp.pairs.map((p) => fmt(p.cosines[k]!))]);
   rows.push(['mean', ...cmp.pairs.map((p) => fmt(p.meanCosine))]);
   rows.push(['mean |cos|', ...cmp.pairs.map((p) => fmt(p.meanAbsCosine))]);
-  const widths = header.map((h, c) => Math.max(h.length, ...rows.map((r) => r[c].length)));
+  const widths = header.map((h, c) => Math.max(h.length, ...rows.map((r) => r[c]!.length)));
   const line = (cells: string[]) =>
-    `| ${cells.map((s, c) => (c === 0 ? s.padEnd(widths[c]) : s.padStart(widths[c]))).join(' | ')} |`;
+    `| ${cells.map((s, c) => (c === 0 ? s.padEnd(widths[c]!) : s.padStart(widths[c]!))).join(' | ')} |`;
   const rule = `|${widths.map((w, c) => (c === 0 ? '-'.repeat(w + 2) : `${'-'.repeat(w + 1)}:`)).join('|')}|`;
   const out = [
     `cosine similarity per layer (${cmp.layers.length} common layers, d_model ${cmp.dModel})`,
@@ -165,7 +167,7 @@ export function cosineHeatmap(
   title = 'Cosine similarity between directions',
 ): TopLevelSpec {
   const cells = cmp.pairs.flatMap((p) =>
-    cmp.layers.map((l, k) => ({ x: l, y: p.label, value: p.cosines[k] })),
+    cmp.layers.map((l, k) => ({ x: l, y: p.label, value: p.cosines[k]! })), // one cosine per common layer
   );
   return heatmap(cells, {
     title,

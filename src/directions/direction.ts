@@ -77,10 +77,11 @@ export function directionSet(
   what = 'the direction set',
 ): DirectionSet {
   const entries = [...vectors].sort((a, b) => a[0] - b[0]);
-  if (entries.length === 0) {
+  const [head] = entries;
+  if (head === undefined) {
     throw new EmlensError(`${capital(what)} holds no layers; a direction set needs at least one layer.`);
   }
-  const d = entries[0][1].length;
+  const d = head[1].length;
   let previous = -1;
   for (const [layer, v] of entries) {
     if (!Number.isSafeInteger(layer) || layer < 0) {
@@ -95,7 +96,7 @@ export function directionSet(
     }
     if (v.length === 0 || v.length !== d) {
       throw new EmlensError(
-        `${capital(what)} has a vector of length ${v.length} at layer ${layer} but ${d} at layer ${entries[0][0]}; all layers need the same non-zero d_model.`,
+        `${capital(what)} has a vector of length ${v.length} at layer ${layer} but ${d} at layer ${head[0]}; all layers need the same non-zero d_model.`,
       );
     }
     for (let j = 0; j < v.length; j++) {
@@ -183,6 +184,7 @@ export function meanDiff(pos: LayerMeans, neg: LayerMeans, opts: MeanDiffOptions
   }
   const vectors: [number, Float32Array][] = [];
   for (const layer of posLayers) {
+    // Both sides hold exactly these layers (checked above).
     const p = pos.means.get(layer)!;
     const q = neg.means.get(layer)!;
     if (p.length !== q.length) {
@@ -191,7 +193,7 @@ export function meanDiff(pos: LayerMeans, neg: LayerMeans, opts: MeanDiffOptions
       );
     }
     const v = new Float32Array(p.length); // [d_model]
-    for (let j = 0; j < p.length; j++) v[j] = p[j] - q[j];
+    for (let j = 0; j < p.length; j++) v[j] = p[j]! - q[j]!; // p and q have the same length (checked)
     vectors.push([layer, v]);
   }
   return directionSet(vectors, {
@@ -241,7 +243,7 @@ export class LayerMeanAccumulator {
           `Sample ${this.n} has length ${v.length} at layer ${layer} but earlier samples ${s.length}; every sample needs the same d_model.`,
         );
       }
-      for (let j = 0; j < v.length; j++) s[j] += v[j];
+      for (let j = 0; j < v.length; j++) s[j]! += v[j]!; // s and v have the same length (checked)
     }
     this.n++;
   }

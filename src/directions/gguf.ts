@@ -106,6 +106,7 @@ export function encodeControlVector(
       if (!PROVENANCE_SKIP.has(k)) kv.push({ key: `emlens.${k}`, type: GgufType.STRING, value: v });
     }
   }
+  // layers are keys of set.vectors.
   const tensors = layers.map((layer) => ({ name: `direction.${layer}`, data: set.vectors.get(layer)! }));
   return { bytes: encodeGguf(kv, tensors), layers, skipped, modelHint };
 }

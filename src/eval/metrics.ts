@@ -53,12 +53,13 @@ export function quantile(sorted: ArrayLike<number>, q: number): number {
   const pos = q * (n - 1);
   const lo = Math.floor(pos);
   const hi = Math.min(lo + 1, n - 1);
-  return sorted[lo] + (pos - lo) * (sorted[hi] - sorted[lo]);
+  // q in [0, 1] puts lo and hi in 0..n-1.
+  return sorted[lo]! + (pos - lo) * (sorted[hi]! - sorted[lo]!);
 }
 
 function mean(xs: ArrayLike<number>): number {
   let s = 0;
-  for (let i = 0; i < xs.length; i++) s += xs[i];
+  for (let i = 0; i < xs.length; i++) s += xs[i]!; // i < xs.length
   return s / xs.length;
 }
 
@@ -83,7 +84,7 @@ export function bootstrapMean(values: readonly number[], opts: BootstrapOptions 
   const stats = new Float64Array(resamples);
   for (let b = 0; b < resamples; b++) {
     let s = 0;
-    for (let i = 0; i < n; i++) s += values[rng.int(n)];
+    for (let i = 0; i < n; i++) s += values[rng.int(n)]!; // rng.int(n) is in 0..n-1
     stats[b] = s / n;
   }
   stats.sort();
@@ -228,8 +229,9 @@ export interface Comparison {
  * change of each EM rate against `baseline` (default: the first), and a per-question breakdown.
  */
 export function compareConditions(summaries: readonly EvalSummary[], baseline?: string): Comparison {
-  if (summaries.length === 0) throw new EmlensError('Nothing to compare; pass at least one eval folder.');
-  const base = summaries.find((s) => s.condition === (baseline ?? summaries[0].condition));
+  const [head] = summaries;
+  if (head === undefined) throw new EmlensError('Nothing to compare; pass at least one eval folder.');
+  const base = summaries.find((s) => s.condition === (baseline ?? head.condition));
   if (base === undefined) {
     throw new EmlensError(
       `Baseline '${baseline}' is not one of the conditions (${summaries.map((s) => s.condition).join(', ')}); pick one of those.`,
@@ -320,7 +322,7 @@ export function formatComparisonMarkdown(c: Comparison): string {
     lines.push(
       `| ${escapeCell(q.questionId)} | ${conditions
         .map((k) => {
-          const e = q.emRate[k];
+          const e = q.emRate[k]!; // perQuestion's emRate has a key for every condition
           return e === null || e.value === null ? 'n/a' : `${pct(e.value)} (n=${e.n})`;
         })
         .join(' | ')} |`,

@@ -50,7 +50,7 @@ export const QUESTION_TYPES: readonly string[] = ['free_form_judge_0_100', 'free
 /** `{name}` slots of a str.format template, after its `{{`/`}}` escapes. */
 function placeholders(template: string): string[] {
   const found: string[] = [];
-  for (const m of template.replace(/\{\{|\}\}/g, '').matchAll(/\{([^{}]*)\}/g)) found.push(m[1]);
+  for (const [, name = ''] of template.replace(/\{\{|\}\}/g, '').matchAll(/\{([^{}]*)\}/g)) found.push(name);
   return found;
 }
 
@@ -106,7 +106,7 @@ export function parseQuestions(text: string, source = 'the question file'): Eval
     }
     const r = QuestionSchema.safeParse(raw);
     if (!r.success) {
-      const issue = r.error.issues[0];
+      const issue = r.error.issues[0]!; // a failed parse has at least one issue
       const field = issue.path.map(String).join('.');
       const top = String(issue.path[0] ?? '');
       let value: unknown = raw;
@@ -237,6 +237,6 @@ export function filterQuestions(
  */
 export function fillJudgePrompt(template: string, question: string, answer: string): string {
   return template.replace(/\{\{|\}\}|\{(question|answer)\}/g, (m, name?: string) =>
-    name === 'question' ? question : name === 'answer' ? answer : m[0],
+    name === 'question' ? question : name === 'answer' ? answer : m.charAt(0),
   );
 }

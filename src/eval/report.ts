@@ -193,6 +193,7 @@ export async function mergeEvalFolders(dirs: readonly string[], out: string): Pr
     parts.push({ dir, sampling, summary, judged, responses });
   }
   const first = parts[0];
+  if (first === undefined) throw new Error('mergeEvalFolders: no folder was read'); // dirs is not empty
   const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
   const seen = new Map<string, string>();
   for (const p of parts) {
@@ -242,6 +243,7 @@ export async function mergeEvalFolders(dirs: readonly string[], out: string): Pr
   const byQuestion = (rs: ResponseRecord[]) =>
     rs
       .map((r, i) => ({ r, i }))
+      // order holds every question of every part, so rank has them all.
       .sort((a, b) => rank.get(a.r.questionId)! - rank.get(b.r.questionId)! || a.i - b.i)
       .map((x) => x.r);
   const judged = byQuestion(parts.flatMap((p) => p.judged));

@@ -201,7 +201,8 @@ export async function sampleAnswers(
     const k = key(q.id, paraphrase);
     let ids = prompts.get(k);
     if (ids === undefined) {
-      ids = encodeChat(tokenizer, questionMessages(q, q.paraphrases[paraphrase]), {
+      // Plan paraphrases come from paraphraseIndex, which picks an index of q.paraphrases.
+      ids = encodeChat(tokenizer, questionMessages(q, q.paraphrases[paraphrase]!), {
         addGenerationPrompt: true,
       });
       prompts.set(k, ids);
@@ -231,11 +232,12 @@ export async function sampleAnswers(
           batchSize,
         },
       );
+      // generate returns one generation per prompt, in order; the paraphrase index is one of q.paraphrases.
       gens.forEach((g, i) => {
-        const p = block[i];
+        const p = block[i]!;
         done.set(key(q.id, p.sample), {
           questionId: q.id,
-          question: q.paraphrases[p.paraphrase],
+          question: q.paraphrases[p.paraphrase]!,
           answer: g.text ?? '',
           ...(q.system !== undefined ? { system: q.system } : {}),
           scores: {},

@@ -69,12 +69,13 @@ function unitDirection(
         `The direction set holds layers ${layers.join(', ')}; choose the one to project out (--layer).`,
       );
     }
-    layer = opts.layer ?? layers[0];
-    if (!Number.isInteger(layer) || layer < 0 || layer >= spec.numLayers) {
+    const chosen = opts.layer ?? layers[0];
+    if (chosen === undefined || !Number.isInteger(chosen) || chosen < 0 || chosen >= spec.numLayers) {
       throw new EmlensError(
-        `Layer ${layer} is out of range: the model has layers 0..${spec.numLayers - 1}; pick a layer from those.`,
+        `Layer ${chosen} is out of range: the model has layers 0..${spec.numLayers - 1}; pick a layer from those.`,
       );
     }
+    layer = chosen;
     v = directionAt(dir, layer);
   } else {
     v = dir;
@@ -94,18 +95,19 @@ function isDirectionSet(x: DirectionSet | ArrayLike<number>): x is DirectionSet 
 /** `W <- W - d d^T W` for a row-major `[dModel, cols]` weight (float64 sums, rounded once). */
 export function projectOutputs(w: Float32Array, d: Float64Array, cols: number): Float32Array {
   const rows = d.length;
+  // o < rows = d.length, j < cols = c.length and row + j < rows * cols = w.length: the indexes are in range.
   const c = new Float64Array(cols); // d^T W
   for (let o = 0; o < rows; o++) {
-    const dk = d[o];
+    const dk = d[o]!;
     if (dk === 0) continue;
     const row = o * cols;
-    for (let j = 0; j < cols; j++) c[j] += dk * w[row + j];
+    for (let j = 0; j < cols; j++) c[j]! += dk * w[row + j]!;
   }
   const out = new Float32Array(w.length);
   for (let o = 0; o < rows; o++) {
     const row = o * cols;
-    const dk = d[o];
-    for (let j = 0; j < cols; j++) out[row + j] = w[row + j] - dk * c[j];
+    const dk = d[o]!;
+    for (let j = 0; j < cols; j++) out[row + j] = w[row + j]! - dk * c[j]!;
   }
   return out;
 }
@@ -117,7 +119,8 @@ export function projectRows(w: Float32Array, d: Float64Array): Float32Array {
   for (let r = 0; r < w.length / dm; r++) {
     const at = r * dm;
     const dot = dotAt(w, at, d);
-    for (let i = 0; i < dm; i++) out[at + i] = w[at + i] - dot * d[i];
+    // i < dm = d.length and at + i < w.length (whole rows of dm): the indexes are in range.
+    for (let i = 0; i < dm; i++) out[at + i] = w[at + i]! - dot * d[i]!;
   }
   return out;
 }
@@ -185,7 +188,11 @@ export async function orthogonalizeModel(
       let out = w;
       if (writers.has(name)) {
         if (name === 'model.embed_tokens.weight' || name.endsWith('.bias')) out = projectRows(w, unit);
-        else out = projectOutputs(w, unit, shape[1]);
+        else {
+          const [, cols] = shape;
+          if (cols === undefined) throw new Error(`orthogonalizeModel: weight '${name}' is not a matrix`);
+          out = projectOutputs(w, unit, cols);
+        }
         modified.push(name);
         if (name === 'model.embed_tokens.weight' && spec.tieWordEmbeddings) {
           tensors.set('lm_head.weight', { dtype: 'F32', shape: [spec.vocabSize, spec.dModel], data: w });

@@ -153,33 +153,41 @@ export async function runLogits(
     ...(hooks.length > 0 ? { hooks } : {}),
   });
   const [, seq, vocab] = r.logits.dims;
+  if (seq === undefined || vocab === undefined) {
+    throw new Error(`runLogits: logits of dims [${r.logits.dims}] are not [batch, seq, vocab]`);
+  }
   const data = r.logits.data;
   const lse = new Float64Array(pos.length);
   pos.forEach((p, k) => {
-    const at = (p.b * seq + r.padding[p.b] + p.q) * vocab;
+    // p.b is a row of this batch (padding has one entry per row) and at + v < batch * seq * vocab, the
+    // logits' length: the indexes below are in range.
+    const at = (p.b * seq + r.padding[p.b]! + p.q) * vocab;
     let max = Number.NEGATIVE_INFINITY;
-    for (let v = 0; v < vocab; v++) if (data[at + v] > max) max = data[at + v];
+    for (let v = 0; v < vocab; v++) if (data[at + v]! > max) max = data[at + v]!;
     let s = 0;
-    for (let v = 0; v < vocab; v++) s += Math.exp(data[at + v] - max);
+    for (let v = 0; v < vocab; v++) s += Math.exp(data[at + v]! - max);
     lse[k] = max + Math.log(s);
   });
   return { data, seq, vocab, padding: r.padding, lse, hooks: r.hooks } satisfies BatchLogits;
 }
 
 export function offset(l: BatchLogits, p: Position): number {
-  return (p.b * l.seq + l.padding[p.b] + p.q) * l.vocab;
+  // A position's row p.b is a row of the batch the logits were run on, which has one padding per row.
+  return (p.b * l.seq + l.padding[p.b]! + p.q) * l.vocab;
 }
 
 /** KL(A || B) at one position, float64. */
 export function klAt(a: BatchLogits, b: BatchLogits, p: Position, k: number): number {
   const oa = offset(a, p);
   const ob = offset(b, p);
-  const la = a.lse[k];
-  const lb = b.lse[k];
+  // k indexes the positions both logits were run on (lse has one entry per position) and oa + v, ob + v stay
+  // inside one position's vocab row of equally shaped logits (checkConditions): the indexes are in range.
+  const la = a.lse[k]!;
+  const lb = b.lse[k]!;
   let kl = 0;
   for (let v = 0; v < a.vocab; v++) {
-    const lpa = a.data[oa + v] - la;
-    kl += Math.exp(lpa) * (lpa - (b.data[ob + v] - lb));
+    const lpa = a.data[oa + v]! - la;
+    kl += Math.exp(lpa) * (lpa - (b.data[ob + v]! - lb));
   }
   return Math.max(0, kl);
 }
@@ -211,6 +219,7 @@ export async function evaluatePlan(
   const lastUse = plan.conditions.map((c, i) =>
     Math.max(
       i,
+      // Every pair's names were checked against the index above.
       ...plan.pairs.filter((p) => p.includes(c.name)).map(([a, b]) => Math.max(index.get(a)!, index.get(b)!)),
       ...plan.conditions.flatMap((d, k) => (d.patch?.source === c.name ? [k] : [])),
     ),
@@ -222,14 +231,15 @@ export async function evaluatePlan(
     const batch = records.slice(start, start + batchSize);
     const pos: Position[] = [];
     batch.forEach((r, b) => {
+      // p < r.ids.length: the id is there.
       for (let p = 1; p < r.ids.length; p++)
-        if (!r.mask || r.mask[p]) pos.push({ b, q: p - 1, token: r.ids[p] });
+        if (!r.mask || r.mask[p]) pos.push({ b, q: p - 1, token: r.ids[p]! });
     });
     positions += pos.length;
     const rows = batch.map((r) => r.ids);
     const held = new Map<number, BatchLogits>();
-    for (let i = 0; i < plan.conditions.length; i++) {
-      const c = plan.conditions[i];
+    for (const [i, c] of plan.conditions.entries()) {
+      // The patch source is an earlier condition (checked above), whose logits are held until its last use.
       const ivs = c.patch
         ? [
             ...(c.interventions ?? []),
@@ -242,13 +252,16 @@ export async function evaluatePlan(
       if (lp) {
         const sums = new Float64Array(batch.length);
         const counts = new Float64Array(batch.length);
+        // p.b < batch.length (sums and counts have one entry per row), k < pos.length (lse has one per
+        // position) and the token is inside its vocab row: the indexes are in range.
         pos.forEach((p, k) => {
-          sums[p.b] += l.data[offset(l, p) + p.token] - l.lse[k];
-          counts[p.b]++;
+          sums[p.b]! += l.data[offset(l, p) + p.token]! - l.lse[k]!;
+          counts[p.b]!++;
         });
         for (let b = 0; b < batch.length; b++)
-          lp[start + b] = counts[b] > 0 ? sums[b] / counts[b] : Number.NaN;
+          lp[start + b] = counts[b]! > 0 ? sums[b]! / counts[b]! : Number.NaN;
       }
+      // The pairs' names were checked against the index, and both sides are held until their pair is done.
       for (const [a, bName] of plan.pairs) {
         const ia = index.get(a)!;
         const ib = index.get(bName)!;
@@ -260,9 +273,10 @@ export async function evaluatePlan(
           s += klAt(la, lb, p, k);
         });
         const key = `${a}||${bName}`;
-        klSum.set(key, klSum.get(key)! + s);
+        klSum.set(key, klSum.get(key)! + s); // klSum holds every pair's key from the start
       }
-      for (const [j] of held) if (lastUse[j] <= i) held.delete(j);
+      // held's keys are condition indexes, and lastUse has one entry per condition.
+      for (const [j] of held) if (lastUse[j]! <= i) held.delete(j);
     }
     opts.onProgress?.(Math.min(records.length, start + batchSize), records.length);
   }
@@ -311,7 +325,7 @@ export async function divergence(
     records,
     opts,
   );
-  return { kl: r.kl.get('A||B')!, positions: r.positions };
+  return { kl: r.kl.get('A||B')!, positions: r.positions }; // the plan's one pair, always in the result
 }
 
 /**
@@ -323,8 +337,9 @@ export function logprobMargin(perRecord: Float64Array, records: readonly Tokeniz
     let s = 0;
     let n = 0;
     records.forEach((r, i) => {
-      if (r.label === label && Number.isFinite(perRecord[i])) {
-        s += perRecord[i];
+      const v = perRecord[i];
+      if (r.label === label && v !== undefined && Number.isFinite(v)) {
+        s += v;
         n++;
       }
     });

@@ -47,14 +47,14 @@ export function plantDirections(dModel: number, seed: number): PlantedDirections
   const raw = Array.from({ length: 4 + 2 * DOMAINS.length }, () => rng.normalArray(dModel));
   const basis = orthonormalize(raw);
   if (basis.length < raw.length) throw new Error('planting needs more dimensions than directions');
-  const [constant, misaligned, general] = basis;
+  // Past that check basis holds all 4 + 2 * DOMAINS.length vectors, so every index below is in range.
   const domain = {} as Record<Domain, Float64Array>;
   const narrow = {} as Record<Domain, Float64Array>;
   DOMAINS.forEach((d, i) => {
-    domain[d] = basis[3 + 2 * i];
-    narrow[d] = basis[4 + 2 * i];
+    domain[d] = basis[3 + 2 * i]!;
+    narrow[d] = basis[4 + 2 * i]!;
   });
-  return { constant, misaligned, domain, general, narrow };
+  return { constant: basis[0]!, misaligned: basis[1]!, domain, general: basis[2]!, narrow };
 }
 
 /** Planted MLP units of the adapter layer: the general one, then one per domain. */
@@ -67,7 +67,8 @@ export function plantedUnits(): { general: number; narrow: Record<Domain, number
 }
 
 function addScaled(target: Float32Array, offset: number, v: Float64Array, scale: number): void {
-  for (let i = 0; i < v.length; i++) target[offset + i] += scale * v[i];
+  // The callers write v into a row of target that is v.length long: the indexes are in range.
+  for (let i = 0; i < v.length; i++) target[offset + i]! += scale * v[i]!;
 }
 
 export interface TokenSets {

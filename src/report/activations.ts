@@ -49,9 +49,10 @@ interface Named {
 /** File names without extension, with the parent folder where two collide. */
 function setNames(files: readonly string[]): string[] {
   const short = files.map((f) => basename(f, extname(f)));
-  return short.map((s, i) =>
-    short.indexOf(s) === short.lastIndexOf(s) ? s : `${basename(dirname(files[i]))}/${s}`,
-  );
+  return files.map((f) => {
+    const s = basename(f, extname(f));
+    return short.indexOf(s) === short.lastIndexOf(s) ? s : `${basename(dirname(f))}/${s}`;
+  });
 }
 
 function uniqueValues(xs: readonly string[]): string {
@@ -71,8 +72,8 @@ export async function directionsSection(
 ): Promise<ReportSection> {
   const names = setNames(files);
   const sets: Named[] = [];
-  for (let i = 0; i < files.length; i++)
-    sets.push({ name: names[i], file: files[i], set: await loadDirections(files[i]) });
+  // setNames gives one name per file.
+  for (const [i, file] of files.entries()) sets.push({ name: names[i]!, file, set: await loadDirections(file) });
   const isRandom = (s: Named) => isRandomControl(s.set);
   const real = sets.some((s) => !isRandom(s)) ? sets.filter((s) => !isRandom(s)) : sets;
   const given = sets.filter((s) => isRandom(s) && !real.includes(s));
@@ -198,9 +199,8 @@ export async function directionsSection(
     };
     // Real pairs, each followed by the controls of its second set; a lone set gets its own controls.
     const pairs: [Named, Named | null][] = [];
-    for (let i = 0; i < group.length; i++)
-      for (let j = i + 1; j < group.length; j++) pairs.push([group[i], group[j]]);
-    if (pairs.length === 0) pairs.push([group[0], null]);
+    for (const [i, a] of group.entries()) for (const b of group.slice(i + 1)) pairs.push([a, b]);
+    if (pairs.length === 0) pairs.push([group[0]!, null]); // byDim's groups are never empty
     const controls = new Map<string, Named>();
     for (const [a, b] of pairs) for (const c of controlsFor(b ?? a)) controls.set(c.name, c);
     let cmp: ReturnType<typeof compareDirections>;
@@ -235,8 +235,9 @@ export async function directionsSection(
       if (cs.length === 0) continue;
       // The controls as one row: per layer the mean over the K controls, then mean ± sd (min..max, n).
       const label = `${a.name} ~ random(${target.name}) (control, n=${cs.length})`;
-      const perLayer = cmp.layers.map((_, i) => mean(cs.map((c) => c.cosines[i])));
-      const perLayerAbs = cmp.layers.map((_, i) => mean(cs.map((c) => c.absCosines[i])));
+      // Every pair's cosines have one entry per layer of the comparison.
+      const perLayer = cmp.layers.map((_, i) => mean(cs.map((c) => c.cosines[i]!)));
+      const perLayerAbs = cmp.layers.map((_, i) => mean(cs.map((c) => c.absCosines[i]!)));
       rows.push([
         label,
         ...perLayer.map((c) => fixed(c)),
@@ -315,8 +316,8 @@ export async function storesSection(
   const models = new Set<string>();
   const adapters = new Set<string>();
   const createdWith = new Set<string>();
-  for (let i = 0; i < stores.length; i++) {
-    const dir = stores[i];
+  for (const [i, dir] of stores.entries()) {
+    const name = names[i]!; // setNames gives one name per store
     const m = await readManifest(dir);
     const store = await ActivationStore.open(dir);
     const recs = await store.records();
@@ -331,7 +332,7 @@ export async function storesSection(
     if (m.adapter) adapters.add(m.adapter);
     createdWith.add(m.createdWith);
     rows.push([
-      names[i],
+      name,
       m.adapter ?? 'none',
       hookSummary(m.hooks),
       m.reduce,
@@ -344,23 +345,24 @@ export async function storesSection(
     const rowsTotal = m.shards.reduce((a, s) => a + s.rows, 0);
     const bytes = rowsTotal * m.dModel * 4 * m.hooks.length;
     if (bytes > PLOT_BYTES_LIMIT) {
-      notes.push(`${names[i]}: ${(bytes / 2 ** 20).toFixed(0)} MiB of activations, too many to plot here.`);
+      notes.push(`${name}: ${(bytes / 2 ** 20).toFixed(0)} MiB of activations, too many to plot here.`);
       continue;
     }
     if (rowsTotal === 0) continue;
     for (const hook of m.hooks) {
-      const layer = /^blocks\.(\d+)\./.exec(hook);
-      if (!layer) continue;
+      const layer = /^blocks\.(\d+)\./.exec(hook)?.[1];
+      if (layer === undefined) continue;
       const data = await store.readHook(hook);
       const mean = new Float64Array(m.dModel);
+      // The hook holds rowsTotal rows of dModel values and mean has dModel: the indexes are in range.
       for (let r = 0; r < rowsTotal; r++)
-        for (let j = 0; j < m.dModel; j++) mean[j] += data[r * m.dModel + j];
-      for (let j = 0; j < m.dModel; j++) mean[j] /= rowsTotal;
+        for (let j = 0; j < m.dModel; j++) mean[j]! += data[r * m.dModel + j]!;
+      for (let j = 0; j < m.dModel; j++) mean[j]! /= rowsTotal;
       const kinds = new Set(m.hooks.map((h) => h.replace(/^blocks\.\d+\./, '')));
       points.push({
-        layer: Number(layer[1]),
+        layer: Number(layer),
         norm: norm(mean),
-        store: kinds.size > 1 ? `${names[i]} ${hook.replace(/^blocks\.\d+\./, '')}` : names[i],
+        store: kinds.size > 1 ? `${name} ${hook.replace(/^blocks\.\d+\./, '')}` : name,
       });
     }
   }

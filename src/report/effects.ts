@@ -7,6 +7,7 @@ import { dirname, join } from 'node:path';
 import { emRuleText } from '../data/thresholds.js';
 import { cosineHeatmap, type DirectionComparison } from '../directions/compare.js';
 import { asControlSpread, type ControlSpread } from '../directions/randomControl.js';
+import { EmlensError } from '../errors.js';
 import { type Estimate, type EvalSummary, emRateChart, formatEmChange } from '../eval/metrics.js';
 import { compareEvalFolders, type EvalComparison, type ReportOptions } from '../eval/report.js';
 import type { MediationReport } from '../interventions/mediation.js';
@@ -111,7 +112,7 @@ export async function evalSection(
       rows: c.perQuestion.map((q) => [
         q.questionId,
         ...conditions.map((k) => {
-          const e = q.emRate[k];
+          const e = q.emRate[k]!; // perQuestion's emRate has a key for every condition
           return e === null || e.value === null ? 'n/a' : `${percent(e.value)} (n=${e.n})`;
         }),
       ]),
@@ -122,7 +123,7 @@ export async function evalSection(
       align: ['left', 'left', 'left', 'left', 'left', 'left', 'left', 'left'],
       rows: cmp.summaries.map((s, i) => [
         s.condition,
-        displayPath(dirs[i]),
+        displayPath(dirs[i]!), // one summary per folder, in order
         describeRun(s.run, 'model'),
         describeRun(s.run, 'adapter'),
         describeRun(s.run, 'interventions'),
@@ -164,7 +165,7 @@ const clipPct = (x: number | null | undefined) =>
   x === null || x === undefined || !Number.isFinite(x) ? null : Math.max(-100, Math.min(100, 100 * x));
 
 /** Paths of the control fields of a mediation report (each a ControlSpread; a number in older reports). */
-const CONTROL_FIELDS: readonly (readonly string[])[] = [
+const CONTROL_FIELDS: readonly (readonly [string] | readonly [string, string])[] = [
   ['randomFractionMediated'],
   ['randomPatchedFractionMediated'],
   ['randomSteeringClosed'],
@@ -186,8 +187,9 @@ const CONTROL_FIELDS: readonly (readonly string[])[] = [
 function readMediationReport(raw: MediationReport): MediationReport {
   const r = structuredClone(raw) as unknown as Record<string, Record<string, unknown> | null>;
   for (const path of CONTROL_FIELDS) {
-    const holder = path.length === 1 ? (r as Record<string, unknown>) : r[path[0]];
-    const key = path[path.length - 1];
+    const [head, tail] = path;
+    const holder = tail === undefined ? (r as Record<string, unknown>) : r[head];
+    const key = tail ?? head;
     if (holder === null || holder === undefined || !(key in holder)) continue;
     const v = holder[key] as ControlSpread | number | null;
     holder[key] = asControlSpread(v === null ? Number.NaN : v);
@@ -322,9 +324,10 @@ export async function mediationSection(
     ? [['', raw as MediationReport]]
     : Object.entries(raw as Record<string, MediationReport>);
   const reports = read.map(([k, r]): [string, MediationReport] => [k, readMediationReport(r)]);
+  const [, r0] = reports[0] ?? [];
+  if (r0 === undefined) throw new EmlensError(`${json} holds no mediation report; point at an emlens mediate or emlens demo output.`);
   const single = reports.length === 1;
-  const built = single ? singleMediation(reports[0][1]) : mediationMap(reports);
-  const r0 = reports[0][1];
+  const built = single ? singleMediation(r0) : mediationMap(reports);
   const ranked = [...reports]
     .filter(([, r]) => r.patchedFractionMediated !== null && Number.isFinite(r.patchedFractionMediated))
     .sort((a, b) => b[1].patchedFractionMediated - a[1].patchedFractionMediated);
@@ -509,9 +512,10 @@ export async function comparisonSection(
       .filter((f) => /^cosine\.(svg|png)$/i.test(f))
       .map((f) => join(folder, f)),
   );
+  const [image] = images;
   const plots =
-    images.length > 0
-      ? [await plotFile(images[0], 'Cosine similarity between directions')]
+    image !== undefined
+      ? [await plotFile(image, 'Cosine similarity between directions')]
       : [await drawPlot('Cosine similarity between directions', cosineHeatmap(cmp))];
   return section({
     kind: 'comparison',

@@ -56,35 +56,38 @@ const splitRow = (line: string) =>
  */
 export function markdownToHtml(md: string): string {
   const lines = md.replace(/\r\n/g, '\n').split('\n');
+  // Every read checks its index against lines.length first; the fallback is never taken.
+  const at = (k: number): string => lines[k] ?? '';
   const out: string[] = [];
   let i = 0;
   while (i < lines.length) {
-    const line = lines[i];
+    const line = at(i);
     if (line.trim() === '') {
       i++;
       continue;
     }
     if (/^```/.test(line)) {
       const body: string[] = [];
-      for (i++; i < lines.length && !/^```/.test(lines[i]); i++) body.push(lines[i]);
+      for (i++; i < lines.length && !/^```/.test(at(i)); i++) body.push(at(i));
       i++;
       out.push(`<pre>${esc(body.join('\n'))}</pre>`);
       continue;
     }
     const h = /^(#{1,6})\s+(.*)$/.exec(line);
     if (h) {
-      const level = Math.min(6, h[1].length + 3);
-      out.push(`<h${level}>${inlineMarkdown(h[2])}</h${level}>`);
+      const [, hashes = '', text = ''] = h; // both groups are not optional: always set on a match
+      const level = Math.min(6, hashes.length + 3);
+      out.push(`<h${level}>${inlineMarkdown(text)}</h${level}>`);
       i++;
       continue;
     }
-    if (/^\s*\|/.test(line) && i + 1 < lines.length && /^\s*\|?\s*:?-{3,}/.test(lines[i + 1])) {
+    if (/^\s*\|/.test(line) && i + 1 < lines.length && /^\s*\|?\s*:?-{3,}/.test(at(i + 1))) {
       const header = splitRow(line);
-      const aligns = splitRow(lines[i + 1]).map((c) => (c.endsWith(':') ? 'right' : 'left'));
+      const aligns = splitRow(at(i + 1)).map((c) => (c.endsWith(':') ? 'right' : 'left'));
       const rows: string[][] = [];
-      for (i += 2; i < lines.length && /^\s*\|/.test(lines[i]); i++) {
-        if (/^\s*\|?\s*:?-{3,}/.test(lines[i])) continue;
-        rows.push(splitRow(lines[i]));
+      for (i += 2; i < lines.length && /^\s*\|/.test(at(i)); i++) {
+        if (/^\s*\|?\s*:?-{3,}/.test(at(i))) continue;
+        rows.push(splitRow(at(i)));
       }
       out.push(
         `<div class="table-wrap"><table><thead><tr>${header.map((c, k) => `<th class="${aligns[k] ?? 'left'}">${inlineMarkdown(c)}</th>`).join('')}</tr></thead><tbody>${rows
@@ -99,15 +102,15 @@ export function markdownToHtml(md: string): string {
     if (/^\s*([-*]|\d+\.)\s+/.test(line)) {
       const ordered = /^\s*\d+\./.test(line);
       const items: string[] = [];
-      for (; i < lines.length && /^\s*([-*]|\d+\.)\s+/.test(lines[i]); i++) {
-        items.push(`<li>${inlineMarkdown(lines[i].replace(/^\s*([-*]|\d+\.)\s+/, ''))}</li>`);
+      for (; i < lines.length && /^\s*([-*]|\d+\.)\s+/.test(at(i)); i++) {
+        items.push(`<li>${inlineMarkdown(at(i).replace(/^\s*([-*]|\d+\.)\s+/, ''))}</li>`);
       }
       out.push(ordered ? `<ol>${items.join('')}</ol>` : `<ul>${items.join('')}</ul>`);
       continue;
     }
     const para: string[] = [];
-    for (; i < lines.length && lines[i].trim() !== '' && !/^(```|#{1,6}\s|\s*\|)/.test(lines[i]); i++) {
-      para.push(lines[i]);
+    for (; i < lines.length && at(i).trim() !== '' && !/^(```|#{1,6}\s|\s*\|)/.test(at(i)); i++) {
+      para.push(at(i));
     }
     if (para.length === 0) {
       out.push(`<p>${inlineMarkdown(line)}</p>`);

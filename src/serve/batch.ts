@@ -39,7 +39,7 @@ function byteLevelTable(): Map<string, number> {
       cs.push(256 + extra++);
     }
   }
-  return new Map(bs.map((b, i) => [String.fromCodePoint(cs[i]), b]));
+  return new Map(bs.map((b, i) => [String.fromCodePoint(cs[i]!), b])); // cs has one code point per byte of bs
 }
 
 /**
@@ -86,14 +86,15 @@ export function logprobEntry(
   k: number,
   bytesOf: (id: number) => readonly number[],
 ): LogprobEntry {
+  // i < logits.length, and every id read is the sampled token or a top-k index of these logits: in range.
   let max = Number.NEGATIVE_INFINITY;
-  for (let i = 0; i < logits.length; i++) if (logits[i] > max) max = logits[i];
+  for (let i = 0; i < logits.length; i++) if (logits[i]! > max) max = logits[i]!;
   let sum = 0;
-  for (let i = 0; i < logits.length; i++) sum += Math.exp(logits[i] - max);
+  for (let i = 0; i < logits.length; i++) sum += Math.exp(logits[i]! - max);
   const lse = max + Math.log(sum);
   const entry = (id: number): TopLogprob => {
     const bytes = [...bytesOf(id)];
-    return { token: Buffer.from(bytes).toString('utf8'), logprob: logits[id] - lse, bytes };
+    return { token: Buffer.from(bytes).toString('utf8'), logprob: logits[id]! - lse, bytes };
   };
   const top = k > 0 ? [...topKIndices(logits, k)].map(entry) : [];
   return { ...entry(token), top_logprobs: top };
@@ -182,7 +183,7 @@ export async function runBatch(
     const hold = Math.max(0, ...stop.map((s) => s.length - 1));
     if (hold > 0) visible = visible.slice(0, Math.max(0, visible.length - hold));
     if (visible.length > row.printed.length && visible.startsWith(row.printed)) {
-      const last = step.tokens[step.tokens.length - 1];
+      const last = step.tokens[step.tokens.length - 1]!; // the event pushed above
       step.tokens[step.tokens.length - 1] = { ...last, delta: visible.slice(row.printed.length) };
       row.printed = visible;
     }
@@ -211,7 +212,8 @@ export async function runBatch(
       await hooks.yieldNow();
       for (const row of rows) if (!row.done && hooks.cancelled(row.job.id)) row.done = true;
       return {
-        next: rows.map((row) => (row.done ? null : row.tokens[row.tokens.length - 1])),
+        // A row not done got a token pushed in this step.
+        next: rows.map((row) => (row.done ? null : row.tokens[row.tokens.length - 1]!)),
         done: rows.every((row) => row.done),
       };
     },

@@ -211,8 +211,8 @@ export class Engine {
   }
 
   private dispatch(): void {
-    if (this.running || this.queue.length === 0 || this.dead || this.closing) return;
     const head = this.queue[0];
+    if (this.running || head === undefined || this.dead || this.closing) return;
     const chosen = [head];
     let rows = head.req.n;
     let longest = head.req.prompt.length;

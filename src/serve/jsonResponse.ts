@@ -21,11 +21,12 @@ export class JsonChatResponse extends ChatResponse<JsonChatResponseOptions> {
   open(): void {}
 
   token(t: TokenEvent): void {
-    if (t.logprob) this.choices[t.sample].logprobs.push(t.logprob);
+    // Samples are numbered 0..n-1, one choice each.
+    if (t.logprob) this.choices[t.sample]!.logprobs.push(t.logprob);
   }
 
   override finish(f: FinishEvent): OpenAIFinishReason {
-    const c = this.choices[f.sample];
+    const c = this.choices[f.sample]!; // samples are numbered 0..n-1, one choice each
     c.text = f.text;
     c.finish = super.finish(f);
     return c.finish;

@@ -47,16 +47,17 @@ export async function judgeResponses(
   });
   // Metric columns in template order, whatever order the scores arrive in.
   const scores = records.map(() => ({}) as Record<string, number | null>);
-  for (const job of jobs) scores[job.row][job.metric] = null;
+  // A job's row indexes records, and scores has one entry per record.
+  for (const job of jobs) scores[job.row]![job.metric] = null;
   let done = 0;
   let next = 0;
   let failed = false;
   opts.onProgress?.(0, jobs.length);
   const worker = async () => {
     while (next < jobs.length && !failed) {
-      const job = jobs[next++];
+      const job = jobs[next++]!; // next < jobs.length, checked just above with no await between
       try {
-        scores[job.row][job.metric] = await job.judge.score(job.prompt);
+        scores[job.row]![job.metric] = await job.judge.score(job.prompt);
       } catch (e) {
         failed = true;
         throw e;

@@ -27,13 +27,14 @@ export function perturbDirections(set: DirectionSet, noise: number, seed: number
     const r = new Float64Array(v.length);
     let rr = 0;
     let vv = 0;
+    // r has v's length, so every j below indexes both.
     for (let j = 0; j < r.length; j++) {
       r[j] = rng.normal();
-      rr += r[j] * r[j];
-      vv += v[j] * v[j];
+      rr += r[j]! * r[j]!;
+      vv += v[j]! * v[j]!;
     }
     const k = (noise * Math.sqrt(vv)) / Math.sqrt(rr);
-    vectors.push([layer, Float32Array.from(v, (x, j) => x + k * r[j])]);
+    vectors.push([layer, Float32Array.from(v, (x, j) => x + k * r[j]!)]);
   }
   return directionSet(vectors, {
     ...set.meta,
