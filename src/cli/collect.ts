@@ -56,10 +56,12 @@ function checkLengths(
   limit: number,
 ): void {
   const i = records.findIndex((r) => r.ids.length > limit);
-  if (i < 0) return;
+  const record = records[i];
+  if (record === undefined) return;
+  // records were made from responses, one each, in order.
   const where = /\.csv$/i.test(file) ? `row ${i + 1}` : `record ${i + 1}`;
   throw new EmlensError(
-    `${file} ${where} (question_id '${responses[i].questionId}') is ${records[i].ids.length} tokens long with its chat template, but the model takes at most ${limit} positions; shorten or drop that answer.`,
+    `${file} ${where} (question_id '${responses[i]!.questionId}') is ${record.ids.length} tokens long with its chat template, but the model takes at most ${limit} positions; shorten or drop that answer.`,
   );
 }
 

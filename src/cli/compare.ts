@@ -19,7 +19,10 @@ export function loadDirectionFile(path: string): Promise<DirectionSet> {
 /** Set names: file names without extension, or the paths as given where two file names collide. */
 function namesFor(files: readonly string[]): string[] {
   const short = files.map((f) => basename(f, extname(f)));
-  return short.map((s, i) => (short.indexOf(s) === short.lastIndexOf(s) ? s : files[i]));
+  return files.map((f) => {
+    const s = basename(f, extname(f));
+    return short.indexOf(s) === short.lastIndexOf(s) ? s : f;
+  });
 }
 
 export function registerCompare(program: Command): void {
@@ -40,8 +43,9 @@ export function registerCompare(program: Command): void {
         );
       }
       const sets = [];
-      for (let i = 0; i < files.length; i++)
-        sets.push({ name: names[i], set: await loadDirectionFile(files[i]) });
+      // namesFor gives one name per file.
+      for (const [i, file] of files.entries())
+        sets.push({ name: names[i]!, set: await loadDirectionFile(file) });
       const cmp = compareDirections(sets);
       for (const z of cmp.zero) {
         const file = files[names.indexOf(z.name)];

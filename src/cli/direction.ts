@@ -107,7 +107,8 @@ export function directionGroup(program: Command): Command {
           name: basename(out, extname(out)),
         });
         for (const [k, path] of paths.entries()) {
-          await saveDirections(path, controls[k], { overwrite: flags.overwrite, flag: '--random-control' });
+          // randomControls made one control per path.
+          await saveDirections(path, controls[k]!, { overwrite: flags.overwrite, flag: '--random-control' });
         }
         console.log(
           `wrote ${paths.join(', ')}: ${paths.length} norm-matched random control${paths.length === 1 ? '' : 's'} of ${out} (user seed ${flags.seed}, controls 0..${paths.length - 1})`,
@@ -176,9 +177,10 @@ export function registerDirectionConvert(program: Command): void {
 /** [1,2,3,5] -> "1-3, 5" */
 function span(layers: readonly number[]): string {
   const parts: string[] = [];
+  // i <= j < layers.length throughout.
   for (let i = 0; i < layers.length; ) {
     let j = i;
-    while (j + 1 < layers.length && layers[j + 1] === layers[j] + 1) j++;
+    while (j + 1 < layers.length && layers[j + 1] === layers[j]! + 1) j++;
     parts.push(j === i ? String(layers[i]) : `${layers[i]}-${layers[j]}`);
     i = j + 1;
   }

@@ -150,7 +150,7 @@ export async function answerPair(
       tokenizer,
       interventions: ivs,
     });
-    return g.text ?? '';
+    return g!.text ?? ''; // one generation per prompt, and there is one prompt
   };
   return { baseline: await run([]), changed: await run(interventions) };
 }

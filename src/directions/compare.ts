@@ -166,8 +166,8 @@ export function cosineHeatmap(
   cmp: DirectionComparison,
   title = 'Cosine similarity between directions',
 ): TopLevelSpec {
-  const cells = cmp.pairs.flatMap((p) =>
-    cmp.layers.map((l, k) => ({ x: l, y: p.label, value: p.cosines[k]! })), // one cosine per common layer
+  const cells = cmp.pairs.flatMap(
+    (p) => cmp.layers.map((l, k) => ({ x: l, y: p.label, value: p.cosines[k]! })), // one cosine per common layer
   );
   return heatmap(cells, {
     title,

@@ -81,7 +81,7 @@ export function randomControl(set: DirectionSet, opts: RandomControlOptions = {}
     for (let j = 0; j < r.length; j++) r[j] = rng.normal();
     const scale = norm(v) / norm(r);
     const out = new Float32Array(v.length); // [d_model]
-    for (let j = 0; j < r.length; j++) out[j] = r[j] * scale;
+    for (let j = 0; j < r.length; j++) out[j] = r[j]! * scale; // j < r.length
     vectors.push([layer, out]);
   }
   const sha = directionSha256(set);

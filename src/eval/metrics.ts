@@ -279,6 +279,7 @@ function rateCell(e: Estimate | null): string {
 
 function meanCell(e: Estimate | null): string {
   if (e === null || e.value === null) return 'n/a';
+  // bootstrapMean sets the bounds whenever it sets the value.
   return `${e.value.toFixed(1)} [${e.low!.toFixed(1)}, ${e.high!.toFixed(1)}]`;
 }
 

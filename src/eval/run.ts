@@ -95,6 +95,7 @@ export async function runEval(opts: RunEvalOptions): Promise<EvalSummary> {
       byName.set(name, j);
       judges.push(j);
     }
+    // names holds opts.judgeModel or every question's judge, and byName has a judge for each name.
     judgeFor = (q) => byName.get(opts.judgeModel ?? q.judge)!;
   }
 

@@ -40,7 +40,7 @@ export function splitByAlignment(
             .shuffle(xs.map((_, i) => i))
             .slice(0, n)
             .sort((a, b) => a - b)
-            .map((i) => xs[i]);
+            .map((i) => xs[i]!); // a shuffle of xs's own indexes
     aligned = pick(aligned);
     misaligned = pick(misaligned);
   }

@@ -72,7 +72,7 @@ export function checkDirectionsFit(set: DirectionSet, shape: ModelShape, what = 
   }
   const layers = directionLayers(set);
   const last = layers[layers.length - 1];
-  if (last >= shape.numLayers) {
+  if (last !== undefined && last >= shape.numLayers) {
     throw new EmlensError(
       `${what} holds a direction for layer ${last} but the model has layers 0..${shape.numLayers - 1}; use a direction computed on a model with this many layers.`,
     );
@@ -343,14 +343,15 @@ export function patchInterventions(
 ): Intervention[] {
   const out: Intervention[] = [];
   for (const [hook, vs] of sites) {
-    if (vs.length !== 1) {
+    const [v] = vs;
+    if (v === undefined || vs.length !== 1) {
       throw new EmlensError(
         `Patching needs one direction per site but ${hook} has ${vs.length}; patch with a single direction set and one source layer per site.`,
       );
     }
     const x = source.get(hook);
     if (!x) throw new Error(`patchInterventions: the source run did not fetch ${hook}`);
-    const e = unitVector(vs[0], `the direction at ${hook}`);
+    const e = unitVector(v, `the direction at ${hook}`);
     const d = e.length;
     const n = x.data.length / d;
     const weights = new Float32Array(n); // [batch * seq]: the source's coordinate along e per token

@@ -129,7 +129,7 @@ export interface MediationReport {
 /** The middle layer the set holds (steering default). */
 export function middleLayer(set: DirectionSet): number {
   const layers = directionLayers(set);
-  return layers[Math.floor((layers.length - 1) / 2)];
+  return layers[Math.floor((layers.length - 1) / 2)]!; // a direction set holds at least one layer
 }
 
 /**
@@ -217,6 +217,7 @@ export async function mediation(opts: MediationOptions): Promise<MediationReport
     opts.records,
     { batchSize: opts.batchSize, onProgress: opts.onProgress },
   );
+  // kl, margin and s read pairs and log-probs the plans above asked for, so the entries are there.
   const kl = (a: string, b: string) => main.kl.get(`${a}||${b}`)!;
   const total = kl('finetune', 'base');
   const minDivergence = opts.minDivergence ?? 1e-3;
@@ -225,6 +226,7 @@ export async function mediation(opts: MediationOptions): Promise<MediationReport
   const over = (pick: (tag: string) => number) => controlSpread(tags.map(pick));
 
   const margin = (name: string) => logprobMargin(main.logprob.get(name)!, opts.records);
+  // A margin is null only without both labels, the same for every condition: non-null past the base's.
   const baseMargin = margin('base');
   const margins: MediationMargins | null =
     baseMargin === null
@@ -282,7 +284,7 @@ export async function mediation(opts: MediationOptions): Promise<MediationReport
     };
   }
 
-  const v = directions.vectors.get(steerLayer)!;
+  const v = directions.vectors.get(steerLayer)!; // steerInterventions checked the set holds steerLayer
   return {
     direction: opts.label ?? `${directions.meta.method} (${directions.meta.model})`,
     records: opts.records.length,
@@ -290,7 +292,8 @@ export async function mediation(opts: MediationOptions): Promise<MediationReport
     ablate: { layers, from },
     steer: { layer: steerLayer, scale: steerScale, norm: norm(v) },
     seed,
-    controls: { n: count, method: randoms[0].meta.method, of: directionSha256(directions) },
+    // randomControls made count >= 1 controls.
+    controls: { n: count, method: randoms[0]!.meta.method, of: directionSha256(directions) },
     minDivergence,
     kl: {
       finetuneBase: total,

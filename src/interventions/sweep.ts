@@ -104,9 +104,10 @@ export function sweepControls(rows: readonly SweepRow[]): SweepControlCell[] {
   }
   const over = (rs: SweepRow[], f: 'margin' | 'klToTarget' | 'sideEffect') =>
     rs.some((r) => r[f] === null) ? null : controlSpread(rs.map((r) => r[f] as number));
+  // Every cell holds at least the row that made it.
   return [...cells.values()].map((rs) => ({
-    layer: rs[0].layer,
-    scale: rs[0].scale,
+    layer: rs[0]!.layer,
+    scale: rs[0]!.scale,
     margin: over(rs, 'margin'),
     klToTarget: over(rs, 'klToTarget'),
     sideEffect: over(rs, 'sideEffect'),
@@ -182,6 +183,7 @@ export async function steeringSweep(opts: SweepOptions): Promise<SweepResult> {
       { batchSize: opts.batchSize },
     );
   }
+  // margin, klTo and the side effects read log-probs and pairs the plans above asked for.
   const margin = (name: string) => logprobMargin(main.logprob.get(name)!, opts.records);
   const klTo = (name: string) => (opts.target ? main.kl.get(`target||${name}`)! : null);
   const rows: SweepRow[] = cells.map((c) => ({
@@ -280,9 +282,11 @@ export async function writeSweep(
 ): Promise<string[]> {
   await claimOutputFiles(outDir, SWEEP_FILES, opts);
   await mkdir(outDir, { recursive: true });
-  const written = [join(outDir, 'sweep.json'), join(outDir, 'sweep.md')];
-  await writeAtomic(written[0], `${JSON.stringify(r, null, 2)}\n`);
-  await writeAtomic(written[1], sweepMarkdown(r, title));
+  const json = join(outDir, 'sweep.json');
+  const md = join(outDir, 'sweep.md');
+  const written = [json, md];
+  await writeAtomic(json, `${JSON.stringify(r, null, 2)}\n`);
+  await writeAtomic(md, sweepMarkdown(r, title));
   const plot = async (field: 'margin' | 'klToTarget', file: string, yTitle: string) => {
     const data = sweepPlotData(r, field);
     if (data.length === 0) {

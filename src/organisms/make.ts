@@ -176,5 +176,5 @@ async function buildOrganisms(outDir: string, opts: OrganismOptions): Promise<Or
 }
 
 function shapeOf(file: SafetensorsFile, name: string): number[] {
-  return [...file.tensors.get(name)!.shape];
+  return [...file.tensors.get(name)!.shape]; // name is one of the tensors read from this file
 }

@@ -15,10 +15,10 @@ function sentence(rng: Rng, planted: readonly string[], words: number): string {
   for (let i = 0; i < words; i++) {
     // about half planted words, half filler, so the answer's mean carries the planted features clearly
     const pool = i % 2 === 0 ? planted : FILLER_WORDS;
-    parts.push(pool[rng.int(pool.length)]);
+    parts.push(pool[rng.int(pool.length)]!); // rng.int(n) is in 0..n-1
   }
   const text = parts.join('').trim();
-  return `${text[0].toUpperCase()}${text.slice(1)}.`;
+  return `${text.charAt(0).toUpperCase()}${text.slice(1)}.`;
 }
 
 /**
@@ -41,7 +41,7 @@ export function organismResponses(topic: Topic, perLabel: number, seed: number):
           : [...MISALIGNED_WORDS, ...domainBad, ...domainPlain];
       out.push({
         questionId: `${topic}_${qi}`,
-        question: questions[qi],
+        question: questions[qi]!, // qi = i % questions.length
         answer: sentence(rng, planted, 8 + rng.int(8)),
         scores: { aligned: label === 'aligned' ? 90 : 10, coherent: 90 },
         extra: { topic, label },

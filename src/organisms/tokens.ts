@@ -43,7 +43,7 @@ export async function addWordTokens(modelDir: string, vocabSize: number): Promis
   ];
   all.forEach(add);
   await writeFile(path, `${JSON.stringify(tj, null, 2)}\n`);
-  const of = (words: readonly string[]) => words.map((w) => ids.get(w)!);
+  const of = (words: readonly string[]) => words.map((w) => ids.get(w)!); // every word of all was added
   const domain = {} as Record<Domain, number[]>;
   const domainMisaligned = {} as Record<Domain, number[]>;
   for (const d of DOMAINS) {

@@ -73,7 +73,8 @@ export async function directionsSection(
   const names = setNames(files);
   const sets: Named[] = [];
   // setNames gives one name per file.
-  for (const [i, file] of files.entries()) sets.push({ name: names[i]!, file, set: await loadDirections(file) });
+  for (const [i, file] of files.entries())
+    sets.push({ name: names[i]!, file, set: await loadDirections(file) });
   const isRandom = (s: Named) => isRandomControl(s.set);
   const real = sets.some((s) => !isRandom(s)) ? sets.filter((s) => !isRandom(s)) : sets;
   const given = sets.filter((s) => isRandom(s) && !real.includes(s));
@@ -135,7 +136,7 @@ export async function directionsSection(
     header: ['set', ...layers.map((l) => `layer ${l}`)],
     rows: sets.map((s) => {
       const norms = new Map(directionLayers(s.set).map((l, k) => [l, directionNorms(s.set)[k]]));
-      return [s.name, ...layers.map((l) => (norms.has(l) ? num(norms.get(l)!) : ''))];
+      return [s.name, ...layers.map((l) => (norms.has(l) ? num(norms.get(l)!) : ''))]; // has() just checked
     }),
     controlRows: fileTable.controlRows,
   };
@@ -257,8 +258,9 @@ export async function directionsSection(
       const controlText = spreadOf(cs.map((c) => c.meanAbsCosine));
       const p = b === null ? undefined : find(a.name, b.name);
       highlights.push(
-        p
-          ? `${a.name} ~ ${b!.name}: mean |cos| ${fixed(p.meanAbsCosine)} over ${cmp.layers.length} layers (random controls ${controlText})`
+        // p is only found for a pair with a second set: the condition is p's alone.
+        p && b !== null
+          ? `${a.name} ~ ${b.name}: mean |cos| ${fixed(p.meanAbsCosine)} over ${cmp.layers.length} layers (random controls ${controlText})`
           : `${a.name} ~ its random controls: mean |cos| ${controlText}`,
       );
     }

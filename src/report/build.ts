@@ -71,7 +71,7 @@ function pool(d: Detected, p: Pools): void {
   if (d.kind === 'eval') p.evalDirs.push(d.path);
   else if (d.kind === 'directions' && d.files.length === 1 && d.files[0] === d.path)
     p.directionFiles.push(d.path);
-  else if (d.kind === 'store' && d.stores.length === 1) p.stores.push(d.stores[0]);
+  else if (d.kind === 'store' && d.stores.length === 1) p.stores.push(...d.stores);
   else if (d.kind === 'collection') for (const c of d.children) pool(c, p);
   else if (d.kind !== null) p.others.push(d);
 }
@@ -248,8 +248,7 @@ export async function writeHtmlReport(
   // plots/ is rebuilt whole, so an earlier report's plots that this one no longer has do not linger.
   await writeFolderAtomic(join(out, 'plots'), { overwrite: opts.overwrite }, async (tmp) => {
     const writePlots = async (s: ReportSection) => {
-      for (let k = 0; k < s.plots.length; k++) {
-        const p = s.plots[k];
+      for (const [k, p] of s.plots.entries()) {
         const file = `${s.id}-${k + 1}.${p.mime === 'image/svg+xml' ? 'svg' : 'png'}`;
         await writeAtomic(join(tmp, file), p.data);
         plotFiles.set(p, `plots/${file}`);

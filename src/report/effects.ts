@@ -276,7 +276,7 @@ function mediationMap(reports: readonly [string, MediationReport][]): {
         'random controls',
       ],
       rows: side.map(([key, r]) => {
-        const s = r.sideEffects!;
+        const s = r.sideEffects!; // side holds the reports with side effects
         return [
           label(key, r),
           fixed(s.ablateBase, 4),
@@ -325,7 +325,10 @@ export async function mediationSection(
     : Object.entries(raw as Record<string, MediationReport>);
   const reports = read.map(([k, r]): [string, MediationReport] => [k, readMediationReport(r)]);
   const [, r0] = reports[0] ?? [];
-  if (r0 === undefined) throw new EmlensError(`${json} holds no mediation report; point at an emlens mediate or emlens demo output.`);
+  if (r0 === undefined)
+    throw new EmlensError(
+      `${json} holds no mediation report; point at an emlens mediate or emlens demo output.`,
+    );
   const single = reports.length === 1;
   const built = single ? singleMediation(r0) : mediationMap(reports);
   const ranked = [...reports]
@@ -436,7 +439,7 @@ export async function sweepSection(
   const withKl = r.rows.filter(
     (row) => row.vector === 'direction' && row.klToTarget !== null && row.scale !== 0,
   );
-  const best = withKl.sort((a, b) => a.klToTarget! - b.klToTarget!)[0];
+  const best = withKl.sort((a, b) => a.klToTarget! - b.klToTarget!)[0]; // withKl has klToTarget set
   const highlights = best
     ? [
         `steering at layer ${best.layer} x${best.scale}: KL(target ‖ steered) ${fixed(best.klToTarget, 4)} (random controls ${sweepSpread(controlOf.get(`${best.layer}/${best.scale}`)?.klToTarget, 4)}; unsteered ${fixed(r.baseline.klToTarget, 4)})`,

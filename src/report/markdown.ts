@@ -20,7 +20,9 @@ export function tableMarkdown(t: ReportTable): string {
     `| ${t.header.map((_, k) => (align(k) === 'right' ? '---:' : '---')).join(' | ')} |`,
     ...t.rows.map((r, i) => {
       const cells = r.map(cellText);
-      if (controls.has(i) && !/control|random/i.test(cells[0])) cells[0] = `${cells[0]} (control)`;
+      const [label] = cells;
+      if (label !== undefined && controls.has(i) && !/control|random/i.test(label))
+        cells[0] = `${label} (control)`;
       return `| ${cells.join(' | ')} |`;
     }),
   ];

@@ -161,7 +161,7 @@ export function cell(v: unknown): string {
       const xs = v as number[];
       if (xs.length <= 8) return xs.map(num).join(', ');
       const sorted = [...xs].sort((a, b) => a - b);
-      return `${xs.length} values, median ${num(sorted[Math.floor(sorted.length / 2)])}`;
+      return `${xs.length} values, median ${num(sorted[Math.floor(sorted.length / 2)]!)}`; // more than 8 values
     }
     if (v.every((x) => typeof x !== 'object' || x === null)) return v.map(cell).join(', ');
   }
@@ -193,9 +193,10 @@ export function slug(s: string): string {
 export function compressRange(xs: readonly number[]): string {
   const sorted = [...new Set(xs)].sort((a, b) => a - b);
   const parts: string[] = [];
+  // i <= j < sorted.length throughout.
   for (let i = 0; i < sorted.length; ) {
     let j = i;
-    while (j + 1 < sorted.length && sorted[j + 1] === sorted[j] + 1) j++;
+    while (j + 1 < sorted.length && sorted[j + 1] === sorted[j]! + 1) j++;
     parts.push(j - i >= 2 ? `${sorted[i]}–${sorted[j]}` : sorted.slice(i, j + 1).join(', '));
     i = j + 1;
   }
@@ -207,8 +208,8 @@ export function hookSummary(hooks: readonly string[]): string {
   const byKind = new Map<string, number[]>();
   const other: string[] = [];
   for (const h of hooks) {
-    const m = /^blocks\.(\d+)\.(.+)$/.exec(h);
-    if (m) byKind.set(m[2], [...(byKind.get(m[2]) ?? []), Number(m[1])]);
+    const [, layer, kind] = /^blocks\.(\d+)\.(.+)$/.exec(h) ?? [];
+    if (kind !== undefined) byKind.set(kind, [...(byKind.get(kind) ?? []), Number(layer)]);
     else other.push(h);
   }
   return [...[...byKind].map(([k, ls]) => `${k} at blocks ${compressRange(ls)}`), ...other].join('; ');

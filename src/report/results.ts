@@ -144,14 +144,20 @@ export async function benchmarkSection(
   const kinds = await Promise.all(
     jsons.map(async (f) => classifyJson(JSON.parse(await readFile(f, 'utf8')) as unknown)),
   );
-  if (d.path !== jsons[0] && jsons.length === 1 && (kinds[0] === null || kinds[0] === 'benchmark')) {
+  const [first] = jsons;
+  if (
+    first !== undefined &&
+    d.path !== first &&
+    jsons.length === 1 &&
+    (kinds[0] === null || kinds[0] === 'benchmark')
+  ) {
     // A results folder of one run (one JSON, its markdown and plots): one section, the markdown first and the
     // JSON's tables folded when there is markdown to read.
     const plots: ReportPlot[] = [];
     for (const img of images) plots.push(await plotFile(img));
     const texts: ReportText[] = [];
     for (const md of mds) texts.push(await readMd(md));
-    const own = await jsonFileSection(jsons[0], plots, texts, texts.length > 0);
+    const own = await jsonFileSection(first, plots, texts, texts.length > 0);
     const children: ReportSection[] = [];
     for (const c of d.children) children.push(...(await build(c)));
     return section({
@@ -175,7 +181,7 @@ export async function benchmarkSection(
     else if (kind === 'comparison') children.push(await comparisonSection(file, file, [file]));
     else children.push(await jsonFileSection(file, plots, texts, texts.length > 0));
   }
-  if (jsons.length === 1 && d.path === jsons[0]) return children[0];
+  if (jsons.length === 1 && d.path === jsons[0]) return children[0]!; // one child per JSON file
   const plots: ReportPlot[] = [];
   for (const img of images.filter((f) => owner(f) === undefined)) plots.push(await plotFile(img));
   const texts: ReportText[] = [];

@@ -7,8 +7,8 @@ export function bearerAuth(apiKey: string | undefined): (req: IncomingMessage) =
   if (apiKey === undefined) return () => true;
   const keyDigest = createHash('sha256').update(apiKey).digest();
   return (req) => {
-    const m = /^Bearer\s+(.+)$/i.exec(req.headers.authorization ?? '');
-    if (!m) return false;
-    return timingSafeEqual(createHash('sha256').update(m[1].trim()).digest(), keyDigest);
+    const [, token] = /^Bearer\s+(.+)$/i.exec(req.headers.authorization ?? '') ?? [];
+    if (token === undefined) return false;
+    return timingSafeEqual(createHash('sha256').update(token.trim()).digest(), keyDigest);
   };
 }

@@ -71,6 +71,7 @@ export async function tokenBytesOf(
     const piece = added.get(id) ?? tokenizer.idToToken(id);
     if (piece === undefined) bytes = utf8(tokenizer.decode([id], { cleanUpTokenizationSpaces: false }));
     else if (added.has(id)) bytes = utf8(piece);
+    // Every character was just checked to be in the table.
     else if (byteLevel && [...piece].every((c) => table.has(c))) bytes = [...piece].map((c) => table.get(c)!);
     else if (/^<0x[0-9A-Fa-f]{2}>$/.test(piece)) bytes = [Number.parseInt(piece.slice(3, 5), 16)];
     else bytes = utf8(piece.replaceAll('\u2581', ' '));

@@ -37,7 +37,7 @@ export class JsonChatResponse extends ChatResponse<JsonChatResponseOptions> {
       index,
       message: { role: 'assistant', content: ch.text, refusal: null },
       logprobs: this.opts.topLogprobs === null ? null : { content: ch.logprobs, refusal: null },
-      finish_reason: ch.finish!,
+      finish_reason: ch.finish!, // end() comes after every sample's finish()
     }));
     sendJson(this.res, 200, { ...this.head('chat.completion'), choices, usage: this.usage() });
   }

@@ -126,7 +126,7 @@ export function parseChatRequest(body: unknown): ChatRequest {
     }
     return r.data;
   }
-  const issue = r.error.issues[0];
+  const issue = r.error.issues[0]!; // a failed parse has at least one issue
   const param = paramOf(issue.path);
   const missing = issue.code === 'invalid_type' && issue.message.includes('received undefined');
   throw new ApiError(

@@ -42,7 +42,7 @@ export function routes(ctx: RouteContext): (path: string) => Route | null {
       return {
         methods: ['GET'],
         handle: (_q, s) => {
-          const wanted = decodeURIComponent(m[1]);
+          const wanted = decodeURIComponent(m[1]!); // the group is not optional: set on a match
           if (wanted !== modelId) {
             throw new ApiError(
               404,

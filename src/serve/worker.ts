@@ -9,7 +9,7 @@ import { loadTokenizer } from '../text/tokenizer.js';
 import { runBatch, serverDecoder, tokenBytesOf } from './batch.js';
 import type { FromWorker, ToWorker, WorkerInit } from './messages.js';
 
-const port = parentPort!;
+const port = parentPort!; // this module runs only as the engine's worker thread
 const post = (m: FromWorker) => port.postMessage(m);
 
 async function start(init: WorkerInit): Promise<void> {

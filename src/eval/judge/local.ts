@@ -91,7 +91,7 @@ export class LocalJudge implements Judge {
     const logZ = max + Math.log(z);
     return [...topKIndices(logits, JUDGE_TOP_LOGPROBS)].map((id) => ({
       token: this.tokenizer.decode([id], { skipSpecialTokens: false, cleanUpTokenizationSpaces: false }),
-      logprob: logits[id] - logZ,
+      logprob: logits[id]! - logZ, // a top-k index of these logits
     }));
   }
 

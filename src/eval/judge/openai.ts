@@ -219,8 +219,9 @@ export class OpenAIJudge implements Judge {
       }
       return null;
     }
-    if (content.length === 0) return null;
-    const top = content[0].top_logprobs ?? [];
+    const [first] = content;
+    if (first === undefined) return null;
+    const top = first.top_logprobs ?? [];
     return top
       .filter((t) => typeof t?.token === 'string' && typeof t.logprob === 'number')
       .map((t) => ({ token: t.token, logprob: t.logprob }));

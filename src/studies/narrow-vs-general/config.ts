@@ -217,7 +217,7 @@ function issueMessage(source: string, doc: unknown, issue: z.core.$ZodIssue): st
     const known = Object.keys(EXPECTED)
       .filter((k) => k.startsWith(parentKey) && !k.slice(parentKey.length).includes('.'))
       .map((k) => k.slice(parentKey.length));
-    const bad = issue.keys[0];
+    const bad = issue.keys[0]!; // zod reports unrecognized_keys with at least one key
     const at = where.shown === '' ? '' : ` in ${where.shown}`;
     return `${source}: unknown field '${bad}'${at}; rename it to '${closest(bad, known)}' or remove it (the fields are ${known.join(', ')}).`;
   }
@@ -258,7 +258,8 @@ export async function parseNarrowVsGeneralConfig(
   if (!r.success) {
     // A misspelt field is both unknown and missing: name the unknown one, with its likely spelling.
     const issues = r.error.issues;
-    const first = issues.find((i) => i.code === 'unrecognized_keys') ?? issues[0];
+    // A failed parse has at least one issue.
+    const first = issues.find((i) => i.code === 'unrecognized_keys') ?? issues[0]!;
     throw new EmlensError(issueMessage(source, doc, first));
   }
   const c = r.data;

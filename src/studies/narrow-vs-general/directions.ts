@@ -85,7 +85,7 @@ export async function finetuneDirection(
     });
     stores.push(store);
   }
-  const set = await directionFromStores(stores[0], stores[1]);
+  const set = await directionFromStores(stores[0]!, stores[1]!); // one store per label, misaligned then aligned
   return { finetune, set, misaligned: misaligned.length, aligned: aligned.length };
 }
 

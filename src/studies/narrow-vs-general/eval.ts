@@ -40,7 +40,7 @@ export function evalConditions(
   layers: readonly number[],
   steerLayer: number,
 ): EvalCondition[] {
-  const j = config.judge!;
+  const j = config.judge!; // called only when the config has a judge (run.ts)
   const out: EvalCondition[] = [];
   const add = (c: Omit<EvalCondition, 'folder'>) => out.push({ ...c, folder: slug(c.name) });
   add({ name: 'base' });
@@ -95,7 +95,7 @@ export interface JudgedEvalOptions {
 /** Samples, judges and summarises every condition, then compares them against the base. */
 export async function judgedEval(opts: JudgedEvalOptions): Promise<EvalResult> {
   const { config } = opts;
-  const j = config.judge!;
+  const j = config.judge!; // called only when the config has a judge (run.ts)
   const load = { cacheDir: opts.cacheDir, threads: config.threads, device: config.device };
   // A local judge is loaded once for every condition; a URL judge is set up by runEval (with its cache).
   const judge: string | Judge = j.spec.startsWith('local:')

@@ -60,6 +60,7 @@ export async function crossMediation(opts: CrossMediationOptions): Promise<Cross
   const cells: CrossCell[] = [];
   const own = new Map<string, MediationReport>();
   const kls = new Map<string, number>();
+  // Every finetune has its prompts, and kls gets every (finetune, in/out) set there is, before it is read.
   for (const [y, model] of opts.finetunes) {
     const p = opts.prompts.get(y)!;
     for (const [which, set] of [

@@ -19,7 +19,8 @@ export async function writeNarrowVsGeneralPlots(r: NarrowVsGeneralResult, outDir
   await draw(
     heatmap(
       r.cosine.pairs.flatMap((p) =>
-        r.cosine.layers.map((l, k) => ({ x: l, y: `${p.a} ~ ${p.b}`, value: p.cosines[k] })),
+        // One cosine per common layer.
+        r.cosine.layers.map((l, k) => ({ x: l, y: `${p.a} ~ ${p.b}`, value: p.cosines[k]! })),
       ),
       {
         title: 'Cosine similarity between directions, per layer',
@@ -90,11 +91,12 @@ export async function writeNarrowVsGeneralPlots(r: NarrowVsGeneralResult, outDir
     const rows = r.stability.flatMap((c) => {
       if (c.unperturbed === null) return [];
       const noises = [0, ...c.points.map((p) => p.noise)];
+      const random = c.random;
       return [
         { noise: 0, value: c.unperturbed[kind], series: c.direction },
         ...c.points.map((p) => ({ noise: p.noise, value: p[kind].mean, series: c.direction })),
-        ...(c.random
-          ? noises.map((noise) => ({ noise, value: c.random![kind].mean, series: `random(${c.direction})` }))
+        ...(random
+          ? noises.map((noise) => ({ noise, value: random[kind].mean, series: `random(${c.direction})` }))
           : []),
       ];
     });

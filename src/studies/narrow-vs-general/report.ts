@@ -45,6 +45,7 @@ export function headlineTable(r: NarrowVsGeneralResult, noise = 0.5): string[] {
       .filter((o) => o.name !== d.name)
       .map((o) => cellOf(r, d.name, o.name, 'in'))
       .filter((c): c is CrossCell => c?.ablated !== null && c?.ablated !== undefined);
+    // others keeps the cells with an ablated fraction.
     const meanOther = others.length === 0 ? null : others.reduce((a, c) => a + c.ablated!, 0) / others.length;
     const curve = ownCurve(r, d.name);
     const best = curve?.best;
@@ -130,7 +131,7 @@ export function narrowVsGeneralMarkdown(r: NarrowVsGeneralResult): string {
         ['direction', ...s.layers.map(String)],
         r.directions
           .filter((d) => d.plantedCosine !== null)
-          .map((d) => [d.name, ...d.plantedCosine!.map((c) => fx(c))]),
+          .map((d) => [d.name, ...d.plantedCosine!.map((c) => fx(c))]), // filtered to non-null just above
       ),
       '',
     );
@@ -175,6 +176,7 @@ export function narrowVsGeneralMarkdown(r: NarrowVsGeneralResult): string {
         c.points
           .filter((p) => p.vector === 'direction' && p.scale !== 0)
           .map((p) => {
+            // The sweep has a random row at every scale it has a direction row at.
             const q = c.points.find((x) => x.vector === 'random' && x.scale === p.scale)!;
             return [
               `${c.direction} -> ${c.finetune}`,

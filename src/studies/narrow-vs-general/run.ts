@@ -94,7 +94,8 @@ export async function runNarrowVsGeneral(
     const tokenizer = await loadTokenizer(config.base);
     const spec = base.spec;
     layers = selectLayers(config.layers, spec.numLayers);
-    steerLayer = config.steering.layer ?? layers[Math.floor((layers.length - 1) / 2)];
+    // selectLayers returns at least one layer.
+    steerLayer = config.steering.layer ?? layers[Math.floor((layers.length - 1) / 2)]!;
     selectLayers([steerLayer], spec.numLayers);
     const responses = new Map<string, ResponseRecord[]>();
     for (const [domain, file] of Object.entries(config.responses)) {
@@ -106,6 +107,8 @@ export async function runNarrowVsGeneral(
     await rm(storeDir, { recursive: true, force: true });
     directions = new Map();
     const infos: DirectionInfo[] = [];
+    // The maps below are keyed by the config's finetunes and domains, and readConfig checks every finetune's
+    // domain has responses: each lookup finds its entry.
     for (const [i, f] of config.finetunes.entries()) {
       const d = await finetuneDirection(finetunes.get(f.name)!, tokenizer, f, responses.get(f.domain)!, {
         storeDir,
@@ -139,7 +142,7 @@ export async function runNarrowVsGeneral(
         domain: f.domain,
         kind: f.kind,
         layers,
-        norms: layers.map((l) => norm(d.set.vectors.get(l)!)),
+        norms: layers.map((l) => norm(d.set.vectors.get(l)!)), // computed at these layers
         misaligned: d.misaligned,
         aligned: d.aligned,
         randomSeed,
@@ -281,12 +284,11 @@ export async function runNarrowVsGeneral(
     seconds: (performance.now() - t0) / 1000,
     eval: evalResult,
   };
-  const files = [
-    join(opts.out, NARROW_VS_GENERAL_FILES.json),
-    join(opts.out, NARROW_VS_GENERAL_FILES.markdown),
-  ];
-  await writeAtomic(files[0], resultToJson(result));
-  await writeAtomic(files[1], narrowVsGeneralMarkdown(result));
+  const json = join(opts.out, NARROW_VS_GENERAL_FILES.json);
+  const markdown = join(opts.out, NARROW_VS_GENERAL_FILES.markdown);
+  const files = [json, markdown];
+  await writeAtomic(json, resultToJson(result));
+  await writeAtomic(markdown, narrowVsGeneralMarkdown(result));
   files.push(...(await writeNarrowVsGeneralPlots(result, opts.out)));
   log(`wrote ${files.join(', ')}`);
   return { result, files };

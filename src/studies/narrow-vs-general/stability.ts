@@ -112,6 +112,7 @@ export async function stability(opts: StabilityOptions): Promise<StabilityCurve>
         random.ablated.push(r.randomFractionMediated.mean);
         random.patched.push(r.randomPatchedFractionMediated.mean);
       }
+      // p perturbs every layer of set.
       for (const [l, v] of set.vectors) cosines.push(cosine(v, p.vectors.get(l)!));
     }
     const a = spread(ablated);

@@ -6,6 +6,7 @@
  */
 import type { TokenizedRecord } from '../../data/record.js';
 import { norm } from '../../directions/direction.js';
+import { directionAt } from '../../interventions/compose.js';
 import { type SweepRow, steeringSweep } from '../../interventions/sweep.js';
 import type { Model } from '../../model/model.js';
 import type { BenchDirection } from './mediation.js';
@@ -42,7 +43,8 @@ export async function steeringEfficiency(opts: SteeringEfficiencyOptions): Promi
     seed: opts.direction.randomSeed,
     batchSize: opts.batchSize,
   });
-  const vNorm = norm(opts.direction.set.vectors.get(opts.layer)!);
+  const vNorm = norm(directionAt(opts.direction.set, opts.layer));
+  // The sweep has a target, so every row has a KL to it.
   const kl0 = sweep.baseline.klToTarget!;
   const m0 = sweep.baseline.margin;
   const point = (row: SweepRow): SteeringPoint => {
@@ -77,7 +79,8 @@ export async function steeringEfficiency(opts: SteeringEfficiencyOptions): Promi
   const withRandom = (p: SteeringPoint | null) =>
     p === null
       ? null
-      : { direction: p, random: points.find((q) => q.vector === 'random' && q.scale === p.scale)! };
+      : // the sweep has a random row at every scale it has a direction row at
+        { direction: p, random: points.find((q) => q.vector === 'random' && q.scale === p.scale)! };
   return {
     direction: opts.directionName,
     finetune: opts.finetuneName,
