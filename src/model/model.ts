@@ -10,6 +10,7 @@ import { type GraphVariant, graphHookName, IO, type Profile } from './graph/tran
 import type { WeightReader } from './graph/weights.js';
 import { allHookNames, type BlockHook, resolveHooks, siteCount } from './hooks.js';
 import { type Intervention, interventionFeeds } from './interventions.js';
+import { checkpointRenamer } from './layout.js';
 import { LoraMergedWeights, loadAdapter } from './lora/index.js';
 import type { KvArray, OutputBuffers } from './outputBuffers.js';
 import { createSession, type Device } from './session.js';
@@ -125,9 +126,14 @@ export class Model {
     if (!opts.weights) {
       // Headers only: checked against config.json before the cache is consulted, so that a cached graph
       // cannot hide weights that disagree with the config either.
-      const probe = await WeightSource.open(dir);
+      const probe = await WeightSource.open(dir, { rename: checkpointRenamer(spec) });
       try {
         const { unused } = checkWeights(spec, probe, dir);
+        if (probe.hidden > 0) {
+          progress(
+            `ignoring the ${probe.hidden} vision-tower and projector tensors of ${dir} (emlens runs the text model only)`,
+          );
+        }
         if (unused.length > 0) progress(unusedWeightsWarning(spec, unused, dir));
         weightsKey = await fileFingerprint(probe.files);
       } finally {
@@ -157,7 +163,7 @@ export class Model {
         if (opts.weights) return opts.weights.reader;
         if (!source) {
           progress(`building ${profile} graph for ${dir} (reading weights)`);
-          source = await WeightSource.open(dir);
+          source = await WeightSource.open(dir, { rename: checkpointRenamer(spec) });
         }
         return source;
       };
