@@ -150,6 +150,11 @@ export class Model {
       opts.cacheDir ?? defaultCacheDir(),
       cacheKey({ spec, weightsKey, profile, maxPositions }),
     );
+    if (adapter && adapter.vision.length > 0) {
+      progress(
+        `adapter ${adapter.dir}: ignoring its ${adapter.vision.length} vision-tower and projector tensors (emlens runs the text model only)`,
+      );
+    }
     if (adapter && adapter.ignored.length > 0) {
       progress(
         `adapter ${adapter.dir}: ignoring ${adapter.ignored.length} tensors of modules its config does not select (as PEFT does)`,
