@@ -122,6 +122,11 @@ export class Model {
       throw new EmlensError(`maxPositions must be a positive integer, not ${maxPositions}.`);
     }
     const progress = opts.onProgress ?? (() => {});
+    if (profile === 'fp16' && spec.gemmaBlock) {
+      progress(
+        `warning: ${spec.architecture} activations are large and can overflow float16 (results then stop with an error); load with profile fp32 if they do`,
+      );
+    }
     let weightsKey: unknown = opts.weights?.key;
     if (!opts.weights) {
       // Headers only: checked against config.json before the cache is consulted, so that a cached graph
@@ -315,8 +320,14 @@ export class Model {
     // Outputs written into given buffers are read through the caller's own tensors (views of those buffers).
     const output = (name: string): ort.Tensor => fetches[name] ?? out[name];
     const asF32 = (t: ort.Tensor): Float32Tensor => ({ data: t.data as Float32Array, dims: t.dims });
+    const logits = asF32(output(IO.logits));
+    if (this.profile === 'fp16' && !allFinite(logits.data)) {
+      throw new EmlensError(
+        `The fp16 graph of ${this.dir} gave non-finite logits: the activations of this ${spec.architecture} overflowed float16; load the model with profile fp32 (--profile fp32).`,
+      );
+    }
     const result: ForwardResult = {
-      logits: asF32(output(IO.logits)),
+      logits,
       hooks: new Map(hooks.map((h, i) => [h, asF32(out[hookSources[i]])])),
       padding: cache ? cache.nextPosition.map(() => 0) : b.padding,
     };
@@ -335,6 +346,11 @@ export class Model {
     for (const s of this.sessions.values()) await (await s).release();
     this.sessions.clear();
   }
+}
+
+function allFinite(data: Float32Array): boolean {
+  for (let i = 0; i < data.length; i++) if (!Number.isFinite(data[i])) return false;
+  return true;
 }
 
 /** Tensors over the given output buffers, shaped as this call's outputs; checks their sizes. */
