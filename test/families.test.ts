@@ -310,7 +310,7 @@ describe('tiny models of the new families', () => {
         let cache: KVCache = res.cache!;
         for (let step = 0; step < 6; step++) {
           const next = [100 + step, 200 + step];
-          next.forEach((t, r) => seqs[r].push(t));
+          for (let r = 0; r < 2; r++) seqs[r].push(next[r]);
           res = await m.forward(
             next.map((t) => [t]),
             { cache, returnCache: true, hooks: ['blocks.*.hook_resid_post'] },
