@@ -155,6 +155,7 @@ export {
   type PositionWeights,
   type Steer,
 } from './model/interventions.js';
+export { isMultimodal, textModelName } from './model/layout.js';
 export {
   LoraAdapter,
   type LoraConfig,
@@ -180,11 +181,26 @@ export {
   Model,
 } from './model/model.js';
 export { DecodeBuffers, type KvArray, type OutputBuffers } from './model/outputBuffers.js';
-export { ropeInvFreq, ropeTables } from './model/rope.js';
+export { ropeFor, ropeInvFreq, ropeTables } from './model/rope.js';
 export { CUDA_INSTALL_COMMAND, cudaAvailable, type Device } from './model/session.js';
-export { type Family, type ModelSpec, parameterCount, SUPPORTED_ARCHITECTURES } from './model/spec.js';
+export {
+  type Family,
+  isGemma,
+  type LayerType,
+  type ModelSpec,
+  parameterCount,
+  type RopeScaling,
+  type RopeSpec,
+  SUPPORTED_ARCHITECTURES,
+} from './model/spec.js';
 export type { Float32Tensor } from './model/tensor.js';
-export { makeTinyModel, QWEN25_05B_SHAPE, type TinyModelOptions } from './model/tiny.js';
+export {
+  makeTinyModel,
+  QWEN25_05B_SHAPE,
+  TINY_FAMILIES,
+  type TinyFamily,
+  type TinyModelOptions,
+} from './model/tiny.js';
 export { type Trace, traceTokens, writeTrace } from './model/trace.js';
 export { makeOrganisms, type OrganismManifest, type OrganismOptions } from './organisms/make.js';
 export { renderVegaLite } from './plot/render.js';
