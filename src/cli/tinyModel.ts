@@ -1,9 +1,9 @@
 import { type Command, Option } from 'commander';
-import { makeTinyModel } from '../model/tiny.js';
+import { makeTinyModel, TINY_FAMILIES, type TinyFamily } from '../model/tiny.js';
 import { nonNegativeInt, positiveInt } from './args.js';
 
 interface TinyFlags {
-  readonly family: 'qwen2' | 'llama' | 'mistral';
+  readonly family: TinyFamily;
   readonly out: string;
   readonly seed: number;
   readonly layers?: number;
@@ -17,8 +17,11 @@ export function registerTinyModel(program: Command): void {
     .command('tiny-model')
     .description('write a small deterministic random model as a real Hugging Face folder')
     .addOption(
-      new Option('--family <family>', 'architecture family')
-        .choices(['qwen2', 'llama', 'mistral'])
+      new Option(
+        '--family <family>',
+        'architecture family (gemma3: Gemma3ForConditionalGeneration layout; gemma3_text: Gemma3ForCausalLM)',
+      )
+        .choices([...TINY_FAMILIES])
         .default('qwen2'),
     )
     .requiredOption('--out <dir>', 'output folder')

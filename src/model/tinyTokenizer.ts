@@ -5,7 +5,9 @@
  * transformers and `@huggingface/tokenizers` load both files.
  */
 import { sortKeys } from '../util/json.js';
-import type { Family } from './spec.js';
+/** The tokenizer flavours the tiny maker writes (other families borrow one: see tiny.ts). */
+export type TokenizerFamily = 'llama' | 'qwen2' | 'mistral';
+type Family = TokenizerFamily;
 
 /** A built tokenizer: the two JSON files plus the ids the model config needs. */
 export interface TinyTokenizer {
