@@ -52,6 +52,7 @@ export interface AnswerTokens {
 }
 
 const SENTINEL = 'EmlensAnswerSentinel';
+const THINK_END = '</think>';
 
 function checkRecord(record: QaRecord): void {
   if (typeof record !== 'object' || record === null) {
@@ -140,20 +141,37 @@ export function answerTokens(
     const inRecord = (s: string) =>
       record.question.includes(s) || record.answer.includes(s) || (record.system ?? '').includes(s);
     while (inRecord(sentinel)) sentinel += 'X';
-    const marked = render(withAnswer(sentinel));
-    const at = marked.indexOf(sentinel);
-    const before = marked.slice(0, at);
-    const after = marked.slice(at + sentinel.length);
-    if (
-      at < prompt.length ||
-      marked.indexOf(sentinel, at + 1) !== -1 ||
-      !before.startsWith(prompt) ||
-      !full.startsWith(before) ||
-      !full.endsWith(after) ||
-      full.length - after.length <= before.length
-    ) {
+    // The answer's content as the template writes it: render the sentinel in its place and find what the
+    // full rendering holds between the text before and after it. A template that splits off a reasoning
+    // block (Qwen3 moves `<think>...</think>` out of the content and writes it back as its own block) does
+    // not write the sentinel where the answer goes; then the think block is kept and only what follows the
+    // last `</think>` is replaced, so the content span is the answer after its think block.
+    const locate = (thinkBlock: string) => {
+      const marked = render(withAnswer(thinkBlock + sentinel));
+      const at = marked.indexOf(sentinel);
+      const before = marked.slice(0, at);
+      const after = marked.slice(at + sentinel.length);
+      const ok =
+        at >= prompt.length &&
+        marked.indexOf(sentinel, at + 1) === -1 &&
+        before.startsWith(prompt) &&
+        full.startsWith(before) &&
+        full.endsWith(after) &&
+        full.length - after.length >= before.length;
+      return ok ? { before, after } : null;
+    };
+    const thinkEnd = record.answer.lastIndexOf(THINK_END);
+    const found =
+      locate('') ?? (thinkEnd === -1 ? null : locate(record.answer.slice(0, thinkEnd + THINK_END.length)));
+    if (found === null) {
       throw new EmlensError(
-        "The chat template rewrites the answer (e.g. splits off a <think> block), so its content tokens cannot be located; use span 'after-user'.",
+        "The chat template rewrites the answer, so its content tokens cannot be located; use span 'after-user'.",
+      );
+    }
+    const { before, after } = found;
+    if (full.length - after.length === before.length) {
+      throw new EmlensError(
+        "The answer has no content after its think block; give an answer after </think> or use span 'after-user'.",
       );
     }
     pieces = [
