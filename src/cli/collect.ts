@@ -14,10 +14,17 @@ import { readConfig } from '../model/config.js';
 import { sha256File, tokenizerFingerprint } from '../model/fingerprint.js';
 import { defaultMaxPositions, loadModel } from '../model/model.js';
 import { loadTokenizer } from '../text/tokenizer.js';
-import { addModelOptions, loadOptions, type ModelFlags, positiveInt } from './common.js';
+import {
+  addChatTemplateOptions,
+  addModelOptions,
+  type ChatTemplateFlags,
+  loadOptions,
+  type ModelFlags,
+  positiveInt,
+} from './common.js';
 import { createProgress } from './progress.js';
 
-interface CollectFlags extends ModelFlags {
+interface CollectFlags extends ModelFlags, ChatTemplateFlags {
   readonly data: string;
   readonly out: string;
   readonly hooks: string;
@@ -59,8 +66,10 @@ function checkLengths(
 }
 
 export function registerCollect(program: Command): void {
-  addModelOptions(
-    program.command('collect').description('collect residual activations of responses into a store'),
+  addChatTemplateOptions(
+    addModelOptions(
+      program.command('collect').description('collect residual activations of responses into a store'),
+    ),
   )
     .requiredOption('--data <file>', 'responses (.csv or .jsonl with question and answer columns)')
     .requiredOption('--out <dir>', 'activation store folder, e.g. activations/misaligned')
@@ -87,7 +96,10 @@ export function registerCollect(program: Command): void {
       await checkStoreOut(flags.out, { resume: flags.resume, overwrite: flags.overwrite });
       const responses = await readResponses(flags.data);
       const tokenizer = await loadTokenizer(flags.model);
-      const records = responsesToRecords(tokenizer, responses, flags.span);
+      const records = responsesToRecords(tokenizer, responses, {
+        span: flags.span,
+        templateVars: flags.chatTemplateKwargs,
+      });
       const write = { resume: flags.resume, overwrite: flags.overwrite };
       const opts: CollectOptions = {
         hooks: [flags.hooks],

@@ -7,7 +7,7 @@ import { readNeutralTexts, responsesToScored, textsToScored } from '../intervent
 import { claimOutputFiles } from '../io/outputs.js';
 import { type LoadModelOptions, loadModel, type Model } from '../model/model.js';
 import { loadTokenizer } from '../text/tokenizer.js';
-import { nonNegativeInt, positiveInt } from './common.js';
+import { addChatTemplateOptions, nonNegativeInt, positiveInt } from './common.js';
 import { finiteNumber, parseFrom } from './interventionCommon.js';
 import { createProgress } from './progress.js';
 
@@ -30,11 +30,11 @@ interface MediateFlags {
   readonly threads?: number;
   readonly cacheDir?: string;
   readonly overwrite?: boolean;
+  readonly chatTemplateKwargs?: Record<string, unknown>;
 }
 
 export function registerMediate(program: Command): void {
-  program
-    .command('mediate')
+  addChatTemplateOptions(program.command('mediate'))
     .description(
       "how much of a finetune's divergence from its base a direction carries (judge-free: KL, log-prob margins), with norm-matched random controls",
     )
@@ -94,7 +94,10 @@ export function registerMediate(program: Command): void {
         models.push(finetune);
         const directions = await loadDirectionsFor(flags.direction, base.spec);
         const tokenizer = await loadTokenizer(flags.base);
-        const records = responsesToScored(tokenizer, await readResponses(flags.data), flags.span);
+        const records = responsesToScored(tokenizer, await readResponses(flags.data), {
+          span: flags.span,
+          templateVars: flags.chatTemplateKwargs,
+        });
         const neutral = flags.neutral
           ? textsToScored(tokenizer, await readNeutralTexts(flags.neutral))
           : undefined;

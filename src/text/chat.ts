@@ -24,6 +24,25 @@ export interface RenderChatOptions {
 
 const ROLES: ReadonlySet<string> = new Set(['system', 'user', 'assistant']);
 
+/** Variables the caller of a render sets itself, which template variables may not replace. */
+const RESERVED_TEMPLATE_VARS: readonly string[] = ['messages', 'add_generation_prompt'];
+
+/**
+ * Checks extra chat-template variables (transformers' `apply_chat_template(**kwargs)`, the CLI's
+ * `--chat-template-kwargs`): a plain object of JSON-like values that sets neither `messages` nor
+ * `add_generation_prompt`. Returns the problem in words, or null when they are fine.
+ */
+export function templateVarsProblem(vars: unknown): string | null {
+  if (typeof vars !== 'object' || vars === null || Array.isArray(vars)) {
+    return `is ${vars === null ? 'null' : Array.isArray(vars) ? 'an array' : `a ${typeof vars}`}, not an object of template variables`;
+  }
+  const reserved = RESERVED_TEMPLATE_VARS.filter((k) => Object.hasOwn(vars, k));
+  if (reserved.length > 0) {
+    return `sets ${reserved.join(' and ')}, which the conversation itself decides`;
+  }
+  return null;
+}
+
 /** Parsed templates by source text: parsing Qwen3's template per record would cost more than rendering it. */
 const parsed = new Map<string, Template>();
 
@@ -359,6 +378,14 @@ export function renderChat(
     );
   }
   checkMessages(messages);
+  if (opts.templateVars !== undefined) {
+    const problem = templateVarsProblem(opts.templateVars);
+    if (problem !== null) {
+      throw new EmlensError(
+        `The chat template variables ${problem}; pass an object such as {"enable_thinking": false}.`,
+      );
+    }
+  }
   const special = tokenizer.specialTokens;
   const vars: Record<string, unknown> = {
     messages: messages.map((m) => ({ role: m.role, content: m.content })),
