@@ -118,7 +118,7 @@ async function checkRunFile(out: string, settings: Record<string, unknown>): Pro
     const v = settings[k];
     if (JSON.stringify(old[k]) !== JSON.stringify(v)) {
       throw new EmlensError(
-        `${out} holds responses sampled with ${k} = ${JSON.stringify(old[k])}, not ${JSON.stringify(v)}; use another --out or the same settings.`,
+        `${out} holds responses sampled with ${k} = ${JSON.stringify(old[k]) ?? 'none'}, not ${JSON.stringify(v) ?? 'none'}; use another --out or the same settings.`,
       );
     }
   }

@@ -271,7 +271,8 @@ export const TOKENIZER_FOLDER_FILES = [
 ] as const;
 
 /**
- * End-of-turn and end-of-text tokens of the common chat families; those the folder's tokenizer has join its
+ * End-of-turn and end-of-text tokens of the common chat families; those the folder's tokenizer has as special
+ * added tokens join its
  * `eos_token` in generation_config.json (as the real checkpoints list them), unless the folder has its own
  * generation_config.json.
  */
@@ -379,7 +380,14 @@ export async function readTokenizerFolder(dir: string): Promise<FolderTokenizer>
   const bosId = folderTokenId(dir, tok, special.bos, 'bos_token');
   const eosId = folderTokenId(dir, tok, special.eos, 'eos_token');
   const padId = folderTokenId(dir, tok, special.pad, 'pad_token');
-  const ends = KNOWN_END_TOKENS.map((t) => tok.tokenToId(t)).filter((id): id is number => id !== undefined);
+  // only as special added tokens: Qwen's and Gemma's vocabularies hold '</s>' as plain text pieces
+  const specials = new Map<string, number>();
+  for (const t of Array.isArray(json.added_tokens) ? json.added_tokens : []) {
+    const { content, id, special: isSpecial } = t as { content?: unknown; id?: unknown; special?: unknown };
+    if (isSpecial === true && typeof content === 'string' && typeof id === 'number')
+      specials.set(content, id);
+  }
+  const ends = KNOWN_END_TOKENS.map((t) => specials.get(t)).filter((id): id is number => id !== undefined);
   const generationEosIds = folderGenerationEos(
     dir,
     await readInputText(join(dir, 'generation_config.json')),
