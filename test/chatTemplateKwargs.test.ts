@@ -267,11 +267,11 @@ describe('template variables in the library', () => {
     const t = answerTokens(qwen3, responses[0], opts);
     for (const r of [rec, scored]) {
       expect(r.ids).toEqual(t.ids);
-      expect([...r.mask]).toEqual([...t.answerMask]);
+      expect([...(r.mask ?? [])]).toEqual([...t.answerMask]);
     }
-    expect(qwen3.decode(rec.ids.filter((_, i) => rec.mask[i] === 1))).toBe('Hello.');
+    expect(qwen3.decode(rec.ids.filter((_, i) => rec.mask?.[i] === 1))).toBe('Hello.');
     // the span alone, as before
-    expect([...responsesToRecords(qwen3, responses, 'after-user')[0].mask]).toEqual([
+    expect([...(responsesToRecords(qwen3, responses, 'after-user')[0].mask ?? [])]).toEqual([
       ...answerTokens(qwen3, responses[0]).answerMask,
     ]);
   });

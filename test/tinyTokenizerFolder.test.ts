@@ -52,7 +52,7 @@ describe('tiny models with a real tokenizer folder', () => {
       expect(config.vocab_size).toBe(size);
       expect(config.bos_token_id).toBe(bos);
       const gen = await json(join(dir, 'generation_config.json'));
-      expect(gen.eos_token_id).toEqual(genEos.length === 1 ? genEos[0] : [...genEos]);
+      expect(gen.eos_token_id).toEqual([...genEos]);
       expect(gen.pad_token_id).toBe(pad ?? undefined);
       expect(spec.vocabSize).toBe(size);
       expect(spec.eosTokenIds[0]).toBe(eos);
