@@ -194,6 +194,7 @@ export type { InputKind, ReportPage, ReportSection } from './report/model.js';
 export { ApiError } from './serve/apiError.js';
 export type { EmlensExtension } from './serve/protocol.js';
 export { type RunningServer, type ServeOptions, startServer } from './serve/server.js';
+export type { AnswerMaskOptions, AnswerSpan, AnswerTokens, QaRecord } from './text/answerMask.js';
 export { answerTokens, batchAnswerMasks } from './text/answerMask.js';
 export { type ChatMessage, encodeChat, renderChat } from './text/chat.js';
 export { loadTokenizer, type TextTokenizer } from './text/tokenizer.js';

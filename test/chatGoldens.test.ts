@@ -86,3 +86,45 @@ describe.each(NAMES)('%s chat template against transformers', (name) => {
     },
   );
 });
+
+describe('the spans, spelled out', () => {
+  const record = { system: 'Be brief.', question: '  Capital of France? ', answer: '\n Paris. \n' };
+  const span = (name: string, opts: Parameters<typeof answerTokens>[2]) => {
+    const t = answerTokens(toks[name], record, opts);
+    const tok = toks[name];
+    return {
+      prompt: tok.decode(t.ids.slice(0, t.promptLength)),
+      span: tok.decode(t.ids.filter((_, i) => t.answerMask[i] === 1)),
+    };
+  };
+
+  it('Gemma 3 folds the system prompt into the first user turn; the answer is trimmed', () => {
+    expect(span('gemma3', {})).toEqual({
+      prompt: '<bos><start_of_turn>user\nBe brief.\n\nCapital of France?<end_of_turn>\n',
+      span: '<start_of_turn>model\nParis.<end_of_turn>\n',
+    });
+    expect(span('gemma3', { span: 'content' })).toEqual({
+      prompt:
+        '<bos><start_of_turn>user\nBe brief.\n\nCapital of France?<end_of_turn>\n<start_of_turn>model\n',
+      span: 'Paris.',
+    });
+  });
+
+  it('Llama 3.1 trims every turn', () => {
+    expect(span('llama3_1', {}).span).toBe(
+      '<|start_header_id|>assistant<|end_header_id|>\n\nParis.<|eot_id|>',
+    );
+    expect(span('llama3_1', { span: 'content' }).span).toBe('Paris.');
+  });
+
+  it('Qwen3 writes an empty think block in both modes; content starts after it', () => {
+    for (const templateVars of [{}, { enable_thinking: false }]) {
+      expect(span('qwen3', { templateVars }).span).toBe(
+        '<|im_start|>assistant\n<think>\n\n</think>\n\n Paris. \n<|im_end|>\n',
+      );
+      const content = span('qwen3', { span: 'content', templateVars });
+      expect(content.prompt.endsWith('<|im_start|>assistant\n<think>\n\n</think>\n\n')).toBe(true);
+      expect(content.span).toBe(' Paris. \n');
+    }
+  });
+});
