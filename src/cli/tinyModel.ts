@@ -10,6 +10,7 @@ interface TinyFlags {
   readonly dModel?: number;
   readonly dtype: 'F32' | 'BF16' | 'F16';
   readonly overwrite?: boolean;
+  readonly tokenizer?: string;
 }
 
 export function registerTinyModel(program: Command): void {
@@ -31,6 +32,10 @@ export function registerTinyModel(program: Command): void {
     .addOption(
       new Option('--dtype <dtype>', 'stored weight dtype').choices(['F32', 'BF16', 'F16']).default('F32'),
     )
+    .option(
+      '--tokenizer <dir>',
+      'copy this Hugging Face tokenizer folder (tokenizer.json, tokenizer_config.json, chat template) and take vocab size and bos/eos/pad ids from it',
+    )
     .option('--overwrite', 'replace --out if it exists and is not empty (the whole folder, atomically)')
     .action(async (flags: TinyFlags) => {
       const spec = await makeTinyModel(flags.out, {
@@ -40,6 +45,7 @@ export function registerTinyModel(program: Command): void {
         dModel: flags.dModel,
         dtype: flags.dtype,
         overwrite: flags.overwrite,
+        tokenizer: flags.tokenizer,
       });
       console.log(
         `wrote ${spec.architecture} (${spec.numLayers} layers, d_model ${spec.dModel}) to ${flags.out}`,

@@ -21,7 +21,13 @@ import {
   weightNames,
   weightShape,
 } from './spec.js';
-import { buildTinyTokenizer, type TinyTokenizer, type TokenizerFamily } from './tinyTokenizer.js';
+import {
+  buildTinyTokenizer,
+  type FolderTokenizer,
+  readTokenizerFolder,
+  type TinyTokenizer,
+  type TokenizerFamily,
+} from './tinyTokenizer.js';
 
 export type TinyDtype = 'F32' | 'BF16' | 'F16';
 
@@ -59,8 +65,17 @@ export interface TinyModelOptions {
   readonly headDim?: number;
   /** default 128 */
   readonly intermediateSize?: number;
-  /** default 512; must cover the tokenizer's vocabulary (~330 tokens) */
+  /**
+   * default 512 (the built tokenizer's size with `tokenizer`); must cover the tokenizer's vocabulary (~330
+   * tokens, or the folder's tokenizer with its added tokens)
+   */
   readonly vocabSize?: number;
+  /**
+   * A real Hugging Face tokenizer folder to use instead of the built one: its tokenizer.json,
+   * tokenizer_config.json (chat template included), chat_template.jinja and special_tokens_map.json are
+   * copied, and config.json / generation_config.json take their vocab size, bos, eos and pad ids from it.
+   */
+  readonly tokenizer?: string;
   /** default false (transformers' default) for Llama/Qwen/Mistral, true for Gemma */
   readonly tieWordEmbeddings?: boolean;
   /** `attention_bias` (biases on q, k, v and o). Qwen2 always has q/k/v bias and no o bias. */
@@ -144,25 +159,38 @@ export async function makeTinyModel(
   outDir: string,
   options: TinyModelOptions & { readonly overwrite?: boolean },
 ): Promise<ModelSpec> {
-  const spec = tinySpec(options);
-  const tokenizer = buildTinyTokenizer(TOKENIZER[options.family]);
+  tinySpec({ ...options, tokenizer: undefined }); // checks the family and shape before any file is read
+  const folder: FolderTokenizer | null =
+    options.tokenizer !== undefined ? await readTokenizerFolder(options.tokenizer) : null;
+  const tokenizer = folder ?? buildTinyTokenizer(TOKENIZER[options.family]);
+  const spec = specFor(options, tokenizer);
   const dtype = options.dtype ?? 'F32';
   await writeFolderAtomic(outDir, { overwrite: options.overwrite }, async (dir) => {
     await writeJson(join(dir, 'config.json'), configJson(spec, options));
     await writeJson(join(dir, 'generation_config.json'), generationConfigJson(spec));
-    await writeJson(join(dir, 'tokenizer.json'), tokenizer.json);
-    await writeJson(join(dir, 'tokenizer_config.json'), tokenizer.config);
+    if (folder !== null) {
+      for (const [name, bytes] of folder.files) await writeFile(join(dir, name), bytes);
+    } else {
+      await writeJson(join(dir, 'tokenizer.json'), tokenizer.json);
+      await writeJson(join(dir, 'tokenizer_config.json'), tokenizer.config);
+    }
     await writeWeights(join(dir, 'model.safetensors'), spec, options.seed ?? 0, dtype);
   });
   return spec;
 }
 
-/** The spec a tiny model with these options has (validates the options; writes nothing). */
+/**
+ * The spec a tiny model with these options has (validates the options; writes nothing). With `tokenizer`
+ * (a folder, read asynchronously) use {@link makeTinyModel}.
+ */
 export function tinySpec(options: TinyModelOptions): ModelSpec {
   if (!Object.hasOwn(ARCHITECTURE, options.family)) {
     throw new EmlensError(
       `Unknown tiny-model family '${options.family}'; use one of ${TINY_FAMILIES.join(', ')}.`,
     );
+  }
+  if (options.tokenizer !== undefined) {
+    throw new EmlensError('tinySpec cannot read a tokenizer folder; call makeTinyModel with it instead.');
   }
   return specFor(options, buildTinyTokenizer(TOKENIZER[options.family]));
 }
@@ -182,7 +210,10 @@ function specFor(options: TinyModelOptions, tokenizer: TinyTokenizer): ModelSpec
   if (headDim % 2 !== 0) {
     throw new EmlensError(`Tiny model headDim ${headDim} is odd; RoPE needs an even headDim, so change it.`);
   }
-  const vocabSize = posInt('vocabSize', options.vocabSize ?? 512);
+  const vocabSize = posInt(
+    'vocabSize',
+    options.vocabSize ?? (options.tokenizer !== undefined ? tokenizer.size : 512),
+  );
   if (vocabSize < tokenizer.size) {
     throw new EmlensError(
       `Tiny model vocabSize ${vocabSize} is smaller than its tokenizer (${tokenizer.size} tokens); use at least ${tokenizer.size}.`,
