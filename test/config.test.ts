@@ -138,6 +138,16 @@ describe('parseConfig on real configs', () => {
       eosTokenIds: [151645],
       padTokenId: null,
       torchDtype: 'bfloat16',
+      activation: 'silu',
+      qkNorm: false,
+      gemmaBlock: false,
+      embedScale: null,
+      attnScale: 1 / 8,
+      attnSoftcap: null,
+      finalSoftcap: null,
+      layerTypes: Array(24).fill('full'),
+      slidingWindow: null,
+      localRope: null,
     });
   });
 
@@ -185,8 +195,11 @@ describe('parseConfig on real configs', () => {
       numKvHeads: 8,
       ropeTheta: 10000,
       eosTokenIds: [2],
+      slidingWindow: 4096,
     });
-    expect(parse({ sliding_window: null }, MISTRAL_7B).family).toBe('mistral');
+    expect(spec.layerTypes).toEqual(Array(32).fill('sliding'));
+    const full = parse({ sliding_window: null }, MISTRAL_7B);
+    expect([full.slidingWindow, full.layerTypes.includes('sliding')]).toEqual([null, false]);
   });
 
   it('takes an explicit head_dim (Mistral-Nemo: 5120 / 32 heads but head_dim 128)', () => {
@@ -249,8 +262,19 @@ describe('parseConfig defaults and family rules', () => {
     expect(parse({ pad_token_id: 3 }).padTokenId).toBe(3);
   });
 
-  it('accepts Qwen2 with use_sliding_window true (prompts stay inside the window)', () => {
-    expect(parse({ use_sliding_window: true, sliding_window: 4096 }).family).toBe('qwen2');
+  it('slides Qwen2 layers from max_window_layers on only with use_sliding_window, as Qwen2Config does', () => {
+    const spec = parse({ use_sliding_window: true, sliding_window: 4096, max_window_layers: 21 });
+    expect(spec.slidingWindow).toBe(4096);
+    expect(spec.layerTypes).toEqual([...Array(21).fill('full'), ...Array(3).fill('sliding')]);
+    const off = parse({ use_sliding_window: false, sliding_window: 4096, max_window_layers: 21 });
+    expect([off.slidingWindow, off.layerTypes.includes('sliding')]).toEqual([null, false]);
+  });
+
+  it('reads linear rope_scaling', () => {
+    expect(parse({ rope_scaling: { rope_type: 'linear', factor: 4 } }).ropeScaling).toEqual({
+      type: 'linear',
+      factor: 4,
+    });
   });
 });
 
@@ -312,10 +336,10 @@ describe('parseConfig errors', () => {
     );
   });
 
-  it.each(['linear', 'dynamic', 'yarn', 'longrope'])('rejects rope_scaling type %s', (type) => {
+  it.each(['dynamic', 'yarn', 'longrope'])('rejects rope_scaling type %s', (type) => {
     expectError(
       () => parse({ rope_scaling: { type, factor: 4 } }),
-      new RegExp(`rope_scaling type "${type}".*only supports 'llama3'`),
+      new RegExp(`rope_scaling type "${type}".*only supports 'llama3' and 'linear'`),
     );
   });
 

@@ -107,6 +107,90 @@ const CASES: readonly Case[] = [
     options: { family: 'llama', seed: 10, dtype: 'F16', ropeScaling: 'llama3', qkvBias: true },
     seqLen: 9,
   },
+  {
+    name: 'mistral sliding window 5 < 12 tokens',
+    options: { family: 'mistral', seed: 12, slidingWindow: 5, numLayers: 2 },
+    seqLen: 12,
+  },
+  {
+    name: 'qwen2 use_sliding_window 3 from layer 1',
+    options: { family: 'qwen2', seed: 13, slidingWindow: 3, maxWindowLayers: 1, numLayers: 3 },
+    seqLen: 9,
+  },
+  {
+    name: 'qwen3 gqa 3, headDim 12, q/k/v/o bias, tied',
+    options: {
+      family: 'qwen3',
+      seed: 14,
+      dModel: 48,
+      numHeads: 6,
+      numKvHeads: 2,
+      headDim: 12,
+      qkvBias: true,
+      tieWordEmbeddings: true,
+    },
+    seqLen: 9,
+  },
+  {
+    name: 'qwen3 sliding window 4 from layer 1, 3 layers, BF16',
+    options: { family: 'qwen3', seed: 15, slidingWindow: 4, maxWindowLayers: 1, numLayers: 3, dtype: 'BF16' },
+    seqLen: 11,
+  },
+  {
+    name: 'gemma2 gqa 2, headDim 16, window 5 < 13 tokens, strong softcaps',
+    options: {
+      family: 'gemma2',
+      seed: 16,
+      dModel: 40,
+      numHeads: 4,
+      numKvHeads: 2,
+      headDim: 16,
+      numLayers: 3,
+      slidingWindow: 5,
+      attnSoftcap: 1.5,
+      finalSoftcap: 2,
+    },
+    seqLen: 13,
+  },
+  {
+    name: 'gemma2 BF16, default softcaps, untied',
+    options: { family: 'gemma2', seed: 17, dtype: 'BF16', tieWordEmbeddings: false, slidingWindow: 4 },
+    seqLen: 8,
+  },
+  {
+    name: 'gemma3 multimodal layout (4.x config), gqa 4, headDim 12, window 4, linear rope on global layers',
+    options: {
+      family: 'gemma3',
+      seed: 18,
+      dModel: 32,
+      numHeads: 4,
+      numKvHeads: 1,
+      headDim: 12,
+      numLayers: 3,
+      slidingWindow: 4,
+      ropeScaling: 'linear',
+      ropeTheta: 1000,
+      ropeLocalTheta: 50,
+    },
+    seqLen: 10,
+  },
+  {
+    name: 'gemma3_text (5.x config), mqa 5, headDim 20, window 3, final softcap, untied',
+    options: {
+      family: 'gemma3_text',
+      seed: 19,
+      dModel: 40,
+      numHeads: 5,
+      numKvHeads: 1,
+      headDim: 20,
+      numLayers: 4,
+      slidingWindow: 3,
+      slidingWindowPattern: 3,
+      tieWordEmbeddings: false,
+      finalSoftcap: 3,
+    },
+    seqLen: 9,
+  },
 ];
 
 /** Deterministic token ids that include both ends of the vocabulary. */
@@ -159,7 +243,8 @@ function referenceHook(ref: ReferenceOutput, layer: number, hook: string): Float
 
 /** Which of transformers' three llama3 bands each RoPE frequency falls in. */
 function llama3Bands(spec: ModelSpec): Set<'kept' | 'smoothed' | 'divided'> {
-  const s = spec.ropeScaling!;
+  const s = spec.ropeScaling;
+  if (s?.type !== 'llama3') throw new Error('llama3Bands: the spec has no llama3 rope scaling');
   const bands = new Set<'kept' | 'smoothed' | 'divided'>();
   for (let i = 0; i < spec.headDim / 2; i++) {
     const wavelen = 2 * Math.PI * spec.ropeTheta ** ((2 * i) / spec.headDim);
@@ -168,6 +253,11 @@ function llama3Bands(spec: ModelSpec): Set<'kept' | 'smoothed' | 'divided'> {
     else bands.add('kept');
   }
   return bands;
+}
+
+/** Whether a case's tiny model has strong enough softcaps to matter. */
+function hasSoftcap(options: TinyModelOptions): boolean {
+  return options.attnSoftcap !== undefined || options.finalSoftcap !== undefined;
 }
 
 let root: string;
@@ -206,6 +296,28 @@ describe.each(CASES)('$name', ({ name, options, seqLen }) => {
       const inv = referenceInvFreq(spec);
       const plain = referenceInvFreq({ ...spec, ropeScaling: null });
       expect(inv.some((f, i) => Math.abs(f - plain[i]) > 1e-3 * plain[i])).toBe(true);
+    });
+  }
+
+  if (options.slidingWindow || options.family.startsWith('gemma')) {
+    it('has a window shorter than the sequence on some layer, and the window matters', async () => {
+      expect(spec.slidingWindow).not.toBeNull();
+      expect(spec.slidingWindow!).toBeLessThan(seqLen);
+      expect(spec.layerTypes).toContain('sliding');
+      const dir = join(root, name.replace(/[^a-z0-9]+/gi, '-'));
+      const full = referenceForward({ ...spec, slidingWindow: null }, await loadWeights64(dir), ids);
+      expect(maxAbsDiff(full.logits[seqLen - 1], ref.logits[seqLen - 1])).toBeGreaterThan(1e-3);
+    });
+  }
+  if (hasSoftcap(options)) {
+    it('softcapping changes the outputs (so the case checks it)', async () => {
+      const dir = join(root, name.replace(/[^a-z0-9]+/gi, '-'));
+      const plain = referenceForward(
+        { ...spec, attnSoftcap: null, finalSoftcap: null },
+        await loadWeights64(dir),
+        ids,
+      );
+      expect(maxAbsDiff(plain.logits[seqLen - 1], ref.logits[seqLen - 1])).toBeGreaterThan(1e-3);
     });
   }
 

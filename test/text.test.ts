@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EmlensError } from '../src/errors.js';
 import { makeTinyModel } from '../src/model/tiny.js';
 import { type AnswerTokens, answerTokens, batchAnswerMasks, type QaRecord } from '../src/text/answerMask.js';
-import { type ChatMessage, encodeChat, renderChat } from '../src/text/chat.js';
+import { type ChatMessage, encodeChat, pythonStrip, renderChat } from '../src/text/chat.js';
 import { loadTokenizer, specialTokensOf, type TextTokenizer } from '../src/text/tokenizer.js';
 import { runCli } from './helpers/runCli.js';
 
@@ -226,6 +226,25 @@ describe('tokenizer', () => {
 });
 
 describe('renderChat', () => {
+  it("strips and trims as Python does (the characters argument, Python's whitespace)", () => {
+    expect(pythonStrip('\n  a b \n\n', '\n', true, false)).toBe('  a b \n\n');
+    expect(pythonStrip('\n  a b \n\n', '\n', false, true)).toBe('\n  a b ');
+    expect(pythonStrip('xyaxbyx', 'xy', true, true)).toBe('axb');
+    expect(pythonStrip('\ufeff\x1c a \x85\u3000', null, true, true)).toBe('\ufeff\x1c a');
+    expect(pythonStrip('😀a😀', '😀', true, true)).toBe('a');
+    expect(pythonStrip('\ud83d', '\ud83d', true, true)).toBe('');
+    expect(pythonStrip('   ', null, true, true)).toBe('');
+    const tok = withTemplate(
+      qwen3,
+      "{% for m in messages %}[{{ m.content.lstrip('\\n') }}|{{ m.content.rstrip() }}|{{ m.content.strip('\\n ') }}|{{ m.content | trim }}|{{ m.content | trim('\\n') }}]{% endfor %}",
+    );
+    expect(
+      renderChat(tok, [{ role: 'user', content: '\n \x1cx\ufeff \n' }], { addGenerationPrompt: false }),
+    ).toBe('[ \x1cx\ufeff \n|\n \x1cx\ufeff|\x1cx\ufeff|x\ufeff| \x1cx\ufeff ]');
+    const bad = withTemplate(qwen3, '{{ messages[0].content.strip(1) }}');
+    expect(() => renderChat(bad, CONVERSATION, { addGenerationPrompt: false })).toThrow(/must be a string/);
+  });
+
   it('renders Qwen3 conversations exactly', () => {
     expect(renderChat(qwen3, CONVERSATION, { addGenerationPrompt: false })).toBe(
       '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' +
@@ -545,11 +564,45 @@ describe('answerTokens', () => {
     }
   });
 
-  it("refuses 'content' when the template rewrites the answer (Qwen3 think block)", () => {
+  it("marks only the answer after its think block with 'content' (Qwen3), in both thinking modes", () => {
     const record = { ...RECORD, answer: '<think>\nhmm\n</think>\n\nParis.' };
-    expect(() => answerTokens(qwen3, record, { span: 'content' })).toThrow(/rewrites the answer/);
-    const t = answerTokens(qwen3, record);
-    expect(spanText(qwen3, t)).toBe('<|im_start|>assistant\n<think>\nhmm\n</think>\n\nParis.<|im_end|>\n');
+    for (const templateVars of [{}, { enable_thinking: true }, { enable_thinking: false }]) {
+      const t = answerTokens(qwen3, record, { span: 'content', templateVars });
+      expectOneRun(t);
+      expect(t.boundaryMerged).toBe(false);
+      expect(spanText(qwen3, t)).toBe('Paris.');
+      expect(
+        qwen3
+          .decode(t.ids.slice(0, t.promptLength))
+          .endsWith('<|im_start|>assistant\n<think>\nhmm\n</think>\n\n'),
+      ).toBe(true);
+      const after = answerTokens(qwen3, record, { templateVars });
+      expect(spanText(qwen3, after)).toBe(
+        '<|im_start|>assistant\n<think>\nhmm\n</think>\n\nParis.<|im_end|>\n',
+      );
+      expect(after.ids).toEqual(t.ids);
+      // a plain answer: the empty think block the template writes is in 'after-user', not in 'content'
+      const plainAfter = answerTokens(qwen3, RECORD, { templateVars });
+      expect(spanText(qwen3, plainAfter)).toBe(
+        '<|im_start|>assistant\n<think>\n\n</think>\n\nThe capital of France is Paris.<|im_end|>\n',
+      );
+      expect(spanText(qwen3, answerTokens(qwen3, RECORD, { span: 'content', templateVars }))).toBe(ANSWER);
+    }
+    // the generation prompt is where the thinking switch shows: generated text starts after the think block
+    const head = CONVERSATION.slice(0, 2);
+    expect(
+      renderChat(qwen3, head, { addGenerationPrompt: true, templateVars: { enable_thinking: false } }),
+    ).toMatch(/<\|im_start\|>assistant\n<think>\n\n<\/think>\n\n$/);
+    expect(renderChat(qwen3, head, { addGenerationPrompt: true })).toMatch(/<\|im_start\|>assistant\n$/);
+  });
+
+  it("refuses 'content' when the answer is only a think block or the template rewrites it", () => {
+    expect(() =>
+      answerTokens(qwen3, { ...RECORD, answer: '<think>\nhmm\n</think>' }, { span: 'content' }),
+    ).toThrow(/no content after its think block/);
+    const upper = withTemplate(qwen3, '{% for m in messages %}{{ m.content | upper }}|{% endfor %}');
+    expect(() => answerTokens(upper, RECORD, { span: 'content' })).toThrow(/rewrites the answer/);
+    expect(spanText(qwen3, answerTokens(upper, RECORD))).toBe('THE CAPITAL OF FRANCE IS PARIS.|');
   });
 
   it('rejects empty questions and answers and unknown spans', () => {

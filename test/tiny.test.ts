@@ -8,12 +8,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EmlensError } from '../src/errors.js';
 import { decodeSafetensors, encodeSafetensors, SafetensorsFile } from '../src/io/safetensors.js';
 import { readConfig } from '../src/model/config.js';
-import { type Family, type ModelSpec, parameterCount, weightNames, weightShape } from '../src/model/spec.js';
+import { type ModelSpec, parameterCount, weightNames, weightShape } from '../src/model/spec.js';
 import { makeTinyModel, QWEN25_05B_SHAPE, type TinyModelOptions, tinySpec } from '../src/model/tiny.js';
 import { Rng } from '../src/util/random.js';
 import { loadWeights64, referenceForward, referenceInvFreq, ropeAt } from './reference/forward64.js';
 
-const FAMILIES: Family[] = ['qwen2', 'llama', 'mistral'];
+const FAMILIES = ['qwen2', 'llama', 'mistral'] as const;
 
 let root: string;
 beforeAll(async () => {
@@ -150,7 +150,7 @@ describe.each(FAMILIES)('makeTinyModel (%s)', (family) => {
       bos_token: config.bos_token,
       eos_token: config.eos_token,
     });
-    const expected: Record<Family, string> = {
+    const expected: Record<'qwen2' | 'llama' | 'mistral', string> = {
       qwen2:
         '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n' +
         '<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\nHello<|im_end|>\n',

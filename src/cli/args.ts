@@ -4,6 +4,7 @@
  * the messages say what was expected, without a trailing period.
  */
 import { InvalidArgumentError } from 'commander';
+import { templateVarsProblem } from '../text/chat.js';
 
 /** A non-negative decimal integer literal: no sign, exponent, hex or fraction, so `1e3` or `0x10` is not taken as a count. */
 function integer(value: string): number | null {
@@ -58,4 +59,26 @@ export function port(value: string): number {
     throw new InvalidArgumentError('expected a port number in 1..65535 (or 0 for any free port)');
   }
   return n;
+}
+
+/**
+ * `--chat-template-kwargs`: a JSON object of extra chat-template variables (transformers' `apply_chat_template`
+ * keyword arguments), e.g. `{"enable_thinking": false}` for Qwen3.
+ */
+export function chatTemplateKwargs(value: string): Record<string, unknown> {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(value);
+  } catch (e) {
+    throw new InvalidArgumentError(
+      `expected a JSON object such as '{"enable_thinking": false}' (${String((e as Error).message).replace(/\s+/g, ' ')})`,
+    );
+  }
+  const problem = templateVarsProblem(parsed);
+  if (problem !== null) {
+    throw new InvalidArgumentError(
+      `expected a JSON object such as '{"enable_thinking": false}'; this ${problem}`,
+    );
+  }
+  return parsed as Record<string, unknown>;
 }

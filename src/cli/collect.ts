@@ -11,10 +11,17 @@ import { sha256File, tokenizerFingerprint } from '../model/fingerprint.js';
 import { parseHookPatterns } from '../model/hooks.js';
 import { defaultMaxPositions, loadModel } from '../model/model.js';
 import { loadTokenizer } from '../text/tokenizer.js';
-import { addModelOptions, loadOptions, type ModelFlags, positiveInt } from './common.js';
+import {
+  addChatTemplateOptions,
+  addModelOptions,
+  type ChatTemplateFlags,
+  loadOptions,
+  type ModelFlags,
+  positiveInt,
+} from './common.js';
 import { createProgress } from './progress.js';
 
-interface CollectFlags extends ModelFlags {
+interface CollectFlags extends ModelFlags, ChatTemplateFlags {
   readonly data: string;
   readonly out?: string;
   readonly hooks: string;
@@ -66,8 +73,10 @@ function checkLengths(
 }
 
 export function registerCollect(program: Command): void {
-  addModelOptions(
-    program.command('collect').description('collect residual activations of responses into a store'),
+  addChatTemplateOptions(
+    addModelOptions(
+      program.command('collect').description('collect residual activations of responses into a store'),
+    ),
   )
     .requiredOption('--data <file>', 'responses (.csv or .jsonl with question and answer columns)')
     .option(
@@ -99,7 +108,10 @@ export function registerCollect(program: Command): void {
       const hooks = parseHookPatterns(flags.hooks);
       const responses = await readResponses(flags.data);
       const tokenizer = await loadTokenizer(flags.model);
-      const records = responsesToRecords(tokenizer, responses, flags.span);
+      const records = responsesToRecords(tokenizer, responses, {
+        span: flags.span,
+        templateVars: flags.chatTemplateKwargs,
+      });
       const write = { resume: flags.resume, overwrite: flags.overwrite };
       const opts: CollectOptions = {
         hooks,

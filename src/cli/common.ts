@@ -1,7 +1,7 @@
 import { type Command, Option } from 'commander';
 import { EmlensError } from '../errors.js';
 import type { LoadModelOptions } from '../model/model.js';
-import { positiveInt } from './args.js';
+import { chatTemplateKwargs, positiveInt } from './args.js';
 
 /** Options every model-loading command shares. */
 export function addModelOptions(cmd: Command): Command {
@@ -20,6 +20,20 @@ export function addModelOptions(cmd: Command): Command {
       '--adapter <dir>',
       'PEFT LoRA adapter folder merged into the weights (adapter_config.json, adapter_model.safetensors)',
     );
+}
+
+/** `--chat-template-kwargs`, for every command that renders chats with the model's template. */
+export function addChatTemplateOptions(cmd: Command): Command {
+  return cmd.option(
+    '--chat-template-kwargs <json>',
+    "extra chat template variables as a JSON object, as transformers' apply_chat_template kwargs, e.g. '{\"enable_thinking\": false}'",
+    chatTemplateKwargs,
+  );
+}
+
+/** The flag {@link addChatTemplateOptions} adds. */
+export interface ChatTemplateFlags {
+  readonly chatTemplateKwargs?: Record<string, unknown>;
 }
 
 export interface ModelFlags {

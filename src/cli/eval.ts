@@ -8,11 +8,18 @@ import type { Intervention } from '../model/interventions.js';
 import { pct } from '../util/format.js';
 import { finiteNumber, nonNegativeInt, nonNegativeNumber, unitInterval } from './args.js';
 import { parseSlice } from './collect.js';
-import { addModelOptions, loadOptions, type ModelFlags, positiveInt } from './common.js';
+import {
+  addChatTemplateOptions,
+  addModelOptions,
+  type ChatTemplateFlags,
+  loadOptions,
+  type ModelFlags,
+  positiveInt,
+} from './common.js';
 import { checkDirectionFileFlags, directionFileInterventions } from './interventionCommon.js';
 import { createProgress, type Progress } from './progress.js';
 
-interface EvalFlags extends ModelFlags {
+interface EvalFlags extends ModelFlags, ChatTemplateFlags {
   readonly questions: string;
   readonly judge: string;
   readonly judgeModel?: string;
@@ -55,12 +62,14 @@ export function evalInterventions(
 }
 
 export function registerEval(program: Command): void {
-  addModelOptions(
-    program
-      .command('eval')
-      .description(
-        'sample answers to evaluation questions, judge them, and write responses, judged responses and summary.json',
-      ),
+  addChatTemplateOptions(
+    addModelOptions(
+      program
+        .command('eval')
+        .description(
+          'sample answers to evaluation questions, judge them, and write responses, judged responses and summary.json',
+        ),
+    ),
   )
     .requiredOption('--questions <file>', 'question set YAML (the EM evaluation format)')
     .requiredOption(
@@ -152,6 +161,7 @@ export function registerEval(program: Command): void {
           topP: flags.topP,
           seed: flags.seed,
           batchSize: flags.batchSize,
+          templateVars: flags.chatTemplateKwargs,
         },
         interventions,
         interventionInfo,

@@ -7,10 +7,16 @@ import { loadModel } from '../model/model.js';
 import { type ChatMessage, encodeChat } from '../text/chat.js';
 import { loadTokenizer } from '../text/tokenizer.js';
 import { finiteNumber, nonNegativeInt, nonNegativeNumber, positiveInt, unitInterval } from './args.js';
-import { addModelOptions, loadOptions, type ModelFlags } from './common.js';
+import {
+  addChatTemplateOptions,
+  addModelOptions,
+  type ChatTemplateFlags,
+  loadOptions,
+  type ModelFlags,
+} from './common.js';
 import { checkDirectionFileFlags, directionFileInterventions } from './interventionCommon.js';
 
-interface GenerateFlags extends ModelFlags {
+interface GenerateFlags extends ModelFlags, ChatTemplateFlags {
   readonly prompt: string;
   readonly system?: string;
   readonly n: number;
@@ -28,10 +34,12 @@ interface GenerateFlags extends ModelFlags {
 }
 
 export function registerGenerate(program: Command): void {
-  addModelOptions(
-    program
-      .command('generate')
-      .description('generate a reply to a prompt (chat template applied), optionally steered or ablated'),
+  addChatTemplateOptions(
+    addModelOptions(
+      program
+        .command('generate')
+        .description('generate a reply to a prompt (chat template applied), optionally steered or ablated'),
+    ),
   )
     .requiredOption('--prompt <text>', 'the user message (or the raw text with --raw)')
     .option('--system <text>', 'system message')
@@ -59,8 +67,10 @@ export function registerGenerate(program: Command): void {
     )
     .action(async (flags: GenerateFlags) => {
       checkDirectionFileFlags(flags);
-      if (flags.raw && flags.system !== undefined) {
-        throw new EmlensError('--system needs the chat template; drop --raw or drop --system.');
+      if (flags.raw && (flags.system ?? flags.chatTemplateKwargs) !== undefined) {
+        throw new EmlensError(
+          `${flags.system !== undefined ? '--system' : '--chat-template-kwargs'} needs the chat template; drop --raw or drop ${flags.system !== undefined ? '--system' : '--chat-template-kwargs'}.`,
+        );
       }
       // the direction files are checked against config.json first, so a bad file is refused before a model is built
       const interventions =
@@ -74,7 +84,10 @@ export function registerGenerate(program: Command): void {
       ];
       const ids = flags.raw
         ? tokenizer.encode(flags.prompt)
-        : encodeChat(tokenizer, messages, { addGenerationPrompt: true });
+        : encodeChat(tokenizer, messages, {
+            addGenerationPrompt: true,
+            templateVars: flags.chatTemplateKwargs,
+          });
       const model = await loadModel(flags.model, loadOptions(flags));
       try {
         const { spec } = model;

@@ -30,7 +30,8 @@ export function registerInfo(program: Command): void {
         `dtype        ${s.torchDtype} (stored: ${Object.entries(d.storedDtypes)
           .map(([k, v]) => `${k} x${v}`)
           .join(', ')})`,
-        `rope         theta ${s.ropeTheta}${s.ropeScaling ? `, llama3 scaling x${s.ropeScaling.factor}` : ''}`,
+        `rope         theta ${s.ropeTheta}${s.ropeScaling ? `, ${s.ropeScaling.type} scaling x${s.ropeScaling.factor}` : ''}${s.localRope ? ` (sliding layers: theta ${s.localRope.theta})` : ''}`,
+        `attention    ${s.slidingWindow === null ? 'full' : `${s.layerTypes.filter((t) => t === 'sliding').length} of ${s.numLayers} layers slide over ${s.slidingWindow} keys`}`,
         `weights      ${d.weightFiles.join(', ')}`,
         `hooks        ${d.hooks.length} (blocks.{0..${s.numLayers - 1}}.hook_resid_pre|resid_mid|resid_post|attn_out|mlp_out)`,
       ];

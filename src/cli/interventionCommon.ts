@@ -14,7 +14,7 @@ import type { Intervention } from '../model/interventions.js';
 import type { Model } from '../model/model.js';
 import { encodeChat } from '../text/chat.js';
 import type { TextTokenizer } from '../text/tokenizer.js';
-import { finiteNumber, nonNegativeNumber, positiveInt } from './args.js';
+import { chatTemplateKwargs, finiteNumber, nonNegativeNumber, positiveInt } from './args.js';
 
 /** The prompt and decoding flags steer and ablate share (both answers use the same seed). */
 export interface AnswerFlags {
@@ -23,6 +23,7 @@ export interface AnswerFlags {
   readonly maxNewTokens: number;
   readonly seed: number;
   readonly temperature: number;
+  readonly chatTemplateKwargs?: Record<string, unknown>;
 }
 
 export function addAnswerOptions(cmd: Command): Command {
@@ -31,7 +32,12 @@ export function addAnswerOptions(cmd: Command): Command {
     .option('--system <text>', 'system message')
     .option('--max-new-tokens <n>', 'new tokens at most', positiveInt, 40)
     .option('--temperature <t>', 'sampling temperature (0: greedy)', nonNegativeNumber, 0)
-    .option('--seed <s>', 'sampling seed (both answers use it)', finiteNumber, 0);
+    .option('--seed <s>', 'sampling seed (both answers use it)', finiteNumber, 0)
+    .option(
+      '--chat-template-kwargs <json>',
+      'extra chat template variables as a JSON object, e.g. \'{"enable_thinking": false}\'',
+      chatTemplateKwargs,
+    );
 }
 
 // The parsers live in args.ts; this re-export keeps older imports working.
@@ -132,7 +138,14 @@ export async function answerPair(
   tokenizer: TextTokenizer,
   prompt: string,
   interventions: readonly Intervention[],
-  opts: { maxNewTokens: number; temperature: number; seed: number; system?: string },
+  opts: {
+    maxNewTokens: number;
+    temperature: number;
+    seed: number;
+    system?: string;
+    /** Extra chat-template variables (e.g. `{ enable_thinking: false }`). */
+    chatTemplateKwargs?: Readonly<Record<string, unknown>>;
+  },
 ): Promise<AnswerPair> {
   const ids = encodeChat(
     tokenizer,
@@ -140,7 +153,7 @@ export async function answerPair(
       ...(opts.system !== undefined ? [{ role: 'system' as const, content: opts.system }] : []),
       { role: 'user' as const, content: prompt },
     ],
-    { addGenerationPrompt: true },
+    { addGenerationPrompt: true, templateVars: opts.chatTemplateKwargs },
   );
   const run = async (ivs: readonly Intervention[]) => {
     const [g] = await generate(model, [ids], {

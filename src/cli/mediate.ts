@@ -8,7 +8,7 @@ import { readNeutralTexts } from '../interventions/scoring.js';
 import { claimOutputFiles } from '../io/outputs.js';
 import { type LoadModelOptions, loadModel, type Model } from '../model/model.js';
 import { loadTokenizer } from '../text/tokenizer.js';
-import { nonNegativeInt, positiveInt } from './common.js';
+import { addChatTemplateOptions, nonNegativeInt, positiveInt } from './common.js';
 import { finiteNumber, parseFrom } from './interventionCommon.js';
 import { createProgress } from './progress.js';
 
@@ -31,11 +31,11 @@ interface MediateFlags {
   readonly threads?: number;
   readonly cacheDir?: string;
   readonly overwrite?: boolean;
+  readonly chatTemplateKwargs?: Record<string, unknown>;
 }
 
 export function registerMediate(program: Command): void {
-  program
-    .command('mediate')
+  addChatTemplateOptions(program.command('mediate'))
     .description(
       "how much of a finetune's divergence from its base a direction carries (judge-free: KL, log-prob margins), with norm-matched random controls",
     )
@@ -95,7 +95,10 @@ export function registerMediate(program: Command): void {
         models.push(finetune);
         const directions = await loadDirectionsFor(flags.direction, base.spec);
         const tokenizer = await loadTokenizer(flags.base);
-        const records = responsesToRecords(tokenizer, await readResponses(flags.data), flags.span);
+        const records = responsesToRecords(tokenizer, await readResponses(flags.data), {
+          span: flags.span,
+          templateVars: flags.chatTemplateKwargs,
+        });
         const neutral = flags.neutral
           ? textsToRecords(tokenizer, await readNeutralTexts(flags.neutral))
           : undefined;

@@ -4,9 +4,15 @@ import { parseLayerList } from '../interventions/compose.js';
 import { workerLoadOptions } from '../serve/messages.js';
 import { startServer } from '../serve/server.js';
 import { finiteNumber, port, positiveInt } from './args.js';
-import { addModelOptions, loadOptions, type ModelFlags } from './common.js';
+import {
+  addChatTemplateOptions,
+  addModelOptions,
+  type ChatTemplateFlags,
+  loadOptions,
+  type ModelFlags,
+} from './common.js';
 
-interface ServeFlags extends ModelFlags {
+interface ServeFlags extends ModelFlags, ChatTemplateFlags {
   readonly host: string;
   readonly port: number;
   readonly servedModelName?: string;
@@ -44,12 +50,14 @@ function untilSignal(): Promise<string> {
 }
 
 export function registerServe(program: Command): void {
-  addModelOptions(
-    program
-      .command('serve')
-      .description(
-        'serve the model over an OpenAI-compatible HTTP API (chat completions, streaming, logprobs, steering)',
-      ),
+  addChatTemplateOptions(
+    addModelOptions(
+      program
+        .command('serve')
+        .description(
+          'serve the model over an OpenAI-compatible HTTP API (chat completions, streaming, logprobs, steering)',
+        ),
+    ),
   )
     .option('--host <host>', 'address to listen on (loopback by default)', '127.0.0.1')
     .option('--port <port>', 'port to listen on (0: any free port)', port, 8000)
@@ -110,6 +118,7 @@ export function registerServe(program: Command): void {
           flags.steer !== undefined ? [{ direction: flags.steer, layers: layers!, scale: flags.scale }] : [],
         ablate: flags.ablate !== undefined ? [{ direction: flags.ablate, layers: layers! }] : [],
         positions: flags.positions,
+        chatTemplateKwargs: flags.chatTemplateKwargs,
         directionsDir: flags.directionsDir,
         directionFiles: flags.allowDirection,
         maxBatch: flags.maxBatch,

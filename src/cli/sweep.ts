@@ -8,11 +8,19 @@ import { SWEEP_FILES, steeringSweep, sweepMarkdown, writeSweep } from '../interv
 import { claimOutputFiles } from '../io/outputs.js';
 import { loadModel, type Model } from '../model/model.js';
 import { loadTokenizer } from '../text/tokenizer.js';
-import { addModelOptions, loadOptions, type ModelFlags, nonNegativeInt, positiveInt } from './common.js';
+import {
+  addChatTemplateOptions,
+  addModelOptions,
+  type ChatTemplateFlags,
+  loadOptions,
+  type ModelFlags,
+  nonNegativeInt,
+  positiveInt,
+} from './common.js';
 import { parseScales } from './interventionCommon.js';
 import { createProgress } from './progress.js';
 
-interface SweepFlags extends ModelFlags {
+interface SweepFlags extends ModelFlags, ChatTemplateFlags {
   readonly direction: string;
   readonly scales: string;
   readonly layers: string;
@@ -29,12 +37,14 @@ interface SweepFlags extends ModelFlags {
 }
 
 export function registerSweep(program: Command): void {
-  addModelOptions(
-    program
-      .command('sweep')
-      .description(
-        'steer over scale x layer and measure the judge-free effect (log-prob margin, KL to a target), with norm-matched random controls',
-      ),
+  addChatTemplateOptions(
+    addModelOptions(
+      program
+        .command('sweep')
+        .description(
+          'steer over scale x layer and measure the judge-free effect (log-prob margin, KL to a target), with norm-matched random controls',
+        ),
+    ),
   )
     .requiredOption('--direction <file>', 'direction file (direction.{layer} tensors)')
     .requiredOption('--scales <list>', 'steering scales, e.g. 0,2,4,8')
@@ -81,7 +91,9 @@ export function registerSweep(program: Command): void {
         }
         const directions = await loadDirectionsFor(flags.direction, model.spec);
         const tokenizer = await loadTokenizer(flags.model);
-        const records = responsesToRecords(tokenizer, await readResponses(flags.data));
+        const records = responsesToRecords(tokenizer, await readResponses(flags.data), {
+          templateVars: flags.chatTemplateKwargs,
+        });
         const neutral = flags.neutral
           ? textsToRecords(tokenizer, await readNeutralTexts(flags.neutral))
           : undefined;

@@ -1,15 +1,16 @@
 import { type Command, Option } from 'commander';
-import { makeTinyModel } from '../model/tiny.js';
+import { makeTinyModel, TINY_FAMILIES, type TinyFamily } from '../model/tiny.js';
 import { nonNegativeInt, positiveInt } from './args.js';
 
 interface TinyFlags {
-  readonly family: 'qwen2' | 'llama' | 'mistral';
+  readonly family: TinyFamily;
   readonly out: string;
   readonly seed: number;
   readonly layers?: number;
   readonly dModel?: number;
   readonly dtype: 'F32' | 'BF16' | 'F16';
   readonly overwrite?: boolean;
+  readonly tokenizer?: string;
 }
 
 export function registerTinyModel(program: Command): void {
@@ -17,8 +18,11 @@ export function registerTinyModel(program: Command): void {
     .command('tiny-model')
     .description('write a small deterministic random model as a real Hugging Face folder')
     .addOption(
-      new Option('--family <family>', 'architecture family')
-        .choices(['qwen2', 'llama', 'mistral'])
+      new Option(
+        '--family <family>',
+        'architecture family (gemma3: Gemma3ForConditionalGeneration layout; gemma3_text: Gemma3ForCausalLM)',
+      )
+        .choices([...TINY_FAMILIES])
         .default('qwen2'),
     )
     .requiredOption('--out <dir>', 'output folder')
@@ -27,6 +31,10 @@ export function registerTinyModel(program: Command): void {
     .option('--d-model <n>', 'hidden size', positiveInt)
     .addOption(
       new Option('--dtype <dtype>', 'stored weight dtype').choices(['F32', 'BF16', 'F16']).default('F32'),
+    )
+    .option(
+      '--tokenizer <dir>',
+      'copy this Hugging Face tokenizer folder (tokenizer.json, tokenizer_config.json, chat template) and take vocab size and bos/eos/pad ids from it',
     )
     .option('--overwrite', 'replace --out if it exists and is not empty (the whole folder, atomically)')
     .action(async (flags: TinyFlags) => {
@@ -37,6 +45,7 @@ export function registerTinyModel(program: Command): void {
         dModel: flags.dModel,
         dtype: flags.dtype,
         overwrite: flags.overwrite,
+        tokenizer: flags.tokenizer,
       });
       console.log(
         `wrote ${spec.architecture} (${spec.numLayers} layers, d_model ${spec.dModel}) to ${flags.out}`,

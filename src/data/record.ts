@@ -4,7 +4,7 @@
  * and scoring under interventions (interventions/scoring.ts: mediation, sweeps) both take; built from
  * responses by {@link responsesToRecords} and from plain text by {@link textsToRecords}.
  */
-import { type AnswerSpan, answerTokens } from '../text/answerMask.js';
+import { type AnswerMaskOptions, type AnswerSpan, answerTokens } from '../text/answerMask.js';
 import type { TextTokenizer } from '../text/tokenizer.js';
 import type { ResponseRecord } from './response.js';
 import { selectionLabel } from './thresholds.js';
@@ -26,7 +26,8 @@ export interface TokenizedRecord {
 
 /**
  * Records from responses: each conversation rendered with the model's chat template, its answer tokens masked
- * (`span`: see answerTokens; by default every token after the user turn, as the public EM code averages).
+ * (`span`: see answerTokens; by default every token after the user turn, as the public EM code averages; or the
+ * answer-mask options: span and chat-template variables such as `{ enable_thinking: false }`).
  *
  * - `id`: `<question_id>#<row index>`.
  * - `label`: `label` when given (the side of a contrast the caller collects), else the row's `label` column
@@ -40,11 +41,12 @@ export interface TokenizedRecord {
 export function responsesToRecords(
   tokenizer: TextTokenizer,
   responses: readonly ResponseRecord[],
-  span: AnswerSpan = 'after-user',
+  span: AnswerSpan | AnswerMaskOptions = 'after-user',
   label?: string,
 ): TokenizedRecord[] {
+  const opts: AnswerMaskOptions = typeof span === 'string' ? { span } : span;
   return responses.map((r, i) => {
-    const t = answerTokens(tokenizer, { system: r.system, question: r.question, answer: r.answer }, { span });
+    const t = answerTokens(tokenizer, { system: r.system, question: r.question, answer: r.answer }, opts);
     const side = label ?? recordLabel(r);
     return {
       id: `${r.questionId}#${i}`,

@@ -145,6 +145,9 @@ export async function runEval(opts: RunEvalOptions): Promise<EvalSummary> {
         temperature: opts.sampling?.temperature ?? 1,
         topP: opts.sampling?.topP ?? 1,
         seed: opts.sampling?.seed ?? 0,
+        ...(opts.sampling?.templateVars !== undefined
+          ? { chatTemplateKwargs: opts.sampling.templateVars }
+          : {}),
       },
     },
   });

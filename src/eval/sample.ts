@@ -57,6 +57,11 @@ export interface SampleOptions {
   readonly run?: Readonly<Record<string, unknown>>;
   /** Called with (samples done, total) as blocks finish (resumed ones included). */
   readonly onProgress?: (done: number, total: number) => void;
+  /**
+   * Extra chat-template variables for the prompts (e.g. Qwen3's `{ enable_thinking: false }`); stored in
+   * `sampling.json` when given, so a rerun into the folder must pass the same.
+   */
+  readonly templateVars?: Readonly<Record<string, unknown>>;
 }
 
 interface Planned {
@@ -108,10 +113,12 @@ async function checkRunFile(out: string, settings: Record<string, unknown>): Pro
   } catch {
     throw new EmlensError(`${path} is not valid JSON; delete it with the responses or use another --out.`);
   }
-  for (const [k, v] of Object.entries(settings)) {
+  // chatTemplateKwargs is stored only when given: a folder sampled with it must not resume without it
+  for (const k of new Set([...Object.keys(settings), 'chatTemplateKwargs'])) {
+    const v = settings[k];
     if (JSON.stringify(old[k]) !== JSON.stringify(v)) {
       throw new EmlensError(
-        `${out} holds responses sampled with ${k} = ${JSON.stringify(old[k])}, not ${JSON.stringify(v)}; use another --out or the same settings.`,
+        `${out} holds responses sampled with ${k} = ${JSON.stringify(old[k]) ?? 'none'}, not ${JSON.stringify(v) ?? 'none'}; use another --out or the same settings.`,
       );
     }
   }
@@ -161,7 +168,16 @@ export async function sampleAnswers(
 
   const done = new Map<string, ResponseRecord>();
   const out = opts.out;
-  const settings = { seed, temperature, topP, maxNewTokens, batchSize, run: opts.run ?? {} };
+  const settings: Record<string, unknown> = {
+    seed,
+    temperature,
+    topP,
+    maxNewTokens,
+    batchSize,
+    run: opts.run ?? {},
+    // only when given, so folders sampled before the option existed still resume
+    ...(opts.templateVars !== undefined ? { chatTemplateKwargs: opts.templateVars } : {}),
+  };
   if (out !== undefined) {
     await mkdir(out, { recursive: true });
     const known = await checkRunFile(out, settings);
@@ -204,6 +220,7 @@ export async function sampleAnswers(
       // Plan paraphrases come from paraphraseIndex, which picks an index of q.paraphrases.
       ids = encodeChat(tokenizer, questionMessages(q, q.paraphrases[paraphrase]!), {
         addGenerationPrompt: true,
+        templateVars: opts.templateVars,
       });
       prompts.set(k, ids);
     }

@@ -158,6 +158,13 @@ export async function orthogonalizeModel(
   // Checked before the weights are read, so a refusal costs nothing; writeFolderAtomic checks again.
   await claimOutputFolder(outDir, { overwrite: opts.overwrite });
   const spec = await readConfig(modelDir);
+  if (spec.gemmaBlock) {
+    // Gemma writes norm(o_proj(.)) and norm(down_proj(.)) to the residual stream: RMS-normalising after the
+    // projection rescales every other component too, so no weight edit equals ablating d at run time.
+    throw new EmlensError(
+      `${spec.architecture} post-normalises each attention and MLP output before adding it to the residual stream, so projecting a direction out of its weights is not the same as ablating it; ablate at run time instead (steer/ablate interventions).`,
+    );
+  }
   const { unit, layer } = unitDirection(opts, spec);
   const progress = opts.onProgress ?? (() => {});
   const adapter = opts.adapter === undefined ? undefined : await loadAdapter(opts.adapter);

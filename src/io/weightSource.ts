@@ -79,22 +79,69 @@ async function readIndex(path: string): Promise<Index> {
   return { weightMap };
 }
 
+export interface WeightSourceOptions {
+  /**
+   * Maps each stored tensor name to the name callers use, or to null to hide the tensor (a multimodal
+   * checkpoint's vision tower): see `textModelName`. Default: names as stored.
+   */
+  readonly rename?: (name: string) => string | null;
+}
+
 /** The safetensors weights of one model folder, read lazily tensor by tensor. */
 export class WeightSource {
+  /** Stored name of each renamed tensor (by the name callers use). */
+  private readonly stored = new Map<string, string>();
+  /** How many stored tensors the rename hid. */
+  readonly hidden: number = 0;
+
   private constructor(
     /** Absolute path of the model folder. */
     readonly dir: string,
     /** Absolute paths of the weight files, in first-use order. */
     readonly files: readonly string[],
-    private readonly owner: ReadonlyMap<string, SafetensorsFile>,
+    private owner: ReadonlyMap<string, SafetensorsFile>,
     private readonly handles: readonly SafetensorsFile[],
   ) {}
+
+  /** Applies `rename` to every name (see WeightSourceOptions); two stored names onto one is an error. */
+  private renamed(rename: WeightSourceOptions['rename']): this {
+    if (!rename) return this;
+    const owner = new Map<string, SafetensorsFile>();
+    let hidden = 0;
+    for (const [name, file] of this.owner) {
+      const to = rename(name);
+      if (to === null) {
+        hidden++;
+        continue;
+      }
+      if (owner.has(to)) {
+        throw new EmlensError(
+          `The model at ${this.dir} holds both '${this.stored.get(to) ?? to}' and '${name}', two copies of weight '${to}'; re-download or re-save the model.`,
+        );
+      }
+      owner.set(to, file);
+      this.stored.set(to, name);
+    }
+    this.owner = owner;
+    (this as { hidden: number }).hidden = hidden;
+    return this;
+  }
 
   /**
    * Opens `model.safetensors` (preferred, as transformers does) or every shard named by
    * `model.safetensors.index.json`, validating headers and that each mapped tensor is in its shard.
    */
-  static async open(dir: string): Promise<WeightSource> {
+  static async open(dir: string, opts: WeightSourceOptions = {}): Promise<WeightSource> {
+    const source = await WeightSource.openAll(dir);
+    try {
+      return source.renamed(opts.rename);
+    } catch (e) {
+      await source.close();
+      throw e;
+    }
+  }
+
+  private static async openAll(dir: string): Promise<WeightSource> {
     const abs = resolve(dir);
     let entries: string[];
     try {
@@ -169,12 +216,12 @@ export class WeightSource {
   /** Where a tensor lives; an unknown name throws an EmlensError suggesting the closest names. */
   info(name: string): WeightInfo {
     const file = this.fileOf(name);
-    return { ...file.info(name), file: file.path };
+    return { ...file.info(this.stored.get(name) ?? name), file: file.path };
   }
 
   /** The tensor as float32 (F32, F16, BF16 and F64 are converted). */
   readFloat32(name: string): Promise<Float32Array> {
-    return this.fileOf(name).readFloat32(name);
+    return this.fileOf(name).readFloat32(this.stored.get(name) ?? name);
   }
 
   /** Closes every shard. */

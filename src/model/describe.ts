@@ -1,6 +1,7 @@
 import { WeightSource } from '../io/weightSource.js';
 import { readConfig } from './config.js';
 import { allHookNames } from './hooks.js';
+import { checkpointRenamer } from './layout.js';
 import { type ModelSpec, parameterCount } from './spec.js';
 import { checkWeights } from './weightCheck.js';
 
@@ -19,7 +20,7 @@ export interface ModelDescription {
 
 export async function describeModel(dir: string): Promise<ModelDescription> {
   const spec = await readConfig(dir);
-  const source = await WeightSource.open(dir);
+  const source = await WeightSource.open(dir, { rename: checkpointRenamer(spec) });
   try {
     const { unused } = checkWeights(spec, source, dir);
     const storedDtypes: Record<string, number> = {};

@@ -45,6 +45,7 @@ export {
   positionWeights,
   type Steer,
 } from './interventions.js';
+export { isMultimodal, textModelName } from './layout.js';
 export {
   ADAPTER_CONFIG_FILE,
   ADAPTER_WEIGHTS_FILE,
@@ -79,19 +80,31 @@ export {
   type PatchingSweepResult,
   patchingSweep,
 } from './patching.js';
-export { ropeInvFreq, ropeTables } from './rope.js';
+export { ropeFor, ropeInvFreq, ropeTables } from './rope.js';
 export { CUDA_INSTALL_COMMAND, cudaAvailable, type Device } from './session.js';
 export {
   type Family,
+  isGemma,
+  type LayerType,
+  type LinearRopeScaling,
   type Llama3RopeScaling,
   type ModelSpec,
   parameterCount,
+  type RopeScaling,
+  type RopeSpec,
   SUPPORTED_ARCHITECTURES,
   weightNames,
   weightShape,
 } from './spec.js';
 export type { Float32Tensor } from './tensor.js';
-export { makeTinyModel, QWEN25_05B_SHAPE, type TinyDtype, type TinyModelOptions } from './tiny.js';
+export {
+  makeTinyModel,
+  QWEN25_05B_SHAPE,
+  TINY_FAMILIES,
+  type TinyDtype,
+  type TinyFamily,
+  type TinyModelOptions,
+} from './tiny.js';
 export {
   ActivationCache,
   type Trace,

@@ -19,6 +19,7 @@ import {
   siteCount,
 } from './hooks.js';
 import { type ForwardIntervention, interventionFeeds, patchSiteCount } from './interventions.js';
+import { checkpointRenamer } from './layout.js';
 import { LoraMergedWeights, loadAdapter } from './lora/index.js';
 import type { KvArray, OutputBuffers } from './outputBuffers.js';
 import { createSession, type Device } from './session.js';
@@ -146,13 +147,23 @@ export class Model {
       throw new EmlensError(`maxPositions must be a positive integer, not ${maxPositions}.`);
     }
     const progress = opts.onProgress ?? (() => {});
+    if (profile === 'fp16' && spec.gemmaBlock) {
+      progress(
+        `warning: ${spec.architecture} activations are large and can overflow float16 (results then stop with an error); load with profile fp32 if they do`,
+      );
+    }
     let weightsKey: unknown = opts.weights?.key;
     if (!opts.weights) {
       // Headers only: checked against config.json before the cache is consulted, so that a cached graph
       // cannot hide weights that disagree with the config either.
-      const probe = await WeightSource.open(dir);
+      const probe = await WeightSource.open(dir, { rename: checkpointRenamer(spec) });
       try {
         const { unused } = checkWeights(spec, probe, dir);
+        if (probe.hidden > 0) {
+          progress(
+            `ignoring the ${probe.hidden} vision-tower and projector tensors of ${dir} (emlens runs the text model only)`,
+          );
+        }
         if (unused.length > 0) progress(unusedWeightsWarning(spec, unused, dir));
         weightsKey = await fileFingerprint(probe.files);
       } finally {
@@ -169,6 +180,11 @@ export class Model {
       opts.cacheDir ?? defaultCacheDir(),
       cacheKey({ spec, weightsKey, profile, maxPositions }),
     );
+    if (adapter && adapter.vision.length > 0) {
+      progress(
+        `adapter ${adapter.dir}: ignoring its ${adapter.vision.length} vision-tower and projector tensors (emlens runs the text model only)`,
+      );
+    }
     if (adapter && adapter.ignored.length > 0) {
       progress(
         `adapter ${adapter.dir}: ignoring ${adapter.ignored.length} tensors of modules its config does not select (as PEFT does)`,
@@ -182,7 +198,7 @@ export class Model {
         if (opts.weights) return opts.weights.reader;
         if (!source) {
           progress(`building ${profile} graph for ${dir} (reading weights)`);
-          source = await WeightSource.open(dir);
+          source = await WeightSource.open(dir, { rename: checkpointRenamer(spec) });
         }
         return source;
       };
@@ -390,8 +406,14 @@ export class Model {
     // Outputs written into given buffers are read through the caller's own tensors (views of those buffers).
     const output = (name: string): ort.Tensor => fetches[name] ?? out[name];
     const asF32 = (t: ort.Tensor): Float32Tensor => ({ data: t.data as Float32Array, dims: t.dims });
+    const logits = asF32(output(IO.logits));
+    if (this.profile === 'fp16' && !allFinite(logits.data)) {
+      throw new EmlensError(
+        `The fp16 graph of ${this.dir} gave non-finite logits: the activations of this ${spec.architecture} overflowed float16; load the model with profile fp32 (--profile fp32).`,
+      );
+    }
     const result: ForwardResult = {
-      logits: asF32(output(IO.logits)),
+      logits,
       hooks: new Map(hooks.map((h, i) => [h, asF32(out[hookSources[i]])])),
       padding: cache ? cache.nextPosition.map(() => 0) : b.padding,
     };
@@ -410,6 +432,11 @@ export class Model {
     for (const s of this.sessions.values()) await (await s).release();
     this.sessions.clear();
   }
+}
+
+function allFinite(data: Float32Array): boolean {
+  for (let i = 0; i < data.length; i++) if (!Number.isFinite(data[i])) return false;
+  return true;
 }
 
 /** Tensors over the given output buffers, shaped as this call's outputs; checks their sizes. */

@@ -4,8 +4,14 @@
  * `tokenizer_config.json` carrying the family's real chat template (Qwen2.5, Llama-3, Mistral-Instruct).
  * transformers and `@huggingface/tokenizers` load both files.
  */
+import { join } from 'node:path';
+import { EmlensError } from '../errors.js';
+import { readInputText } from '../io/inputFiles.js';
+import { loadTokenizer, type TextTokenizer } from '../text/tokenizer.js';
 import { sortKeys } from '../util/json.js';
-import type { Family } from './spec.js';
+/** The tokenizer flavours the tiny maker writes (other families borrow one: see tiny.ts). */
+export type TokenizerFamily = 'llama' | 'qwen2' | 'mistral';
+type Family = TokenizerFamily;
 
 /** A built tokenizer: the two JSON files plus the ids the model config needs. */
 export interface TinyTokenizer {
@@ -252,5 +258,155 @@ export function buildTinyTokenizer(family: Family): TinyTokenizer {
     bosId: specialId(family === 'qwen2' ? '<|endoftext|>' : (bos as string)),
     generationEosIds: generationEos.map(specialId),
     padId: pad === null ? null : specialId(pad),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// A real tokenizer folder (`tiny-model --tokenizer DIR`)
+
+/** Files copied from a tokenizer folder into the tiny model, byte for byte, when present. */
+export const TOKENIZER_FOLDER_FILES = [
+  'tokenizer.json',
+  'tokenizer_config.json',
+  'chat_template.jinja',
+  'special_tokens_map.json',
+] as const;
+
+/**
+ * End-of-turn and end-of-text tokens of the common chat families; those the folder's tokenizer has as special
+ * added tokens join its
+ * `eos_token` in generation_config.json (as the real checkpoints list them), unless the folder has its own
+ * generation_config.json.
+ */
+const KNOWN_END_TOKENS = [
+  '<|im_end|>',
+  '<|endoftext|>',
+  '<end_of_turn>',
+  '<eos>',
+  '<|eot_id|>',
+  '<|eom_id|>',
+  '<|end_of_text|>',
+  '</s>',
+] as const;
+
+/** A real tokenizer folder's files and the ids a tiny model's config takes from them. */
+export interface FolderTokenizer extends TinyTokenizer {
+  /** The files to copy into the model folder, by name (the bytes read, unchanged). */
+  readonly files: ReadonlyMap<string, Buffer>;
+}
+
+function folderTokenId(dir: string, tok: TextTokenizer, token: string | null, role: string): number | null {
+  if (token === null) return null;
+  const id = tok.tokenToId(token);
+  if (id === undefined) {
+    throw new EmlensError(
+      `${dir}/tokenizer_config.json names ${role} '${token}', which ${dir}/tokenizer.json does not have; fix the tokenizer folder.`,
+    );
+  }
+  return id;
+}
+
+/** Largest token id + 1 over the model vocabulary and the added tokens of a tokenizer.json. */
+function tokenizerSize(json: Record<string, unknown>, path: string): number {
+  let max = -1;
+  const model = json.model as { vocab?: unknown } | undefined;
+  const vocab = model?.vocab;
+  if (Array.isArray(vocab))
+    max = vocab.length - 1; // Unigram: [piece, score] in id order
+  else if (typeof vocab === 'object' && vocab !== null) {
+    for (const id of Object.values(vocab)) if (typeof id === 'number' && id > max) max = id;
+  }
+  const added = json.added_tokens;
+  if (Array.isArray(added)) {
+    for (const t of added) {
+      const id = (t as { id?: unknown })?.id;
+      if (typeof id === 'number' && id > max) max = id;
+    }
+  }
+  if (max < 0) {
+    throw new EmlensError(`${path} has no vocabulary; pass a folder with a Hugging Face tokenizer.json.`);
+  }
+  return max + 1;
+}
+
+/** The folder's generation_config.json eos ids (a number or a list), when it has one. */
+function folderGenerationEos(dir: string, text: string | null, size: number): number[] | null {
+  if (text === null) return null;
+  let g: unknown;
+  try {
+    g = JSON.parse(text);
+  } catch (e) {
+    throw new EmlensError(
+      `${dir}/generation_config.json is not valid JSON (${(e as Error).message}); fix or delete it.`,
+    );
+  }
+  const eos = (g as { eos_token_id?: unknown } | null)?.eos_token_id;
+  if (eos === undefined || eos === null) return null;
+  const ids = Array.isArray(eos) ? eos : [eos];
+  if (ids.length === 0) return null;
+  for (const id of ids) {
+    if (!Number.isInteger(id) || (id as number) < 0 || (id as number) >= size) {
+      throw new EmlensError(
+        `${dir}/generation_config.json has eos_token_id ${JSON.stringify(eos)}, outside the tokenizer's ${size} tokens; fix it.`,
+      );
+    }
+  }
+  return ids as number[];
+}
+
+/**
+ * Reads a Hugging Face tokenizer folder (tokenizer.json, and tokenizer_config.json with its chat template
+ * or a chat_template.jinja) for a tiny model: the files to copy, its size (largest id + 1, added tokens
+ * included) and the bos, eos and pad ids its config names. The generation eos ids are the folder's
+ * generation_config.json's when it has one, else `eos_token` and the known end tokens the tokenizer has.
+ */
+export async function readTokenizerFolder(dir: string): Promise<FolderTokenizer> {
+  const files = new Map<string, Buffer>();
+  for (const name of TOKENIZER_FOLDER_FILES) {
+    const text = await readInputText(join(dir, name));
+    if (text !== null) files.set(name, Buffer.from(text, 'utf8'));
+  }
+  if (!files.has('tokenizer.json')) {
+    throw new EmlensError(
+      `No tokenizer.json in ${dir}; pass --tokenizer a Hugging Face tokenizer folder (tokenizer.json, tokenizer_config.json).`,
+    );
+  }
+  // loads the folder as every command will (a file it cannot use is refused here, not at first use)
+  const tok = await loadTokenizer(dir);
+  const json = JSON.parse((files.get('tokenizer.json') as Buffer).toString('utf8')) as Record<
+    string,
+    unknown
+  >;
+  const size = tokenizerSize(json, join(dir, 'tokenizer.json'));
+  const special = tok.specialTokens;
+  const bosId = folderTokenId(dir, tok, special.bos, 'bos_token');
+  const eosId = folderTokenId(dir, tok, special.eos, 'eos_token');
+  const padId = folderTokenId(dir, tok, special.pad, 'pad_token');
+  // only as special added tokens: Qwen's and Gemma's vocabularies hold '</s>' as plain text pieces
+  const specials = new Map<string, number>();
+  for (const t of Array.isArray(json.added_tokens) ? json.added_tokens : []) {
+    const { content, id, special: isSpecial } = t as { content?: unknown; id?: unknown; special?: unknown };
+    if (isSpecial === true && typeof content === 'string' && typeof id === 'number')
+      specials.set(content, id);
+  }
+  const ends = KNOWN_END_TOKENS.map((t) => specials.get(t)).filter((id): id is number => id !== undefined);
+  const generationEosIds = folderGenerationEos(
+    dir,
+    await readInputText(join(dir, 'generation_config.json')),
+    size,
+  ) ?? [...new Set([...(eosId !== null ? [eosId] : []), ...ends])];
+  if (generationEosIds.length === 0) {
+    throw new EmlensError(
+      `${dir} names no eos_token and has none of the usual end tokens, so generation would never stop; set eos_token in its tokenizer_config.json.`,
+    );
+  }
+  return {
+    json,
+    config: tok.config as Record<string, unknown>,
+    size,
+    bosId,
+    generationEosIds,
+    padId,
+    files,
   };
 }

@@ -6,7 +6,7 @@
 import { randomInt } from 'node:crypto';
 import { EmlensError } from '../errors.js';
 import type { Intervention } from '../model/interventions.js';
-import { encodeChat } from '../text/chat.js';
+import { encodeChat, templateVarsProblem } from '../text/chat.js';
 import type { TextTokenizer } from '../text/tokenizer.js';
 import { ApiError } from './apiError.js';
 import type { JobRequest } from './engine.js';
@@ -35,6 +35,8 @@ export interface ChatJobContext {
   readonly serverInterventions: readonly Intervention[];
   /** Where interventions act unless the request says otherwise. */
   readonly defaultPositions: PositionsPolicy;
+  /** The server's chat-template variables; a request's `chat_template_kwargs` add to and override them. */
+  readonly templateVars?: Readonly<Record<string, unknown>>;
 }
 
 /** A checked request: the job for the engine and how its answer is to be written. */
@@ -80,9 +82,21 @@ export async function chatJob(raw: Buffer, ctx: ChatJobContext): Promise<ChatJob
       'n',
     );
   }
+  const asks = r.chat_template_kwargs ?? undefined;
+  const problem = asks === undefined ? null : templateVarsProblem(asks);
+  if (problem !== null) {
+    throw new ApiError(
+      400,
+      `chat_template_kwargs ${problem}; send an object such as {"enable_thinking": false}.`,
+      'invalid_request_error',
+      'invalid_value',
+      'chat_template_kwargs',
+    );
+  }
+  const templateVars = asks === undefined ? ctx.templateVars : { ...ctx.templateVars, ...asks };
   let prompt: number[];
   try {
-    prompt = encodeChat(ctx.tokenizer, chatMessages(r), { addGenerationPrompt: true });
+    prompt = encodeChat(ctx.tokenizer, chatMessages(r), { addGenerationPrompt: true, templateVars });
   } catch (e) {
     throw e instanceof EmlensError
       ? new ApiError(400, e.message, 'invalid_request_error', 'invalid_value', 'messages')

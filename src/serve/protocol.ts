@@ -96,6 +96,8 @@ export const chatRequestSchema = z.object({
   functions: z.array(z.unknown()).max(0, 'functions are not supported; leave them out').nullish(),
   response_format: z.object({ type: z.literal('text') }).nullish(),
   user: z.string().nullish(),
+  /** vLLM's extension: extra chat-template variables (e.g. `{"enable_thinking": false}`), over the server's. */
+  chat_template_kwargs: z.record(z.string(), z.unknown()).nullish(),
   emlens: emlensExtensionSchema.nullish(),
 });
 

@@ -10,6 +10,7 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { basename, resolve } from 'node:path';
 import { EmlensError } from '../errors.js';
+import { templateVarsProblem } from '../text/chat.js';
 import { loadTokenizer, type TextTokenizer } from '../text/tokenizer.js';
 import { ApiError } from './apiError.js';
 import { bearerAuth } from './auth.js';
@@ -41,6 +42,11 @@ export interface ServeOptions extends WorkerLoadOptions {
   readonly ablate?: readonly RequestAblate[];
   /** Where interventions act unless a request says otherwise (default `all`). */
   readonly positions?: PositionsPolicy;
+  /**
+   * Chat-template variables for every request (e.g. `{ enable_thinking: false }`); a request's
+   * `chat_template_kwargs` add to and override them.
+   */
+  readonly chatTemplateKwargs?: Readonly<Record<string, unknown>>;
   /** Requests may name any direction file under this folder (relative paths resolve against it). */
   readonly directionsDir?: string;
   /** Requests may name these direction files (besides those of `steer`/`ablate`). */
@@ -93,6 +99,14 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
   if (options.apiKey !== undefined && options.apiKey.length === 0) {
     throw new EmlensError('The API key is empty; set it to a non-empty secret or run without one.');
   }
+  if (options.chatTemplateKwargs !== undefined) {
+    const problem = templateVarsProblem(options.chatTemplateKwargs);
+    if (problem !== null) {
+      throw new EmlensError(
+        `chatTemplateKwargs ${problem}; pass an object such as { enable_thinking: false }.`,
+      );
+    }
+  }
   const log = options.onLog ?? (() => {});
   const dir = resolve(options.model);
   const modelId = options.servedModelName ?? basename(dir);
@@ -140,6 +154,7 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
     tokenLimit,
     serverInterventions,
     defaultPositions,
+    templateVars: options.chatTemplateKwargs,
     engine,
     timeoutMs,
     maxBodyBytes,

@@ -7,8 +7,24 @@
  *   does: every token after the rendered user turn, so the assistant header, the answer and the end-of-turn
  *   token(s). The prompt is the chat template's rendering of [system?, user] without a generation prompt, the
  *   full text its rendering of [system?, user, assistant]; the span is what the full text adds.
- * - 'content': only the answer text as the template writes it (Llama's template trims it), found by rendering
- *   the conversation once more with a sentinel in place of the answer.
+ * - 'content': only the answer text as the template writes it (Llama's and Gemma's templates trim it), found by
+ *   rendering the conversation once more with a sentinel in place of the answer. A template that splits a
+ *   reasoning block off the answer (Qwen3 takes `<think>...</think>` out of the content and writes it back as
+ *   `<think>\n{reasoning}\n</think>\n\n`, and writes an empty one when the answer has none) does not put the
+ *   sentinel where the answer was; then the answer's text up to its last `</think>` is kept and only what
+ *   follows is replaced, so the span is the answer after its think block, never the block itself.
+ *
+ * Per template (tested token by token against transformers, test/goldens/make_chat_goldens.py):
+ * - Llama 3.1: 'after-user' = `<|start_header_id|>assistant<|end_header_id|>\n\n{answer|trim}<|eot_id|>`;
+ *   'content' = `{answer|trim}`.
+ * - Gemma 3 (the system prompt is folded into the first user turn, `{system}\n\n{question|trim}`):
+ *   'after-user' = `<start_of_turn>model\n{answer|trim}<end_of_turn>\n`; 'content' = `{answer|trim}`.
+ * - Qwen3, both values of `enable_thinking` (it changes only the generation prompt, which then ends with the
+ *   empty `<think>\n\n</think>\n\n`; the full conversation renders the same either way):
+ *   'after-user' = `<|im_start|>assistant\n<think>\n{reasoning}\n</think>\n\n{content}<|im_end|>\n`, the
+ *   think block (empty for an answer without one) included; 'content' = `{content}`, the answer after its
+ *   `</think>` with leading newlines dropped, i.e. exactly the tokens a thinking-off generation writes after
+ *   its prompt.
  *
  * Token ids are those of the full rendered text (encoded without added special tokens, as
  * `apply_chat_template` does) whenever each piece boundary (prompt | header | content | end of turn) is also a
@@ -52,6 +68,7 @@ export interface AnswerTokens {
 }
 
 const SENTINEL = 'EmlensAnswerSentinel';
+const THINK_END = '</think>';
 
 function checkRecord(record: QaRecord): void {
   if (typeof record !== 'object' || record === null) {
@@ -140,20 +157,37 @@ export function answerTokens(
     const inRecord = (s: string) =>
       record.question.includes(s) || record.answer.includes(s) || (record.system ?? '').includes(s);
     while (inRecord(sentinel)) sentinel += 'X';
-    const marked = render(withAnswer(sentinel));
-    const at = marked.indexOf(sentinel);
-    const before = marked.slice(0, at);
-    const after = marked.slice(at + sentinel.length);
-    if (
-      at < prompt.length ||
-      marked.indexOf(sentinel, at + 1) !== -1 ||
-      !before.startsWith(prompt) ||
-      !full.startsWith(before) ||
-      !full.endsWith(after) ||
-      full.length - after.length <= before.length
-    ) {
+    // The answer's content as the template writes it: render the sentinel in its place and find what the
+    // full rendering holds between the text before and after it. A template that splits off a reasoning
+    // block (Qwen3 moves `<think>...</think>` out of the content and writes it back as its own block) does
+    // not write the sentinel where the answer goes; then the think block is kept and only what follows the
+    // last `</think>` is replaced, so the content span is the answer after its think block.
+    const locate = (thinkBlock: string) => {
+      const marked = render(withAnswer(thinkBlock + sentinel));
+      const at = marked.indexOf(sentinel);
+      const before = marked.slice(0, at);
+      const after = marked.slice(at + sentinel.length);
+      const ok =
+        at >= prompt.length &&
+        marked.indexOf(sentinel, at + 1) === -1 &&
+        before.startsWith(prompt) &&
+        full.startsWith(before) &&
+        full.endsWith(after) &&
+        full.length - after.length >= before.length;
+      return ok ? { before, after } : null;
+    };
+    const thinkEnd = record.answer.lastIndexOf(THINK_END);
+    const found =
+      locate('') ?? (thinkEnd === -1 ? null : locate(record.answer.slice(0, thinkEnd + THINK_END.length)));
+    if (found === null) {
       throw new EmlensError(
-        "The chat template rewrites the answer (e.g. splits off a <think> block), so its content tokens cannot be located; use span 'after-user'.",
+        "The chat template rewrites the answer, so its content tokens cannot be located; use span 'after-user'.",
+      );
+    }
+    const { before, after } = found;
+    if (full.length - after.length === before.length) {
+      throw new EmlensError(
+        "The answer has no content after its think block; give an answer after </think> or use span 'after-user'.",
       );
     }
     pieces = [

@@ -24,6 +24,25 @@ export interface RenderChatOptions {
 
 const ROLES: ReadonlySet<string> = new Set(['system', 'user', 'assistant']);
 
+/** Variables the caller of a render sets itself, which template variables may not replace. */
+const RESERVED_TEMPLATE_VARS: readonly string[] = ['messages', 'add_generation_prompt'];
+
+/**
+ * Checks extra chat-template variables (transformers' `apply_chat_template(**kwargs)`, the CLI's
+ * `--chat-template-kwargs`): a plain object of JSON-like values that sets neither `messages` nor
+ * `add_generation_prompt`. Returns the problem in words, or null when they are fine.
+ */
+export function templateVarsProblem(vars: unknown): string | null {
+  if (typeof vars !== 'object' || vars === null || Array.isArray(vars)) {
+    return `is ${vars === null ? 'null' : Array.isArray(vars) ? 'an array' : `a ${typeof vars}`}, not an object of template variables`;
+  }
+  const reserved = RESERVED_TEMPLATE_VARS.filter((k) => Object.hasOwn(vars, k));
+  if (reserved.length > 0) {
+    return `sets ${reserved.join(' and ')}, which the conversation itself decides`;
+  }
+  return null;
+}
+
 /** Parsed templates by source text: parsing Qwen3's template per record would cost more than rendering it. */
 const parsed = new Map<string, Template>();
 
@@ -48,9 +67,24 @@ interface JinjaValue {
   readonly type: string;
   readonly value: unknown;
 }
+interface JinjaNode {
+  readonly type: string;
+  readonly value?: unknown;
+  readonly callee?: JinjaNode;
+  readonly object?: JinjaNode;
+  readonly property?: JinjaNode;
+  readonly computed?: boolean;
+  readonly args?: readonly JinjaNode[];
+}
 interface JinjaInterpreter {
   run(program: Template['parsed']): JinjaValue;
   evaluate(statement: unknown, environment: Environment): JinjaValue;
+  evaluateCallExpression(expr: JinjaNode, environment: Environment): JinjaValue;
+  evaluateArguments(
+    args: readonly JinjaNode[],
+    environment: Environment,
+  ): [JinjaValue[], Map<string, JinjaValue>];
+  applyFilter(operand: JinjaValue, filter: JinjaNode, environment: Environment): JinjaValue;
 }
 const InterpreterBase = Interpreter as unknown as new (env: Environment) => JinjaInterpreter;
 
@@ -131,7 +165,113 @@ class BoundedInterpreter extends InterpreterBase {
     }
     return v;
   }
+
+  /** `s.strip(chars)`, `s.lstrip(chars)`, `s.rstrip(chars)` on a string, as Python does them. */
+  override evaluateCallExpression(expr: JinjaNode, environment: Environment): JinjaValue {
+    const callee = expr.callee;
+    const name = callee?.property?.value;
+    if (
+      callee?.type === 'MemberExpression' &&
+      !callee.computed &&
+      callee.property?.type === 'Identifier' &&
+      typeof name === 'string' &&
+      name !== 'trim' &&
+      Object.hasOwn(STRIP_SIDES, name)
+    ) {
+      const object = this.evaluate(callee.object, environment);
+      if (object.type === 'StringValue') {
+        return this.stripped(object, name, expr.args ?? [], environment);
+      }
+    }
+    return super.evaluateCallExpression(expr, environment);
+  }
+
+  /** The `trim` and `trim(chars)` filters, as jinja2's (Python's `str.strip`). */
+  override applyFilter(operand: JinjaValue, filter: JinjaNode, environment: Environment): JinjaValue {
+    if (operand.type === 'StringValue') {
+      if (filter.type === 'Identifier' && filter.value === 'trim') {
+        return this.stripped(operand, 'trim', [], environment);
+      }
+      if (
+        filter.type === 'CallExpression' &&
+        filter.callee?.type === 'Identifier' &&
+        filter.callee.value === 'trim'
+      ) {
+        return this.stripped(operand, 'trim', filter.args ?? [], environment);
+      }
+    }
+    return super.applyFilter(operand, filter, environment);
+  }
+
+  private stripped(
+    string: JinjaValue,
+    name: string,
+    argNodes: readonly JinjaNode[],
+    environment: Environment,
+  ): JinjaValue {
+    const [args, kwargs] = this.evaluateArguments(argNodes, environment);
+    const chars = args[0] ?? kwargs.get('chars');
+    if (args.length + kwargs.size > 1 || (kwargs.size === 1 && !kwargs.has('chars'))) {
+      throw new Error(`${name}() takes at most one argument (the characters to strip)`);
+    }
+    if (chars !== undefined && chars.type !== 'StringValue' && chars.type !== 'NullValue') {
+      throw new Error(`${name}() argument must be a string or none`);
+    }
+    const [left, right] = STRIP_SIDES[name];
+    const set = chars?.type === 'StringValue' ? (chars.value as string) : null;
+    const StringValue = string.constructor as new (value: string) => JinjaValue;
+    return new StringValue(pythonStrip(string.value as string, set, left, right));
+  }
 }
+
+/** Characters Python's `str.isspace` counts (what `strip()` drops with no argument; JS `trim()` differs). */
+const PY_WHITESPACE: ReadonlySet<number> = new Set([
+  0x09, 0x0a, 0x0b, 0x0c, 0x0d, 0x1c, 0x1d, 0x1e, 0x1f, 0x20, 0x85, 0xa0, 0x1680, 0x2000, 0x2001, 0x2002,
+  0x2003, 0x2004, 0x2005, 0x2006, 0x2007, 0x2008, 0x2009, 0x200a, 0x2028, 0x2029, 0x202f, 0x205f, 0x3000,
+]);
+
+/**
+ * Python's `str.strip` / `lstrip` / `rstrip`: `chars` (null: whitespace) is a set of characters dropped from
+ * the chosen ends. @huggingface/jinja ignores the argument (Qwen3's `content.lstrip('\n')` dropped spaces
+ * too) and trims JS whitespace (U+FEFF, not U+001C..U+001F or U+0085), so templates render differently
+ * from transformers without this.
+ */
+export function pythonStrip(text: string, chars: string | null, left: boolean, right: boolean): string {
+  const drop =
+    chars === null
+      ? (c: number) => PY_WHITESPACE.has(c)
+      : (
+          (set: Set<number>) => (c: number) =>
+            set.has(c)
+        )(new Set(Array.from(chars, (ch) => ch.codePointAt(0) as number)));
+  let start = 0;
+  let end = text.length;
+  if (left) {
+    while (start < end) {
+      const c = text.codePointAt(start) as number;
+      if (!drop(c)) break;
+      start += c > 0xffff ? 2 : 1;
+    }
+  }
+  if (right) {
+    while (end > start) {
+      const low = text.charCodeAt(end - 1);
+      const high = end - 2 >= start ? text.charCodeAt(end - 2) : 0;
+      const pair = low >= 0xdc00 && low <= 0xdfff && high >= 0xd800 && high <= 0xdbff;
+      const c = pair ? (text.codePointAt(end - 2) as number) : low;
+      if (!drop(c)) break;
+      end -= pair ? 2 : 1;
+    }
+  }
+  return text.slice(start, end);
+}
+
+const STRIP_SIDES: Readonly<Record<string, readonly [boolean, boolean]>> = {
+  strip: [true, true],
+  lstrip: [true, false],
+  rstrip: [false, true],
+  trim: [true, true],
+};
 
 /** Jinja's `range`, refusing before it allocates a list longer than {@link TEMPLATE_LIMITS}.rangeItems. */
 function boundedRange(start: number, stop?: number, step = 1): number[] {
@@ -238,6 +378,14 @@ export function renderChat(
     );
   }
   checkMessages(messages);
+  if (opts.templateVars !== undefined) {
+    const problem = templateVarsProblem(opts.templateVars);
+    if (problem !== null) {
+      throw new EmlensError(
+        `The chat template variables ${problem}; pass an object such as {"enable_thinking": false}.`,
+      );
+    }
+  }
   const special = tokenizer.specialTokens;
   const vars: Record<string, unknown> = {
     messages: messages.map((m) => ({ role: m.role, content: m.content })),

@@ -149,12 +149,34 @@ export async function emitTransformer(
   const notPad = g.op('Unsqueeze', [g.op('Cast', [attnMask], { to: { int: 9 } }), g.int64([1, 2])]); // [batch, 1, 1, total]
   const allowed = g.op('And', [causal, notPad]); // [batch, 1, seq, total]
   const negInf = g.scalar(half ? -1e4 : -3.4028234663852886e38, T, f32ToF16);
-  const maskBias = g.op('Where', [allowed, g.scalar(0, T, f32ToF16), negInf]);
+  const zeroT = g.scalar(0, T, f32ToF16);
+  const fullBias = g.op('Where', [allowed, zeroT, negInf]);
+  // Sliding layers also need key j > i - window (transformers' sliding_window_overlay), on the same absolute
+  // positions, so a cached decode masks exactly what recomputing the whole sequence would.
+  const sliding = spec.slidingWindow !== null && spec.layerTypes.includes('sliding');
+  const slidingBias = sliding
+    ? g.op('Where', [
+        g.op('And', [
+          allowed,
+          g.op('Greater', [kPos, g.op('Sub', [qPos, g.int64([spec.slidingWindow ?? 0], true)])]),
+        ]),
+        zeroT,
+        negInf,
+      ])
+    : fullBias;
 
-  // ---- RoPE tables (HF float32 angles), rotate-half layout, indexed by position_ids
+  // ---- RoPE tables (HF float32 angles), rotate-half layout, indexed by position_ids; sliding layers get
+  // their own when their RoPE differs (Gemma 3's local base frequency)
   const rope = ropeTables(spec, opts.maxPositions);
   const ropeCos = await weight('rope.cos', [opts.maxPositions, hd / 2], () => rope.cos);
   const ropeSin = await weight('rope.sin', [opts.maxPositions, hd / 2], () => rope.sin);
+  let localCos = ropeCos;
+  let localSin = ropeSin;
+  if (sliding && spec.localRope) {
+    const local = ropeTables(spec, opts.maxPositions, 'sliding');
+    localCos = await weight('rope.local.cos', [opts.maxPositions, hd / 2], () => local.cos);
+    localSin = await weight('rope.local.sin', [opts.maxPositions, hd / 2], () => local.sin);
+  }
 
   /**
    * Interventions at residual site j, written as one rank-(k+1) update so the stream is read and written once:
@@ -200,6 +222,31 @@ export async function emitTransformer(
 
   const rmsNorm = (x: string, w: string) =>
     g.op('SimplifiedLayerNormalization', [x, w], { epsilon: { float: spec.rmsNormEps }, axis: { int: -1 } });
+  /** Gemma's post-norm of a sublayer output, written under `out` when given. */
+  const postNorm = (x: string, w: string, out?: string) =>
+    out === undefined
+      ? rmsNorm(x, w)
+      : g.node('SimplifiedLayerNormalization', [x, w], {
+          outputs: [out],
+          attrs: { epsilon: { float: spec.rmsNormEps }, axis: { int: -1 } },
+        })[0];
+  /**
+   * An RMSNorm's weight initializer. Gemma's norms compute x·(1 + w) with 1 + w in float32, so the sum is
+   * stored (float32 rounded, as torch adds it) and the norm itself is the plain one.
+   */
+  const normWeight = (name: string, dims: readonly number[]) =>
+    spec.gemmaBlock
+      ? weight(`${name}.plus_one`, dims, async () => (await read(name)).map((w) => Math.fround(1 + w)))
+      : weight(name, dims, () => read(name));
+  /** RMSNorm over each head's `hd` values of a `[batch, seq, heads*hd]` tensor (q_norm/k_norm). */
+  const headNorm = (x: string, heads: number, w: string) =>
+    g.op('Reshape', [
+      rmsNorm(g.op('Reshape', [x, g.int64([0, 0, heads, hd])]), w),
+      g.int64([0, 0, heads * hd]),
+    ]);
+  /** c·tanh(x/c), in the graph's type. */
+  const softcap = (x: string, c: number) =>
+    g.op('Mul', [g.op('Tanh', [g.op('Div', [x, g.scalar(c, T, f32ToF16)])]), g.scalar(c, T, f32ToF16)]);
   const linear = (x: string, w: string, b: string | null, out?: string) => {
     if (!b) return g.node('MatMul', [x, w], out ? { outputs: [out] } : {})[0];
     return g.node('Add', [g.op('MatMul', [x, w]), b], out ? { outputs: [out] } : {})[0];
@@ -210,10 +257,18 @@ export async function emitTransformer(
     read('model.embed_tokens.weight'),
   );
   const pre0 = hookTarget(0, 'hook_resid_pre');
-  const embedded = g.node('Gather', [embed, ids], {
-    outputs: [iv ? g.fresh('embedded') : pre0],
-    attrs: { axis: { int: 0 } },
-  })[0]; // [batch, seq, d]
+  const embedOut = iv ? g.fresh('embedded') : pre0;
+  // Gemma scales the embeddings by float32(sqrt(d)), cast to the weights' dtype (the graph's type here).
+  const embedded =
+    spec.embedScale === null
+      ? g.node('Gather', [embed, ids], { outputs: [embedOut], attrs: { axis: { int: 0 } } })[0]
+      : g.node(
+          'Mul',
+          [g.op('Gather', [embed, ids], { axis: { int: 0 } }), g.scalar(spec.embedScale, T, f32ToF16)],
+          {
+            outputs: [embedOut],
+          },
+        )[0]; // [batch, seq, d]
   let x = iv ? edit(embedded, 0, pre0) : embedded;
   publish(x, 0, 'hook_resid_pre');
 
@@ -221,7 +276,8 @@ export async function emitTransformer(
     const p = `model.layers.${i}`;
 
     // attention
-    const ln1 = await weight(`${p}.input_layernorm.weight`, [d], () => read(`${p}.input_layernorm.weight`));
+    const layerSlides = sliding && spec.layerTypes[i] === 'sliding';
+    const ln1 = await normWeight(`${p}.input_layernorm.weight`, [d]);
     const h = rmsNorm(x, ln1); // [batch, seq, d]
     const qkvOut = (H + 2 * KV) * hd;
     const wqkv = await weight(`${p}.self_attn.qkv.weight`, [d, qkvOut], async () =>
@@ -244,17 +300,30 @@ export async function emitTransformer(
         )
       : null;
     const qkv = linear(h, wqkv, bqkv); // [batch, seq, (H+2KV)*hd]
-    const [q, k, v] = g.node('Split', [qkv, g.int64([H * hd, KV * hd, KV * hd])], {
+    let [q, k, v] = g.node('Split', [qkv, g.int64([H * hd, KV * hd, KV * hd])], {
       outputs: 3,
       attrs: { axis: { int: -1 } },
     });
-    const qRot = g.op('RotaryEmbedding', [q, ropeCos, ropeSin, posIds], { num_heads: { int: H } });
-    const kRot = g.op('RotaryEmbedding', [k, ropeCos, ropeSin, posIds], { num_heads: { int: KV } });
+    if (spec.qkNorm) {
+      // per-head RMSNorm over head_dim before RoPE (Qwen3 plain weights, Gemma 3 1 + w)
+      q = headNorm(q, H, await normWeight(`${p}.self_attn.q_norm.weight`, [hd]));
+      k = headNorm(k, KV, await normWeight(`${p}.self_attn.k_norm.weight`, [hd]));
+    }
+    const [cosT, sinT] = layerSlides ? [localCos, localSin] : [ropeCos, ropeSin];
+    const qRot = g.op('RotaryEmbedding', [q, cosT, sinT, posIds], { num_heads: { int: H } });
+    const kRot = g.op('RotaryEmbedding', [k, cosT, sinT, posIds], { num_heads: { int: KV } });
     const pastK = g.input(IO.pastKey(i), T, ['batch', KV, 'past', hd]);
     const pastV = g.input(IO.pastValue(i), T, ['batch', KV, 'past', hd]);
-    const [attn] = g.node('Attention', [qRot, kRot, v, maskBias, pastK, pastV], {
+    // onnxruntime's Attention applies `softcap` as c·tanh(x/c) to the scaled logits before adding the mask,
+    // as Gemma 2 does (checked against the float64 reference and transformers' goldens).
+    const [attn] = g.node('Attention', [qRot, kRot, v, layerSlides ? slidingBias : fullBias, pastK, pastV], {
       outputs: [g.fresh('attn'), IO.presentKey(i), IO.presentValue(i)],
-      attrs: { q_num_heads: { int: H }, kv_num_heads: { int: KV }, scale: { float: 1 / Math.sqrt(hd) } },
+      attrs: {
+        q_num_heads: { int: H },
+        kv_num_heads: { int: KV },
+        scale: { float: spec.attnScale },
+        ...(spec.attnSoftcap === null ? {} : { softcap: { float: spec.attnSoftcap } }),
+      },
     }); // [batch, seq, H*hd]
     g.output(IO.presentKey(i), IO.presentKey(i), T, ['batch', KV, 'total', hd]);
     g.output(IO.presentValue(i), IO.presentValue(i), T, ['batch', KV, 'total', hd]);
@@ -264,8 +333,13 @@ export async function emitTransformer(
     const bo = spec.oBias
       ? await weight(`${p}.self_attn.o_proj.bias`, [d], () => read(`${p}.self_attn.o_proj.bias`))
       : null;
+    // Gemma: hook_attn_out is the post-normed output, the value added to the residual stream.
+    const attnPostNorm = spec.gemmaBlock
+      ? await normWeight(`${p}.post_attention_layernorm.weight`, [d])
+      : null;
     const attnOut = component(
-      (out) => linear(attn, wo, bo, out),
+      (out) =>
+        attnPostNorm === null ? linear(attn, wo, bo, out) : postNorm(linear(attn, wo, bo), attnPostNorm, out),
       2 * spec.numLayers + 1 + i,
       hookTarget(i, 'hook_attn_out'),
     ); // [batch, seq, d]
@@ -273,9 +347,10 @@ export async function emitTransformer(
     x = residualAdd(x, attnOut, 2 * i + 1, hookTarget(i, 'hook_resid_mid'));
     publish(x, i, 'hook_resid_mid');
 
-    // MLP: down(silu(gate(h)) * up(h))
-    const ln2 = await weight(`${p}.post_attention_layernorm.weight`, [d], () =>
-      read(`${p}.post_attention_layernorm.weight`),
+    // MLP: down(act(gate(h)) * up(h)), act SiLU or tanh-GELU
+    const ln2 = await normWeight(
+      spec.gemmaBlock ? `${p}.pre_feedforward_layernorm.weight` : `${p}.post_attention_layernorm.weight`,
+      [d],
     );
     const h2 = rmsNorm(x, ln2);
     const wDown = await weight(`${p}.mlp.down_proj.weight`, [ff, d], () =>
@@ -303,9 +378,19 @@ export async function emitTransformer(
       outputs: 2,
       attrs: { axis: { int: -1 } },
     }); // [batch, seq, ff] each
-    const act = g.op('Mul', [g.op('Mul', [gate, g.op('Sigmoid', [gate])]), up]);
+    const actGate =
+      spec.activation === 'gelu_tanh'
+        ? g.op('Gelu', [gate], { approximate: { string: 'tanh' } })
+        : g.op('Mul', [gate, g.op('Sigmoid', [gate])]);
+    const act = g.op('Mul', [actGate, up]);
+    const mlpPostNorm = spec.gemmaBlock
+      ? await normWeight(`${p}.post_feedforward_layernorm.weight`, [d])
+      : null;
     const mlpOut = component(
-      (out) => linear(act, wDown, bDown, out),
+      (out) =>
+        mlpPostNorm === null
+          ? linear(act, wDown, bDown, out)
+          : postNorm(linear(act, wDown, bDown), mlpPostNorm, out),
       3 * spec.numLayers + 1 + i,
       hookTarget(i, 'hook_mlp_out'),
     );
@@ -316,13 +401,13 @@ export async function emitTransformer(
 
   // ---- final norm and LM head (Gemm with transB reads the HF [vocab, d] matrix as is, so tied embeddings
   // share one initializer)
-  const normW = await weight('model.norm.weight', [d], () => read('model.norm.weight'));
+  const normW = await normWeight('model.norm.weight', [d]);
   const head = spec.tieWordEmbeddings
     ? embed
     : await weight('lm_head.weight', [spec.vocabSize, d], () => read('lm_head.weight'));
   const gemmHead = (x2d: string, out?: string) =>
     g.node('Gemm', [x2d, head], { outputs: out ? [out] : 1, attrs: { transB: { int: 1 } } })[0];
-  const logitsTarget = half ? g.fresh('logits') : IO.logits;
+  const logitsTarget = half || spec.finalSoftcap !== null ? g.fresh('logits') : IO.logits;
   let logitsShape: (string | number)[];
   if (opts.logits === 'last') {
     const lastIdx = g.op('Sub', [seqLen, one]);
@@ -335,6 +420,9 @@ export async function emitTransformer(
     g.node('Reshape', [gemmHead(flat), outShape], { outputs: [logitsTarget] }); // [batch, seq, vocab]
     logitsShape = ['batch', 'seq', spec.vocabSize];
   }
-  if (half) g.node('Cast', [logitsTarget], { outputs: [IO.logits], attrs: { to: { int: 1 } } });
+  // Gemma's final softcap c·tanh(logits/c), then float32 out
+  const capped = spec.finalSoftcap === null ? logitsTarget : softcap(logitsTarget, spec.finalSoftcap);
+  if (half) g.node('Cast', [capped], { outputs: [IO.logits], attrs: { to: { int: 1 } } });
+  else if (capped !== IO.logits) g.node('Identity', [capped], { outputs: [IO.logits] });
   g.output(IO.logits, IO.logits, 'float32', logitsShape);
 }

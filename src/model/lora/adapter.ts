@@ -9,6 +9,7 @@ import { EmlensError } from '../../errors.js';
 import { inputExists, readInputText } from '../../io/inputFiles.js';
 import { readSafetensorsHeader, type TensorInfo } from '../../io/safetensors.js';
 import { fileFingerprint } from '../cache.js';
+import { textModelName } from '../layout.js';
 import { type ModelSpec, weightNames, weightShape } from '../spec.js';
 import {
   ADAPTER_CONFIG_FILE,
@@ -26,7 +27,10 @@ export const PREFIX = 'base_model.model.';
 
 /** One LoRA-adapted Linear layer. */
 export interface LoraModule {
-  /** Full module name, e.g. `model.layers.3.mlp.down_proj`. */
+  /**
+   * Full module name as PEFT names it, e.g. `model.layers.3.mlp.down_proj` (a multimodal Gemma 3's
+   * `model.language_model.layers.3.mlp.down_proj`); `weight` is emlens' name of the weight it changes.
+   */
   readonly module: string;
   /** The base weight it changes (`${module}.weight`, `[out, in]`). */
   readonly weight: string;
@@ -67,6 +71,8 @@ export class LoraAdapter {
     readonly replacements: ReadonlyMap<string, LoraReplacement>,
     /** LoRA tensors of modules the config does not select; PEFT ignores them, and so does the merge. */
     readonly ignored: readonly string[],
+    /** Tensors on a multimodal model's vision tower or projector, which emlens does not run. */
+    readonly vision: readonly string[] = [],
   ) {}
 
   /** @internal use `loadAdapter`. */
@@ -110,11 +116,11 @@ export class LoraAdapter {
       );
     }
     const header = await readSafetensorsHeader(file);
-    const { modules, replacements, ignored } = parseTensors(config, header.tensors, file);
+    const { modules, replacements, ignored, vision } = parseTensors(config, header.tensors, file);
     const key = createHash('sha256')
       .update(JSON.stringify({ weights: await fileFingerprint([file]), config: text }))
       .digest('hex');
-    return new LoraAdapter(abs, file, config, `lora:${key}`, modules, replacements, ignored);
+    return new LoraAdapter(abs, file, config, `lora:${key}`, modules, replacements, ignored, vision);
   }
 
   /**
@@ -176,9 +182,15 @@ function parseTensors(
   config: LoraConfig,
   tensors: ReadonlyMap<string, TensorInfo>,
   file: string,
-): { modules: Map<string, LoraModule>; replacements: Map<string, LoraReplacement>; ignored: string[] } {
+): {
+  modules: Map<string, LoraModule>;
+  replacements: Map<string, LoraReplacement>;
+  ignored: string[];
+  vision: string[];
+} {
   const pairs = new Map<string, { A?: TensorInfo; B?: TensorInfo }>();
   const replacements = new Map<string, LoraReplacement>();
+  const vision: string[] = [];
   for (const [key, info] of tensors) {
     const fix = 'merge it in Python (merge_and_unload) and load the merged model instead';
     if (!key.startsWith(PREFIX)) {
@@ -187,6 +199,12 @@ function parseTensors(
       );
     }
     const name = key.slice(PREFIX.length);
+    // A multimodal Gemma 3 (`model.language_model.*`, older `language_model.model.*`): the vision tower's
+    // tensors are not the text model's and are set aside; the text model's map to emlens' names below.
+    if (textModelName(name) === null) {
+      vision.push(key);
+      continue;
+    }
     if (name.includes('lora_magnitude_vector')) {
       throw new EmlensError(
         `Adapter tensor '${key}' in ${file} belongs to a DoRA adapter, which emlens cannot merge; ${fix}.`,
@@ -219,9 +237,10 @@ function parseTensors(
     if (saved && !name.includes('lora_') && !name.includes('.base_layer.')) {
       const [, module, param] = saved;
       const listed = config.modulesToSave.some((t) => module === t || module.endsWith(`.${t}`));
-      const embedding = module === 'model.embed_tokens' || module === 'lm_head';
+      const weight = `${textModelName(module)}.${param}`;
+      const embedding = weight === 'model.embed_tokens.weight' || weight === 'lm_head.weight';
       if (listed || embedding) {
-        replacements.set(`${module}.${param}`, { weight: `${module}.${param}`, key, shape: info.shape });
+        replacements.set(weight, { weight, key, shape: info.shape });
         continue;
       }
     }
@@ -256,7 +275,7 @@ function parseTensors(
         `Adapter tensor '${A.name}' has rank ${rA} but adapter_config.json gives '${module}' rank ${rank} (r or rank_pattern); fix the config to match the weights.`,
       );
     }
-    const weight = `${module}.weight`;
+    const weight = `${textModelName(module)}.weight`;
     if (replacements.has(weight)) {
       throw new EmlensError(
         `Adapter ${file} both replaces and LoRA-adapts '${weight}'; the adapter is inconsistent, so re-save it.`,
@@ -276,10 +295,12 @@ function parseTensors(
   }
   if (modules.size === 0 && replacements.size === 0) {
     throw new EmlensError(
-      ignored.length > 0
-        ? `adapter_config.json of ${file} selects none of the adapter's ${ignored.length / 2} LoRA modules (check target_modules and layers_to_transform); fix the config.`
-        : `Adapter ${file} holds no LoRA tensors; ${POINT}.`,
+      vision.length > 0
+        ? `Adapter ${file} only adapts the vision tower (${vision.length} tensors), which emlens does not run, so it would change nothing; use an adapter of the text model.`
+        : ignored.length > 0
+          ? `adapter_config.json of ${file} selects none of the adapter's ${ignored.length / 2} LoRA modules (check target_modules and layers_to_transform); fix the config.`
+          : `Adapter ${file} holds no LoRA tensors; ${POINT}.`,
     );
   }
-  return { modules, replacements, ignored };
+  return { modules, replacements, ignored, vision };
 }
