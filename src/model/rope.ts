@@ -20,17 +20,18 @@ export function ropeInvFreq(spec: ModelSpec): Float32Array {
   // the band between is interpolated.
   const lowFreqWavelen = f(s.originalMaxPositionEmbeddings / s.lowFreqFactor);
   const highFreqWavelen = f(s.originalMaxPositionEmbeddings / s.highFreqFactor);
+  // i < half = inv.length
   for (let i = 0; i < half; i++) {
-    const wavelen = f(f(2 * Math.PI) / inv[i]);
+    const wavelen = f(f(2 * Math.PI) / inv[i]!);
     if (wavelen > lowFreqWavelen) {
-      inv[i] = f(inv[i] / s.factor);
+      inv[i] = f(inv[i]! / s.factor);
     } else if (wavelen >= highFreqWavelen) {
       const smooth = f(
         f(f(f(s.originalMaxPositionEmbeddings) / wavelen) - s.lowFreqFactor) /
           f(s.highFreqFactor - s.lowFreqFactor),
       );
       // Same association as the Python expression `(1 - smooth) * inv / factor + smooth * inv`.
-      inv[i] = f(f(f(f(1 - smooth) * inv[i]) / s.factor) + f(smooth * inv[i]));
+      inv[i] = f(f(f(f(1 - smooth) * inv[i]!) / s.factor) + f(smooth * inv[i]!));
     }
   }
   return inv;
@@ -47,7 +48,7 @@ export function ropeTables(spec: ModelSpec, maxPositions: number): { cos: Float3
   const sin = new Float32Array(maxPositions * half);
   for (let p = 0; p < maxPositions; p++) {
     for (let i = 0; i < half; i++) {
-      const angle = f(p * inv[i]);
+      const angle = f(p * inv[i]!); // i < half = inv.length
       cos[p * half + i] = Math.cos(angle);
       sin[p * half + i] = Math.sin(angle);
     }
