@@ -209,6 +209,7 @@ export async function collectToStore(
       for (let b = first; b < end; b += batchSize) {
         const batch = records.slice(b, Math.min(end, b + batchSize));
         const res = await runBatch(model, batch, hooks, reduce, opts.interventions);
+        // both maps were made with every hook
         for (const h of hooks) perHook.get(h)!.push(...res.perHook.get(h)!);
         counts.push(...res.counts);
         batch.forEach((rec, k) => {
@@ -223,7 +224,7 @@ export async function collectToStore(
         opts.onProgress?.(m.records + (Math.min(end, b + batchSize) - first), total);
       }
       const data: ShardData = {
-        hooks: new Map(hooks.map((h) => [h, concatVectors(perHook.get(h)!)])),
+        hooks: new Map(hooks.map((h) => [h, concatVectors(perHook.get(h)!)])), // made with every hook
         tokenCounts: counts,
         records: lines,
       };

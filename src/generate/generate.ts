@@ -168,6 +168,7 @@ export async function generate(
       return;
     }
     if (stopStrings.length > 0) {
+      // stop strings need a tokenizer, checked when the options were read
       const cut = firstStop(opts.tokenizer!.decode(row.tokens), stopStrings);
       if (cut >= 0) {
         finish(row, 'stop', cut);

@@ -132,7 +132,7 @@ function checkSelector(s: string): HookSelector {
 }
 
 function selectorToRegExp(selector: HookSelector): RegExp {
-  const m = SELECTOR.exec(selector)!;
+  const m = SELECTOR.exec(selector)!; // a HookSelector matches SELECTOR (checkSelector)
   const layer = m[1] === '*' ? '\\d+' : m[1];
   const hook = m[2] === '*' ? '[a-z_]+' : m[2] === 'hook_resid_*' ? 'hook_resid_(?:pre|mid|post)' : m[2];
   return new RegExp(`^blocks\\.${layer}\\.${hook}$`);
