@@ -37,26 +37,27 @@ export async function storeLayerMeans(
   const d = m.dModel;
   const means = new Map<number, Float64Array>();
   for (const hook of hooks) {
-    const layer = Number(/^blocks\.(\d+)\./.exec(hook)![1]);
+    const layer = Number(/^blocks\.(\d+)\./.exec(hook)![1]); // hooks are resolved hook names
     const rows = await store.readHook(hook);
     const sum = new Float64Array(d);
     let total = 0;
+    // i < d = sum.length; rows holds d values per stored row (token or record), one row per count or token
     if (m.reduce === 'none') {
       // rows are tokens, record after record
       let row = 0;
       for (const c of counts) {
         const w = weighting === 'token' ? 1 : 1 / c;
-        for (let t = 0; t < c; t++, row++) for (let i = 0; i < d; i++) sum[i] += w * rows[row * d + i];
+        for (let t = 0; t < c; t++, row++) for (let i = 0; i < d; i++) sum[i]! += w * rows[row * d + i]!;
         total += weighting === 'token' ? c : 1;
       }
     } else {
       counts.forEach((c, r) => {
         const w = m.reduce === 'answer_mean' && weighting === 'token' ? c : 1;
-        for (let i = 0; i < d; i++) sum[i] += w * rows[r * d + i];
+        for (let i = 0; i < d; i++) sum[i]! += w * rows[r * d + i]!;
         total += w;
       });
     }
-    for (let i = 0; i < d; i++) sum[i] /= total;
+    for (let i = 0; i < d; i++) sum[i]! /= total;
     means.set(layer, sum);
   }
   return { count: counts.length, means };

@@ -107,8 +107,9 @@ async function runBatch(
     const positions = selectedPositions(rec.ids.length, rec.mask, rec.id);
     counts.push(positions.length);
     for (const h of hooks) {
-      // row b of [batch, seq, d], shifted past its left padding
-      perHook.get(h)!.push(reduceRow(r.hooks.get(h)!.data, b * seq + r.padding[b], d, positions, reduce));
+      // row b of [batch, seq, d], shifted past its left padding. perHook has every hook, the forward pass
+      // returned every hook asked for, and b < batch.length = r.padding.length.
+      perHook.get(h)!.push(reduceRow(r.hooks.get(h)!.data, b * seq + r.padding[b]!, d, positions, reduce));
     }
   });
   return { perHook, counts };
@@ -130,7 +131,7 @@ export async function planCollect(
   const tooLong = records.findIndex((r) => r.ids.length > model.maxPositions);
   if (tooLong >= 0) {
     // Checked before the store is created: finding it at the forward pass of batch k would leave a partial store.
-    const r = records[tooLong];
+    const r = records[tooLong]!; // findIndex found it
     throw new EmlensError(
       `Record ${tooLong + 1} ('${r.id}') is ${r.ids.length} tokens long but the model was loaded for at most ${model.maxPositions} positions; shorten or drop that record, or load the model with a larger maxPositions (up to its max_position_embeddings, ${model.spec.maxPositionEmbeddings}).`,
     );
@@ -208,6 +209,7 @@ export async function collectToStore(
       for (let b = first; b < end; b += batchSize) {
         const batch = records.slice(b, Math.min(end, b + batchSize));
         const res = await runBatch(model, batch, hooks, reduce, opts.interventions);
+        // both maps were made with every hook
         for (const h of hooks) perHook.get(h)!.push(...res.perHook.get(h)!);
         counts.push(...res.counts);
         batch.forEach((rec, k) => {
@@ -222,7 +224,7 @@ export async function collectToStore(
         opts.onProgress?.(m.records + (Math.min(end, b + batchSize) - first), total);
       }
       const data: ShardData = {
-        hooks: new Map(hooks.map((h) => [h, concatVectors(perHook.get(h)!)])),
+        hooks: new Map(hooks.map((h) => [h, concatVectors(perHook.get(h)!)])), // made with every hook
         tokenCounts: counts,
         records: lines,
       };

@@ -39,7 +39,8 @@ export function reduceRow(
   reduce: Reduction,
 ): Float32Array {
   if (reduce === 'last') {
-    const p = positions[positions.length - 1];
+    const p = positions.at(-1);
+    if (p === undefined) return new Float32Array(0); // no positions: the empty slice it always was
     return hook.slice((offset + p) * d, (offset + p + 1) * d);
   }
   if (reduce === 'none') {
@@ -50,11 +51,12 @@ export function reduceRow(
     return out;
   }
   const sum = new Float64Array(d); // accumulate in float64: answers can be hundreds of tokens
+  // i < d = sum.length; base + i is inside the row's [seq, d] (positions are positions of the row)
   for (const p of positions) {
     const base = (offset + p) * d;
-    for (let i = 0; i < d; i++) sum[i] += hook[base + i];
+    for (let i = 0; i < d; i++) sum[i]! += hook[base + i]!;
   }
   const mean = new Float32Array(d);
-  for (let i = 0; i < d; i++) mean[i] = sum[i] / positions.length;
+  for (let i = 0; i < d; i++) mean[i] = sum[i]! / positions.length;
   return mean;
 }

@@ -513,8 +513,8 @@ function sliceName(m: StoreManifest): string {
 function missingSlices(parts: readonly StoreManifest[], gap: readonly [number, number]): string {
   const counts = new Set(parts.map((m) => m.slice?.count));
   const [count] = counts;
-  if (counts.size !== 1 || count === undefined) return '';
-  const first = parts[0];
+  const [first] = parts;
+  if (counts.size !== 1 || count === undefined || !first) return '';
   const missing: string[] = [];
   for (let i = 0; i < count; i++) {
     const [a, b] = sliceRange(first.totalRecords, first.shardSize, i, count);
@@ -543,7 +543,9 @@ export async function mergeStores(
   const parts = await Promise.all(dirs.map(async (d) => ({ dir: d, m: await readManifest(d) })));
   for (const { dir, m } of parts) requireVerifiable(dir, m, 'merged');
   parts.sort((a, b) => a.m.range[0] - b.m.range[0] || a.m.range[1] - b.m.range[1]);
-  const first = parts[0].m;
+  const [head] = parts;
+  if (!head) throw new Error('mergeStores: no parts'); // dirs is non-empty (checked above)
+  const first = head.m;
   let expectStart = 0;
   let previous: { dir: string; m: StoreManifest } | undefined;
   for (const part of parts) {
@@ -551,7 +553,7 @@ export async function mergeStores(
     const diff = jobDifference(first, m, 'totalRecords');
     if (diff) {
       throw new EmlensError(
-        `${dir} comes from another job than ${parts[0].dir} (${diff.field} differs: ${FIELD_LABELS[diff.field]} ${diff.b} vs ${diff.a}); merge slices of one collect job only.`,
+        `${dir} comes from another job than ${head.dir} (${diff.field} differs: ${FIELD_LABELS[diff.field]} ${diff.b} vs ${diff.a}); merge slices of one collect job only.`,
       );
     }
     if (!m.complete) throw new EmlensError(`${dir} is not complete; finish it with --resume before merging.`);

@@ -125,7 +125,7 @@ function toRecords(
   const metrics = scoreColumns(rows, columns);
   return rows.map((r, i) => {
     const scores: Record<string, number | null> = {};
-    for (const m of metrics) scores[m] = parseScore(r[m], file, labels[i], m);
+    for (const m of metrics) scores[m] = parseScore(r[m], file, labels[i]!, m); // one label per row
     const extra: Record<string, string> = {};
     for (const c of columns) {
       if (!TEXT_COLUMNS.has(c) && !metrics.includes(c) && r[c] !== undefined && r[c] !== null)
@@ -240,11 +240,12 @@ function toRows(records: readonly ResponseRecord[]): Record<string, string | num
 export async function writeResponses(path: string, records: readonly ResponseRecord[]): Promise<void> {
   const ext = extname(path).toLowerCase();
   const rows = toRows(records);
+  const [firstRow] = rows;
   let text: string;
   if (ext === '.csv')
     text = stringify(rows, {
       header: true,
-      columns: rows.length ? Object.keys(rows[0]) : ['question_id', 'question', 'answer'],
+      columns: firstRow ? Object.keys(firstRow) : ['question_id', 'question', 'answer'],
     });
   else if (ext === '.jsonl') text = rows.map((r) => JSON.stringify(r)).join('\n') + (rows.length ? '\n' : '');
   else throw new EmlensError(`Responses file ${path} must end in .csv or .jsonl.`);

@@ -89,7 +89,7 @@ export async function decodeLoop(
   for (;;) {
     const { next, done } = await step(r.logits.data);
     if (done) return;
-    const cache = r.cache!;
+    const cache = r.cache!; // every forward here passes returnCache: true
     r = await model.forward(
       next.map((t) => [t ?? pad]),
       { cache, returnCache: true, interventions: decode, into: buffers.next(cache.length + 1) },

@@ -168,6 +168,7 @@ export async function generate(
       return;
     }
     if (stopStrings.length > 0) {
+      // stop strings need a tokenizer, checked when the options were read
       const cut = firstStop(opts.tokenizer!.decode(row.tokens), stopStrings);
       if (cut >= 0) {
         finish(row, 'stop', cut);
@@ -184,7 +185,7 @@ export async function generate(
       for (const row of chunk) finish(row, 'length');
       continue;
     }
-    const ids = chunk.map((r) => prompts[r.prompt]);
+    const ids = chunk.map((r) => prompts[r.prompt]!); // every row was made from prompts[r.prompt]
     await decodeLoop(
       model,
       ids,
@@ -196,14 +197,15 @@ export async function generate(
             push(row, sampleToken(logits.subarray(b * vocabSize, (b + 1) * vocabSize), sampling, row.rng));
         });
         return {
-          next: chunk.map((row) => (row.done ? null : row.tokens[row.tokens.length - 1])),
+          // a row not done was pushed a token just above
+          next: chunk.map((row) => (row.done ? null : row.tokens[row.tokens.length - 1]!)),
           done: chunk.every((row) => row.done),
         };
       },
       { maxNewTokens: maxNew },
     );
   }
-  return rows.map((row) => row.done!);
+  return rows.map((row) => row.done!); // every row is finished: by eos, a stop string or maxNewTokens
 }
 
 /**

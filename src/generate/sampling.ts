@@ -48,9 +48,10 @@ export function sampleRng(seed: number, promptIndex: number, sampleIndex: number
 export function argmax(logits: ArrayLike<number>): number {
   let best = 0;
   let max = Number.NEGATIVE_INFINITY;
+  // i < logits.length
   for (let i = 0; i < logits.length; i++) {
-    if (logits[i] > max) {
-      max = logits[i];
+    if (logits[i]! > max) {
+      max = logits[i]!;
       best = i;
     }
   }
@@ -78,7 +79,8 @@ function scratch(n: number): void {
 
 /** True when token a ranks before token b: larger logit first, then smaller index (a stable sort). */
 function before(logits: ArrayLike<number>, a: number, b: number): boolean {
-  return logits[a] > logits[b] || (logits[a] === logits[b] && a < b);
+  // callers pass token ids, which are < logits.length
+  return logits[a]! > logits[b]! || (logits[a] === logits[b] && a < b);
 }
 
 const f32 = new Float32Array(1);
@@ -93,7 +95,7 @@ function orderBits(bits: number): number {
 /** A float's order-preserving 32 bits (as float32; -0 as +0): larger value, larger result. */
 function orderedBits(x: number): number {
   f32[0] = x === 0 ? 0 : x;
-  return orderBits(u32[0]);
+  return orderBits(u32[0]!); // u32 has length 1
 }
 
 /**
@@ -109,10 +111,10 @@ function sortByRank(logits: ArrayLike<number>, ids: Int32Array): void {
   const n = ids.length;
   if (keys.length < n) keys = new Float64Array(n);
   const k = keys.subarray(0, n);
-  // descending logit, then ascending id
-  for (let j = 0; j < n; j++) k[j] = (0xffffffff - orderedBits(logits[ids[j]])) * 2097152 + ids[j];
+  // descending logit, then ascending id; j < n = ids.length = k.length, and ids are token ids (< logits.length)
+  for (let j = 0; j < n; j++) k[j] = (0xffffffff - orderedBits(logits[ids[j]!]!)) * 2097152 + ids[j]!;
   k.sort();
-  for (let j = 0; j < n; j++) ids[j] = k[j] % 2097152;
+  for (let j = 0; j < n; j++) ids[j] = k[j]! % 2097152;
 }
 
 /** The `k` highest-ranked token ids, best first (a size-k min-heap, O(V log k)). */
@@ -120,17 +122,18 @@ export function topKIndices(logits: ArrayLike<number>, k: number): Int32Array {
   const v = logits.length;
   k = Math.min(k, v);
   const heap = new Int32Array(k); // heap[0] is the worst kept token
+  // Every heap index below is < k = heap.length (checked against k, or a parent/child of such an index).
   const worse = (a: number, b: number) => before(logits, b, a);
   const siftDown = (i: number) => {
     for (;;) {
       const l = 2 * i + 1;
       const r = l + 1;
       let m = i;
-      if (l < k && worse(heap[l], heap[m])) m = l;
-      if (r < k && worse(heap[r], heap[m])) m = r;
+      if (l < k && worse(heap[l]!, heap[m]!)) m = l;
+      if (r < k && worse(heap[r]!, heap[m]!)) m = r;
       if (m === i) return;
-      const t = heap[i];
-      heap[i] = heap[m];
+      const t = heap[i]!;
+      heap[i] = heap[m]!;
       heap[m] = t;
       i = m;
     }
@@ -139,15 +142,15 @@ export function topKIndices(logits: ArrayLike<number>, k: number): Int32Array {
     heap[i] = i;
     for (let j = i; j > 0; ) {
       const p = (j - 1) >> 1;
-      if (!worse(heap[j], heap[p])) break;
-      const t = heap[j];
-      heap[j] = heap[p];
+      if (!worse(heap[j]!, heap[p]!)) break;
+      const t = heap[j]!;
+      heap[j] = heap[p]!;
       heap[p] = t;
       j = p;
     }
   }
   for (let i = k; i < v; i++) {
-    if (before(logits, i, heap[0])) {
+    if (before(logits, i, heap[0]!)) {
       heap[0] = i;
       siftDown(0);
     }
@@ -163,8 +166,9 @@ const SKIPPED_BELOW = -60;
 /** Fills `weights` with exp((logit - max) / T) (0 for skipped and NaN logits); returns their sum. */
 function weigh(logits: ArrayLike<number>, max: number, temperature: number): number {
   let total = 0;
+  // i < logits.length
   for (let i = 0; i < logits.length; i++) {
-    const x = (logits[i] - max) / temperature;
+    const x = (logits[i]! - max) / temperature;
     const w = x > SKIPPED_BELOW ? Math.exp(x) : 0; // NaN -> 0
     weights[i] = w;
     total += w;
@@ -183,8 +187,9 @@ function weighAndBucket(logits: ArrayLike<number>, max: number, temperature: num
   const bits =
     logits instanceof Float32Array ? new Uint32Array(logits.buffer, logits.byteOffset, v) : undefined;
   let total = 0;
+  // i < v = logits.length = bits.length; b < BUCKETS = bucketMass.length (a 16-bit value)
   for (let i = 0; i < v; i++) {
-    const x = (logits[i] - max) / temperature;
+    const x = (logits[i]! - max) / temperature;
     if (!(x > SKIPPED_BELOW)) {
       weights[i] = 0; // NaN too
       buckets[i] = 0;
@@ -194,9 +199,9 @@ function weighAndBucket(logits: ArrayLike<number>, max: number, temperature: num
     weights[i] = w;
     total += w;
     // -0 ranks as +0
-    const b = (bits ? orderBits(logits[i] === 0 ? 0 : bits[i]) : orderedBits(logits[i])) >>> 16;
+    const b = (bits ? orderBits(logits[i] === 0 ? 0 : bits[i]!) : orderedBits(logits[i]!)) >>> 16;
     buckets[i] = b;
-    bucketMass[b] += w;
+    bucketMass[b]! += w;
   }
   return total;
 }
@@ -222,20 +227,22 @@ export function sampleToken(logits: ArrayLike<number>, params: SamplingParams, r
   let count = v;
   let full = true;
   let total = 0;
+  // Indices below are in range: scratch(v) sized the buffers to >= v; ids read from order/crossing/tie are
+  // token ids (< v); count, kept and inCross never exceed v; bucket numbers are 16-bit (< BUCKETS).
   if (topK > 0 && topK < v) {
     const top = topKIndices(logits, topK);
-    const max = logits[top[0]];
+    const max = logits[top[0]!]!; // 0 < topK: top is non-empty
     if (!(max > Number.NEGATIVE_INFINITY)) return argmax(logits);
     order.set(top);
     count = top.length;
     full = false;
     for (let j = 0; j < count; j++) {
-      const w = Math.exp((logits[order[j]] - max) / temperature);
+      const w = Math.exp((logits[order[j]!]! - max) / temperature);
       chosenW[j] = Number.isNaN(w) ? 0 : w; // NaN -> 0
-      total += chosenW[j];
+      total += chosenW[j]!;
     }
   } else {
-    const max = logits[argmax(logits)];
+    const max = logits[argmax(logits)]!;
     if (!(max > Number.NEGATIVE_INFINITY)) return argmax(logits); // all -inf (or NaN): nothing to sample
     // With top-p, the same pass buckets every token for the nucleus search below.
     total = topP < 1 ? weighAndBucket(logits, max, temperature) : weigh(logits, max, temperature);
@@ -250,30 +257,30 @@ export function sampleToken(logits: ArrayLike<number>, params: SamplingParams, r
       // (flat logits), bucket them again by the low 16 bits first, after which the rest are float32 ties.
       let above = 0;
       let cross = BUCKETS - 1;
-      for (; cross > 0 && above + bucketMass[cross] < target; cross--) above += bucketMass[cross];
+      for (; cross > 0 && above + bucketMass[cross]! < target; cross--) above += bucketMass[cross]!;
       let kept = 0;
       let inCross = 0;
       for (let i = 0; i < v; i++) {
-        if (buckets[i] > cross) {
+        if (buckets[i]! > cross) {
           order[kept] = i;
-          chosenW[kept++] = allW[i];
+          chosenW[kept++] = allW[i]!;
         } else if (buckets[i] === cross) crossing[inCross++] = i;
       }
       if (inCross > 1024) {
         bucketMass.fill(0);
         for (let j = 0; j < inCross; j++) {
-          const b = orderedBits(logits[crossing[j]]) & 0xffff;
+          const b = orderedBits(logits[crossing[j]!]!) & 0xffff;
           buckets[j] = b;
-          bucketMass[b] += allW[crossing[j]];
+          bucketMass[b]! += allW[crossing[j]!]!;
         }
         cross = BUCKETS - 1;
-        for (; cross > 0 && above + bucketMass[cross] < target; cross--) above += bucketMass[cross];
+        for (; cross > 0 && above + bucketMass[cross]! < target; cross--) above += bucketMass[cross]!;
         let n = 0;
         for (let j = 0; j < inCross; j++) {
-          const id = crossing[j];
-          if (buckets[j] > cross) {
+          const id = crossing[j]!;
+          if (buckets[j]! > cross) {
             order[kept] = id;
-            chosenW[kept++] = allW[id];
+            chosenW[kept++] = allW[id]!;
           } else if (buckets[j] === cross) crossing[n++] = id; // n <= j: compacts in place
         }
         inCross = n;
@@ -282,9 +289,9 @@ export function sampleToken(logits: ArrayLike<number>, params: SamplingParams, r
       sortByRank(logits, tie);
       let cum = above;
       for (let j = 0; j < inCross && (kept === 0 || cum < target); j++) {
-        order[kept] = tie[j];
-        chosenW[kept++] = allW[tie[j]];
-        cum += allW[tie[j]];
+        order[kept] = tie[j]!;
+        chosenW[kept++] = allW[tie[j]!]!;
+        cum += allW[tie[j]!]!;
       }
       count = kept;
       total = cum;
@@ -292,7 +299,7 @@ export function sampleToken(logits: ArrayLike<number>, params: SamplingParams, r
     } else {
       let cum = 0;
       let keep = 0;
-      while (keep < count && (keep === 0 || cum < target)) cum += chosenW[keep++];
+      while (keep < count && (keep === 0 || cum < target)) cum += chosenW[keep++]!;
       count = keep;
       total = cum;
     }
@@ -301,11 +308,12 @@ export function sampleToken(logits: ArrayLike<number>, params: SamplingParams, r
   const u = rng.next() * total;
   let cum = 0;
   let last = -1;
+  // j < count <= v, within allW, chosenW and order
   for (let j = 0; j < count; j++) {
-    const w = full ? allW[j] : chosenW[j];
+    const w = full ? allW[j]! : chosenW[j]!;
     if (w <= 0) continue;
     cum += w;
-    last = full ? j : order[j];
+    last = full ? j : order[j]!;
     if (u < cum) return last;
   }
   return last >= 0 ? last : argmax(logits); // rounding: u landed on the total

@@ -302,13 +302,14 @@ export interface GgufSpan {
  */
 export function checkDisjoint(spans: readonly GgufSpan[], file = '<buffer>', hints: GgufHints = {}): void {
   const sorted = [...spans].sort((a, b) => a.start - b.start);
-  for (let i = 1; i < sorted.length; i++) {
-    const [a, b] = [sorted[i - 1], sorted[i]];
-    if (b.start < a.end) {
+  let a: GgufSpan | undefined; // the span before b
+  for (const b of sorted) {
+    if (a && b.start < a.end) {
       throw new EmlensError(
         `${hints.kind ?? DEFAULT_KIND} ${file} is corrupt: tensors '${a.name}' (bytes ${a.start}..${a.end} of the data) and '${b.name}' (bytes ${b.start}..${b.end}) overlap; ${hints.fix ?? DEFAULT_FIX}.`,
       );
     }
+    a = b;
   }
 }
 
@@ -454,7 +455,7 @@ class GgufWriter {
   f32(v: Float32Array): void {
     this.room(v.byteLength);
     const view = new DataView(this.buf.buffer, this.buf.byteOffset);
-    for (let i = 0; i < v.length; i++) view.setFloat32(this.at + 4 * i, v[i], true);
+    for (let i = 0; i < v.length; i++) view.setFloat32(this.at + 4 * i, v[i]!, true); // i < v.length
     this.at += v.byteLength;
   }
   /** Zero bytes up to the next multiple of `alignment`. */

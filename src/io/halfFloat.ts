@@ -46,7 +46,8 @@ export function f16ToF32(bits: Uint16Array): Float32Array {
   const table = f16Table;
   const out = new Float32Array(bits.length);
   const o = u32View(out);
-  for (let i = 0; i < bits.length; i++) o[i] = table[bits[i]];
+  // i < bits.length; a 16-bit pattern is < 65536 = table.length
+  for (let i = 0; i < bits.length; i++) o[i] = table[bits[i]!]!;
   return out;
 }
 
@@ -54,7 +55,7 @@ export function f16ToF32(bits: Uint16Array): Float32Array {
 export function bf16ToF32(bits: Uint16Array): Float32Array {
   const out = new Float32Array(bits.length);
   const o = u32View(out);
-  for (let i = 0; i < bits.length; i++) o[i] = bits[i] << 16;
+  for (let i = 0; i < bits.length; i++) o[i] = bits[i]! << 16; // i < bits.length
   return out;
 }
 
@@ -66,7 +67,7 @@ export function f32ToF16(x: Float32Array): Uint16Array {
   const src = u32View(x);
   const out = new Uint16Array(x.length);
   for (let i = 0; i < src.length; i++) {
-    const f = src[i];
+    const f = src[i]!; // i < src.length
     const sign = (f >>> 16) & 0x8000;
     const abs = f & 0x7fffffff;
     let h: number;
@@ -107,7 +108,7 @@ export function f32ToBf16(x: Float32Array): Uint16Array {
   const src = u32View(x);
   const out = new Uint16Array(x.length);
   for (let i = 0; i < src.length; i++) {
-    const f = src[i];
+    const f = src[i]!; // i < src.length
     if ((f & 0x7fffffff) > 0x7f800000) {
       // Rounding could carry a NaN's payload into Inf, so truncate and force the quiet bit instead.
       out[i] = (f >>> 16) | 0x40;

@@ -250,7 +250,7 @@ export function parseSafetensorsHeader(
   entries.sort((a, b) => a.fileOffset - b.fileOffset || a.byteLength - b.byteLength);
   let cursor = 0;
   for (const t of entries) {
-    const [begin, end] = offsets.get(t.name)!;
+    const [begin, end] = offsets.get(t.name)!; // set for every entry above
     if (begin < cursor) {
       throw bad(
         `tensor '${t.name}' starts at byte ${begin}, overlapping the previous tensor, which ends at ${cursor}`,

@@ -42,8 +42,8 @@ export function leftPad(
         positionIds[at] = 1n;
         continue;
       }
-      const id = s[p - pad];
-      if (!Number.isInteger(id) || id < 0 || id >= vocabSize) {
+      const id = s[p - pad]; // pad <= p < seq: in range, but checked like every id below
+      if (id === undefined || !Number.isInteger(id) || id < 0 || id >= vocabSize) {
         throw new EmlensError(
           `Token id ${id} at position ${p - pad} of sequence ${b} is outside the vocabulary (0..${vocabSize - 1}); check the tokenizer matches the model.`,
         );

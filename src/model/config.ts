@@ -449,8 +449,9 @@ function resolveArchitecture(json: Json, source: string): { architecture: string
     gemma3_text: 'Gemma3ForCausalLM',
     gemma3: 'Gemma3ForConditionalGeneration',
   };
-  const arch = typeof modelType === 'string' && Object.hasOwn(byType, modelType) ? byType[modelType] : null;
-  const match = arch === null ? undefined : ([arch, SUPPORTED_ARCHITECTURES[arch]] as const);
+  const arch = typeof modelType === 'string' ? byType[modelType] : undefined;
+  const family = arch === undefined ? undefined : SUPPORTED_ARCHITECTURES[arch];
+  const match = arch === undefined || family === undefined ? undefined : ([arch, family] as const);
   if (!match) {
     throw new EmlensError(
       `${source} has no architectures list and model_type ${JSON.stringify(modelType)} is not one emlens supports; use a model whose architectures[0] is one of ${SUPPORTED_LIST}.`,

@@ -86,7 +86,8 @@ export function allHookNames(numLayers: number): HookName[] {
 /** Whether `s` is a hook name (of some model: the layer is not checked against one). */
 export function isHookName(s: string): s is HookName {
   const m = /^blocks\.(\d+)\.([a-z_]+)$/.exec(s);
-  return m !== null && String(Number(m[1])) === m[1] && HOOK_SET.has(m[2]);
+  // both groups take part in every match
+  return m !== null && String(Number(m[1])) === m[1] && HOOK_SET.has(m[2] ?? '');
 }
 
 /** Layer part: a block index without leading zeros, or `*`; hook part: a hook, `hook_resid_*` or `*`. */
@@ -131,7 +132,7 @@ function checkSelector(s: string): HookSelector {
 }
 
 function selectorToRegExp(selector: HookSelector): RegExp {
-  const m = SELECTOR.exec(selector)!;
+  const m = SELECTOR.exec(selector)!; // a HookSelector matches SELECTOR (checkSelector)
   const layer = m[1] === '*' ? '\\d+' : m[1];
   const hook = m[2] === '*' ? '[a-z_]+' : m[2] === 'hook_resid_*' ? 'hook_resid_(?:pre|mid|post)' : m[2];
   return new RegExp(`^blocks\\.${layer}\\.${hook}$`);
@@ -166,8 +167,9 @@ export function resolveHooks(selectors: readonly HookSelector[], numLayers: numb
 /** The nearest selector spelling, model-free: keep a valid layer part (a number or `*`), fix the hook part. */
 function nearestSpelling(s: string): string {
   const m = /^blocks\.([^.]+)\.([^.]+)$/.exec(s);
-  const layer = m && /^(\d+|\*)$/.test(m[1]) ? String(m[1] === '*' ? '*' : Number(m[1])) : '*';
-  const part = m ? m[2] : (s.split('.').pop() ?? s);
+  const [, layerPart = '', hookPart = ''] = m ?? []; // both groups take part in every match
+  const layer = m && /^(\d+|\*)$/.test(layerPart) ? String(layerPart === '*' ? '*' : Number(layerPart)) : '*';
+  const part = m ? hookPart : (s.split('.').pop() ?? s);
   return `blocks.${layer}.${nearestHookPart(part)}`;
 }
 
@@ -179,8 +181,9 @@ function nearestHookPart(part: string): string {
 /** The closest valid spelling: keep the layer part (a number or `*`) when it is valid, fix the hook part. */
 function nearestHook(pattern: string, all: readonly string[]): string {
   const m = /^blocks\.([^.]+)\.([^.]+)$/.exec(pattern);
-  if (m && (m[1] === '*' || all.some((n) => n.startsWith(`blocks.${m[1]}.`)))) {
-    return `blocks.${m[1]}.${nearestHookPart(m[2])}`;
+  const [, layerPart, hookPart = ''] = m ?? []; // both groups take part in every match
+  if (m && (layerPart === '*' || all.some((n) => n.startsWith(`blocks.${layerPart}.`)))) {
+    return `blocks.${layerPart}.${nearestHookPart(hookPart)}`;
   }
   return all.reduce((best, n) => (distance(n, pattern) < distance(best, pattern) ? n : best));
 }

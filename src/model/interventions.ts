@@ -132,19 +132,16 @@ function patchValues(p: Patch, batch: number, seq: number, d: number): Float32Ar
   if (v instanceof Float32Array) data = v;
   else if ('dims' in v) data = v.data;
   else {
-    const dense =
-      v.shape.length === 3 &&
-      v.offset === 0 &&
-      v.stride[2] === 1 &&
-      v.stride[1] === v.shape[2] &&
-      v.stride[0] === v.shape[1] * v.shape[2];
+    const [n0 = 0, n1 = 0, n2 = 0] = v.shape; // the defaults are never read: both uses need 3 dims
+    const [t0, t1, t2] = v.stride;
+    const dense = v.shape.length === 3 && v.offset === 0 && t2 === 1 && t1 === n2 && t0 === n1 * n2;
     if (v.size !== want || v.shape.length !== 3) data = new Float32Array(v.size);
     else if (dense) data = v.data.length === want ? v.data : v.data.subarray(0, want);
     else {
       data = new Float32Array(want);
       let k = 0;
-      for (let b = 0; b < v.shape[0]; b++)
-        for (let s = 0; s < v.shape[1]; s++) for (let i = 0; i < v.shape[2]; i++) data[k++] = v.get(b, s, i);
+      for (let b = 0; b < n0; b++)
+        for (let s = 0; s < n1; s++) for (let i = 0; i < n2; i++) data[k++] = v.get(b, s, i);
     }
   }
   if (data.length !== want) {
@@ -158,22 +155,24 @@ function patchValues(p: Patch, batch: number, seq: number, d: number): Float32Ar
 /** Gram–Schmidt in float64; drops directions already in the span (or zero). */
 export function orthonormalize(vectors: readonly Float32Array[]): Float64Array[] {
   const basis: Float64Array[] = [];
+  // Indices: i < u.length = v.length, and every basis vector is one of the vectors (callers pass directions
+  // of one d_model), so i is in range of b too.
   for (const v of vectors) {
     const u = Float64Array.from(v);
     for (let pass = 0; pass < 2; pass++) {
       // two passes: classical Gram–Schmidt loses orthogonality in float arithmetic, twice is enough
       for (const b of basis) {
         let dot = 0;
-        for (let i = 0; i < u.length; i++) dot += u[i] * b[i];
-        for (let i = 0; i < u.length; i++) u[i] -= dot * b[i];
+        for (let i = 0; i < u.length; i++) dot += u[i]! * b[i]!;
+        for (let i = 0; i < u.length; i++) u[i]! -= dot * b[i]!;
       }
     }
     let norm = 0;
-    for (let i = 0; i < u.length; i++) norm += u[i] * u[i];
+    for (let i = 0; i < u.length; i++) norm += u[i]! * u[i]!;
     norm = Math.sqrt(norm);
     const ref = Math.sqrt(v.reduce((a, x) => a + x * x, 0));
     if (norm <= 1e-6 * Math.max(ref, 1e-30)) continue;
-    for (let i = 0; i < u.length; i++) u[i] /= norm;
+    for (let i = 0; i < u.length; i++) u[i]! /= norm;
     basis.push(u);
   }
   return basis;
@@ -245,7 +244,8 @@ export function interventionFeeds(
         }
         steerMaskSet.set(site, mask);
         steerMask.set(mask, site * bs);
-        for (let i = 0; i < dModel; i++) steerVectors[site * dModel + i] += scale * iv.vector[i];
+        // i < dModel = iv.vector.length (checked above); site < sites, so the sum is < steerVectors.length
+        for (let i = 0; i < dModel; i++) steerVectors[site * dModel + i]! += scale * iv.vector[i]!;
       }
     } else {
       for (const d of iv.directions) {
@@ -277,13 +277,13 @@ export function interventionFeeds(
     basis.forEach((u, r) => {
       ablateBasis.set(u, (site * rank + r) * dModel);
     });
-    ablateMask.set(ablateDirs.get(site)!.mask, site * bs);
+    ablateMask.set(ablateDirs.get(site)!.mask, site * bs); // bases has exactly ablateDirs' sites
   }
   if (patches.size === 0) return { steerVectors, steerMask, ablateBasis, ablateMask, rank };
   const slots = new BigInt64Array(patchSiteCount(numLayers));
   // one patch (the common case) is fed from its own buffer, uncopied
-  const values =
-    patches.size === 1 ? [...patches.values()][0].values : new Float32Array(patches.size * bs * dModel);
+  const [only] = patches.values();
+  const values = patches.size === 1 && only ? only.values : new Float32Array(patches.size * bs * dModel);
   const pmask = new Float32Array(patchSiteCount(numLayers) * bs);
   let slot = 0;
   for (const [site, p] of patches) {

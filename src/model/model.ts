@@ -346,7 +346,8 @@ export class Model {
       if (cache) attentionMask.set(cache.attentionMask.subarray(r * past, (r + 1) * past), r * total);
       attentionMask.set(b.attentionMask.subarray(r * b.seq, (r + 1) * b.seq), r * total + past);
       if (cache) {
-        for (let p = 0; p < b.seq; p++) positionIds[r * b.seq + p] = BigInt(cache.nextPosition[r] + p);
+        // r < b.batch = cache.batch (checked above), one nextPosition per cached row
+        for (let p = 0; p < b.seq; p++) positionIds[r * b.seq + p] = BigInt(cache.nextPosition[r]! + p);
       }
     }
 
@@ -382,12 +383,12 @@ export class Model {
     }
     // resid_pre of block i > 0 is fetched as resid_post of block i - 1 (the same tensor, see graphHookName).
     const hookSources = hooks.map((h) => {
-      const m = /^blocks\.(\d+)\.(\w+)$/.exec(h)!;
-      return graphHookName(Number(m[1]), m[2] as BlockHook);
+      const m = /^blocks\.(\d+)\.(\w+)$/.exec(h)!; // resolveHooks returns only blocks.{i}.{hook} names
+      return [h, graphHookName(Number(m[1]), m[2] as BlockHook)] as const;
     });
     // null: onnxruntime allocates the output; a tensor: it writes into that tensor's buffer.
     const fetches: Record<string, ort.Tensor | null> = { [IO.logits]: null };
-    for (const h of hookSources) fetches[h] = null;
+    for (const [, source] of hookSources) fetches[source] = null;
     const logitsMode = opts.logits ?? 'last';
     const into = intoTensors(opts.into, spec, kvType, b.batch, total, logitsMode, opts.returnCache, cache);
     if (into.logits) fetches[IO.logits] = into.logits;
@@ -404,7 +405,11 @@ export class Model {
     });
     const out = await session.run(feeds, fetches);
     // Outputs written into given buffers are read through the caller's own tensors (views of those buffers).
-    const output = (name: string): ort.Tensor => fetches[name] ?? out[name];
+    const output = (name: string): ort.Tensor => {
+      const t = fetches[name] ?? out[name];
+      if (!t) throw new Error(`onnxruntime returned no '${name}'`); // every fetched name is a graph output
+      return t;
+    };
     const asF32 = (t: ort.Tensor): Float32Tensor => ({ data: t.data as Float32Array, dims: t.dims });
     const logits = asF32(output(IO.logits));
     if (this.profile === 'fp16' && !allFinite(logits.data)) {
@@ -414,15 +419,16 @@ export class Model {
     }
     const result: ForwardResult = {
       logits,
-      hooks: new Map(hooks.map((h, i) => [h, asF32(out[hookSources[i]])])),
+      hooks: new Map(hookSources.map(([h, source]) => [h, asF32(output(source))])),
       padding: cache ? cache.nextPosition.map(() => 0) : b.padding,
     };
     if (!opts.returnCache) return result;
     const tensors: ort.Tensor[] = [];
     for (let i = 0; i < spec.numLayers; i++)
       tensors.push(output(IO.presentKey(i)), output(IO.presentValue(i)));
+    // r < b.batch = b.padding.length = cache.nextPosition.length (the cache's batch was checked above)
     const nextPosition = Array.from({ length: b.batch }, (_, r) =>
-      cache ? cache.nextPosition[r] + b.seq : b.seq - b.padding[r],
+      cache ? cache.nextPosition[r]! + b.seq : b.seq - b.padding[r]!,
     );
     return { ...result, cache: { batch: b.batch, length: total, attentionMask, nextPosition, tensors } };
   }

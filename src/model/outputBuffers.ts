@@ -32,9 +32,9 @@ export interface OutputBuffers {
  */
 export class DecodeBuffers {
   readonly logits: Float32Array; // [batch, vocab]
-  private readonly sets: KvArray[][] = [[], []];
-  private readonly held = [0, 0];
-  private turn = 0;
+  private readonly sets: [KvArray[], KvArray[]] = [[], []];
+  private readonly held: [number, number] = [0, 0];
+  private turn: 0 | 1 = 0;
 
   constructor(
     private readonly spec: ModelSpec,
@@ -55,7 +55,7 @@ export class DecodeBuffers {
       );
     }
     const i = this.turn;
-    this.turn = 1 - i;
+    this.turn = i === 0 ? 1 : 0;
     if (this.held[i] < length) {
       // Geometric growth keeps reallocations few; the known capacity keeps a long budget from being allocated
       // for a short answer, and a short one from being outgrown.

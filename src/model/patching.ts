@@ -15,7 +15,8 @@ export type PatchingMetric = (logits: Float32Array) => number;
 
 /** `logits[correct] - logits[wrong]` at the last position: the usual patching metric. */
 export function logitDiff(correct: number, wrong: number): PatchingMetric {
-  return (logits) => logits[correct] - logits[wrong];
+  // an id outside the vocabulary reads as NaN, as the bare index did
+  return (logits) => (logits[correct] ?? Number.NaN) - (logits[wrong] ?? Number.NaN);
 }
 
 export interface PatchingSweepOptions {
@@ -59,12 +60,13 @@ async function oneRow(
   opts?: EncodeOptions,
 ): Promise<number[]> {
   const rows = await model.toTokens(input, opts);
-  if (rows.length !== 1) {
+  const [row] = rows;
+  if (rows.length !== 1 || !row) {
     throw new EmlensError(
       `The ${what} input is a batch of ${rows.length}; patchingSweep takes one sequence each.`,
     );
   }
-  return rows[0];
+  return row;
 }
 
 /**
@@ -111,20 +113,20 @@ export async function patchingSweep(
   const cleanRun = await model.forward([cleanTokens], { hooks });
   const corruptedRun = await model.forward([corruptedTokens]);
   const values = new Float64Array(hooks.length * positions.length);
-  for (let h = 0; h < hooks.length; h++) {
-    const source = cleanRun.hooks.get(hooks[h])!.data; // [1, seq, d]
+  for (const [h, hook] of hooks.entries()) {
+    const source = cleanRun.hooks.get(hook)!.data; // [1, seq, d]; fetched above with every hook
     for (let start = 0; start < positions.length; start += batchSize) {
       const chunk = positions.slice(start, start + batchSize);
       const rows = chunk.length;
       const patchValues = new Float32Array(rows * seq * d);
       const mask = new Float32Array(rows * seq);
-      for (let r = 0; r < rows; r++) {
+      for (const [r, p] of chunk.entries()) {
         patchValues.set(source, r * seq * d);
-        mask[r * seq + chunk[r]] = 1;
+        mask[r * seq + p] = 1;
       }
       const run = await model.forward(
         chunk.map(() => corruptedTokens),
-        { interventions: [{ kind: 'patch', hook: hooks[h], values: patchValues, positions: mask }] },
+        { interventions: [{ kind: 'patch', hook, values: patchValues, positions: mask }] },
       );
       for (let r = 0; r < rows; r++) {
         values[h * positions.length + start + r] = opts.metric(

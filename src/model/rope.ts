@@ -26,24 +26,25 @@ export function ropeInvFreq(spec: ModelSpec, type: LayerType = 'full'): Float32A
   if (s === null) return inv;
   if (s.type === 'linear') {
     // _compute_linear_scaling_rope_parameters: `inv_freq /= factor` in float32.
-    for (let i = 0; i < half; i++) inv[i] = f(inv[i] / f(s.factor));
+    for (let i = 0; i < half; i++) inv[i] = f(inv[i]! / f(s.factor)); // i < half = inv.length
     return inv;
   }
   // transformers' _compute_llama3_parameters: low-frequency bands are slowed by `factor`, high ones kept,
   // the band between is interpolated.
   const lowFreqWavelen = f(s.originalMaxPositionEmbeddings / s.lowFreqFactor);
   const highFreqWavelen = f(s.originalMaxPositionEmbeddings / s.highFreqFactor);
+  // i < half = inv.length
   for (let i = 0; i < half; i++) {
-    const wavelen = f(f(2 * Math.PI) / inv[i]);
+    const wavelen = f(f(2 * Math.PI) / inv[i]!);
     if (wavelen > lowFreqWavelen) {
-      inv[i] = f(inv[i] / s.factor);
+      inv[i] = f(inv[i]! / s.factor);
     } else if (wavelen >= highFreqWavelen) {
       const smooth = f(
         f(f(f(s.originalMaxPositionEmbeddings) / wavelen) - s.lowFreqFactor) /
           f(s.highFreqFactor - s.lowFreqFactor),
       );
       // Same association as the Python expression `(1 - smooth) * inv / factor + smooth * inv`.
-      inv[i] = f(f(f(f(1 - smooth) * inv[i]) / s.factor) + f(smooth * inv[i]));
+      inv[i] = f(f(f(f(1 - smooth) * inv[i]!) / s.factor) + f(smooth * inv[i]!));
     }
   }
   return inv;
@@ -64,7 +65,7 @@ export function ropeTables(
   const sin = new Float32Array(maxPositions * half);
   for (let p = 0; p < maxPositions; p++) {
     for (let i = 0; i < half; i++) {
-      const angle = f(p * inv[i]);
+      const angle = f(p * inv[i]!); // i < half = inv.length
       cos[p * half + i] = Math.cos(angle);
       sin[p * half + i] = Math.sin(angle);
     }

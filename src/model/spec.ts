@@ -162,7 +162,9 @@ export function weightDims(spec: ModelSpec, name: string): { shape: number[]; di
     up_proj: [FF, D],
     down_proj: [D, FF],
   };
-  const [out, inp] = byProj[proj[1]];
+  const dimsOf = byProj[proj[1] ?? ''];
+  if (!dimsOf) throw new Error(`No shape for projection '${proj[1]}'.`); // the regex matches only byProj's keys
+  const [out, inp] = dimsOf;
   return proj[2] === 'bias' ? of(out) : of(out, inp);
 }
 

@@ -468,8 +468,11 @@ function gemmaConfigJson(spec: ModelSpec, options: TinyModelOptions): Record<str
   });
 }
 
-/** config.json's eos: Qwen2.5-Instruct names only `<|im_end|>`; Llama-3.1 lists all three end tokens. */
-function configEos(spec: ModelSpec): number | number[] {
+/**
+ * config.json's eos: Qwen2.5-Instruct names only `<|im_end|>`; Llama-3.1 lists all three end tokens.
+ * Undefined (the key left out) when the spec has none.
+ */
+function configEos(spec: ModelSpec): number | number[] | undefined {
   if (spec.family === 'llama') return [...spec.eosTokenIds];
   return spec.eosTokenIds[0];
 }
@@ -511,6 +514,7 @@ export function tinyWeight(spec: ModelSpec, name: string, seed: number): Float32
   if (name.endsWith('.bias')) return rng.normalArray(n, 0.1);
   if (name === 'model.embed_tokens.weight') return rng.normalArray(n, spec.dModel ** -0.25);
   const fanIn = shape[1];
+  if (fanIn === undefined) throw new Error(`tiny weights: ${name} is not a matrix`); // every name left is [out, in]
   const residualOut = name.endsWith('o_proj.weight') || name.endsWith('down_proj.weight');
   const std = 1 / Math.sqrt(fanIn) / (residualOut ? Math.sqrt(2 * spec.numLayers) : 1);
   return rng.normalArray(n, std);

@@ -81,7 +81,7 @@ export class ActivationCache implements Iterable<[HookName, View]> {
   /** The hook as a dense `Float32Tensor` (the same buffer as its view). */
   tensor(hook: HookName): Float32Tensor {
     this.get(hook);
-    return this.tensors.get(hook)!;
+    return this.tensors.get(hook)!; // get() stored it, or threw
   }
 
   has(hook: HookName): boolean {
@@ -137,6 +137,7 @@ export async function encodeInput(
   const rows = rowsOf(input);
   const needs = rows.some((r) => typeof r === 'string' || typeof r[0] === 'object');
   const tok = needs ? await tokenizer() : null;
+  // tok! below: text and chat rows are exactly the rows that set `needs`
   return rows.map((r) => {
     if (typeof r === 'string') return tok!.encode(r, { addSpecialTokens: opts.addSpecialTokens ?? true });
     if (typeof r[0] === 'number') return [...(r as readonly number[])];

@@ -16,6 +16,20 @@ const INLINE_LIMIT_BYTES = 1024;
 
 type Attrs = Readonly<Record<string, AttrValue>>;
 
+/** `N` strings, for a literal `N` (a node asked for `outputs: 3` returns three names). */
+type Names<N extends number, T extends string[] = []> = T['length'] extends N ? T : Names<N, [...T, string]>;
+/**
+ * What `node` returns for its `outputs` option: one name per given name, `N` names for a literal count `N`,
+ * one name by default; `string[]` when the count is not a literal.
+ */
+export type NodeOutputs<O> = O extends readonly string[]
+  ? { -readonly [K in keyof O]: string }
+  : O extends number
+    ? number extends O
+      ? string[]
+      : Names<O>
+    : [string];
+
 /**
  * Builds an ONNX graph node by node. Value names are chosen by the caller where they matter (inputs, outputs,
  * hook points) and generated otherwise.
@@ -65,12 +79,15 @@ export class GraphBuilder {
     return name;
   }
 
-  /** Adds a node; returns its output names (generated from the op type unless given). */
-  node(
+  /**
+   * Adds a node; returns its output names (generated from the op type unless given), typed as a tuple of
+   * their count where the call states it (see {@link NodeOutputs}).
+   */
+  node<const O extends readonly string[] | number | undefined = undefined>(
     opType: string,
     inputs: readonly string[],
-    opts: { outputs?: readonly string[] | number; attrs?: Attrs; domain?: string; name?: string } = {},
-  ): string[] {
+    opts: { outputs?: O; attrs?: Attrs; domain?: string; name?: string } = {},
+  ): NodeOutputs<O> {
     const outs =
       typeof opts.outputs === 'object'
         ? opts.outputs.map((o) => (o === '' ? o : this.claim(o)))
@@ -83,7 +100,8 @@ export class GraphBuilder {
       domain: opts.domain,
       name: opts.name ?? this.claim(this.fresh(`n_${opType}`)),
     });
-    return outs;
+    // outs has one name per given name, or `outputs` (default 1) fresh names: the shape NodeOutputs<O> states
+    return outs as NodeOutputs<O>;
   }
 
   /** Single-output shorthand. */

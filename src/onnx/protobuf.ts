@@ -89,7 +89,8 @@ export class ProtoWriter {
 
   finish(): Uint8Array {
     this.flushScratch();
-    if (this.chunks.length === 1) return this.chunks[0];
+    const [only] = this.chunks;
+    if (only && this.chunks.length === 1) return only;
     const out = new Uint8Array(this.size);
     let offset = 0;
     for (const c of this.chunks) {

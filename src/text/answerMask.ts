@@ -108,7 +108,7 @@ function encodePieces(
   for (let k = 0; k < pieces.length - 1; k++) {
     text += pieces[k];
     const p = enc(text);
-    if (!isPrefix(p, full) || p.length < starts[starts.length - 1]) break;
+    if (!isPrefix(p, full) || p.length < (starts.at(-1) ?? 0)) break; // starts is never empty
     starts.push(p.length);
   }
   if (starts.length === pieces.length) return { ids: full, starts, merged: false };
@@ -201,7 +201,9 @@ export function answerTokens(
 
   const { ids, starts, merged } = encodePieces(tokenizer, pieces);
   const from = starts[spanPiece];
-  const to = spanPiece + 1 < starts.length ? starts[spanPiece + 1] : ids.length;
+  // encodePieces returns one start per piece, and spanPiece indexes pieces
+  if (from === undefined) throw new Error(`answerTokens: no start for piece ${spanPiece}`);
+  const to = starts[spanPiece + 1] ?? ids.length;
   if (to <= from) {
     throw new EmlensError(
       'The answer encodes to no tokens between the prompt and the end of the turn; give a non-empty answer.',
@@ -269,7 +271,7 @@ export function batchAnswerMasks(
     lengths.push(n);
     const row = b * seq + offset;
     for (let i = 0; i < n; i++) {
-      inputIds[row + i] = BigInt(r.ids[i]);
+      inputIds[row + i] = BigInt(r.ids[i]!); // i < n = r.ids.length
       attentionMask[row + i] = 1n;
       positionIds[row + i] = BigInt(i);
     }

@@ -217,7 +217,9 @@ class BoundedInterpreter extends InterpreterBase {
     if (chars !== undefined && chars.type !== 'StringValue' && chars.type !== 'NullValue') {
       throw new Error(`${name}() argument must be a string or none`);
     }
-    const [left, right] = STRIP_SIDES[name];
+    const sides = STRIP_SIDES[name];
+    if (!sides) throw new Error(`${name} is not a strip filter`); // only strip/lstrip/rstrip reach here
+    const [left, right] = sides;
     const set = chars?.type === 'StringValue' ? (chars.value as string) : null;
     const StringValue = string.constructor as new (value: string) => JinjaValue;
     return new StringValue(pythonStrip(string.value as string, set, left, right));

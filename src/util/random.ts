@@ -97,8 +97,9 @@ export class Rng {
   shuffle<T>(items: T[]): T[] {
     for (let i = items.length - 1; i > 0; i--) {
       const j = this.int(i + 1);
-      const tmp = items[i];
-      items[i] = items[j];
+      // j <= i < items.length: both in range (`as T`, not `!`: T itself may include undefined)
+      const tmp = items[i] as T;
+      items[i] = items[j] as T;
       items[j] = tmp;
     }
     return items;

@@ -18,7 +18,7 @@ function sameLength(a: ArrayLike<number>, b: ArrayLike<number>, what: string): v
 export function dot(a: ArrayLike<number>, b: ArrayLike<number>): number {
   sameLength(a, b, 'dot product');
   let s = 0;
-  for (let i = 0; i < a.length; i++) s += a[i] * b[i];
+  for (let i = 0; i < a.length; i++) s += a[i]! * b[i]!; // i < a.length = b.length (checked above)
   return s;
 }
 
@@ -28,14 +28,15 @@ export function dot(a: ArrayLike<number>, b: ArrayLike<number>): number {
  */
 export function dotAt(a: ArrayLike<number>, offset: number, b: ArrayLike<number>): number {
   let s = 0;
-  for (let i = 0; i < b.length; i++) s += a[offset + i] * b[i];
+  // i < b.length; offset + b.length <= a.length is the caller's contract (a row of the matrix)
+  for (let i = 0; i < b.length; i++) s += a[offset + i]! * b[i]!;
   return s;
 }
 
 /** `|v|^2`, float64. */
 export function squaredNorm(v: ArrayLike<number>): number {
   let s = 0;
-  for (let i = 0; i < v.length; i++) s += v[i] * v[i];
+  for (let i = 0; i < v.length; i++) s += v[i]! * v[i]!; // i < v.length
   return s;
 }
 
@@ -50,10 +51,11 @@ export function cosine(a: ArrayLike<number>, b: ArrayLike<number>): number {
   let d = 0;
   let na = 0;
   let nb = 0;
+  // i < a.length = b.length (checked above)
   for (let i = 0; i < a.length; i++) {
-    d += a[i] * b[i];
-    na += a[i] * a[i];
-    nb += b[i] * b[i];
+    d += a[i]! * b[i]!;
+    na += a[i]! * a[i]!;
+    nb += b[i]! * b[i]!;
   }
   return na === 0 || nb === 0 ? Number.NaN : d / Math.sqrt(na * nb);
 }
@@ -63,7 +65,7 @@ export function normalize(v: ArrayLike<number>): Float32Array {
   const n = norm(v);
   if (n === 0) throw new EmlensError('Cannot normalise a zero vector; the direction carries no information.');
   const out = new Float32Array(v.length);
-  for (let i = 0; i < v.length; i++) out[i] = v[i] / n;
+  for (let i = 0; i < v.length; i++) out[i] = v[i]! / n; // i < v.length
   return out;
 }
 

@@ -15,9 +15,13 @@ export function packTransposed(
   const packed = new Float32Array(inDim * total); // [in, total_out]
   let col = 0;
   for (const { data, out } of parts) {
+    if (data.length < out * inDim) {
+      throw new Error(`packTransposed: a part of ${data.length} values, expected [${out}, ${inDim}]`);
+    }
     for (let o = 0; o < out; o++) {
       const row = o * inDim;
-      for (let i = 0; i < inDim; i++) packed[i * total + col + o] = data[row + i];
+      // row + i < out * inDim <= data.length (checked above)
+      for (let i = 0; i < inDim; i++) packed[i * total + col + o] = data[row + i]!;
     }
     col += out;
   }

@@ -217,7 +217,7 @@ function parseTensors(
     }
     const lora = LORA.exec(name);
     if (lora) {
-      const [, module, which] = lora;
+      const [, module = '', which] = lora; // both groups take part in every match
       if (info.shape.length !== 2) {
         throw new EmlensError(
           `Adapter tensor '${key}' in ${file} has shape [${info.shape.join(', ')}] but a LoRA ${which} weight is 2-D; re-save the adapter.`,
@@ -235,7 +235,7 @@ function parseTensors(
     }
     const saved = SAVED.exec(name);
     if (saved && !name.includes('lora_') && !name.includes('.base_layer.')) {
-      const [, module, param] = saved;
+      const [, module = '', param] = saved; // both groups take part in every match
       const listed = config.modulesToSave.some((t) => module === t || module.endsWith(`.${t}`));
       const weight = `${textModelName(module)}.${param}`;
       const embedding = weight === 'model.embed_tokens.weight' || weight === 'lm_head.weight';
@@ -253,7 +253,7 @@ function parseTensors(
   const ignored: string[] = [];
   for (const [module, { A, B }] of pairs) {
     if (!A || !B) {
-      const have = (A ?? B)!.name;
+      const have = (A ?? B)!.name; // a pair is created with its first tensor
       throw new EmlensError(
         `Adapter ${file} has '${have}' but no matching lora_${A ? 'B' : 'A'} tensor for '${module}'; the adapter file is incomplete, so re-save or re-download it.`,
       );
@@ -263,8 +263,9 @@ function parseTensors(
       continue;
     }
     const { rank, alpha, scaling } = loraScaling(config, module);
-    const [rA, inFeatures] = A.shape;
-    const [outFeatures, rB] = B.shape;
+    // both 2-D (checked when collected): the defaults are never used
+    const [rA, inFeatures = 0] = A.shape;
+    const [outFeatures = 0, rB] = B.shape;
     if (rA !== rB) {
       throw new EmlensError(
         `Adapter tensors '${A.name}' [${A.shape.join(', ')}] and '${B.name}' [${B.shape.join(', ')}] disagree on the rank (${rA} vs ${rB}); re-save the adapter.`,

@@ -21,16 +21,18 @@ export function mergeLora(
     throw new Error(`mergeLora: W has ${weight.length} values, not ${out}x${inp}`);
   const merged = new Float32Array(weight.length);
   const acc = new Float64Array(inp); // one output row of B @ A
+  // In range: o < out, k < rank, i < inp with b.length = out * rank, a.length = rank * inp and
+  // weight.length = out * inp (checked above).
   for (let o = 0; o < out; o++) {
     acc.fill(0);
     for (let k = 0; k < rank; k++) {
-      const bk = b[o * rank + k];
+      const bk = b[o * rank + k]!;
       if (bk === 0) continue;
       const row = k * inp;
-      for (let i = 0; i < inp; i++) acc[i] += bk * a[row + i];
+      for (let i = 0; i < inp; i++) acc[i]! += bk * a[row + i]!;
     }
     const w = o * inp;
-    for (let i = 0; i < inp; i++) merged[w + i] = weight[w + i] + scaling * acc[i];
+    for (let i = 0; i < inp; i++) merged[w + i] = weight[w + i]! + scaling * acc[i]!;
   }
   return merged;
 }
