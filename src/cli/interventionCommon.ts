@@ -14,7 +14,7 @@ import type { Intervention } from '../model/interventions.js';
 import type { Model } from '../model/model.js';
 import { encodeChat } from '../text/chat.js';
 import type { TextTokenizer } from '../text/tokenizer.js';
-import { chatTemplateKwargs, finiteNumber, nonNegativeNumber, positiveInt } from './args.js';
+import { chatTemplateKwargs, finiteNumber, nonNegativeInt, nonNegativeNumber, positiveInt } from './args.js';
 
 /** The prompt and decoding flags steer and ablate share (both answers use the same seed). */
 export interface AnswerFlags {
@@ -24,6 +24,23 @@ export interface AnswerFlags {
   readonly seed: number;
   readonly temperature: number;
   readonly chatTemplateKwargs?: Record<string, unknown>;
+}
+
+/** `--random-controls K` and `--seed S`: the norm-matched random controls of mediate and sweep. */
+export function addRandomControlOptions(cmd: Command): Command {
+  return cmd
+    .option(
+      '--random-controls <k>',
+      'how many norm-matched random controls; tables give their mean ± sd (min..max, n)',
+      positiveInt,
+      1,
+    )
+    .option(
+      '--seed <n>',
+      "user seed of the random controls (control k's seed derives from the direction, this seed and k)",
+      nonNegativeInt,
+      0,
+    );
 }
 
 export function addAnswerOptions(cmd: Command): Command {

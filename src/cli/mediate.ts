@@ -9,7 +9,7 @@ import { claimOutputFiles } from '../io/outputs.js';
 import { type LoadModelOptions, loadModel, type Model } from '../model/model.js';
 import { loadTokenizer } from '../text/tokenizer.js';
 import { addChatTemplateOptions, nonNegativeInt, positiveInt } from './common.js';
-import { finiteNumber, parseFrom } from './interventionCommon.js';
+import { addRandomControlOptions, finiteNumber, parseFrom } from './interventionCommon.js';
 import { createProgress } from './progress.js';
 
 interface MediateFlags {
@@ -35,7 +35,7 @@ interface MediateFlags {
 }
 
 export function registerMediate(program: Command): void {
-  addChatTemplateOptions(program.command('mediate'))
+  addRandomControlOptions(addChatTemplateOptions(program.command('mediate')))
     .description(
       "how much of a finetune's divergence from its base a direction carries (judge-free: KL, log-prob margins), with norm-matched random controls",
     )
@@ -55,18 +55,6 @@ export function registerMediate(program: Command): void {
       nonNegativeInt,
     )
     .option('--steer-scale <a>', 'steering scale on the stored vector', finiteNumber, 1)
-    .option(
-      '--random-controls <k>',
-      'how many norm-matched random controls; tables give their mean ± sd (min..max, n)',
-      positiveInt,
-      1,
-    )
-    .option(
-      '--seed <n>',
-      "user seed of the random controls (control k's seed derives from the direction, this seed and k)",
-      nonNegativeInt,
-      0,
-    )
     .addOption(
       new Option('--span <span>', 'answer tokens scored')
         .choices(['after-user', 'content'])

@@ -14,10 +14,9 @@ import {
   type ChatTemplateFlags,
   loadOptions,
   type ModelFlags,
-  nonNegativeInt,
   positiveInt,
 } from './common.js';
-import { parseScales } from './interventionCommon.js';
+import { addRandomControlOptions, parseScales } from './interventionCommon.js';
 import { createProgress } from './progress.js';
 
 interface SweepFlags extends ModelFlags, ChatTemplateFlags {
@@ -37,13 +36,15 @@ interface SweepFlags extends ModelFlags, ChatTemplateFlags {
 }
 
 export function registerSweep(program: Command): void {
-  addChatTemplateOptions(
-    addModelOptions(
-      program
-        .command('sweep')
-        .description(
-          'steer over scale x layer and measure the judge-free effect (log-prob margin, KL to a target), with norm-matched random controls',
-        ),
+  addRandomControlOptions(
+    addChatTemplateOptions(
+      addModelOptions(
+        program
+          .command('sweep')
+          .description(
+            'steer over scale x layer and measure the judge-free effect (log-prob margin, KL to a target), with norm-matched random controls',
+          ),
+      ),
     ),
   )
     .requiredOption('--direction <file>', 'direction file (direction.{layer} tensors)')
@@ -56,18 +57,6 @@ export function registerSweep(program: Command): void {
     .option('--target-adapter <dir>', 'LoRA adapter of the target (e.g. the finetune of --model)')
     .option('--neutral <file>', 'neutral text (.jsonl of {"text": ...}) for the side effect per cell')
     .option('--unit', 'steer by the unit vector (scales in residual-stream units)')
-    .option(
-      '--random-controls <k>',
-      'how many norm-matched random controls; tables give their mean ± sd (min..max, n)',
-      positiveInt,
-      1,
-    )
-    .option(
-      '--seed <n>',
-      "user seed of the random controls (control k's seed derives from the direction, this seed and k)",
-      nonNegativeInt,
-      0,
-    )
     .option('--batch-size <n>', 'records per forward pass', positiveInt, 8)
     .action(async (flags: SweepFlags) => {
       // Before the models load and the grid runs, so a refused --out costs nothing; writeSweep checks again.
