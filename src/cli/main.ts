@@ -15,6 +15,7 @@ import { registerReport } from './report.js';
 import { registerServe } from './serve.js';
 import { registerSteer } from './steer.js';
 import { registerStore } from './store.js';
+import { registerSummarize } from './summarize.js';
 import { registerSweep } from './sweep.js';
 import { registerTinyModel } from './tinyModel.js';
 import { registerTrace } from './trace.js';
@@ -72,6 +73,7 @@ export function buildProgram(): Command {
   registerOrthogonalize(program);
   registerSteer(program);
   registerSweep(program);
+  registerSummarize(program);
   return program;
 }
 
