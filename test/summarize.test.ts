@@ -227,6 +227,21 @@ describe('emlens summarize', () => {
     expect(again.stderr).toMatch(/--json .* already exists/);
   });
 
+  it('emlens report recognises the summarize JSON: the table, per question, and the quadrant plot', async () => {
+    const json = join(root, 'summary.json');
+    const out = join(root, 'report');
+    const r = await runCli(['report', json, '--out', out]);
+    expect(r.code, r.stderr).toBe(0);
+    const md = await readFile(join(out, 'report.md'), 'utf8');
+    expect(md).toContain('Judged files');
+    expect(md).toContain('EM rate per file');
+    expect(md).toContain(join('sub', 'small.csv'));
+    expect(md).not.toMatch(/change vs/i);
+    expect(md).toContain('EM rate per question');
+    const html = await readFile(join(out, 'report.html'), 'utf8');
+    expect(html).toContain('Aligned vs coherent');
+  });
+
   it('refuses a named file without scores in one line', async () => {
     const file = join(root, 'noscores.csv');
     await writeFile(file, 'question,response\nQ,A\n');
