@@ -124,6 +124,11 @@ export interface LineChartOptions<R> {
   readonly xTitle?: string;
   readonly yTitle?: string;
   readonly seriesTitle?: string;
+  /**
+   * Field whose values get their own line style (the first solid, the next dashed, dotted): e.g. random
+   * controls drawn dashed beside the direction's solid line, whatever their colour.
+   */
+  readonly dash?: keyof R & string;
   /** Fixed y domain, e.g. [-1, 1] for cosines. */
   readonly yDomain?: readonly [number, number];
   readonly width?: number;
@@ -157,6 +162,23 @@ export function lineChart<R extends Record<string, unknown>>(
       },
       ...(opts.series
         ? { color: { field: opts.series, type: 'nominal', title: opts.seriesTitle ?? opts.series } }
+        : {}),
+      ...(opts.dash
+        ? {
+            strokeDash: {
+              field: opts.dash,
+              type: 'nominal',
+              title: opts.dash,
+              scale: {
+                range: [
+                  [1, 0],
+                  [6, 4],
+                  [2, 2],
+                ],
+              },
+            },
+            shape: { field: opts.dash, type: 'nominal', title: opts.dash },
+          }
         : {}),
     },
   } as TopLevelSpec;
