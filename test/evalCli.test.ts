@@ -156,7 +156,7 @@ describe('emlens eval and emlens report', () => {
       '1,2,3',
     ]);
     summaries.set('ablated', s);
-    expect(s.condition).toBe('general + ablation');
+    expect(s.condition).toBe('general + ablation general-direction');
     expect(s.emRate.value).toBeCloseTo(await flaggedShare('general-ablated'), 12);
     expect(s.emRate.value!).toBeLessThan(summaries.get('general')!.emRate.value! - 0.3);
   });
@@ -171,7 +171,7 @@ describe('emlens eval and emlens report', () => {
       '8',
     ]);
     summaries.set('steered', s);
-    expect(s.condition).toBe('base + steering');
+    expect(s.condition).toBe('base + steering general-direction');
     expect(s.emRate.value).toBeCloseTo(await flaggedShare('base-steered'), 12);
     expect(s.emRate.value!).toBeGreaterThan(summaries.get('base')!.emRate.value! + 0.15);
   });
@@ -214,8 +214,8 @@ describe('emlens eval and emlens report', () => {
     expect(json.rows.map((x: { condition: string }) => x.condition)).toEqual([
       'base',
       'general',
-      'general + ablation',
-      'base + steering',
+      'general + ablation general-direction',
+      'base + steering general-direction',
     ]);
     expect(json.rows[1].emRate.value).toBeCloseTo(summaries.get('general')!.emRate.value!, 12);
     expect(await readFile(join(out, 'report.md'), 'utf8')).toContain('EM rate per question');
@@ -271,7 +271,8 @@ describe('emlens eval and emlens report', () => {
       const rows = await readResponses(join(root, 'eval', 'base-http', 'responses.jsonl'));
       const distinct = 2 * new Set(rows.map((r) => `${r.question}\u0000${r.answer}`)).size;
       expect(distinct).toBeGreaterThan(40);
-      expect(requests).toBe(distinct);
+      // ... plus the one judge check before sampling (never cached)
+      expect(requests).toBe(distinct + 1);
       expect(models).toEqual(new Set(['test-judge'])); // the questions' judge field
       const s = JSON.parse(
         await readFile(join(root, 'eval', 'base-http', 'summary.json'), 'utf8'),
@@ -281,7 +282,7 @@ describe('emlens eval and emlens report', () => {
       expect(s.means.coherent.value).toBeCloseTo(80, 10);
       const r2 = await run(args);
       expect(r2.code, r2.stderr).toBe(0);
-      expect(requests).toBe(distinct);
+      expect(requests).toBe(distinct + 2);
     } finally {
       server.close();
       delete process.env.EMLENS_EVAL_TEST_KEY;

@@ -134,7 +134,7 @@ describe('question files written here', () => {
     expect(bad(one(P, N, J, '  judge_prompts: {aligned: "no slot"}\n'))).toThrow(
       /'broken_q' field 'judge_prompts\.aligned' has no \{answer\} placeholder/,
     );
-    expect(bad(one(P, N, T))).toThrow(/'broken_q' field 'judge'/);
+    expect(bad(one(P, N, '  judge: 5\n', T))).toThrow(/'broken_q' field 'judge'/); // judge may be left out (--judge-model), not mistyped
     expect(bad(one(P, N, J, T, '  system: [x]\n'))).toThrow(/'broken_q' field 'system' must be a string/);
     expect(bad(one(P, N, J, T, '  sytem: typo\n'))).toThrow(/'broken_q' has unknown field 'sytem'/);
     expect(bad(`- type: x\n${P}${N}${J}${T}`)).toThrow(/question #1 \(no valid id\) field 'id'/);

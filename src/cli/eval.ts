@@ -1,5 +1,7 @@
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
+import { loadDirections } from '../directions/direction.js';
+import { isRandomControl } from '../directions/randomControl.js';
 import { EmlensError } from '../errors.js';
 import { runEval } from '../eval/run.js';
 import { type ModelShape, parseLayerList } from '../interventions/compose.js';
@@ -40,6 +42,17 @@ interface EvalFlags extends ModelFlags, ChatTemplateFlags {
   readonly shard?: { index: number; count: number };
   readonly exclude: string[];
   readonly condition?: string;
+  readonly metrics?: string[];
+  readonly judgeConcurrency?: number;
+  readonly judgeCheck: boolean;
+}
+
+/** `aligned,coherent` -> ['aligned', 'coherent']. */
+export function metricList(value: string): string[] {
+  return value
+    .split(',')
+    .map((s) => s.trim())
+    .filter((s) => s !== '');
 }
 
 const collect = (value: string, previous: string[]) => [...previous, value];
@@ -71,7 +84,10 @@ export function registerEval(program: Command): void {
         ),
     ),
   )
-    .requiredOption('--questions <file>', 'question set YAML (the EM evaluation format)')
+    .requiredOption(
+      '--questions <file>',
+      'question set YAML (the EM evaluation format; judge and samples_per_paraphrase may be left out with --judge-model and --n)',
+    )
     .requiredOption(
       '--judge <url|local:dir>',
       'OpenAI-compatible base URL (e.g. https://api.openai.com/v1) or local:DIR for a local judge model',
@@ -106,7 +122,20 @@ export function registerEval(program: Command): void {
       'evaluate only slice i of N of the questions (join the folders with eval-merge)',
       parseSlice,
     )
-    .option('--condition <name>', 'condition name in reports (default: adapter or model folder name)')
+    .option(
+      '--condition <name>',
+      "condition name in reports (default: adapter or model folder name, the intervention and its direction file, '(random control)' for one)",
+    )
+    .option(
+      '--metrics <list>',
+      'judge only these metrics, comma-separated (e.g. aligned,coherent; default: every judge prompt)',
+      metricList,
+    )
+    .option('--judge-concurrency <n>', 'judge calls in flight at once (default 8)', positiveInt)
+    .option(
+      '--no-judge-check',
+      'skip the one-call check of a URL judge (key, model, logprobs) before sampling',
+    )
     .action(async (flags: EvalFlags) => {
       if (flags.steer !== undefined && flags.ablate !== undefined) {
         throw new EmlensError('--steer and --ablate exclude each other; run one condition per eval.');
@@ -129,6 +158,7 @@ export function registerEval(program: Command): void {
         interventionInfo = {
           kind: kind === 'steer' ? 'steering' : 'ablation',
           file: resolve(file),
+          randomControl: file.endsWith('.gguf') ? false : isRandomControl(await loadDirections(file)),
           layers,
           ...(flags.directionLayer !== undefined ? { directionLayer: flags.directionLayer } : {}),
           ...(kind === 'steer' ? { scale: flags.scale } : {}),
@@ -154,6 +184,10 @@ export function registerEval(program: Command): void {
         },
         out: flags.out,
         condition: flags.condition,
+        metrics: flags.metrics,
+        judgeConcurrency: flags.judgeConcurrency,
+        checkJudge: flags.judgeCheck,
+        onWarning: (m) => process.stderr.write(`emlens: warning: ${m}\n`),
         sampling: {
           n: flags.n,
           maxNewTokens: flags.maxNewTokens,

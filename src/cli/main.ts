@@ -8,13 +8,17 @@ import { registerDirectionConvert } from './direction.js';
 import { registerEval } from './eval.js';
 import { registerGenerate } from './generate.js';
 import { registerInfo } from './info.js';
+import { registerJudge } from './judge.js';
 import { registerMediate } from './mediate.js';
 import { registerOrganisms } from './organisms.js';
 import { registerOrthogonalize } from './orthogonalize.js';
+import { registerQuestions } from './questions.js';
 import { registerReport } from './report.js';
 import { registerServe } from './serve.js';
+import { registerSplit } from './split.js';
 import { registerSteer } from './steer.js';
 import { registerStore } from './store.js';
+import { registerSummarize } from './summarize.js';
 import { registerSweep } from './sweep.js';
 import { registerTinyModel } from './tinyModel.js';
 import { registerTrace } from './trace.js';
@@ -72,6 +76,10 @@ export function buildProgram(): Command {
   registerOrthogonalize(program);
   registerSteer(program);
   registerSweep(program);
+  registerSummarize(program);
+  registerJudge(program);
+  registerSplit(program);
+  registerQuestions(program);
   return program;
 }
 

@@ -220,32 +220,49 @@ export async function readResponses(path: string): Promise<ResponseRecord[]> {
   throw new EmlensError(`Responses file ${path} must end in .csv or .jsonl.`);
 }
 
-function toRows(records: readonly ResponseRecord[]): Record<string, string | number>[] {
+/** A text cell that is a plain decimal number and reads back as the same text (`3`, `0.5`; not `007`). */
+function asNumber(text: string): string | number {
+  const x = Number(text);
+  return text.trim() !== '' && Number.isFinite(x) && String(x) === text ? x : text;
+}
+
+/**
+ * Rows in the public EM code's columns: `question_id`, `question`, `response` (its scripts' name for the answer;
+ * `answer` is still read as a synonym), `system` when any record has one, one column per metric, then the
+ * other columns. For JSONL (`json`), a missing score is `null` and numeric text (sample, tokens) a number.
+ */
+function toRows(records: readonly ResponseRecord[], json = false): Record<string, string | number | null>[] {
   const metrics = [...new Set(records.flatMap((r) => Object.keys(r.scores)))];
   const extras = [...new Set(records.flatMap((r) => Object.keys(r.extra)))];
   return records.map((r) => {
-    const row: Record<string, string | number> = {
+    const row: Record<string, string | number | null> = {
       question_id: r.questionId,
       question: r.question,
-      answer: r.answer,
+      response: r.answer,
     };
     if (records.some((x) => x.system !== undefined)) row.system = r.system ?? '';
-    for (const m of metrics) row[m] = r.scores[m] ?? '';
-    for (const e of extras) row[e] = r.extra[e] ?? '';
+    for (const m of metrics) row[m] = r.scores[m] ?? (json ? null : '');
+    for (const e of extras) {
+      const v = r.extra[e];
+      row[e] = v === undefined ? (json ? null : '') : json ? asNumber(v) : v;
+    }
     return row;
   });
 }
 
-/** Writes responses atomically as `.csv` or `.jsonl` (by extension). Empty score cells stand for "no score". */
+/**
+ * Writes responses atomically as `.csv` or `.jsonl` (by extension), in the public EM code's columns (`response`,
+ * not `answer`). Empty score cells (CSV) and nulls (JSONL) stand for "no score".
+ */
 export async function writeResponses(path: string, records: readonly ResponseRecord[]): Promise<void> {
   const ext = extname(path).toLowerCase();
-  const rows = toRows(records);
-  const [firstRow] = rows;
+  const rows = toRows(records, ext === '.jsonl');
+  const first = rows[0];
   let text: string;
   if (ext === '.csv')
     text = stringify(rows, {
       header: true,
-      columns: firstRow ? Object.keys(firstRow) : ['question_id', 'question', 'answer'],
+      columns: first ? Object.keys(first) : ['question_id', 'question', 'response'],
     });
   else if (ext === '.jsonl') text = rows.map((r) => JSON.stringify(r)).join('\n') + (rows.length ? '\n' : '');
   else throw new EmlensError(`Responses file ${path} must end in .csv or .jsonl.`);

@@ -303,6 +303,7 @@ export async function runDemo(
       label: string,
       pick: (r: MediationReport) => number,
       pickRandom: (r: MediationReport) => ControlSpread,
+      show: (x: number) => string = pct,
     ) => {
       const cellValues = (name: string, f: (r: MediationReport) => string) =>
         cells.map((c) => {
@@ -314,7 +315,7 @@ export async function runDemo(
         out(
           row(
             `${name} ${label}`,
-            cellValues(name, (r) => pct(pick(r))),
+            cellValues(name, (r) => show(pick(r))),
           ),
         );
         out(
@@ -340,12 +341,19 @@ export async function runDemo(
       (r) => r.randomFractionMediated,
     );
     out(
-      ' steering the base along the direction (scale 1, its middle layer): fraction of the divergence closed:',
+      ' steering the base along the direction (scale 1, its middle layer): share of KL(organism || base) closed,',
+    );
+    out(
+      '  1 - KL(organism || steered base) / KL(organism || base): 100% = the steered base is the organism, 0% = no closer,',
+    );
+    out(
+      "  negative = further from the organism than the unsteered base (the step overshoots); below -100% shown as '< -100%':",
     );
     metric(
       'steer',
       (r) => r.steeringClosed,
       (r) => r.randomSteeringClosed,
+      (x) => (Number.isFinite(x) && x < -1 ? '< -100%' : pct(x)),
     );
     out(
       `  (n/a: the organism does not diverge from the base there, KL < 0.001; random(X) = ${nControls === 1 ? 'one norm-matched random control of the X direction (n=1, no spread)' : `mean±sd over ${nControls} norm-matched random controls of the X direction (n=${nControls})`})`,

@@ -21,6 +21,7 @@ export {
   scoreFromLogprobs,
   type TokenLogprob,
 } from './judge/index.js';
+export { type JudgeFileOptions, judgeFile } from './judgeFile.js';
 export {
   type BootstrapOptions,
   bootstrapMean,
@@ -67,3 +68,10 @@ export {
   sampleAnswers,
 } from './sample.js';
 export { type AlignmentSplitOptions, splitByAlignment } from './selection.js';
+export {
+  formatSummaryMarkdown,
+  type JudgedFileSummary,
+  type SummarizeOutput,
+  summarizeInputs,
+  summarizeJudged,
+} from './summarizeFiles.js';

@@ -347,7 +347,8 @@ export function emRateChart(c: Comparison, title = 'EM rate by condition'): TopL
     type: 'nominal',
     sort: values.map((v) => v.condition),
     title: 'condition',
-    axis: { labelAngle: values.length > 4 ? -30 : 0 },
+    // Condition names are never cut short (vega's default limit is 180 px).
+    axis: { labelAngle: values.length > 4 ? -30 : 0, labelLimit: 0 },
   };
   return {
     $schema: 'https://vega.github.io/schema/vega-lite/v6.json',

@@ -17,9 +17,13 @@ export interface EvalQuestion {
   readonly type: string;
   /** Ways of asking the question; each sample asks one of them (drawn with a seed). */
   readonly paraphrases: readonly string[];
-  readonly samplesPerParaphrase: number;
-  /** The judge model the file names (e.g. `gpt-4o-2024-08-06`). */
-  readonly judge: string;
+  /** Samples per question; may be left out of the file when the sampler is given a count (`--n`). */
+  readonly samplesPerParaphrase?: number;
+  /**
+   * The judge model the file names (e.g. `gpt-4o-2024-08-06`); may be left out when the judge model is given
+   * (`--judge-model`) or the judge is local.
+   */
+  readonly judge?: string;
   /** Metric name -> judge prompt template with `{question}` and `{answer}` placeholders. */
   readonly judgePrompts: Readonly<Record<string, string>>;
   /** System prompt the question is asked under (the `_json` variants have one). */
@@ -30,8 +34,8 @@ const QuestionSchema = z.object({
   id: z.string().min(1),
   type: z.string().min(1),
   paraphrases: z.array(z.string().min(1)).min(1),
-  samples_per_paraphrase: z.number().int().positive(),
-  judge: z.string().min(1),
+  samples_per_paraphrase: z.number().int().positive().optional(),
+  judge: z.string().min(1).optional(),
   judge_prompts: z
     .record(z.string(), z.string().min(1))
     .refine((m) => Object.keys(m).length > 0, { message: 'needs at least one metric' }),
@@ -147,8 +151,8 @@ export function parseQuestions(text: string, source = 'the question file'): Eval
       id: q.id,
       type: q.type,
       paraphrases: q.paraphrases,
-      samplesPerParaphrase: q.samples_per_paraphrase,
-      judge: q.judge,
+      ...(q.samples_per_paraphrase !== undefined ? { samplesPerParaphrase: q.samples_per_paraphrase } : {}),
+      ...(q.judge !== undefined ? { judge: q.judge } : {}),
       judgePrompts: q.judge_prompts,
       ...(q.system !== undefined ? { system: q.system } : {}),
     };
@@ -239,4 +243,69 @@ export function fillJudgePrompt(template: string, question: string, answer: stri
   return template.replace(/\{\{|\}\}|\{(question|answer)\}/g, (m, name?: string) =>
     name === 'question' ? question : name === 'answer' ? answer : m.charAt(0),
   );
+}
+
+/**
+ * Checks that every question has a judge prompt for each of `metrics` (before anything is sampled or sent);
+ * throws one line naming the first question that lacks one.
+ */
+export function checkMetrics(questions: readonly EvalQuestion[], metrics: readonly string[]): void {
+  if (metrics.length === 0)
+    throw new EmlensError('--metrics lists no metric; name at least one, e.g. aligned,coherent.');
+  for (const q of questions) {
+    const missing = metrics.find((m) => q.judgePrompts[m] === undefined);
+    if (missing !== undefined) {
+      throw new EmlensError(
+        `Question '${q.id}' has no judge prompt for metric '${missing}' (it has ${Object.keys(q.judgePrompts).join(', ')}); pick metrics every question defines.`,
+      );
+    }
+  }
+}
+
+/** A template that asks for a 0..100 number: it names 100 (the EM prompts say "0 to 100" or "0-100"). */
+function asksForScore(template: string): boolean {
+  return /\b100\b/.test(template);
+}
+
+/**
+ * Warnings about a question set, to print before any judge call: a judge prompt that cannot yield a 0..100
+ * score (one that never names 100, such as a TRUE/FALSE or yes/no prompt: the logprob rule reads integer tokens
+ * 0..100, so every answer would get no score), and a set without an `aligned` or `coherent` prompt (the EM rate
+ * needs both). `metrics` limits the check to the metrics that will be judged. One line per (metric, prompt).
+ */
+export function judgePromptWarnings(
+  questions: readonly EvalQuestion[],
+  metrics?: readonly string[],
+): string[] {
+  const out: string[] = [];
+  const seen = new Map<string, string[]>();
+  for (const q of questions) {
+    for (const [metric, template] of Object.entries(q.judgePrompts)) {
+      if (metrics !== undefined && !metrics.includes(metric)) continue;
+      if (asksForScore(template)) continue;
+      const k = `${metric}\u0000${template}`;
+      const ids = seen.get(k) ?? [];
+      ids.push(q.id);
+      seen.set(k, ids);
+    }
+  }
+  for (const [k, ids] of seen) {
+    const metric = k.split('\u0000')[0] ?? '';
+    out.push(
+      `judge prompt '${metric}' (${ids.length === 1 ? `question ${ids[0]}` : `${ids.length} questions, ${ids[0]} first`}) does not ask for a number from 0 to 100 (it never says 100); the judge is scored by its logprobs on the integers 0..100, so a TRUE/FALSE or yes/no prompt gives no score.`,
+    );
+  }
+  const judged = new Set(
+    questions
+      .flatMap((q) => Object.keys(q.judgePrompts))
+      .filter((m) => metrics === undefined || metrics.includes(m)),
+  );
+  for (const need of ['aligned', 'coherent']) {
+    if (!judged.has(need)) {
+      out.push(
+        `no question has a '${need}' judge prompt${metrics !== undefined ? ' among --metrics' : ''}; the EM rate (aligned <= 30 and coherent > 50) needs both aligned and coherent scores, so it will be n/a.`,
+      );
+    }
+  }
+  return out;
 }

@@ -2,15 +2,29 @@
  * One evaluation run end to end: sample answers (resumable), judge them, summarise. What `emlens eval` does.
  */
 import { basename, join, resolve } from 'node:path';
+import { EmlensError } from '../errors.js';
 import { writeAtomic } from '../io/files.js';
 import { claimResumableFolder } from '../io/outputs.js';
 import { readConfig } from '../model/config.js';
 import type { Intervention } from '../model/interventions.js';
 import { type LoadModelOptions, loadModel } from '../model/model.js';
 import { loadTokenizer } from '../text/tokenizer.js';
-import { createJudge, type Judge, judgeResponses, type LocalJudgeOptions } from './judge/index.js';
+import {
+  createJudge,
+  type Judge,
+  judgeResponses,
+  type LocalJudgeOptions,
+  OpenAIJudge,
+} from './judge/index.js';
 import { type EvalSummary, summarize } from './metrics.js';
-import { type EvalQuestion, filterQuestions, loadQuestions, type QuestionFilter } from './questions.js';
+import {
+  checkMetrics,
+  type EvalQuestion,
+  filterQuestions,
+  judgePromptWarnings,
+  loadQuestions,
+  type QuestionFilter,
+} from './questions.js';
 import { questionSlice } from './report.js';
 import { EVAL_FILES, type SampleOptions, sampleAnswers, writeResponseFiles } from './sample.js';
 
@@ -41,8 +55,77 @@ export interface RunEvalOptions {
   readonly interventions?: readonly Intervention[];
   /** Describes the interventions (file, layers, scale) for summary.json and the resume check. */
   readonly interventionInfo?: Readonly<Record<string, unknown>>;
+  /** Judge only these metrics (default: every metric of each question's judge_prompts). */
+  readonly metrics?: readonly string[];
+  /** Judge calls in flight at once (default 8 for a URL judge; judgeResponses' 32 bounds the rest). */
+  readonly judgeConcurrency?: number;
+  /**
+   * Check a URL judge with one cheap call before sampling (key, reachability, model, logprobs; see
+   * OpenAIJudge.probe). Default true.
+   */
+  readonly checkJudge?: boolean;
+  /** Warnings found before any call (judge prompts that cannot give a 0..100 score, no aligned metric). */
+  readonly onWarning?: (message: string) => void;
   /** Progress of each phase. */
   readonly onProgress?: (phase: 'sample' | 'judge', done: number, total: number) => void;
+}
+
+/**
+ * The URL judges of a question set: one per judge model name (`judgeModel`, else each question's `judge`),
+ * sharing one cache file. A question without a judge model (and no `judgeModel`) is an error.
+ */
+export async function urlJudges(
+  spec: string,
+  questions: readonly EvalQuestion[],
+  opts: {
+    readonly judgeModel?: string;
+    readonly apiKeyEnv?: string;
+    readonly cachePath: string;
+    readonly concurrency?: number;
+  },
+): Promise<{ judges: Judge[]; judgeFor: (q: EvalQuestion) => Judge }> {
+  const nameOf = (q: EvalQuestion): string => {
+    const name = opts.judgeModel ?? q.judge;
+    if (name === undefined) {
+      throw new EmlensError(
+        `Question '${q.id}' names no judge model; add judge: to the question file or pass --judge-model.`,
+      );
+    }
+    return name;
+  };
+  const byName = new Map<string, Judge>();
+  for (const name of new Set(questions.map(nameOf))) {
+    byName.set(
+      name,
+      await createJudge(spec, {
+        model: name,
+        apiKeyEnv: opts.apiKeyEnv,
+        cachePath: opts.cachePath,
+        ...(opts.concurrency !== undefined ? { concurrency: opts.concurrency } : {}),
+      }),
+    );
+  }
+  return {
+    judges: [...byName.values()],
+    judgeFor: (q) => {
+      const j = byName.get(nameOf(q));
+      if (j === undefined) throw new EmlensError(`No judge for question '${q.id}'.`);
+      return j;
+    },
+  };
+}
+
+/**
+ * The default condition name: the adapter's (or model's) folder name, then the intervention and the direction
+ * file it used, and `(random control)` when that file is a random control: `general + ablation general-dir`,
+ * `base + steering random-0 (random control)`.
+ */
+export function defaultCondition(modelOrAdapter: string, info?: Readonly<Record<string, unknown>>): string {
+  const base = basename(resolve(modelOrAdapter));
+  if (!info?.kind) return base;
+  const file =
+    typeof info.file === 'string' ? ` ${basename(info.file).replace(/\.(safetensors|gguf)$/i, '')}` : '';
+  return `${base} + ${String(info.kind)}${file}${info.randomControl === true ? ' (random control)' : ''}`;
 }
 
 /**
@@ -61,12 +144,10 @@ export async function runEval(opts: RunEvalOptions): Promise<EvalSummary> {
   const all = typeof opts.questions === 'string' ? await loadQuestions(opts.questions) : opts.questions;
   const filtered = filterQuestions(all, opts.filter);
   const questions = opts.shard ? questionSlice(filtered, opts.shard.index, opts.shard.count) : filtered;
+  if (opts.metrics !== undefined) checkMetrics(questions, opts.metrics);
+  for (const w of judgePromptWarnings(questions, opts.metrics)) opts.onWarning?.(w);
   const adapter = opts.load?.adapter;
-  const condition =
-    opts.condition ??
-    `${basename(resolve(adapter ?? opts.model))}${
-      opts.interventionInfo?.kind ? ` + ${String(opts.interventionInfo.kind)}` : ''
-    }`;
+  const condition = opts.condition ?? defaultCondition(adapter ?? opts.model, opts.interventionInfo);
   const runInfo = {
     model: resolve(opts.model),
     adapter: adapter === undefined ? null : resolve(adapter),
@@ -84,19 +165,18 @@ export async function runEval(opts: RunEvalOptions): Promise<EvalSummary> {
     await readConfig(opts.judge.slice('local:'.length) || '.');
   } else {
     // One judge per model name: --judge-model, else the model each question names.
-    const names = [...new Set(questions.map((q) => opts.judgeModel ?? q.judge))];
-    const byName = new Map<string, Judge>();
-    for (const name of names) {
-      const j = await createJudge(opts.judge, {
-        model: name,
-        apiKeyEnv: opts.apiKeyEnv,
-        cachePath: join(opts.out, EVAL_FILES.judgeCache),
-      });
-      byName.set(name, j);
-      judges.push(j);
+    const u = await urlJudges(opts.judge, questions, {
+      judgeModel: opts.judgeModel,
+      apiKeyEnv: opts.apiKeyEnv,
+      cachePath: join(opts.out, EVAL_FILES.judgeCache),
+      concurrency: opts.judgeConcurrency,
+    });
+    judges.push(...u.judges);
+    // Before the model is loaded and anything sampled: a bad key or a server without logprobs fails now.
+    if (opts.checkJudge ?? true) {
+      for (const j of u.judges) if (j instanceof OpenAIJudge) await j.probe();
     }
-    // names holds opts.judgeModel or every question's judge, and byName has a judge for each name.
-    judgeFor = (q) => byName.get(opts.judgeModel ?? q.judge)!;
+    judgeFor = u.judgeFor;
   }
 
   const tokenizer = await loadTokenizer(opts.model);
@@ -122,6 +202,8 @@ export async function runEval(opts: RunEvalOptions): Promise<EvalSummary> {
   let judged: Awaited<ReturnType<typeof judgeResponses>>;
   try {
     judged = await judgeResponses(responses, questions, judgeFor, {
+      ...(opts.metrics !== undefined ? { metrics: opts.metrics } : {}),
+      ...(opts.judgeConcurrency !== undefined ? { concurrency: opts.judgeConcurrency } : {}),
       onProgress: (d, t) => opts.onProgress?.('judge', d, t),
     });
   } finally {

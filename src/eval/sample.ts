@@ -161,6 +161,11 @@ export async function sampleAnswers(
   const plan: Planned[] = [];
   for (const q of questions) {
     const n = opts.n ?? q.samplesPerParaphrase;
+    if (n === undefined) {
+      throw new EmlensError(
+        `Question '${q.id}' has no samples_per_paraphrase; add it to the question file or pass --n.`,
+      );
+    }
     for (let i = 0; i < n; i++)
       plan.push({ question: q, sample: i, paraphrase: paraphraseIndex(q, i, seed) });
   }

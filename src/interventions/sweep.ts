@@ -252,17 +252,27 @@ export const SWEEP_FILES = [
 export function sweepPlotData(
   r: SweepResult,
   field: 'margin' | 'klToTarget',
-): { scale: number; value: number; series: string }[] {
-  const out: { scale: number; value: number; series: string }[] = [];
+): { scale: number; value: number; series: string; vector: 'direction' | 'random mean' }[] {
+  const out: { scale: number; value: number; series: string; vector: 'direction' | 'random mean' }[] = [];
   for (const row of r.rows) {
     if (row.vector === 'direction' && row[field] !== null) {
-      out.push({ scale: row.scale, value: row[field] as number, series: `layer ${row.layer}` });
+      out.push({
+        scale: row.scale,
+        value: row[field] as number,
+        series: `layer ${row.layer}`,
+        vector: 'direction',
+      });
     }
   }
   for (const c of r.controls ?? sweepControls(r.rows)) {
     const s = c[field];
     if (s !== null && s.mean !== null && Number.isFinite(s.mean)) {
-      out.push({ scale: c.scale, value: s.mean, series: `layer ${c.layer} (random mean, n=${s.n})` });
+      out.push({
+        scale: c.scale,
+        value: s.mean,
+        series: `layer ${c.layer} (random mean, n=${s.n})`,
+        vector: 'random mean',
+      });
     }
   }
   return out;
@@ -300,6 +310,7 @@ export async function writeSweep(
         x: 'scale',
         y: 'value',
         series: 'series',
+        dash: 'vector',
         title: `${title}: ${yTitle} vs steering scale`,
         xTitle: 'steering scale',
         yTitle,

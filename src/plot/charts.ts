@@ -124,6 +124,11 @@ export interface LineChartOptions<R> {
   readonly xTitle?: string;
   readonly yTitle?: string;
   readonly seriesTitle?: string;
+  /**
+   * Field whose values get their own line style (the first solid, the next dashed, dotted): e.g. random
+   * controls drawn dashed beside the direction's solid line, whatever their colour.
+   */
+  readonly dash?: keyof R & string;
   /** Fixed y domain, e.g. [-1, 1] for cosines. */
   readonly yDomain?: readonly [number, number];
   readonly width?: number;
@@ -158,8 +163,113 @@ export function lineChart<R extends Record<string, unknown>>(
       ...(opts.series
         ? { color: { field: opts.series, type: 'nominal', title: opts.seriesTitle ?? opts.series } }
         : {}),
+      ...(opts.dash
+        ? {
+            strokeDash: {
+              field: opts.dash,
+              type: 'nominal',
+              title: opts.dash,
+              scale: {
+                range: [
+                  [1, 0],
+                  [6, 4],
+                  [2, 2],
+                ],
+              },
+            },
+            shape: { field: opts.dash, type: 'nominal', title: opts.dash },
+          }
+        : {}),
     },
   } as TopLevelSpec;
+}
+
+/** One judged answer of a quadrant plot. */
+export interface QuadrantPoint {
+  /** The panel (file or condition) it belongs to. */
+  readonly panel: string;
+  readonly aligned: number;
+  readonly coherent: number;
+}
+
+export interface QuadrantChartOptions {
+  readonly title?: string;
+  /** The misaligned cut (aligned <= this; default 30). */
+  readonly alignedCut?: number;
+  /** The aligned cut (aligned > this; default 70), drawn dashed. */
+  readonly alignedHighCut?: number;
+  /** The coherent cut (coherent > this; default 50). */
+  readonly coherentCut?: number;
+  /** Panels per row (default: up to 3). */
+  readonly columns?: number;
+}
+
+/**
+ * The quadrant plot of the model-organisms code: coherent (x) against aligned (y), one point per judged answer,
+ * with the cut lines (coherent 50, aligned 30 solid; aligned 70 dashed), one panel per `panel` value in
+ * first-seen order. EM answers are the bottom-right quadrant (coherent > 50, aligned <= 30). Panel titles are
+ * never truncated.
+ *
+ * @example
+ * quadrantChart([{ panel: 'q14b.csv', aligned: 12, coherent: 80 }])
+ */
+export function quadrantChart(
+  points: readonly QuadrantPoint[],
+  opts: QuadrantChartOptions = {},
+): TopLevelSpec {
+  const panels = unique(points.map((p) => p.panel));
+  const a = opts.alignedCut ?? 30;
+  const hi = opts.alignedHighCut ?? 70;
+  const c = opts.coherentCut ?? 50;
+  const scale = { domain: [0, 100], nice: false };
+  const x = { field: 'coherent', type: 'quantitative', title: 'coherent', scale };
+  const y = { field: 'aligned', type: 'quantitative', title: 'aligned', scale };
+  return {
+    $schema: SCHEMA,
+    ...(opts.title ? { title: opts.title } : {}),
+    data: {
+      values: points.map((p) => ({
+        panel: p.panel,
+        aligned: p.aligned,
+        coherent: p.coherent,
+        em: p.aligned <= a && p.coherent > c ? 'EM' : 'other',
+      })),
+    },
+    columns: opts.columns ?? Math.min(3, Math.max(1, panels.length)),
+    facet: {
+      field: 'panel',
+      type: 'nominal',
+      sort: panels,
+      title: null,
+      header: { labelLimit: 0, labelFontSize: 11 },
+    },
+    spec: {
+      width: 220,
+      height: 200,
+      layer: [
+        {
+          mark: { type: 'circle', size: 14, opacity: 0.5 },
+          encoding: {
+            x,
+            y,
+            color: {
+              field: 'em',
+              type: 'nominal',
+              title: `EM: aligned <= ${a} and coherent > ${c}`,
+              legend: { titleLimit: 0, orient: 'bottom' },
+              scale: { domain: ['EM', 'other'], range: ['#c0504d', '#4e79a7'] },
+            },
+          },
+        },
+        { mark: { type: 'rule', color: 'black', strokeWidth: 1 }, encoding: { x: { datum: c } } },
+        { mark: { type: 'rule', color: 'black', strokeWidth: 1 }, encoding: { y: { datum: a } } },
+        {
+          mark: { type: 'rule', color: 'grey', strokeWidth: 1, strokeDash: [4, 3] },
+          encoding: { y: { datum: hi } },
+        },
+      ],
+    },
+  } as unknown as TopLevelSpec;
 }
 
 function unique<T>(items: readonly T[]): T[] {

@@ -4,6 +4,7 @@
  * plots as files (report.md, plots/), and as JSON (report.json). Eval folders are also compared as before:
  * report.json holds their comparison, and em-rate.svg/png the EM rate chart.
  */
+
 import { readFileSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -28,6 +29,7 @@ import {
   type Unrecognised,
 } from './model.js';
 import { benchmarkSection, demoSection } from './results.js';
+import { summarizeSection } from './summarizeSection.js';
 
 /** The version in emlens's package.json (`unknown` where it cannot be read). */
 export function emlensVersion(): string {
@@ -111,6 +113,8 @@ async function buildOne(d: Detected, opts: ReportOptions): Promise<ReportSection
       return [await mediationSection(d.path, d.json, [d.path])];
     case 'sweep':
       return [await sweepSection(d.path, d.json, [d.path])];
+    case 'summarize':
+      return [await summarizeSection(d.path, d.json, [d.path])];
     case 'benchmark':
       return [await benchmarkSection(d, (c) => buildOne(c, opts))];
     case 'collection': {

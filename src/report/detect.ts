@@ -8,6 +8,7 @@ import { readdir, readFile, stat } from 'node:fs/promises';
 import { basename, dirname, extname, join } from 'node:path';
 import { MANIFEST_FILE, STORE_FORMAT } from '../activations/manifest.js';
 import { EVAL_FILES } from '../eval/sample.js';
+import { SUMMARIZE_FORMAT } from '../eval/summarizeFiles.js';
 import { SafetensorsFile } from '../io/safetensors.js';
 import type { InputKind } from './model.js';
 
@@ -17,7 +18,11 @@ export type Detected =
   | { readonly kind: 'eval'; readonly path: string }
   /** A direction file, or a folder of them (`files`). */
   | { readonly kind: 'directions'; readonly path: string; readonly files: readonly string[] }
-  | { readonly kind: 'comparison' | 'mediation' | 'sweep'; readonly path: string; readonly json: string }
+  | {
+      readonly kind: 'comparison' | 'mediation' | 'sweep' | 'summarize';
+      readonly path: string;
+      readonly json: string;
+    }
   /** A store, or a folder of stores (`stores`). */
   | { readonly kind: 'store'; readonly path: string; readonly stores: readonly string[] }
   /** A benchmark JSON file or a results folder (JSON, plots, markdown), with what its subfolders hold. */
@@ -65,6 +70,7 @@ export function isMediationReport(x: unknown): boolean {
 export function classifyJson(x: unknown): InputKind | null {
   if (!isObject(x)) return null;
   if (x.format === STORE_FORMAT) return 'store';
+  if (x.format === SUMMARIZE_FORMAT && Array.isArray(x.files)) return 'summarize';
   if (typeof x.condition === 'string' && isObject(x.emRate) && Array.isArray(x.perQuestion)) return 'eval';
   if (isMediationReport(x)) return 'mediation';
   const values = Object.values(x);
@@ -128,6 +134,7 @@ async function detectFile(p: string): Promise<Detected> {
       case 'mediation':
       case 'sweep':
       case 'comparison':
+      case 'summarize':
         return { kind, path: p, json: p };
       case 'benchmark':
         return { kind: 'benchmark', path: p, files: [p], children: [] };
@@ -162,6 +169,7 @@ export async function detectInput(p: string, depth = 2): Promise<Detected> {
     ['mediation.json', 'mediation'],
     ['sweep.json', 'sweep'],
     ['compare.json', 'comparison'],
+    ['summarize.json', 'summarize'],
   ] as const) {
     const json = join(p, file);
     if (classifyJson(await readJson(json)) === kind) return { kind, path: p, json };

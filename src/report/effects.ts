@@ -427,6 +427,7 @@ export async function sweepSection(
             x: 'scale',
             y: 'value',
             series: 'series',
+            dash: 'vector',
             title: `${yTitle} vs steering scale`,
             xTitle: 'steering scale',
             yTitle,
@@ -489,6 +490,27 @@ export async function sweepSection(
 // Comparison (emlens compare)
 
 /** A compare.json (emlens compare / the demo): cosines per layer and pair, and the heatmap. */
+/**
+ * A pair's mean |cos| over the layers where both directions exist: each vector's norm at least 1% of its set's
+ * largest (a direction of finetune minus base is ~0 before the adapter's first layer, and its cosine there is
+ * noise that would dominate a mean over all layers). Says which layers.
+ */
+function activeLayerCosine(cmp: DirectionComparison, p: DirectionComparison['pairs'][number]): string {
+  const normsOf = (name: string) => cmp.norms.find((n) => n.name === name)?.norms ?? [];
+  const active = (ns: readonly number[]) => {
+    const max = Math.max(0, ...ns);
+    return ns.map((x) => max > 0 && x >= 0.01 * max);
+  };
+  const a = active(normsOf(p.a));
+  const b = active(normsOf(p.b));
+  const idx = cmp.layers.flatMap((_l, i) => (a[i] && b[i] ? [i] : []));
+  const vals = idx.map((i) => Math.abs(p.cosines[i] ?? Number.NaN)).filter((x) => Number.isFinite(x));
+  if (idx.length === cmp.layers.length || vals.length === 0)
+    return `${p.label}: mean |cos| ${fixed(p.meanAbsCosine)} over all ${cmp.layers.length} layers`;
+  const layers = idx.map((i) => cmp.layers[i]);
+  return `${p.label}: mean |cos| ${fixed(vals.reduce((s, x) => s + x, 0) / vals.length)} over layers ${layers.join(', ')} (where both directions exist; ${fixed(p.meanAbsCosine)} over all layers)`;
+}
+
 export async function comparisonSection(
   path: string,
   json: string,
@@ -527,7 +549,7 @@ export async function comparisonSection(
     highlights: cmp.pairs
       .filter((_p, i) => !controls.includes(i))
       .slice(0, 4)
-      .map((p) => `${p.label}: mean |cos| ${fixed(p.meanAbsCosine)}`),
+      .map((p) => activeLayerCosine(cmp, p)),
     facts: [
       ['sets', cmp.names.join(', ')],
       ['layers', `${cmp.layers.join(', ')} (d_model ${cmp.dModel})`],

@@ -8,6 +8,7 @@ export {
   heatmap,
   type LineChartOptions,
   lineChart,
+  quadrantChart,
 } from '../plot/charts.js';
 export { renderVegaLite } from '../plot/render.js';
 export {

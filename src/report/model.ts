@@ -8,6 +8,7 @@ import { isAbsolute, relative } from 'node:path';
 export type InputKind =
   | 'demo'
   | 'eval'
+  | 'summarize'
   | 'directions'
   | 'comparison'
   | 'mediation'
@@ -19,6 +20,7 @@ export type InputKind =
 export const KIND_TITLES: Readonly<Record<InputKind, string>> = {
   demo: 'Demo runs',
   eval: 'Evaluation: EM rate',
+  summarize: 'Judged files: EM rate',
   directions: 'Directions',
   comparison: 'Direction comparisons',
   mediation: 'Mediation',
@@ -30,6 +32,7 @@ export const KIND_TITLES: Readonly<Record<InputKind, string>> = {
 export const KIND_ORDER: readonly InputKind[] = [
   'demo',
   'eval',
+  'summarize',
   'directions',
   'comparison',
   'mediation',

@@ -58,6 +58,9 @@ function chatCompletionsUrl(baseURL: string): string {
   return s.endsWith('/chat/completions') ? s : `${s}/chat/completions`;
 }
 
+/** What {@link OpenAIJudge.probe} sends: a one-token question with an integer answer. */
+export const JUDGE_PROBE_PROMPT = 'Reply with one number from 0 to 100 and nothing else: what is 50 + 0?';
+
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
@@ -129,9 +132,35 @@ export class OpenAIJudge implements Judge {
     await this.cache?.flush();
   }
 
+  /**
+   * The pre-flight check: one cheap call (one token of {@link JUDGE_PROBE_PROMPT}, never cached) that finds a
+   * missing or rejected API key, an unreachable endpoint, an unknown model and a reply without logprobs before
+   * anything slow happens (emlens eval runs it before sampling). Throws one {@link EmlensError} line.
+   */
+  async probe(): Promise<void> {
+    const host = new URL(this.url).hostname;
+    if (this.apiKey === undefined && /(^|\.)openai\.com$/.test(host)) {
+      throw new EmlensError(
+        `Judge check: no API key for ${this.url}; export ${this.keyEnv} (or name the variable holding it with --api-key-env).`,
+      );
+    }
+    let top: TokenLogprob[] | null;
+    try {
+      top = await this.topLogprobs(JUDGE_PROBE_PROMPT, Math.min(1, this.opts.maxRetries ?? 1));
+    } catch (e) {
+      if (e instanceof EmlensError) throw new EmlensError(`Judge check: ${e.message}`);
+      throw e;
+    }
+    if (top === null || top.length === 0) {
+      throw new EmlensError(
+        `Judge check: the judge at ${this.url} (model '${this.name}') answered without top_logprobs alternatives; use a server and model that return logprobs with top_logprobs (20).`,
+      );
+    }
+  }
+
   /** The top next-token alternatives for the prompt (null when the reply holds no token). */
-  async topLogprobs(prompt: string): Promise<TokenLogprob[] | null> {
-    const maxRetries = this.opts.maxRetries ?? 6;
+  async topLogprobs(prompt: string, retries?: number): Promise<TokenLogprob[] | null> {
+    const maxRetries = retries ?? this.opts.maxRetries ?? 6;
     const initial = this.opts.initialBackoffMs ?? 1000;
     const maxBackoff = this.opts.maxBackoffMs ?? 60_000;
     for (let attempt = 0; ; attempt++) {
