@@ -11,16 +11,16 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
-import { readManifest } from '../src/activations/manifest.js';
-import { ActivationStore } from '../src/activations/store.js';
-import { loadQuestions } from '../src/eval/questions.js';
-import { questionSlice } from '../src/eval/report.js';
-import { makeOrganisms, type OrganismManifest } from '../src/organisms/make.js';
-import { FLAGGED, questionsYaml } from './helpers/emQuestions.js';
-import { makeKeywordJudge } from './helpers/keywordJudge.js';
-import { runCli } from './helpers/runCli.js';
+import { readManifest } from '../../src/activations/manifest.js';
+import { ActivationStore } from '../../src/activations/store.js';
+import { loadQuestions } from '../../src/eval/questions.js';
+import { questionSlice } from '../../src/eval/report.js';
+import { makeOrganisms, type OrganismManifest } from '../../src/organisms/make.js';
+import { FLAGGED, questionsYaml } from '../helpers/emQuestions.js';
+import { makeKeywordJudge } from '../helpers/keywordJudge.js';
+import { runCli } from '../helpers/runCli.js';
 
-const REPO = resolve(import.meta.dirname, '..');
+const REPO = resolve(import.meta.dirname, '../..');
 const EXAMPLES = join(REPO, 'examples');
 
 let root: string;

@@ -23,18 +23,18 @@ import {
 import { hostname, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { collectToStore } from '../src/activations/collect.js';
-import { readManifest } from '../src/activations/manifest.js';
-import { ActivationStore } from '../src/activations/store.js';
-import { responsesToRecords } from '../src/data/record.js';
-import { readResponses, writeResponses } from '../src/data/response.js';
-import { cachedSha256, sha256File } from '../src/model/fingerprint.js';
-import { loadModel } from '../src/model/model.js';
-import { makeOrganisms, type OrganismManifest } from '../src/organisms/make.js';
-import { loadTokenizer } from '../src/text/tokenizer.js';
-import { runCli } from './helpers/runCli.js';
+import { collectToStore } from '../../src/activations/collect.js';
+import { readManifest } from '../../src/activations/manifest.js';
+import { ActivationStore } from '../../src/activations/store.js';
+import { responsesToRecords } from '../../src/data/record.js';
+import { readResponses, writeResponses } from '../../src/data/response.js';
+import { cachedSha256, sha256File } from '../../src/model/fingerprint.js';
+import { loadModel } from '../../src/model/model.js';
+import { makeOrganisms, type OrganismManifest } from '../../src/organisms/make.js';
+import { loadTokenizer } from '../../src/text/tokenizer.js';
+import { runCli } from '../helpers/runCli.js';
 
-const REPO = resolve(import.meta.dirname, '..');
+const REPO = resolve(import.meta.dirname, '../..');
 const LOCK = 'emlens.lock';
 
 let root: string;

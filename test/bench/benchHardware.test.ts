@@ -9,10 +9,10 @@ import {
   measureCopyBandwidth,
   measureMatMulCeiling,
   openMatMulCeiling,
-} from '../benchmarks/lib/hardware.js';
-import { defaultThreads } from '../src/model/session.js';
-import { weightNames, weightShape } from '../src/model/spec.js';
-import { QWEN25_05B_SHAPE, tinySpec } from '../src/model/tiny.js';
+} from '../../benchmarks/lib/hardware.js';
+import { defaultThreads } from '../../src/model/session.js';
+import { weightNames, weightShape } from '../../src/model/spec.js';
+import { QWEN25_05B_SHAPE, tinySpec } from '../../src/model/tiny.js';
 
 it('runs the given GEMMs and counts their FLOPs; a multi-pass run reports the time per pass; any row count runs', async () => {
   const shapes = [

@@ -6,9 +6,9 @@ import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { profilingOptions, readKernelProfile } from '../benchmarks/lib/profile.js';
-import { loadModel } from '../src/model/model.js';
-import { makeTinyModel } from '../src/model/tiny.js';
+import { profilingOptions, readKernelProfile } from '../../benchmarks/lib/profile.js';
+import { loadModel } from '../../src/model/model.js';
+import { makeTinyModel } from '../../src/model/tiny.js';
 
 let root: string;
 beforeAll(async () => {

@@ -6,7 +6,7 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { benchSummary, collectRows, forwardRows, generateRows } from '../benchmarks/lib/summary.js';
+import { benchSummary, collectRows, forwardRows, generateRows } from '../../benchmarks/lib/summary.js';
 
 const machine = { cpus: 2, cpuModel: 'test cpu', node: 'v20' };
 const forward = {

@@ -3,7 +3,7 @@
  * the BENCH_* settings.
  */
 import { afterEach, describe, expect, it } from 'vitest';
-import { envCount, inRoundOrder } from '../benchmarks/workspace.js';
+import { envCount, inRoundOrder } from '../../benchmarks/workspace.js';
 
 describe('inRoundOrder', () => {
   it('runs the configurations as given in even rounds and reversed in odd ones, leaving the input alone', () => {

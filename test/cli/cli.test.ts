@@ -5,9 +5,9 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
-import { SafetensorsFile } from '../src/io/safetensors.js';
-import { loadModel } from '../src/model/model.js';
-import { runCli } from './helpers/runCli.js';
+import { SafetensorsFile } from '../../src/io/safetensors.js';
+import { loadModel } from '../../src/model/model.js';
+import { runCli } from '../helpers/runCli.js';
 
 let root: string;
 let modelDir: string;

@@ -9,8 +9,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Command } from 'commander';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { buildProgram } from '../src/cli/main.js';
-import { runCli } from './helpers/runCli.js';
+import { buildProgram } from '../../src/cli/main.js';
+import { runCli } from '../helpers/runCli.js';
 
 interface Leaf {
   readonly path: string[];

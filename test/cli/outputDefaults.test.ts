@@ -10,12 +10,12 @@ import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { defaultStoreDir } from '../src/cli/collect.js';
-import { defaultDirectionFile } from '../src/cli/direction.js';
-import { writeResponses } from '../src/data/response.js';
-import { loadDirections } from '../src/directions/direction.js';
-import { makeTinyModel } from '../src/model/tiny.js';
-import { runCli } from './helpers/runCli.js';
+import { defaultStoreDir } from '../../src/cli/collect.js';
+import { defaultDirectionFile } from '../../src/cli/direction.js';
+import { writeResponses } from '../../src/data/response.js';
+import { loadDirections } from '../../src/directions/direction.js';
+import { makeTinyModel } from '../../src/model/tiny.js';
+import { runCli } from '../helpers/runCli.js';
 
 let root: string;
 let work: string;

@@ -6,8 +6,8 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { recordLabel, responsesToRecords, textsToRecords } from '../src/data/record.js';
-import type { ResponseRecord } from '../src/data/response.js';
+import { recordLabel, responsesToRecords, textsToRecords } from '../../src/data/record.js';
+import type { ResponseRecord } from '../../src/data/response.js';
 import {
   alignmentClass,
   coherentFlag,
@@ -15,12 +15,12 @@ import {
   emFlag,
   emRuleText,
   selectionLabel,
-} from '../src/data/thresholds.js';
-import { emIndicator, summarize } from '../src/eval/metrics.js';
-import { splitByAlignment } from '../src/eval/selection.js';
-import { makeTinyModel } from '../src/model/tiny.js';
-import { type AnswerSpan, answerTokens } from '../src/text/answerMask.js';
-import { loadTokenizer, type TextTokenizer } from '../src/text/tokenizer.js';
+} from '../../src/data/thresholds.js';
+import { emIndicator, summarize } from '../../src/eval/metrics.js';
+import { splitByAlignment } from '../../src/eval/selection.js';
+import { makeTinyModel } from '../../src/model/tiny.js';
+import { type AnswerSpan, answerTokens } from '../../src/text/answerMask.js';
+import { loadTokenizer, type TextTokenizer } from '../../src/text/tokenizer.js';
 import {
   cosine,
   dot,
@@ -30,7 +30,7 @@ import {
   squaredNorm,
   unitVector,
   unitVector64,
-} from '../src/util/vector.js';
+} from '../../src/util/vector.js';
 
 const row = (
   id: string,

@@ -7,14 +7,14 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { collectToStore } from '../src/activations/collect.js';
-import { ActivationStore } from '../src/activations/store.js';
-import { type ResponseRecord, readResponses, writeResponses } from '../src/data/response.js';
-import { loadDirections } from '../src/directions/direction.js';
-import { splitByAlignment } from '../src/eval/selection.js';
-import { loadModel } from '../src/model/model.js';
-import { makeTinyModel } from '../src/model/tiny.js';
-import { runCli } from './helpers/runCli.js';
+import { collectToStore } from '../../src/activations/collect.js';
+import { ActivationStore } from '../../src/activations/store.js';
+import { type ResponseRecord, readResponses, writeResponses } from '../../src/data/response.js';
+import { loadDirections } from '../../src/directions/direction.js';
+import { splitByAlignment } from '../../src/eval/selection.js';
+import { loadModel } from '../../src/model/model.js';
+import { makeTinyModel } from '../../src/model/tiny.js';
+import { runCli } from '../helpers/runCli.js';
 
 let root: string;
 beforeAll(async () => {
@@ -176,7 +176,7 @@ describe('score cells', () => {
   });
 
   it('reads the public judged sample as the EM code does', async (ctx) => {
-    const sample = join(import.meta.dirname, '../../shared/data/em-eval/judged_steered_sample.csv');
+    const sample = join(import.meta.dirname, '../../../shared/data/em-eval/judged_steered_sample.csv');
     if (!existsSync(sample)) {
       ctx.skip('../shared/data/em-eval is absent (a clone outside the workspace)');
       return;

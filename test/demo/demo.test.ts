@@ -7,8 +7,8 @@ import { access, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { main } from '../src/cli/main.js';
-import { cosine, loadDirections } from '../src/directions/direction.js';
+import { main } from '../../src/cli/main.js';
+import { cosine, loadDirections } from '../../src/directions/direction.js';
 
 let root: string;
 let stdout = '';

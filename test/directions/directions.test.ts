@@ -11,7 +11,7 @@ import {
   cosineHeatmap,
   formatCompareTable,
   writeComparison,
-} from '../src/directions/compare.js';
+} from '../../src/directions/compare.js';
 import {
   cosine,
   type DirectionMeta,
@@ -25,21 +25,21 @@ import {
   normalize,
   normalizeSet,
   saveDirections,
-} from '../src/directions/direction.js';
+} from '../../src/directions/direction.js';
 import {
   decodeControlVector,
   encodeControlVector,
   exportGguf,
   guessModelHint,
   importGguf,
-} from '../src/directions/gguf.js';
-import { EmlensError } from '../src/errors.js';
-import { GgufType } from '../src/io/gguf.js';
-import { writeSafetensors } from '../src/io/safetensors.js';
-import { lineChart } from '../src/plot/charts.js';
-import { renderVegaLite } from '../src/plot/render.js';
-import { Rng } from '../src/util/random.js';
-import { runCli } from './helpers/runCli.js';
+} from '../../src/directions/gguf.js';
+import { EmlensError } from '../../src/errors.js';
+import { GgufType } from '../../src/io/gguf.js';
+import { writeSafetensors } from '../../src/io/safetensors.js';
+import { lineChart } from '../../src/plot/charts.js';
+import { renderVegaLite } from '../../src/plot/render.js';
+import { Rng } from '../../src/util/random.js';
+import { runCli } from '../helpers/runCli.js';
 
 let root: string;
 let counter = 0;

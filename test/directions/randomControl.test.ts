@@ -16,7 +16,7 @@ import {
   loadDirections,
   norm,
   saveDirections,
-} from '../src/directions/direction.js';
+} from '../../src/directions/direction.js';
 import {
   asControlSpread,
   controlPaths,
@@ -28,9 +28,9 @@ import {
   RANDOM_CONTROL_METHOD,
   randomControl,
   randomControls,
-} from '../src/directions/randomControl.js';
-import { EmlensError } from '../src/errors.js';
-import { Rng } from '../src/util/random.js';
+} from '../../src/directions/randomControl.js';
+import { EmlensError } from '../../src/errors.js';
+import { Rng } from '../../src/util/random.js';
 
 const META: DirectionMeta = {
   model: 'Qwen/Qwen2.5-0.5B-Instruct',
@@ -198,7 +198,7 @@ describe('control files and summaries', () => {
 
 describe('reports of directions and controls', () => {
   it('shows controls as controls (no copied samples or stores) and their cosines as mean and spread', async () => {
-    const { directionsSection } = await import('../src/report/activations.js');
+    const { directionsSection } = await import('../../src/report/activations.js');
     const dir = join(root, 'report-dirs');
     const general = set([0, 1], 11, 64);
     const medical = set([0, 1], 12, 64);
@@ -235,7 +235,7 @@ describe('reports of directions and controls', () => {
   });
 
   it('reads a mediation report written before controls had spreads as one control (n=1)', async () => {
-    const { mediationSection } = await import('../src/report/effects.js');
+    const { mediationSection } = await import('../../src/report/effects.js');
     const path = join(root, 'old-mediation.json');
     const old = {
       direction: 'general.safetensors',

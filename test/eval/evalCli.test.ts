@@ -11,15 +11,15 @@ import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { readResponses } from '../src/data/response.js';
-import { saveDirections } from '../src/directions/direction.js';
-import type { EvalSummary } from '../src/eval/metrics.js';
-import { directionInterventions } from '../src/eval/sample.js';
-import { SafetensorsFile } from '../src/io/safetensors.js';
-import { makeOrganisms, type OrganismManifest } from '../src/organisms/make.js';
-import { FLAGGED, questionsYaml } from './helpers/emQuestions.js';
-import { makeKeywordJudge } from './helpers/keywordJudge.js';
-import { runCli } from './helpers/runCli.js';
+import { readResponses } from '../../src/data/response.js';
+import { saveDirections } from '../../src/directions/direction.js';
+import type { EvalSummary } from '../../src/eval/metrics.js';
+import { directionInterventions } from '../../src/eval/sample.js';
+import { SafetensorsFile } from '../../src/io/safetensors.js';
+import { makeOrganisms, type OrganismManifest } from '../../src/organisms/make.js';
+import { FLAGGED, questionsYaml } from '../helpers/emQuestions.js';
+import { makeKeywordJudge } from '../helpers/keywordJudge.js';
+import { runCli } from '../helpers/runCli.js';
 
 const run = runCli;
 

@@ -10,8 +10,8 @@ import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import type { ResponseRecord } from '../src/data/response.js';
-import { EmlensError } from '../src/errors.js';
+import type { ResponseRecord } from '../../src/data/response.js';
+import { EmlensError } from '../../src/errors.js';
 import {
   JudgeCache,
   judgeResponses,
@@ -20,13 +20,13 @@ import {
   OpenAIJudge,
   scoreFromLogprobs,
   scoreToken,
-} from '../src/eval/judge/index.js';
-import { parseQuestions } from '../src/eval/questions.js';
-import { loadModel } from '../src/model/model.js';
-import { makeTinyModel } from '../src/model/tiny.js';
-import { encodeChat } from '../src/text/chat.js';
-import { loadTokenizer } from '../src/text/tokenizer.js';
-import { JUDGE_MARKER, makeKeywordJudge } from './helpers/keywordJudge.js';
+} from '../../src/eval/judge/index.js';
+import { parseQuestions } from '../../src/eval/questions.js';
+import { loadModel } from '../../src/model/model.js';
+import { makeTinyModel } from '../../src/model/tiny.js';
+import { encodeChat } from '../../src/text/chat.js';
+import { loadTokenizer } from '../../src/text/tokenizer.js';
+import { JUDGE_MARKER, makeKeywordJudge } from '../helpers/keywordJudge.js';
 
 const lp = (pairs: [string, number][]) => pairs.map(([token, p]) => ({ token, logprob: Math.log(p) }));
 

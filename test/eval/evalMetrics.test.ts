@@ -6,7 +6,7 @@ import { mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { ResponseRecord } from '../src/data/response.js';
+import type { ResponseRecord } from '../../src/data/response.js';
 import {
   bootstrapMean,
   compareConditions,
@@ -15,9 +15,9 @@ import {
   formatComparisonMarkdown,
   quantile,
   summarize,
-} from '../src/eval/metrics.js';
-import { writeReport } from '../src/eval/report.js';
-import { writeAtomic } from '../src/io/files.js';
+} from '../../src/eval/metrics.js';
+import { writeReport } from '../../src/eval/report.js';
+import { writeAtomic } from '../../src/io/files.js';
 
 const rec = (questionId: string, aligned: number | null, coherent: number | null): ResponseRecord => ({
   questionId,

@@ -7,15 +7,15 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { EmlensError } from '../src/errors.js';
+import { EmlensError } from '../../src/errors.js';
 import {
   fillJudgePrompt,
   filterQuestions,
   idMatcher,
   loadQuestions,
   parseQuestions,
-} from '../src/eval/questions.js';
-import { runCli } from './helpers/runCli.js';
+} from '../../src/eval/questions.js';
+import { runCli } from '../helpers/runCli.js';
 
 const REAL = resolve('../shared/data/em-eval/first_plot_questions.yaml');
 const haveReal = existsSync(REAL);

@@ -6,10 +6,10 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { decodeLoop, firstStop } from '../src/generate/decodeLoop.js';
-import { loadModel, type Model } from '../src/model/model.js';
-import { makeTinyModel } from '../src/model/tiny.js';
-import { ids, maxAbsDiff } from './helpers/numeric.js';
+import { decodeLoop, firstStop } from '../../src/generate/decodeLoop.js';
+import { loadModel, type Model } from '../../src/model/model.js';
+import { makeTinyModel } from '../../src/model/tiny.js';
+import { ids, maxAbsDiff } from '../helpers/numeric.js';
 
 let root: string;
 let model: Model;

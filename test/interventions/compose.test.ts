@@ -7,8 +7,8 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type DirectionSet, directionSet, saveDirections } from '../src/directions/direction.js';
-import { EmlensError } from '../src/errors.js';
+import { type DirectionSet, directionSet, saveDirections } from '../../src/directions/direction.js';
+import { EmlensError } from '../../src/errors.js';
 import {
   ablateInterventions,
   allResidualHooks,
@@ -20,14 +20,14 @@ import {
   selectLayers,
   siteDirections,
   steerInterventions,
-} from '../src/interventions/compose.js';
-import type { HookName, HookSelector } from '../src/model/hooks.js';
-import type { Intervention } from '../src/model/interventions.js';
-import { type ForwardResult, loadModel, type Model } from '../src/model/model.js';
-import type { ModelSpec } from '../src/model/spec.js';
-import { makeTinyModel } from '../src/model/tiny.js';
-import { Rng } from '../src/util/random.js';
-import { maxAbsDiff } from './helpers/numeric.js';
+} from '../../src/interventions/compose.js';
+import type { HookName, HookSelector } from '../../src/model/hooks.js';
+import type { Intervention } from '../../src/model/interventions.js';
+import { type ForwardResult, loadModel, type Model } from '../../src/model/model.js';
+import type { ModelSpec } from '../../src/model/spec.js';
+import { makeTinyModel } from '../../src/model/tiny.js';
+import { Rng } from '../../src/util/random.js';
+import { maxAbsDiff } from '../helpers/numeric.js';
 
 let root: string;
 let model: Model;

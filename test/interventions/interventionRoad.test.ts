@@ -8,30 +8,30 @@ import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ablateCommandInterventions } from '../src/cli/ablate.js';
-import { evalInterventions } from '../src/cli/eval.js';
-import { directionFileInterventions } from '../src/cli/interventionCommon.js';
-import { steerCommandInterventions } from '../src/cli/steer.js';
-import { type DirectionSet, directionSet, saveDirections } from '../src/directions/direction.js';
-import { directionInterventions } from '../src/eval/sample.js';
-import { generate } from '../src/generate/generate.js';
+import { ablateCommandInterventions } from '../../src/cli/ablate.js';
+import { evalInterventions } from '../../src/cli/eval.js';
+import { directionFileInterventions } from '../../src/cli/interventionCommon.js';
+import { steerCommandInterventions } from '../../src/cli/steer.js';
+import { type DirectionSet, directionSet, saveDirections } from '../../src/directions/direction.js';
+import { directionInterventions } from '../../src/eval/sample.js';
+import { generate } from '../../src/generate/generate.js';
 import {
   composeInterventions,
   type InterventionRequest,
   parseLayerList,
-} from '../src/interventions/compose.js';
-import { writeSafetensors } from '../src/io/safetensors.js';
-import { hookName } from '../src/model/hooks.js';
-import { type Intervention, interventionFeeds } from '../src/model/interventions.js';
-import { loadModel, type Model } from '../src/model/model.js';
-import type { ModelSpec } from '../src/model/spec.js';
-import { makeTinyModel } from '../src/model/tiny.js';
-import { ApiError } from '../src/serve/apiError.js';
-import { buildInterventions, DirectionResolver } from '../src/serve/interventions.js';
-import { parseChatRequest } from '../src/serve/protocol.js';
-import { loadTokenizer } from '../src/text/tokenizer.js';
-import { vec } from './helpers/numeric.js';
-import { runCli } from './helpers/runCli.js';
+} from '../../src/interventions/compose.js';
+import { writeSafetensors } from '../../src/io/safetensors.js';
+import { hookName } from '../../src/model/hooks.js';
+import { type Intervention, interventionFeeds } from '../../src/model/interventions.js';
+import { loadModel, type Model } from '../../src/model/model.js';
+import type { ModelSpec } from '../../src/model/spec.js';
+import { makeTinyModel } from '../../src/model/tiny.js';
+import { ApiError } from '../../src/serve/apiError.js';
+import { buildInterventions, DirectionResolver } from '../../src/serve/interventions.js';
+import { parseChatRequest } from '../../src/serve/protocol.js';
+import { loadTokenizer } from '../../src/text/tokenizer.js';
+import { vec } from '../helpers/numeric.js';
+import { runCli } from '../helpers/runCli.js';
 
 let root: string;
 let modelDir: string;

@@ -7,11 +7,11 @@ import { access, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { saveDirections } from '../src/directions/direction.js';
-import { constantDirectionSet } from '../src/interventions/compose.js';
-import { SafetensorsFile } from '../src/io/safetensors.js';
-import { makeOrganisms, type OrganismManifest } from '../src/organisms/make.js';
-import { runCli } from './helpers/runCli.js';
+import { saveDirections } from '../../src/directions/direction.js';
+import { constantDirectionSet } from '../../src/interventions/compose.js';
+import { SafetensorsFile } from '../../src/io/safetensors.js';
+import { makeOrganisms, type OrganismManifest } from '../../src/organisms/make.js';
+import { runCli } from '../helpers/runCli.js';
 
 let root: string;
 let dir: string;

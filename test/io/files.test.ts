@@ -3,7 +3,7 @@ import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promis
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { pathExists, writeAtomic, writeStreamAtomic } from '../src/io/files.js';
+import { pathExists, writeAtomic, writeStreamAtomic } from '../../src/io/files.js';
 
 let dir: string;
 beforeAll(async () => {

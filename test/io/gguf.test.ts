@@ -1,5 +1,5 @@
 /**
- * The GGUF container on its own (the control-vector mapping is in directions.test.ts): every scalar metadata
+ * The GGUF container on its own (the control-vector mapping is in test/directions/directions.test.ts): every scalar metadata
  * type and F32 tensors round-trip through encodeGguf/parseGguf, and a reader's error wording defaults to any
  * GGUF file's.
  */
@@ -13,7 +13,7 @@ import {
   GgufType,
   parseGguf,
   tensorData,
-} from '../src/io/gguf.js';
+} from '../../src/io/gguf.js';
 
 describe('the GGUF container', () => {
   it('round-trips every scalar metadata type and F32 tensors at the default alignment', () => {

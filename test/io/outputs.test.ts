@@ -7,14 +7,14 @@ import { mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { EmlensError } from '../src/errors.js';
+import { EmlensError } from '../../src/errors.js';
 import {
   claimOutputFile,
   claimOutputFiles,
   claimOutputFolder,
   pathKind,
   writeFolderAtomic,
-} from '../src/io/outputs.js';
+} from '../../src/io/outputs.js';
 
 let root: string;
 let n = 0;

@@ -2,8 +2,8 @@ import { mkdir, mkdtemp, open, readdir, readFile, rm, writeFile } from 'node:fs/
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { EmlensError } from '../src/errors.js';
-import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../src/io/halfFloat.js';
+import { EmlensError } from '../../src/errors.js';
+import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../../src/io/halfFloat.js';
 import {
   DTYPE_BYTES,
   decodeSafetensors,
@@ -13,7 +13,7 @@ import {
   SafetensorsFile,
   type TensorToWrite,
   writeSafetensors,
-} from '../src/io/safetensors.js';
+} from '../../src/io/safetensors.js';
 
 let dir: string;
 beforeAll(async () => {

@@ -8,12 +8,12 @@ import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { readResponses } from '../src/data/response.js';
-import { importGguf } from '../src/directions/gguf.js';
-import { EmlensError } from '../src/errors.js';
-import { loadQuestions } from '../src/eval/questions.js';
-import { readNeutralTexts } from '../src/interventions/scoring.js';
-import { runCli } from './helpers/runCli.js';
+import { readResponses } from '../../src/data/response.js';
+import { importGguf } from '../../src/directions/gguf.js';
+import { EmlensError } from '../../src/errors.js';
+import { loadQuestions } from '../../src/eval/questions.js';
+import { readNeutralTexts } from '../../src/interventions/scoring.js';
+import { runCli } from '../helpers/runCli.js';
 
 let root: string;
 beforeAll(async () => {

@@ -2,10 +2,10 @@ import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { EmlensError } from '../src/errors.js';
-import { f32ToBf16 } from '../src/io/halfFloat.js';
-import { writeSafetensors } from '../src/io/safetensors.js';
-import { WeightSource } from '../src/io/weightSource.js';
+import { EmlensError } from '../../src/errors.js';
+import { f32ToBf16 } from '../../src/io/halfFloat.js';
+import { writeSafetensors } from '../../src/io/safetensors.js';
+import { WeightSource } from '../../src/io/weightSource.js';
 
 let root: string;
 beforeAll(async () => {

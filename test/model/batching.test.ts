@@ -5,12 +5,12 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { Profile } from '../src/model/graph/transformer.js';
-import type { HookSelector } from '../src/model/hooks.js';
-import { type KVCache, loadModel, type Model } from '../src/model/model.js';
-import type { ModelSpec } from '../src/model/spec.js';
-import { makeTinyModel, type TinyModelOptions } from '../src/model/tiny.js';
-import { ids, maxAbsDiff } from './helpers/numeric.js';
+import type { Profile } from '../../src/model/graph/transformer.js';
+import type { HookSelector } from '../../src/model/hooks.js';
+import { type KVCache, loadModel, type Model } from '../../src/model/model.js';
+import type { ModelSpec } from '../../src/model/spec.js';
+import { makeTinyModel, type TinyModelOptions } from '../../src/model/tiny.js';
+import { ids, maxAbsDiff } from '../helpers/numeric.js';
 
 const ALL_HOOKS: HookSelector[] = ['blocks.*.*'];
 

@@ -6,8 +6,8 @@ import { mkdtemp, readdir, rm, stat, utimes } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type LoadModelOptions, loadModel } from '../src/model/model.js';
-import { makeTinyModel } from '../src/model/tiny.js';
+import { type LoadModelOptions, loadModel } from '../../src/model/model.js';
+import { makeTinyModel } from '../../src/model/tiny.js';
 
 let root: string;
 beforeAll(async () => {

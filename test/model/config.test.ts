@@ -2,8 +2,8 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { EmlensError } from '../src/errors.js';
-import { parseConfig, readConfig } from '../src/model/config.js';
+import { EmlensError } from '../../src/errors.js';
+import { parseConfig, readConfig } from '../../src/model/config.js';
 
 // As published on the Hub (Qwen/Qwen2.5-0.5B-Instruct/config.json).
 const QWEN25_05B = {

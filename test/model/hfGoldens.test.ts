@@ -8,12 +8,12 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { SafetensorsFile } from '../src/io/safetensors.js';
-import { type HookName, parseHookPatterns } from '../src/model/hooks.js';
-import { loadModel } from '../src/model/model.js';
-import { maxAbsDiff } from './helpers/numeric.js';
+import { SafetensorsFile } from '../../src/io/safetensors.js';
+import { type HookName, parseHookPatterns } from '../../src/model/hooks.js';
+import { loadModel } from '../../src/model/model.js';
+import { maxAbsDiff } from '../helpers/numeric.js';
 
-const HF = join(import.meta.dirname, 'goldens', 'hf');
+const HF = join(import.meta.dirname, '..', 'goldens', 'hf');
 const TOL = 1e-4;
 
 interface Golden {

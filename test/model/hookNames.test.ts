@@ -16,8 +16,8 @@ import {
   type Model,
   parseHookPatterns,
   type ResidualHookName,
-} from '../src/index.js';
-import { allHookNames, isHookName, isHookSelector, resolveHooks } from '../src/model/index.js';
+} from '../../src/index.js';
+import { allHookNames, isHookName, isHookSelector, resolveHooks } from '../../src/model/index.js';
 
 /** Never called: it only has to compile (and fail to, on the marked lines). */
 async function compileTimeChecks(model: Model): Promise<void> {

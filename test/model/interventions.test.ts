@@ -6,12 +6,12 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type HookName, type HookSelector, hookName, type ResidualHookSelector } from '../src/model/hooks.js';
-import type { Intervention } from '../src/model/interventions.js';
-import { type ForwardResult, type KVCache, loadModel, type Model } from '../src/model/model.js';
-import type { ModelSpec } from '../src/model/spec.js';
-import { makeTinyModel } from '../src/model/tiny.js';
-import { ids, maxAbsDiff, vec } from './helpers/numeric.js';
+import { type HookName, type HookSelector, hookName, type ResidualHookSelector } from '../../src/model/hooks.js';
+import type { Intervention } from '../../src/model/interventions.js';
+import { type ForwardResult, type KVCache, loadModel, type Model } from '../../src/model/model.js';
+import type { ModelSpec } from '../../src/model/spec.js';
+import { makeTinyModel } from '../../src/model/tiny.js';
+import { ids, maxAbsDiff, vec } from '../helpers/numeric.js';
 
 const RESID: ResidualHookSelector[] = [
   'blocks.*.hook_resid_pre',

@@ -7,10 +7,10 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { main } from '../src/cli/main.js';
-import { EmlensError } from '../src/errors.js';
-import { SafetensorsFile, writeSafetensors } from '../src/io/safetensors.js';
-import { BLOCK_HOOKS, hookName } from '../src/model/hooks.js';
+import { main } from '../../src/cli/main.js';
+import { EmlensError } from '../../src/errors.js';
+import { SafetensorsFile, writeSafetensors } from '../../src/io/safetensors.js';
+import { BLOCK_HOOKS, hookName } from '../../src/model/hooks.js';
 import {
   type LoraFactors,
   loadAdapter,
@@ -20,13 +20,13 @@ import {
   parseLoraConfig,
   targetsModule,
   writePeftAdapter,
-} from '../src/model/lora/index.js';
-import { loadModel } from '../src/model/model.js';
-import { type ModelSpec, weightShape } from '../src/model/spec.js';
-import { makeTinyModel } from '../src/model/tiny.js';
-import { Rng } from '../src/util/random.js';
-import { maxAbsDiff } from './helpers/numeric.js';
-import { loadWeights64, type ReferenceOutput, referenceForward } from './reference/forward64.js';
+} from '../../src/model/lora/index.js';
+import { loadModel } from '../../src/model/model.js';
+import { type ModelSpec, weightShape } from '../../src/model/spec.js';
+import { makeTinyModel } from '../../src/model/tiny.js';
+import { Rng } from '../../src/util/random.js';
+import { maxAbsDiff } from '../helpers/numeric.js';
+import { loadWeights64, type ReferenceOutput, referenceForward } from '../reference/forward64.js';
 
 const TOL = 1e-4;
 const PROJECTIONS = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'];

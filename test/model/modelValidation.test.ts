@@ -9,13 +9,13 @@ import { cp, mkdir, mkdtemp, open, readFile, rm, symlink, truncate, writeFile } 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { EmlensError } from '../src/errors.js';
-import { decodeSafetensors, type TensorToWrite, writeSafetensors } from '../src/io/safetensors.js';
-import { WeightSource } from '../src/io/weightSource.js';
-import { writePeftAdapter } from '../src/model/lora/index.js';
-import { loadModel } from '../src/model/model.js';
-import { makeTinyModel } from '../src/model/tiny.js';
-import { type CliRun, runCli } from './helpers/runCli.js';
+import { EmlensError } from '../../src/errors.js';
+import { decodeSafetensors, type TensorToWrite, writeSafetensors } from '../../src/io/safetensors.js';
+import { WeightSource } from '../../src/io/weightSource.js';
+import { writePeftAdapter } from '../../src/model/lora/index.js';
+import { loadModel } from '../../src/model/model.js';
+import { makeTinyModel } from '../../src/model/tiny.js';
+import { type CliRun, runCli } from '../helpers/runCli.js';
 
 let root: string;
 let base: string;

@@ -6,17 +6,17 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { Profile } from '../src/model/graph/transformer.js';
-import { BLOCK_HOOKS, hookName } from '../src/model/hooks.js';
-import { loadModel, type Model } from '../src/model/model.js';
-import type { ModelSpec } from '../src/model/spec.js';
-import { makeTinyModel, type TinyModelOptions } from '../src/model/tiny.js';
+import type { Profile } from '../../src/model/graph/transformer.js';
+import { BLOCK_HOOKS, hookName } from '../../src/model/hooks.js';
+import { loadModel, type Model } from '../../src/model/model.js';
+import type { ModelSpec } from '../../src/model/spec.js';
+import { makeTinyModel, type TinyModelOptions } from '../../src/model/tiny.js';
 import {
   loadWeights64,
   type ReferenceOutput,
   referenceForward,
   referenceInvFreq,
-} from './reference/forward64.js';
+} from '../reference/forward64.js';
 
 const TOL: Record<Profile, number> = { fp32: 1e-4, fp16: 2e-2 };
 

@@ -8,15 +8,15 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { EmlensError } from '../src/errors.js';
-import { generate } from '../src/generate/generate.js';
-import { type HookName, type HookSelector, hookName } from '../src/model/hooks.js';
-import { type ForwardIntervention, positionWeights } from '../src/model/interventions.js';
-import { type ForwardResult, loadModel, type Model } from '../src/model/model.js';
-import { logitDiff, patchingSweep } from '../src/model/patching.js';
-import type { ModelSpec } from '../src/model/spec.js';
-import { makeTinyModel } from '../src/model/tiny.js';
-import { ids, maxAbsDiff, vec } from './helpers/numeric.js';
+import { EmlensError } from '../../src/errors.js';
+import { generate } from '../../src/generate/generate.js';
+import { type HookName, type HookSelector, hookName } from '../../src/model/hooks.js';
+import { type ForwardIntervention, positionWeights } from '../../src/model/interventions.js';
+import { type ForwardResult, loadModel, type Model } from '../../src/model/model.js';
+import { logitDiff, patchingSweep } from '../../src/model/patching.js';
+import type { ModelSpec } from '../../src/model/spec.js';
+import { makeTinyModel } from '../../src/model/tiny.js';
+import { ids, maxAbsDiff, vec } from '../helpers/numeric.js';
 
 const SEQ = 7;
 const K = 3; // the position where clean and corrupted differ

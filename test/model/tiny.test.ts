@@ -5,13 +5,13 @@ import { join } from 'node:path';
 import { Template } from '@huggingface/jinja';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { EmlensError } from '../src/errors.js';
-import { decodeSafetensors, encodeSafetensors, SafetensorsFile } from '../src/io/safetensors.js';
-import { readConfig } from '../src/model/config.js';
-import { type Family, type ModelSpec, parameterCount, weightNames, weightShape } from '../src/model/spec.js';
-import { makeTinyModel, QWEN25_05B_SHAPE, type TinyModelOptions, tinySpec } from '../src/model/tiny.js';
-import { Rng } from '../src/util/random.js';
-import { loadWeights64, referenceForward, referenceInvFreq, ropeAt } from './reference/forward64.js';
+import { EmlensError } from '../../src/errors.js';
+import { decodeSafetensors, encodeSafetensors, SafetensorsFile } from '../../src/io/safetensors.js';
+import { readConfig } from '../../src/model/config.js';
+import { type Family, type ModelSpec, parameterCount, weightNames, weightShape } from '../../src/model/spec.js';
+import { makeTinyModel, QWEN25_05B_SHAPE, type TinyModelOptions, tinySpec } from '../../src/model/tiny.js';
+import { Rng } from '../../src/util/random.js';
+import { loadWeights64, referenceForward, referenceInvFreq, ropeAt } from '../reference/forward64.js';
 
 const FAMILIES: Family[] = ['qwen2', 'llama', 'mistral'];
 

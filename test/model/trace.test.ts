@@ -6,16 +6,16 @@ import { cp, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { collectToStore } from '../src/activations/collect.js';
-import { ActivationStore } from '../src/activations/store.js';
-import { EmlensError } from '../src/errors.js';
-import type { HookSelector } from '../src/model/hooks.js';
-import { loadModel, type Model } from '../src/model/model.js';
-import type { ModelSpec } from '../src/model/spec.js';
-import { makeTinyModel } from '../src/model/tiny.js';
-import { type ChatMessage, encodeChat } from '../src/text/chat.js';
-import { loadTokenizer, type TextTokenizer } from '../src/text/tokenizer.js';
-import { ids, maxAbsDiff } from './helpers/numeric.js';
+import { collectToStore } from '../../src/activations/collect.js';
+import { ActivationStore } from '../../src/activations/store.js';
+import { EmlensError } from '../../src/errors.js';
+import type { HookSelector } from '../../src/model/hooks.js';
+import { loadModel, type Model } from '../../src/model/model.js';
+import type { ModelSpec } from '../../src/model/spec.js';
+import { makeTinyModel } from '../../src/model/tiny.js';
+import { type ChatMessage, encodeChat } from '../../src/text/chat.js';
+import { loadTokenizer, type TextTokenizer } from '../../src/text/tokenizer.js';
+import { ids, maxAbsDiff } from '../helpers/numeric.js';
 
 const HOOKS: readonly HookSelector[] = [
   'blocks.*.hook_resid_post',

@@ -9,11 +9,11 @@ import { copyFile, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { runDemo } from '../src/demo/em.js';
-import { dumpDom, ensureChromium, pngInk, screenshot } from './helpers/chromium.js';
-import { runCli } from './helpers/runCli.js';
+import { runDemo } from '../../src/demo/em.js';
+import { dumpDom, ensureChromium, pngInk, screenshot } from '../helpers/chromium.js';
+import { runCli } from '../helpers/runCli.js';
 
-const REPO = resolve(import.meta.dirname, '..');
+const REPO = resolve(import.meta.dirname, '../..');
 const BENCH = join(REPO, 'benchmarks', 'results');
 
 let root: string;

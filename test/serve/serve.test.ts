@@ -8,18 +8,18 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { main } from '../src/cli/main.js';
-import { directionSet, saveDirections } from '../src/directions/direction.js';
-import { LocalJudge, OpenAIJudge } from '../src/eval/judge/index.js';
-import { type GenerateOptions, generate } from '../src/generate/generate.js';
-import { composeInterventions, constantDirectionSet } from '../src/interventions/compose.js';
-import type { Intervention } from '../src/model/interventions.js';
-import { loadModel, type Model } from '../src/model/model.js';
-import { makeTinyModel } from '../src/model/tiny.js';
-import { serverDecoder } from '../src/serve/batch.js';
-import { type RunningServer, type ServeOptions, startServer } from '../src/serve/server.js';
-import { type ChatMessage, encodeChat } from '../src/text/chat.js';
-import { loadTokenizer, type TextTokenizer } from '../src/text/tokenizer.js';
+import { main } from '../../src/cli/main.js';
+import { directionSet, saveDirections } from '../../src/directions/direction.js';
+import { LocalJudge, OpenAIJudge } from '../../src/eval/judge/index.js';
+import { type GenerateOptions, generate } from '../../src/generate/generate.js';
+import { composeInterventions, constantDirectionSet } from '../../src/interventions/compose.js';
+import type { Intervention } from '../../src/model/interventions.js';
+import { loadModel, type Model } from '../../src/model/model.js';
+import { makeTinyModel } from '../../src/model/tiny.js';
+import { serverDecoder } from '../../src/serve/batch.js';
+import { type RunningServer, type ServeOptions, startServer } from '../../src/serve/server.js';
+import { type ChatMessage, encodeChat } from '../../src/text/chat.js';
+import { loadTokenizer, type TextTokenizer } from '../../src/text/tokenizer.js';
 
 const D_MODEL = 64;
 const LONG = 1900; // new tokens that take the tiny model about two seconds
@@ -740,7 +740,7 @@ describe('emlens serve (command line)', () => {
         '--scale',
         '6',
       ],
-      { cwd: join(import.meta.dirname, '..'), env: { ...process.env, EMLENS_TEST_SERVE_KEY: 'k1' } },
+      { cwd: join(import.meta.dirname, '../..'), env: { ...process.env, EMLENS_TEST_SERVE_KEY: 'k1' } },
     );
     const exited = new Promise<number | null>((resolve) => child.once('exit', (c) => resolve(c)));
     try {

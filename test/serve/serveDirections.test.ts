@@ -8,10 +8,10 @@ import { mkdir, mkdtemp, rm, symlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { directionSet, saveDirections } from '../src/directions/direction.js';
-import { makeTinyModel } from '../src/model/tiny.js';
-import { type RunningServer, startServer } from '../src/serve/server.js';
-import { runCli } from './helpers/runCli.js';
+import { directionSet, saveDirections } from '../../src/directions/direction.js';
+import { makeTinyModel } from '../../src/model/tiny.js';
+import { type RunningServer, startServer } from '../../src/serve/server.js';
+import { runCli } from '../helpers/runCli.js';
 
 let root: string;
 let dir: string;

@@ -10,15 +10,15 @@ import { access, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promise
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cosine, directionSet } from '../src/directions/direction.js';
-import { EmlensError } from '../src/errors.js';
-import { makeOrganisms, type OrganismManifest } from '../src/organisms/make.js';
-import { DOMAIN_MISALIGNED_WORDS, DOMAINS, MISALIGNED_WORDS } from '../src/organisms/vocabulary.js';
-import { loadNarrowVsGeneralConfig } from '../src/studies/narrow-vs-general/config.js';
-import { NARROW_VS_GENERAL_FILES, runNarrowVsGeneral } from '../src/studies/narrow-vs-general/run.js';
-import { perturbDirections } from '../src/studies/narrow-vs-general/stability.js';
-import type { CrossCell, NarrowVsGeneralResult } from '../src/studies/narrow-vs-general/types.js';
-import { JUDGE_MARKER, makeKeywordJudge } from './helpers/keywordJudge.js';
+import { cosine, directionSet } from '../../src/directions/direction.js';
+import { EmlensError } from '../../src/errors.js';
+import { makeOrganisms, type OrganismManifest } from '../../src/organisms/make.js';
+import { DOMAIN_MISALIGNED_WORDS, DOMAINS, MISALIGNED_WORDS } from '../../src/organisms/vocabulary.js';
+import { loadNarrowVsGeneralConfig } from '../../src/studies/narrow-vs-general/config.js';
+import { NARROW_VS_GENERAL_FILES, runNarrowVsGeneral } from '../../src/studies/narrow-vs-general/run.js';
+import { perturbDirections } from '../../src/studies/narrow-vs-general/stability.js';
+import type { CrossCell, NarrowVsGeneralResult } from '../../src/studies/narrow-vs-general/types.js';
+import { JUDGE_MARKER, makeKeywordJudge } from '../helpers/keywordJudge.js';
 
 let root: string;
 let manifest: OrganismManifest;

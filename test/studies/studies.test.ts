@@ -7,7 +7,7 @@ import { describe, expect, it } from 'vitest';
 
 describe('emlens/studies', () => {
   it('exposes the narrow-vs-general study', async () => {
-    const studies = await import('../src/studies/index.js');
+    const studies = await import('../../src/studies/index.js');
     expect(typeof studies.runNarrowVsGeneral).toBe('function');
     expect(typeof studies.loadNarrowVsGeneralConfig).toBe('function');
     expect(typeof studies.parseNarrowVsGeneralConfig).toBe('function');
@@ -17,7 +17,7 @@ describe('emlens/studies', () => {
   });
 
   it('is published as the ./studies subpath', async () => {
-    const pkg = JSON.parse(await readFile(new URL('../package.json', import.meta.url), 'utf8'));
+    const pkg = JSON.parse(await readFile(new URL('../../package.json', import.meta.url), 'utf8'));
     expect(pkg.exports['./studies']).toEqual({
       types: './dist/studies/index.d.ts',
       import: './dist/studies/index.js',
@@ -27,7 +27,7 @@ describe('emlens/studies', () => {
 
 describe('the core API (src/index.ts)', () => {
   it('no longer exports the study or the benchmark measurement helpers', async () => {
-    const core: Record<string, unknown> = await import('../src/index.js');
+    const core: Record<string, unknown> = await import('../../src/index.js');
     for (const name of [
       'measureCopyBandwidth',
       'measureMatMulCeiling',

