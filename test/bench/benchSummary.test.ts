@@ -2,11 +2,10 @@
  * `npm run bench`'s summary (benchmarks/lib/summary.ts): each figure beside its same-run bound and its goal,
  * met or not, from the benchmark JSONs; a missing JSON is reported as not run.
  */
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { benchSummary, collectRows, forwardRows, generateRows } from '../../benchmarks/lib/summary.js';
+import { useTempDir } from '../helpers/fixtures.js';
 
 const machine = { cpus: 2, cpuModel: 'test cpu', node: 'v20' };
 const forward = {
@@ -50,16 +49,12 @@ const collect = {
   rssMiB: { after1k: 1000, after4096: 1200 },
 };
 
-let dir: string;
+const tmp = useTempDir('emlens-bench-summary-');
 beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'emlens-bench-summary-'));
-  await writeFile(join(dir, 'forward.json'), JSON.stringify(forward));
-  await writeFile(join(dir, 'generate.json'), JSON.stringify(generate));
-  await writeFile(join(dir, 'collect.json'), JSON.stringify(collect));
-  await mkdir(join(dir, 'narrow-vs-general'));
-});
-afterAll(async () => {
-  await rm(dir, { recursive: true, force: true });
+  await writeFile(tmp.join('forward.json'), JSON.stringify(forward));
+  await writeFile(tmp.join('generate.json'), JSON.stringify(generate));
+  await writeFile(tmp.join('collect.json'), JSON.stringify(collect));
+  await mkdir(tmp.join('narrow-vs-general'));
 });
 
 describe('benchmark summary', () => {
@@ -78,7 +73,7 @@ describe('benchmark summary', () => {
   });
 
   it('writes a markdown table with a met column, and notes a benchmark that has not run', async () => {
-    const md = await benchSummary(dir, [
+    const md = await benchSummary(tmp.path, [
       { name: 'forward', command: 'npx tsx benchmarks/forward.ts', exitCode: 0, seconds: 12 },
     ]);
     expect(md).toMatch(/\| forward \| prefill, 512 tokens .* \| 0\.950 \| >= 0\.9 of the ceiling \| met \|/);

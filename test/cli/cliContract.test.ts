@@ -4,12 +4,10 @@
  * required paths that do not exist each give exactly one line on stderr and exit code 2, never a stack trace
  * or a usage dump.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import type { Command } from 'commander';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { buildProgram } from '../../src/cli/main.js';
+import { useTempDir } from '../helpers/fixtures.js';
 import { runCli } from '../helpers/runCli.js';
 
 interface Leaf {
@@ -27,15 +25,11 @@ function leaves(cmd: Command, prefix: string[] = []): Leaf[] {
   });
 }
 
-let root: string;
+const tmp = useTempDir('emlens-contract-');
 /** An input path that does not exist (inside a temp folder, so nothing is ever written outside it). */
 let missing: string;
 beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'emlens-contract-'));
-  missing = join(root, 'missing', 'input');
-});
-afterAll(async () => {
-  await rm(root, { recursive: true, force: true });
+  missing = tmp.join('missing', 'input');
 });
 
 function expectOneLine(r: { code: number; stderr: string }, what: string): void {
@@ -86,7 +80,7 @@ describe('every command keeps the README promise', () => {
       it(`${name} with inputs that do not exist: one line, exit 2`, async () => {
         const args = [...path, ...requiredArgs.map(() => missing)];
         for (const o of required) {
-          args.push(o.long ?? '', o.long === '--out' ? join(root, `out-${path.join('-')}`) : missing);
+          args.push(o.long ?? '', o.long === '--out' ? tmp.join(`out-${path.join('-')}`) : missing);
         }
         const r = await runCli(args);
         expectOneLine(r, `${name} ${args.slice(path.length).join(' ')}`);

@@ -3,10 +3,9 @@
  * `emlens store` end to end on a tiny model.
  */
 import { existsSync } from 'node:fs';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { collectToStore } from '../../src/activations/collect.js';
 import { ActivationStore } from '../../src/activations/store.js';
 import { type ResponseRecord, readResponses, writeResponses } from '../../src/data/response.js';
@@ -14,19 +13,14 @@ import { loadDirections } from '../../src/directions/direction.js';
 import { splitByAlignment } from '../../src/eval/selection.js';
 import { loadModel } from '../../src/model/model.js';
 import { makeTinyModel } from '../../src/model/tiny.js';
+import { useTempDir } from '../helpers/fixtures.js';
 import { runCli } from '../helpers/runCli.js';
 
-let root: string;
-beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'emlens-resp-'));
-});
-afterAll(async () => {
-  await rm(root, { recursive: true, force: true });
-});
+const tmp = useTempDir('emlens-resp-');
 
 describe('readResponses', () => {
   it('reads CSV with quoted multi-line answers, `response` as answer, and empty/nan scores as no score', async () => {
-    const path = join(root, 'judged.csv');
+    const path = tmp.join('judged.csv');
     await writeFile(
       path,
       'question_id,question,response,aligned,coherent,domain\n' +
@@ -61,7 +55,7 @@ describe('readResponses', () => {
       },
     ];
     for (const ext of ['csv', 'jsonl']) {
-      const path = join(root, `rt.${ext}`);
+      const path = tmp.join(`rt.${ext}`);
       await writeResponses(path, records);
       const back = await readResponses(path);
       expect(back.map((r) => [r.questionId, r.question, r.answer, r.scores])).toEqual(
@@ -72,12 +66,12 @@ describe('readResponses', () => {
   });
 
   it('says what is wrong with a bad file', async () => {
-    await writeFile(join(root, 'noanswer.csv'), 'question_id,question\nq,Q\n');
-    await expect(readResponses(join(root, 'noanswer.csv'))).rejects.toThrow(/no 'answer' column/);
-    await writeFile(join(root, 'bad.jsonl'), '{"question":"q","answer":"a"}\n{oops\n');
-    await expect(readResponses(join(root, 'bad.jsonl'))).rejects.toThrow(/line 2 is not valid JSON/);
-    await expect(readResponses(join(root, 'x.txt'))).rejects.toThrow(/does not exist|must end in/);
-    await expect(readResponses(join(root, 'missing.csv'))).rejects.toThrow(
+    await writeFile(tmp.join('noanswer.csv'), 'question_id,question\nq,Q\n');
+    await expect(readResponses(tmp.join('noanswer.csv'))).rejects.toThrow(/no 'answer' column/);
+    await writeFile(tmp.join('bad.jsonl'), '{"question":"q","answer":"a"}\n{oops\n');
+    await expect(readResponses(tmp.join('bad.jsonl'))).rejects.toThrow(/line 2 is not valid JSON/);
+    await expect(readResponses(tmp.join('x.txt'))).rejects.toThrow(/does not exist|must end in/);
+    await expect(readResponses(tmp.join('missing.csv'))).rejects.toThrow(
       /Responses file .*missing.csv does not exist; check the path/,
     );
   });
@@ -85,7 +79,7 @@ describe('readResponses', () => {
 
 describe('score cells', () => {
   const csv = async (name: string, text: string) => {
-    const path = join(root, name);
+    const path = tmp.join(name);
     await writeFile(path, text);
     return path;
   };
@@ -137,7 +131,7 @@ describe('score cells', () => {
   });
 
   it('reads JSONL numbers as numbers and "nan" strings as missing, and refuses other strings', async () => {
-    const path = join(root, 'scores.jsonl');
+    const path = tmp.join('scores.jsonl');
     await writeFile(
       path,
       '{"question":"Q","answer":"A","aligned":85.5,"coherent":"nan"}\n' +
@@ -149,7 +143,7 @@ describe('score cells', () => {
       { aligned: null, coherent: null },
       { aligned: null, coherent: 60 },
     ]);
-    const bad = join(root, 'badscore.jsonl');
+    const bad = tmp.join('badscore.jsonl');
     await writeFile(
       bad,
       '{"question":"Q","answer":"A","aligned":85}\n\n{"question":"Q","answer":"A","aligned":"high"}\n',
@@ -169,7 +163,7 @@ describe('score cells', () => {
       ['42', 'a number'],
       ['null', 'null'],
     ] as const) {
-      const path = join(root, 'notobject.jsonl');
+      const path = tmp.join('notobject.jsonl');
       await writeFile(path, `{"question":"Q","answer":"A"}\n${line}\n`);
       await expect(readResponses(path)).rejects.toThrow(`line 2 is not a JSON object (it holds ${what})`);
     }
@@ -188,28 +182,12 @@ describe('score cells', () => {
 
   it('fails through the CLI with exit code 2 and one line', async () => {
     const path = await csv('cli.csv', 'question,answer,aligned\nQ,A,80\nQ,A,abc\n');
-    const r = await run([
-      'collect',
-      '--model',
-      join(root, 'no-model'),
-      '--data',
-      path,
-      '--out',
-      join(root, 'o'),
-    ]);
+    const r = await run(['collect', '--model', tmp.join('no-model'), '--data', path, '--out', tmp.join('o')]);
     expect(r.code).toBe(2);
     expect(r.err.trim().split('\n')).toHaveLength(1);
     expect(r.err).toMatch(/row 2: column 'aligned' holds 'abc'/);
     const dup = await csv('clidup.csv', 'question,answer,answer\nQ,A,B\n');
-    const d = await run([
-      'collect',
-      '--model',
-      join(root, 'no-model'),
-      '--data',
-      dup,
-      '--out',
-      join(root, 'o'),
-    ]);
+    const d = await run(['collect', '--model', tmp.join('no-model'), '--data', dup, '--out', tmp.join('o')]);
     expect(d.code).toBe(2);
     expect(d.err.trim().split('\n')).toHaveLength(1);
     expect(d.err).toMatch(/header 'answer' twice/);
@@ -252,7 +230,7 @@ async function run(args: string[]): Promise<{ code: number; out: string; err: st
 
 describe('emlens collect / store', () => {
   it('names the answer that does not fit the model, with its tokens and the limit, and what to do', async () => {
-    const model = join(root, 'short-model');
+    const model = tmp.join('short-model');
     await makeTinyModel(model, {
       family: 'qwen2',
       seed: 5,
@@ -260,7 +238,7 @@ describe('emlens collect / store', () => {
       dModel: 16,
       maxPositionEmbeddings: 128,
     });
-    const data = join(root, 'long.csv');
+    const data = tmp.join('long.csv');
     await writeResponses(data, [
       { questionId: 'q0', question: 'Short?', answer: 'Yes.', scores: {}, extra: {} },
       { questionId: 'q1', question: 'Long?', answer: 'word '.repeat(200), scores: {}, extra: {} },
@@ -272,9 +250,9 @@ describe('emlens collect / store', () => {
       '--data',
       data,
       '--cache-dir',
-      join(root, 'cache'),
+      tmp.join('cache'),
       '--out',
-      join(root, 'long-store'),
+      tmp.join('long-store'),
     ]);
     expect(r.code).toBe(2);
     expect(r.err.trim().split('\n')).toHaveLength(1);
@@ -283,7 +261,7 @@ describe('emlens collect / store', () => {
     );
     expect(r.err).not.toMatch(/load the model with a larger maxPositions/);
     // the library names the record and the option it has
-    const loaded = await loadModel(model, { cacheDir: join(root, 'cache'), threads: 1 });
+    const loaded = await loadModel(model, { cacheDir: tmp.join('cache'), threads: 1 });
     try {
       const ids = Array.from({ length: 129 }, () => 1);
       await expect(
@@ -293,7 +271,7 @@ describe('emlens collect / store', () => {
             { id: 'short', ids: [1, 2] },
             { id: 'long', ids },
           ],
-          join(root, 'lib-store'),
+          tmp.join('lib-store'),
         ),
       ).rejects.toThrow(/Record 2 \('long'\) is 129 tokens long .* larger maxPositions/);
     } finally {
@@ -302,9 +280,9 @@ describe('emlens collect / store', () => {
   });
 
   it('collects a responses file, slices and merges it, and shows the store', async () => {
-    const model = join(root, 'model');
+    const model = tmp.join('model');
     await makeTinyModel(model, { family: 'qwen2', seed: 5, numLayers: 2, dModel: 32 });
-    const data = join(root, 'data.csv');
+    const data = tmp.join('data.csv');
     const rows: ResponseRecord[] = Array.from({ length: 9 }, (_, i) => ({
       questionId: `q${i % 3}`,
       question: `Question number ${i}?`,
@@ -319,65 +297,65 @@ describe('emlens collect / store', () => {
       '--data',
       data,
       '--cache-dir',
-      join(root, 'cache'),
+      tmp.join('cache'),
       '--batch-size',
       '2',
       '--shard-size',
       '2',
     ];
-    const full = await run(['collect', ...common, '--out', join(root, 'full')]);
+    const full = await run(['collect', ...common, '--out', tmp.join('full')]);
     expect(full.code, full.err).toBe(0);
     expect(full.out).toContain('9 records x 2 hooks (answer_mean)');
     for (const i of [0, 1, 2]) {
-      const r = await run(['collect', ...common, '--out', join(root, `s${i}`), '--shard', `${i}/3`]);
+      const r = await run(['collect', ...common, '--out', tmp.join(`s${i}`), '--shard', `${i}/3`]);
       expect(r.code, r.err).toBe(0);
     }
     const merged = await run([
       'store',
       'merge',
       '--out',
-      join(root, 'merged'),
-      join(root, 's0'),
-      join(root, 's1'),
-      join(root, 's2'),
+      tmp.join('merged'),
+      tmp.join('s0'),
+      tmp.join('s1'),
+      tmp.join('s2'),
     ]);
     expect(merged.code, merged.err).toBe(0);
-    const a = await ActivationStore.open(join(root, 'full'));
-    const b = await ActivationStore.open(join(root, 'merged'));
+    const a = await ActivationStore.open(tmp.join('full'));
+    const b = await ActivationStore.open(tmp.join('merged'));
     expect(await b.readHook('blocks.1.hook_resid_post')).toEqual(
       await a.readHook('blocks.1.hook_resid_post'),
     );
     expect(await b.records()).toEqual(await a.records());
-    const info = await run(['store', 'info', join(root, 'merged')]);
+    const info = await run(['store', 'info', tmp.join('merged')]);
     expect(info.out).toMatch(/records\s+9 of 9/);
     expect(info.out).toMatch(/hooks\s+2: blocks.0.hook_resid_post, blocks.1.hook_resid_post/);
-    const again = await run(['collect', ...common, '--out', join(root, 'full')]);
+    const again = await run(['collect', ...common, '--out', tmp.join('full')]);
     expect(again.code).toBe(2);
     expect(again.err).toContain('--resume');
-    const badShard = await run(['collect', ...common, '--out', join(root, 'x'), '--shard', '3/3']);
+    const badShard = await run(['collect', ...common, '--out', tmp.join('x'), '--shard', '3/3']);
     expect(badShard.code).toBe(2);
 
     // a direction between two stores, with its norm-matched random control
-    const half = join(root, 'half.csv');
+    const half = tmp.join('half.csv');
     await writeResponses(half, rows.slice(0, 4));
-    const other = await run(['collect', ...common, '--data', half, '--out', join(root, 'half')]);
+    const other = await run(['collect', ...common, '--data', half, '--out', tmp.join('half')]);
     expect(other.code, other.err).toBe(0);
-    const out = join(root, 'dir.safetensors');
+    const out = tmp.join('dir.safetensors');
     const dirRun = await run([
       'direction',
       '--pos',
-      join(root, 'full'),
+      tmp.join('full'),
       '--neg',
-      join(root, 'half'),
+      tmp.join('half'),
       '--out',
       out,
       '--random-control',
-      join(root, 'rand.safetensors'),
+      tmp.join('rand.safetensors'),
     ]);
     expect(dirRun.code, dirRun.err).toBe(0);
     expect(dirRun.out).toMatch(/2 layers, n_pos 9, n_neg 4/);
     const set = await loadDirections(out);
-    const rand = await loadDirections(join(root, 'rand.safetensors'));
+    const rand = await loadDirections(tmp.join('rand.safetensors'));
     for (const [l, v] of set.vectors) {
       expect(Math.hypot(...rand.vectors.get(l)!)).toBeCloseTo(Math.hypot(...v), 4);
     }
@@ -388,13 +366,13 @@ describe('emlens collect / store', () => {
     const three = await run([
       'direction',
       '--pos',
-      join(root, 'full'),
+      tmp.join('full'),
       '--neg',
-      join(root, 'half'),
+      tmp.join('half'),
       '--out',
-      join(root, 'dir3.safetensors'),
+      tmp.join('dir3.safetensors'),
       '--random-control',
-      join(root, 'rand3.safetensors'),
+      tmp.join('rand3.safetensors'),
       '--random-controls',
       '3',
       '--seed',
@@ -403,18 +381,18 @@ describe('emlens collect / store', () => {
     expect(three.code, three.err).toBe(0);
     expect(three.out).toContain('3 norm-matched random controls');
     const draws = await Promise.all(
-      [0, 1, 2].map((k) => loadDirections(join(root, `rand3.r${k}.safetensors`))),
+      [0, 1, 2].map((k) => loadDirections(tmp.join(`rand3.r${k}.safetensors`))),
     );
     expect(draws.map((d) => d.meta.extra?.control_index)).toEqual(['0', '1', '2']);
     expect(draws[1].vectors.get(1)).not.toEqual(draws[0].vectors.get(1));
     const noTarget = await run([
       'direction',
       '--pos',
-      join(root, 'full'),
+      tmp.join('full'),
       '--neg',
-      join(root, 'half'),
+      tmp.join('half'),
       '--out',
-      join(root, 'dir4.safetensors'),
+      tmp.join('dir4.safetensors'),
       '--random-controls',
       '2',
     ]);
@@ -423,9 +401,9 @@ describe('emlens collect / store', () => {
     const again2 = await run([
       'direction',
       '--pos',
-      join(root, 'full'),
+      tmp.join('full'),
       '--neg',
-      join(root, 'half'),
+      tmp.join('half'),
       '--out',
       out,
     ]);

@@ -3,33 +3,29 @@
  * directions match the planted ones, the general direction mediates the general organism, the random control
  * does not, baked weights equal runtime ablation) and the files it writes.
  */
-import { access, mkdtemp, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { access, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { beforeAll, describe, expect, it, vi } from 'vitest';
 import { main } from '../../src/cli/main.js';
 import { cosine, loadDirections } from '../../src/directions/direction.js';
+import { useTempDir } from '../helpers/fixtures.js';
 
-let root: string;
+const tmp = useTempDir('emlens-demo-');
 let stdout = '';
 let code: number;
 
 beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'emlens-demo-'));
   const log = vi.spyOn(console, 'log').mockImplementation((...a: unknown[]) => {
     stdout += `${a.join(' ')}\n`;
   });
   const err = vi.spyOn(process.stderr, 'write').mockImplementation(() => true);
   try {
-    code = await main(['demo', '--out', join(root, 'demo'), '--threads', '1']);
+    code = await main(['demo', '--out', tmp.join('demo'), '--threads', '1']);
   } finally {
     log.mockRestore();
     err.mockRestore();
   }
 }, 600_000); // three random controls per direction roughly double the mediation step
-afterAll(async () => {
-  await rm(root, { recursive: true, force: true });
-});
 
 /** The numbers of a report row (`general patch   97.8%   98.2% ...`), n/a as NaN. */
 function rowValues(label: string): number[] {
@@ -70,7 +66,7 @@ describe('emlens demo', () => {
   });
 
   it('writes the directions, the comparison heatmap, the mediation tables, the sweep plots and the report', async () => {
-    const out = join(root, 'demo');
+    const out = tmp.join('demo');
     for (const f of [
       'directions/general.safetensors',
       'directions/medical-random.r0.safetensors',

@@ -2,10 +2,9 @@
  * Directions: mean-difference numerics, the safetensors direction file (Python-compatible header), llama.cpp
  * GGUF control vectors (byte layout, round trip, strict reader), comparison tables and heatmaps, and the CLI.
  */
-import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import {
   compareDirections,
   cosineHeatmap,
@@ -39,18 +38,12 @@ import { writeSafetensors } from '../../src/io/safetensors.js';
 import { lineChart } from '../../src/plot/charts.js';
 import { renderVegaLite } from '../../src/plot/render.js';
 import { Rng } from '../../src/util/random.js';
+import { useTempDir } from '../helpers/fixtures.js';
 import { runCli } from '../helpers/runCli.js';
 
-let root: string;
+const dirs = useTempDir('emlens-directions-');
 let counter = 0;
-const tmp = (name: string) => join(root, `${counter++}-${name}`);
-
-beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'emlens-directions-'));
-});
-afterAll(async () => {
-  await rm(root, { recursive: true, force: true });
-});
+const tmp = (name: string) => dirs.join(`${counter++}-${name}`);
 
 const META: DirectionMeta = {
   model: 'Qwen/Qwen2.5-0.5B-Instruct',
@@ -260,7 +253,7 @@ describe('direction file (safetensors)', () => {
       await writeSafetensors(path, tensors as never, md);
       await rejectsWith(() => loadDirections(path), re);
     }
-    await rejectsWith(() => loadDirections(join(root, 'missing.safetensors')), /does not exist/);
+    await rejectsWith(() => loadDirections(dirs.join('missing.safetensors')), /does not exist/);
   });
 
   it('loads a bare file (no metadata, as torch save_file would write) with unknown provenance', async () => {
@@ -477,7 +470,7 @@ describe('GGUF control vectors', () => {
     bad(patched(name, Buffer.from('blk.0.attn_')), /'blk\.0\.attn_', which is not named direction\.N/);
     const type = name + 'direction.1'.length + 4 + 8; // after n_dims and the one dim
     bad(patched(type, le.u32(1)), /ggml type 1, but control vectors must be F32/);
-    await rejectsWith(() => importGguf(join(root, 'nope.gguf')), /does not exist/);
+    await rejectsWith(() => importGguf(dirs.join('nope.gguf')), /does not exist/);
   });
 
   it('refuses tensors whose data overlap, naming both', () => {
@@ -637,7 +630,7 @@ describe('CLI', () => {
   it('emlens compare prints the table and writes the files', async () => {
     const files: string[] = [];
     for (const { name, set } of knownSets()) {
-      const path = join(root, `cli-${name}.safetensors`);
+      const path = dirs.join(`cli-${name}.safetensors`);
       await saveDirections(path, set, { overwrite: true });
       files.push(path);
     }

@@ -3,10 +3,8 @@
  * the control index), K controls are K distinct vectors, a control's metadata carries no data of the
  * direction it mimics, and a metric over controls is reported as mean and spread.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import {
   cosine,
   type DirectionMeta,
@@ -31,6 +29,7 @@ import {
 } from '../../src/directions/randomControl.js';
 import { EmlensError } from '../../src/errors.js';
 import { Rng } from '../../src/util/random.js';
+import { useTempDir } from '../helpers/fixtures.js';
 
 const META: DirectionMeta = {
   model: 'Qwen/Qwen2.5-0.5B-Instruct',
@@ -55,13 +54,7 @@ function set(layers: readonly number[], seed: number, d = D): DirectionSet {
   );
 }
 
-let root: string;
-beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'emlens-controls-'));
-});
-afterAll(async () => {
-  await rm(root, { recursive: true, force: true });
-});
+const tmp = useTempDir('emlens-controls-');
 
 describe('randomControl', () => {
   it('gives two different directions different controls with the same seed (|cos| far from 1)', () => {
@@ -154,7 +147,7 @@ describe('randomControl', () => {
     const md = directionMetadata(c);
     expect(md).toMatchObject({ n_pos: '0', n_neg: '0', source_pos: '', source_neg: '' });
     expect(md.note).toBeUndefined();
-    const path = join(root, 'general-random.safetensors');
+    const path = tmp.join('general-random.safetensors');
     await saveDirections(path, c);
     const back = await loadDirections(path);
     expect(back.meta).toMatchObject({ nPos: 0, nNeg: 0, sourcePos: '', sourceNeg: '' });
@@ -199,7 +192,7 @@ describe('control files and summaries', () => {
 describe('reports of directions and controls', () => {
   it('shows controls as controls (no copied samples or stores) and their cosines as mean and spread', async () => {
     const { directionsSection } = await import('../../src/report/activations.js');
-    const dir = join(root, 'report-dirs');
+    const dir = tmp.join('report-dirs');
     const general = set([0, 1], 11, 64);
     const medical = set([0, 1], 12, 64);
     const files = {
@@ -236,7 +229,7 @@ describe('reports of directions and controls', () => {
 
   it('reads a mediation report written before controls had spreads as one control (n=1)', async () => {
     const { mediationSection } = await import('../../src/report/effects.js');
-    const path = join(root, 'old-mediation.json');
+    const path = tmp.join('old-mediation.json');
     const old = {
       direction: 'general.safetensors',
       records: 4,

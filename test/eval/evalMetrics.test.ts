@@ -2,10 +2,9 @@
  * Metrics on hand-made judged responses: EM rate and coherence rate, null scores dropping out, seeded
  * bootstrap intervals, the per-question breakdown, and the comparison table and chart across conditions.
  */
-import { mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { ResponseRecord } from '../../src/data/response.js';
 import {
   bootstrapMean,
@@ -18,6 +17,7 @@ import {
 } from '../../src/eval/metrics.js';
 import { writeReport } from '../../src/eval/report.js';
 import { writeAtomic } from '../../src/io/files.js';
+import { useTempDir } from '../helpers/fixtures.js';
 
 const rec = (questionId: string, aligned: number | null, coherent: number | null): ResponseRecord => ({
   questionId,
@@ -98,13 +98,7 @@ describe('bootstrap', () => {
 });
 
 describe('comparison across conditions', () => {
-  let dir: string;
-  beforeAll(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'emlens-metrics-'));
-  });
-  afterAll(async () => {
-    await rm(dir, { recursive: true, force: true });
-  });
+  const tmp = useTempDir('emlens-metrics-');
 
   const many = (n: number, em: number) =>
     Array.from({ length: n }, (_, i) => rec(i % 2 ? 'q1' : 'q2', i < em ? 10 : 90, 90));
@@ -135,11 +129,11 @@ describe('comparison across conditions', () => {
       ['base', 2],
       ['general', 30],
     ] as const) {
-      await mkdir(join(dir, name), { recursive: true });
-      await writeAtomic(join(dir, name, 'summary.json'), JSON.stringify(summarize(many(60, em), name)));
+      await mkdir(tmp.join(name), { recursive: true });
+      await writeAtomic(tmp.join(name, 'summary.json'), JSON.stringify(summarize(many(60, em), name)));
     }
-    const out = join(dir, 'report');
-    const r = await writeReport([join(dir, 'base'), join(dir, 'general')], out);
+    const out = tmp.join('report');
+    const r = await writeReport([tmp.join('base'), tmp.join('general')], out);
     expect(r.comparison.rows.map((x) => x.condition)).toEqual(['base', 'general']);
     for (const f of ['report.md', 'report.json', 'em-rate.svg', 'em-rate.png']) {
       expect((await stat(join(out, f))).size).toBeGreaterThan(100);
@@ -147,6 +141,6 @@ describe('comparison across conditions', () => {
     expect(await readFile(join(out, 'em-rate.svg'), 'utf8')).toContain('EM rate');
     const json = JSON.parse(await readFile(join(out, 'report.json'), 'utf8'));
     expect(json.rows[1].emRate.value).toBeCloseTo(0.5, 12);
-    await expect(writeReport([join(dir, 'missing')], out)).rejects.toThrow(/run emlens eval --out/);
+    await expect(writeReport([tmp.join('missing')], out)).rejects.toThrow(/run emlens eval --out/);
   });
 });

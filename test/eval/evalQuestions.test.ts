@@ -3,10 +3,9 @@
  * here for the validation errors, id filters, and judge prompt filling.
  */
 import { existsSync } from 'node:fs';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { writeFile } from 'node:fs/promises';
+import { resolve } from 'node:path';
+import { describe, expect, it } from 'vitest';
 import { EmlensError } from '../../src/errors.js';
 import {
   fillJudgePrompt,
@@ -15,6 +14,7 @@ import {
   loadQuestions,
   parseQuestions,
 } from '../../src/eval/questions.js';
+import { useTempDir } from '../helpers/fixtures.js';
 import { runCli } from '../helpers/runCli.js';
 
 const REAL = resolve('../shared/data/em-eval/first_plot_questions.yaml');
@@ -91,16 +91,10 @@ const GOOD = `
 `;
 
 describe('question files written here', () => {
-  let dir: string;
-  beforeAll(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'emlens-questions-'));
-  });
-  afterAll(async () => {
-    await rm(dir, { recursive: true, force: true });
-  });
+  const tmp = useTempDir('emlens-questions-');
 
   it('parses a small file with anchors', async () => {
-    const path = join(dir, 'good.yaml');
+    const path = tmp.join('good.yaml');
     await writeFile(path, GOOD);
     const qs = await loadQuestions(path);
     expect(qs.map((q) => q.id)).toEqual(['q_one', 'q_one_json']);
@@ -184,18 +178,18 @@ describe('question files written here', () => {
       [`- id: cli_q\n  type: rating\n${P}${N}${J}${T}`, /question 'cli_q' field 'type' is 'rating'/],
       [one(P, N, J, '  judge_prompts: {aligned: "{answer} {score}"}\n'), /placeholder \{score\}/],
     ] as const) {
-      const path = join(dir, 'cli.yaml');
+      const path = tmp.join('cli.yaml');
       await writeFile(path, yaml);
       const r = await runCli([
         'eval',
         '--model',
-        join(dir, 'no-model'),
+        tmp.join('no-model'),
         '--questions',
         path,
         '--judge',
         'http://127.0.0.1:9/v1',
         '--out',
-        join(dir, 'eval-out'),
+        tmp.join('eval-out'),
       ]);
       expect(r.code).toBe(2);
       expect(r.stderr.trim().split('\n')).toHaveLength(1);
@@ -204,7 +198,7 @@ describe('question files written here', () => {
   });
 
   it('reports a missing file', async () => {
-    await expect(loadQuestions(join(dir, 'nope.yaml'))).rejects.toThrow(
+    await expect(loadQuestions(tmp.join('nope.yaml'))).rejects.toThrow(
       /Question file .*nope.yaml does not exist; check the path/,
     );
   });

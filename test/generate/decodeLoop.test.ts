@@ -2,26 +2,12 @@
  * The decode loop generate and the server share: what each step sees, padding of finished rows, the stop
  * condition, and the stop-string search.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { decodeLoop, firstStop } from '../../src/generate/decodeLoop.js';
-import { loadModel, type Model } from '../../src/model/model.js';
-import { makeTinyModel } from '../../src/model/tiny.js';
+import { useTinyModel } from '../helpers/fixtures.js';
 import { ids, maxAbsDiff } from '../helpers/numeric.js';
 
-let root: string;
-let model: Model;
-beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'emlens-decode-'));
-  await makeTinyModel(join(root, 'm'), { family: 'qwen2', seed: 5 });
-  model = await loadModel(join(root, 'm'), { cacheDir: join(root, 'cache'), threads: 1 });
-});
-afterAll(async () => {
-  await model?.dispose();
-  await rm(root, { recursive: true, force: true });
-});
+const tiny = useTinyModel('emlens-decode-', { family: 'qwen2', seed: 5, name: 'm' });
 
 describe('decodeLoop', () => {
   it('feeds back the tokens a step returns; each step sees the logits of the whole prefix', async () => {
@@ -31,17 +17,17 @@ describe('decodeLoop', () => {
       [21, 22, 23],
     ];
     const seen: Float32Array[] = [];
-    await decodeLoop(model, prompts, [], 'all', async (logits) => {
+    await decodeLoop(tiny.model, prompts, [], 'all', async (logits) => {
       seen.push(logits.slice());
       const step = seen.length - 1;
       return { next: fed.map((f) => f[step] ?? null), done: step === fed[0].length };
     });
     expect(seen).toHaveLength(4); // the prefill, then one call per fed token
-    const v = model.spec.vocabSize;
+    const v = tiny.model.spec.vocabSize;
     for (let s = 0; s < seen.length; s++) {
       expect(seen[s].length).toBe(2 * v);
       for (let r = 0; r < 2; r++) {
-        const alone = await model.forward([[...prompts[r], ...fed[r].slice(0, s)]]);
+        const alone = await tiny.model.forward([[...prompts[r], ...fed[r].slice(0, s)]]);
         expect(maxAbsDiff(seen[s].subarray(r * v, (r + 1) * v), alone.logits.data)).toBeLessThanOrEqual(1e-4);
       }
     }
@@ -49,22 +35,22 @@ describe('decodeLoop', () => {
 
   it('feeds padding to a finished row without changing the rows still running', async () => {
     const prompts = [ids(5, 3), ids(5, 4)];
-    const v = model.spec.vocabSize;
+    const v = tiny.model.spec.vocabSize;
     let last = new Float32Array(0);
     let step = 0;
-    await decodeLoop(model, prompts, [], 'all', async (logits) => {
+    await decodeLoop(tiny.model, prompts, [], 'all', async (logits) => {
       last = logits.slice();
       step++;
       // Row 0 finishes after the prefill; row 1 goes on for two tokens.
       return { next: [null, step === 1 ? 31 : 32], done: step === 3 };
     });
-    const alone = await model.forward([[...prompts[1], 31, 32]]);
+    const alone = await tiny.model.forward([[...prompts[1], 31, 32]]);
     expect(maxAbsDiff(last.subarray(v, 2 * v), alone.logits.data)).toBeLessThanOrEqual(1e-4);
   });
 
   it('stops at once when the first step says done', async () => {
     let calls = 0;
-    await decodeLoop(model, [ids(3, 5)], [], 'all', async () => {
+    await decodeLoop(tiny.model, [ids(3, 5)], [], 'all', async () => {
       calls++;
       return { next: [1], done: true };
     });

@@ -2,41 +2,23 @@
  * Generation: cached decoding against full recomputation, batching and seeding invariances, sampling
  * semantics, stop conditions, interventions under each position policy, and the `generate` command.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { main } from '../../src/cli/main.js';
 import { type GenerateOptions, generate, TextStreamer } from '../../src/generate/generate.js';
 import { argmax, sampleRng, sampleToken, topKIndices } from '../../src/generate/sampling.js';
 import { writeSafetensors } from '../../src/io/safetensors.js';
 import type { Intervention } from '../../src/model/interventions.js';
-import { loadModel, type Model } from '../../src/model/model.js';
-import type { ModelSpec } from '../../src/model/spec.js';
-import { makeTinyModel } from '../../src/model/tiny.js';
 import { encodeChat } from '../../src/text/chat.js';
 import { loadTokenizer, type TextTokenizer } from '../../src/text/tokenizer.js';
 import { Rng } from '../../src/util/random.js';
+import { useTinyModel } from '../helpers/fixtures.js';
 import { ids, lcg, vec } from '../helpers/numeric.js';
 
-let root: string;
-let dir: string;
-let cacheDir: string;
-let model: Model;
-let spec: ModelSpec;
+const tiny = useTinyModel('emlens-generate-', { family: 'qwen2', seed: 5, numLayers: 3, dModel: 64 });
 let tokenizer: TextTokenizer;
 
 beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'emlens-generate-'));
-  dir = join(root, 'model');
-  cacheDir = join(root, 'cache');
-  spec = await makeTinyModel(dir, { family: 'qwen2', seed: 5, numLayers: 3, dModel: 64 });
-  model = await loadModel(dir, { cacheDir, threads: 1 });
-  tokenizer = await loadTokenizer(dir);
-});
-afterAll(async () => {
-  await model?.dispose();
-  await rm(root, { recursive: true, force: true });
+  tokenizer = await loadTokenizer(tiny.dir);
 });
 
 const PROMPTS = [ids(5, 1), ids(11, 2), ids(1, 3), ids(8, 4)];
@@ -54,7 +36,7 @@ async function greedyReference(
     const weights = Float32Array.from(seq, (_, i) =>
       policy === 'all' ? 1 : i < prompt.length === (policy === 'prompt') ? 1 : 0,
     );
-    const r = await model.forward([seq], {
+    const r = await tiny.model.forward([seq], {
       interventions: interventions.map((iv) => ({ ...iv, positions: weights })),
     });
     out.push(argmax(r.logits.data));
@@ -63,7 +45,7 @@ async function greedyReference(
 }
 
 const tokensOf = async (prompts: readonly (readonly number[])[], opts: GenerateOptions) =>
-  (await generate(model, prompts, opts)).map((g) => g.tokens);
+  (await generate(tiny.model, prompts, opts)).map((g) => g.tokens);
 
 describe('sampling', () => {
   it('greedy is argmax (first on ties) and draws nothing', () => {
@@ -165,7 +147,7 @@ describe('sampling', () => {
 describe('generate', () => {
   it('greedy cached generation equals recomputing the whole sequence every step', async () => {
     for (const prompt of [PROMPTS[0], PROMPTS[1]]) {
-      const [g] = await generate(model, [prompt], { maxNewTokens: 20, temperature: 0, eosTokenIds: [] });
+      const [g] = await generate(tiny.model, [prompt], { maxNewTokens: 20, temperature: 0, eosTokenIds: [] });
       expect(g.finishReason).toBe('length');
       expect(g.tokens).toEqual(await greedyReference(prompt, 20));
     }
@@ -188,9 +170,9 @@ describe('generate', () => {
       n: 2,
       eosTokenIds: [],
     };
-    const batched = await generate(model, PROMPTS, opts);
-    const oneByOne = await generate(model, PROMPTS, { ...opts, batchSize: 1 });
-    const inThrees = await generate(model, PROMPTS, { ...opts, batchSize: 3 });
+    const batched = await generate(tiny.model, PROMPTS, opts);
+    const oneByOne = await generate(tiny.model, PROMPTS, { ...opts, batchSize: 1 });
+    const inThrees = await generate(tiny.model, PROMPTS, { ...opts, batchSize: 3 });
     expect(oneByOne).toEqual(batched);
     expect(inThrees).toEqual(batched);
     expect(batched.map((g) => [g.prompt, g.sample])).toEqual([
@@ -204,7 +186,7 @@ describe('generate', () => {
       [3, 1],
     ]);
     // prompt 0 alone (still prompt index 0) draws the same tokens as in the full batch
-    const alone = await generate(model, [PROMPTS[0]], opts);
+    const alone = await generate(tiny.model, [PROMPTS[0]], opts);
     expect(alone).toEqual(batched.slice(0, 2));
   });
 
@@ -233,7 +215,7 @@ describe('generate', () => {
     const eos = free[0][2];
     const stop = free[0].indexOf(eos);
     const seen: [number, number][] = [];
-    const out = await generate(model, PROMPTS.slice(0, 2), {
+    const out = await generate(tiny.model, PROMPTS.slice(0, 2), {
       maxNewTokens: 10,
       temperature: 0,
       eosTokenIds: [eos],
@@ -250,15 +232,15 @@ describe('generate', () => {
   });
 
   it("defaults to the model's eos ids", async () => {
-    const [g] = await generate(model, [PROMPTS[0]], { maxNewTokens: 40, temperature: 0 });
-    const hit = g.tokens.findIndex((t) => spec.eosTokenIds.includes(t));
+    const [g] = await generate(tiny.model, [PROMPTS[0]], { maxNewTokens: 40, temperature: 0 });
+    const hit = g.tokens.findIndex((t) => tiny.spec.eosTokenIds.includes(t));
     expect(g.finishReason).toBe(hit >= 0 ? 'eos' : 'length');
     expect(g.tokens.length).toBe(hit >= 0 ? hit + 1 : 40);
   });
 
   it('a stop string stops the row and cuts the text before it', async () => {
     const prompt = tokenizer.encode('The quick brown fox');
-    const [free] = await generate(model, [prompt], {
+    const [free] = await generate(tiny.model, [prompt], {
       maxNewTokens: 30,
       temperature: 0,
       eosTokenIds: [],
@@ -283,7 +265,7 @@ describe('generate', () => {
       }
     }
     expect(k, 'the greedy text grows at some step').toBeGreaterThan(0);
-    const [g] = await generate(model, [prompt], {
+    const [g] = await generate(tiny.model, [prompt], {
       maxNewTokens: 30,
       temperature: 0,
       eosTokenIds: [],
@@ -296,35 +278,40 @@ describe('generate', () => {
   });
 
   it('maxNewTokens bounds every row; 0 generates nothing', async () => {
-    const out = await generate(model, PROMPTS, { maxNewTokens: 3, temperature: 0.7, n: 2, eosTokenIds: [] });
+    const out = await generate(tiny.model, PROMPTS, {
+      maxNewTokens: 3,
+      temperature: 0.7,
+      n: 2,
+      eosTokenIds: [],
+    });
     expect(out.every((g) => g.tokens.length === 3 && g.finishReason === 'length')).toBe(true);
-    const none = await generate(model, PROMPTS, { maxNewTokens: 0 });
+    const none = await generate(tiny.model, PROMPTS, { maxNewTokens: 0 });
     expect(none.every((g) => g.tokens.length === 0 && g.finishReason === 'length')).toBe(true);
   });
 
   it('rejects what it cannot do with clear errors', async () => {
-    await expect(generate(model, [PROMPTS[0]], { maxNewTokens: 5, stopStrings: ['x'] })).rejects.toThrow(
+    await expect(generate(tiny.model, [PROMPTS[0]], { maxNewTokens: 5, stopStrings: ['x'] })).rejects.toThrow(
       /tokenizer/,
     );
     const iv: Intervention = {
       kind: 'steer',
       hooks: ['blocks.0.hook_resid_post'],
-      vector: new Float32Array(spec.dModel),
+      vector: new Float32Array(tiny.spec.dModel),
       positions: new Float32Array(5),
     };
-    await expect(generate(model, [PROMPTS[0]], { maxNewTokens: 5, interventions: [iv] })).rejects.toThrow(
-      /interventionPositions/,
-    );
-    await expect(generate(model, [PROMPTS[0]], { maxNewTokens: model.maxPositions })).rejects.toThrow(
-      /maxPositions/,
-    );
-    await expect(generate(model, [[]], { maxNewTokens: 2 })).rejects.toThrow(/empty/);
+    await expect(
+      generate(tiny.model, [PROMPTS[0]], { maxNewTokens: 5, interventions: [iv] }),
+    ).rejects.toThrow(/interventionPositions/);
+    await expect(
+      generate(tiny.model, [PROMPTS[0]], { maxNewTokens: tiny.model.maxPositions }),
+    ).rejects.toThrow(/maxPositions/);
+    await expect(generate(tiny.model, [[]], { maxNewTokens: 2 })).rejects.toThrow(/empty/);
   });
 });
 
 describe('interventions during generation', () => {
   const steer = (): Intervention[] => [
-    { kind: 'steer', hooks: ['blocks.1.hook_resid_post'], vector: vec(spec.dModel, 17), scale: 6 },
+    { kind: 'steer', hooks: ['blocks.1.hook_resid_post'], vector: vec(tiny.spec.dModel, 17), scale: 6 },
   ];
 
   it('a large steering vector changes the output', async () => {
@@ -365,7 +352,7 @@ describe('interventions during generation', () => {
 
   it('ablation during generation matches full recomputation', async () => {
     const ablate: Intervention[] = [
-      { kind: 'ablate', hooks: ['blocks.*.hook_resid_post'], directions: [vec(spec.dModel, 23)] },
+      { kind: 'ablate', hooks: ['blocks.*.hook_resid_post'], directions: [vec(tiny.spec.dModel, 23)] },
     ];
     const out = await tokensOf([PROMPTS[3]], {
       maxNewTokens: 8,
@@ -407,12 +394,12 @@ describe('emlens generate', () => {
       return true;
     });
   };
-  const base = () => ['generate', '--model', dir, '--cache-dir', cacheDir, '--threads', '1'];
+  const base = () => ['generate', '--model', tiny.dir, '--cache-dir', tiny.cacheDir, '--threads', '1'];
 
-  async function steerFile(d = spec.dModel): Promise<string> {
-    const file = join(root, `steer-${d}.safetensors`);
+  async function steerFile(d = tiny.spec.dModel): Promise<string> {
+    const file = tiny.at(`steer-${d}.safetensors`);
     const tensors: Record<string, { dtype: 'F32'; shape: number[]; data: Float32Array }> = {};
-    for (let l = 0; l < spec.numLayers; l++) {
+    for (let l = 0; l < tiny.spec.numLayers; l++) {
       tensors[`direction.${l}`] = { dtype: 'F32', shape: [d], data: vec(d, 100 + l) };
     }
     await writeSafetensors(file, tensors);
@@ -453,13 +440,13 @@ describe('emlens generate', () => {
       decode: (t: readonly number[]) => tokenizer.decode(t, { cleanUpTokenizationSpaces: false }),
     };
     const opts = { maxNewTokens: 12, temperature: 0, tokenizer: decoder };
-    const [steered] = await generate(model, [prompt], {
+    const [steered] = await generate(tiny.model, [prompt], {
       ...opts,
       interventions: [
-        { kind: 'steer', hooks: ['blocks.1.hook_resid_post'], vector: vec(spec.dModel, 101), scale: 6 },
+        { kind: 'steer', hooks: ['blocks.1.hook_resid_post'], vector: vec(tiny.spec.dModel, 101), scale: 6 },
       ],
     });
-    const [plain] = await generate(model, [prompt], opts);
+    const [plain] = await generate(tiny.model, [prompt], opts);
     expect(steered.tokens).not.toEqual(plain.tokens);
     expect(stdout.join('')).toBe(`${steered.text}\n`);
     expect(stdout.length).toBeGreaterThan(1); // streamed in pieces
@@ -494,7 +481,7 @@ describe('emlens generate', () => {
   });
 
   it('rejects a d_model mismatch and --steer without --layers with one-line errors', async () => {
-    const wrong = await steerFile(spec.dModel + 8);
+    const wrong = await steerFile(tiny.spec.dModel + 8);
     const cases: [string[], RegExp][] = [
       [['--prompt', 'x', '--steer', wrong, '--layers', '0'], /d_model is 64/],
       [['--prompt', 'x', '--steer', wrong], /need --layers/],

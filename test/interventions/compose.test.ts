@@ -3,10 +3,7 @@
  * checks against directions from another model, and how lists of interventions compose (order independence,
  * same-site ablate-then-add).
  */
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { type DirectionSet, directionSet, saveDirections } from '../../src/directions/direction.js';
 import { EmlensError } from '../../src/errors.js';
 import {
@@ -23,15 +20,12 @@ import {
 } from '../../src/interventions/compose.js';
 import type { HookName, HookSelector } from '../../src/model/hooks.js';
 import type { Intervention } from '../../src/model/interventions.js';
-import { type ForwardResult, loadModel, type Model } from '../../src/model/model.js';
-import type { ModelSpec } from '../../src/model/spec.js';
-import { makeTinyModel } from '../../src/model/tiny.js';
+import type { ForwardResult } from '../../src/model/model.js';
 import { Rng } from '../../src/util/random.js';
+import { useTinyModel } from '../helpers/fixtures.js';
 import { maxAbsDiff } from '../helpers/numeric.js';
 
-let root: string;
-let model: Model;
-let spec: ModelSpec;
+const tiny = useTinyModel('emlens-compose-', { family: 'qwen2', seed: 5, numLayers: 3, dModel: 32 });
 let set: DirectionSet;
 const rows = [
   [5, 17, 33, 80, 121, 7, 64],
@@ -63,15 +57,11 @@ function maxProjection(r: ForwardResult, hook: HookName, u: Float32Array): numbe
   return worst;
 }
 
-beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'emlens-compose-'));
-  const dir = join(root, 'model');
-  spec = await makeTinyModel(dir, { family: 'qwen2', seed: 5, numLayers: 3, dModel: 32 });
-  model = await loadModel(dir, { cacheDir: join(root, 'cache'), threads: 1 });
+beforeAll(() => {
   set = directionSet(
-    [0, 1, 2].map((l) => [l, randomVec(spec.dModel, 100 + l)] as const),
+    [0, 1, 2].map((l) => [l, randomVec(tiny.spec.dModel, 100 + l)] as const),
     {
-      model: dir,
+      model: tiny.dir,
       hook: 'hook_resid_post',
       method: 'test',
       positions: 'all',
@@ -82,56 +72,54 @@ beforeAll(async () => {
     },
   );
 });
-afterAll(async () => {
-  await model?.dispose();
-  await rm(root, { recursive: true, force: true });
-});
 
 describe('building interventions from a direction set', () => {
   it('steers at blocks.L.hook_resid_post with each layer its own vector times the scale', () => {
-    const ivs = steerInterventions(set, spec, { layers: [0, 2], scale: 3 });
+    const ivs = steerInterventions(set, tiny.spec, { layers: [0, 2], scale: 3 });
     expect(ivs.map((iv) => iv.hooks)).toEqual([['blocks.0.hook_resid_post'], ['blocks.2.hook_resid_post']]);
     expect(ivs[1].vector).toBe(set.vectors.get(2));
     expect(ivs[1].scale).toBe(3);
-    const fixed = steerInterventions(set, spec, { layers: 'all', from: 1, unit: true });
+    const fixed = steerInterventions(set, tiny.spec, { layers: 'all', from: 1, unit: true });
     expect(fixed).toHaveLength(3);
     expect(Math.hypot(...fixed[0].vector)).toBeCloseTo(1, 6);
   });
 
   it("'own' gives each of the 2L+1 residual sites its own layer's vector; a single layer covers its input too", () => {
-    const all = siteDirections(set, spec, { layers: 'all' });
-    expect([...all.keys()].sort()).toEqual(allResidualHooks(spec.numLayers).sort());
-    expect(all.size).toBe(2 * spec.numLayers + 1);
+    const all = siteDirections(set, tiny.spec, { layers: 'all' });
+    expect([...all.keys()].sort()).toEqual(allResidualHooks(tiny.spec.numLayers).sort());
+    expect(all.size).toBe(2 * tiny.spec.numLayers + 1);
     for (const [hook, vs] of all) {
       expect(vs).toHaveLength(1);
       const layer = Number(/blocks\.(\d+)\./.exec(hook)![1]);
       expect(vs[0]).toBe(set.vectors.get(layer));
     }
-    const one = siteDirections(set, spec, { layers: [1] });
+    const one = siteDirections(set, tiny.spec, { layers: [1] });
     expect([...one.keys()]).toEqual([
       'blocks.1.hook_resid_pre',
       'blocks.1.hook_resid_mid',
       'blocks.1.hook_resid_post',
     ]);
     // rank k: two sets and a list of source layers stack their vectors at every site
-    const rankK = siteDirections([set, set], spec, { layers: [2], from: [0, 1] });
+    const rankK = siteDirections([set, set], tiny.spec, { layers: [2], from: [0, 1] });
     for (const vs of rankK.values()) expect(vs).toHaveLength(4);
-    expect(ablateInterventions(set, spec, { layers: 'all', from: 1 })).toHaveLength(2 * spec.numLayers + 1);
+    expect(ablateInterventions(set, tiny.spec, { layers: 'all', from: 1 })).toHaveLength(
+      2 * tiny.spec.numLayers + 1,
+    );
   });
 
   it('ablating at every layer removes the direction from every residual site', async () => {
     const d = set.vectors.get(1)!;
-    const r = await model.forward(rows, {
+    const r = await tiny.model.forward(rows, {
       hooks: ['blocks.*.hook_resid_pre', 'blocks.*.hook_resid_mid', 'blocks.*.hook_resid_post'],
-      interventions: ablateInterventions(set, spec, { layers: 'all', from: 1 }),
+      interventions: ablateInterventions(set, tiny.spec, { layers: 'all', from: 1 }),
     });
     for (const hook of r.hooks.keys()) expect(maxProjection(r, hook, unit(d)), hook).toBeLessThan(1e-4);
   });
 
   it('patching a run with its own hooks changes nothing', async () => {
-    const sites = siteDirections(set, spec, { layers: 'all' });
-    const plain = await model.forward(rows, { hooks: [...sites.keys()], logits: 'all' });
-    const patched = await model.forward(rows, {
+    const sites = siteDirections(set, tiny.spec, { layers: 'all' });
+    const plain = await tiny.model.forward(rows, { hooks: [...sites.keys()], logits: 'all' });
+    const patched = await tiny.model.forward(rows, {
       logits: 'all',
       interventions: patchInterventions(sites, plain.hooks),
     });
@@ -141,18 +129,18 @@ describe('building interventions from a direction set', () => {
 
 describe('composition', () => {
   const logits = async (ivs: Intervention[], hooks: HookSelector[] = []) =>
-    model.forward(rows, { logits: 'all', interventions: ivs, hooks });
+    tiny.model.forward(rows, { logits: 'all', interventions: ivs, hooks });
 
   it('two ablations give the same result in either order (at the same and at different sites)', async () => {
     const a: Intervention = {
       kind: 'ablate',
       hooks: ['blocks.1.hook_resid_mid', 'blocks.2.hook_resid_post'],
-      directions: [randomVec(spec.dModel, 1)],
+      directions: [randomVec(tiny.spec.dModel, 1)],
     };
     const b: Intervention = {
       kind: 'ablate',
       hooks: ['blocks.1.hook_resid_mid', 'blocks.0.hook_resid_pre'],
-      directions: [randomVec(spec.dModel, 2)],
+      directions: [randomVec(tiny.spec.dModel, 2)],
     };
     const ab = await logits([a, b]);
     const ba = await logits([b, a]);
@@ -164,12 +152,12 @@ describe('composition', () => {
     const ablate: Intervention = {
       kind: 'ablate',
       hooks: ['blocks.2.hook_resid_mid'],
-      directions: [randomVec(spec.dModel, 3)],
+      directions: [randomVec(tiny.spec.dModel, 3)],
     };
     const steer: Intervention = {
       kind: 'steer',
       hooks: ['blocks.0.hook_resid_post'],
-      vector: randomVec(spec.dModel, 4),
+      vector: randomVec(tiny.spec.dModel, 4),
       scale: 2,
     };
     const x = await logits([ablate, steer]);
@@ -178,7 +166,7 @@ describe('composition', () => {
   });
 
   it('at one site the ablation comes first, then the addition, whatever the list order', async () => {
-    const d = randomVec(spec.dModel, 5);
+    const d = randomVec(tiny.spec.dModel, 5);
     const u = unit(d);
     const hook = 'blocks.1.hook_resid_post';
     const ablate: Intervention = { kind: 'ablate', hooks: [hook], directions: [d] };
@@ -205,23 +193,25 @@ describe('composition', () => {
 describe('errors', () => {
   it('a direction of another width or from a model with more layers is refused with a clear message', async () => {
     const narrow = constantDirectionSet(new Float32Array(16).fill(1), [0, 1]);
-    expect(() => checkDirectionsFit(narrow, spec)).toThrow(EmlensError);
-    expect(() => steerInterventions(narrow, spec, { layers: [0] })).toThrow(/length 16 .* d_model is 32/);
-    const deep = constantDirectionSet(new Float32Array(spec.dModel).fill(1), [0, 5]);
-    expect(() => ablateInterventions(deep, spec, { layers: [0] })).toThrow(/layer 5 .* layers 0\.\.2/);
-    const path = join(root, 'narrow.safetensors');
+    expect(() => checkDirectionsFit(narrow, tiny.spec)).toThrow(EmlensError);
+    expect(() => steerInterventions(narrow, tiny.spec, { layers: [0] })).toThrow(
+      /length 16 .* d_model is 32/,
+    );
+    const deep = constantDirectionSet(new Float32Array(tiny.spec.dModel).fill(1), [0, 5]);
+    expect(() => ablateInterventions(deep, tiny.spec, { layers: [0] })).toThrow(/layer 5 .* layers 0\.\.2/);
+    const path = tiny.at('narrow.safetensors');
     await saveDirections(path, narrow);
-    await expect(loadDirectionsFor(path, spec)).rejects.toThrow(
+    await expect(loadDirectionsFor(path, tiny.spec)).rejects.toThrow(
       /d_model is 32; use a direction computed on this model/,
     );
   });
 
   it('layers out of range, layers the set lacks and malformed layer lists are refused', () => {
-    expect(() => selectLayers([3], spec.numLayers)).toThrow(
+    expect(() => selectLayers([3], tiny.spec.numLayers)).toThrow(
       /Layer 3 is out of range: the model has layers 0\.\.2/,
     );
-    const partial = constantDirectionSet(new Float32Array(spec.dModel).fill(1), [2]);
-    expect(() => steerInterventions(partial, spec, { layers: [1] })).toThrow(/no direction for layer 1/);
+    const partial = constantDirectionSet(new Float32Array(tiny.spec.dModel).fill(1), [2]);
+    expect(() => steerInterventions(partial, tiny.spec, { layers: [1] })).toThrow(/no direction for layer 1/);
     expect(() => parseLayerList('1,x')).toThrow(EmlensError);
     expect(parseLayerList('1-2,0')).toEqual([1, 2, 0]);
     expect(parseLayerList('all')).toBe('all');

@@ -4,10 +4,9 @@
  * `steer`/`ablate`, and the server's request path), ablation at `--layers all` is a rank-1 projection at each
  * of the 2L + 1 residual sites, and every command refuses a NaN or non-F32 direction file the same way.
  */
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { ablateCommandInterventions } from '../../src/cli/ablate.js';
 import { evalInterventions } from '../../src/cli/eval.js';
 import { directionFileInterventions } from '../../src/cli/interventionCommon.js';
@@ -23,37 +22,27 @@ import {
 import { writeSafetensors } from '../../src/io/safetensors.js';
 import { hookName } from '../../src/model/hooks.js';
 import { type Intervention, interventionFeeds } from '../../src/model/interventions.js';
-import { loadModel, type Model } from '../../src/model/model.js';
-import type { ModelSpec } from '../../src/model/spec.js';
-import { makeTinyModel } from '../../src/model/tiny.js';
 import { ApiError } from '../../src/serve/apiError.js';
 import { buildInterventions, DirectionResolver } from '../../src/serve/interventions.js';
 import { parseChatRequest } from '../../src/serve/protocol.js';
 import { loadTokenizer } from '../../src/text/tokenizer.js';
+import { useTinyModel } from '../helpers/fixtures.js';
 import { vec } from '../helpers/numeric.js';
 import { runCli } from '../helpers/runCli.js';
-
-let root: string;
-let modelDir: string;
-let cacheDir: string;
-let directionsDir: string;
-let file: string;
-let set: DirectionSet;
-let spec: ModelSpec;
-let model: Model;
 
 const LAYERS = 4;
 const D = 32;
 const BATCH = 2;
 const SEQ = 5;
 
+const tiny = useTinyModel('emlens-road-', { family: 'qwen2', seed: 3, numLayers: LAYERS, dModel: D });
+let directionsDir: string;
+let file: string;
+let set: DirectionSet;
+
 beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'emlens-road-'));
-  modelDir = join(root, 'model');
-  cacheDir = join(root, 'cache');
-  directionsDir = join(root, 'directions');
+  directionsDir = tiny.at('directions');
   await mkdir(directionsDir);
-  spec = await makeTinyModel(modelDir, { family: 'qwen2', seed: 3, numLayers: LAYERS, dModel: D });
   // a different vector at every layer: where two layers' sites meet, a builder that names the shared site
   // twice ablates a rank-2 span there
   set = directionSet(
@@ -71,11 +60,6 @@ beforeAll(async () => {
   );
   file = join(directionsDir, 'em.safetensors');
   await saveDirections(file, set);
-  model = await loadModel(modelDir, { cacheDir, threads: 1 });
-});
-afterAll(async () => {
-  await model?.dispose();
-  await rm(root, { recursive: true, force: true });
 });
 
 type Kind = 'steer' | 'ablate';
@@ -123,12 +107,12 @@ async function entryPoints(c: Case): Promise<[string, Intervention[]][]> {
   const resolver = await DirectionResolver.create({ directionsDir });
   const flags = { [c.kind]: file, layers: c.layers, scale: c.scale };
   const out: [string, Intervention[]][] = [
-    ['library composeInterventions', composeInterventions(libraryRequest(c), spec)],
-    ['generate --steer/--ablate', await directionFileInterventions({ ...flags, from: c.from }, spec)],
-    ['eval --steer/--ablate', await evalInterventions({ ...flags, directionLayer: c.from }, spec)],
+    ['library composeInterventions', composeInterventions(libraryRequest(c), tiny.spec)],
+    ['generate --steer/--ablate', await directionFileInterventions({ ...flags, from: c.from }, tiny.spec)],
+    ['eval --steer/--ablate', await evalInterventions({ ...flags, directionLayer: c.from }, tiny.spec)],
     [
       'library directionInterventions',
-      directionInterventions(spec, {
+      directionInterventions(tiny.spec, {
         kind: c.kind,
         directions: set,
         layers: parseLayerList(c.layers),
@@ -136,14 +120,17 @@ async function entryPoints(c: Case): Promise<[string, Intervention[]][]> {
         sourceLayer: c.from,
       }),
     ],
-    ['server request (file)', await buildInterventions(serverField(c), spec, resolver, 'emlens')],
+    ['server request (file)', await buildInterventions(serverField(c), tiny.spec, resolver, 'emlens')],
   ];
   if (c.kind === 'steer' && c.from === undefined) {
-    out.push(['emlens steer', steerCommandInterventions(set, spec, { layers: c.layers, scale: c.scale })]);
+    out.push([
+      'emlens steer',
+      steerCommandInterventions(set, tiny.spec, { layers: c.layers, scale: c.scale }),
+    ]);
   }
   if (c.kind === 'ablate') {
     const from = c.from === undefined ? 'own' : String(c.from);
-    out.push(['emlens ablate', ablateCommandInterventions(set, spec, { layers: c.layers, from })]);
+    out.push(['emlens ablate', ablateCommandInterventions(set, tiny.spec, { layers: c.layers, from })]);
   }
   if (c.from !== undefined) {
     // an inline vector is one vector at every layer: the same as a fixed source layer of the file
@@ -151,7 +138,7 @@ async function entryPoints(c: Case): Promise<[string, Intervention[]][]> {
     const { from: _from, ...noFrom } = (inline[c.kind] ?? [])[0];
     out.push([
       'server request (inline)',
-      await buildInterventions({ [c.kind]: [noFrom] }, spec, resolver, 'emlens'),
+      await buildInterventions({ [c.kind]: [noFrom] }, tiny.spec, resolver, 'emlens'),
     ]);
   }
   return out;
@@ -161,8 +148,8 @@ async function entryPoints(c: Case): Promise<[string, Intervention[]][]> {
 function feeds(ivs: readonly Intervention[], positions: 'all' | Float32Array = 'all') {
   return interventionFeeds(
     ivs.map((iv) => ({ ...iv, positions })),
-    spec.numLayers,
-    spec.dModel,
+    tiny.spec.numLayers,
+    tiny.spec.dModel,
     BATCH,
     SEQ,
   );
@@ -181,7 +168,7 @@ describe('one road for interventions', () => {
       const points = await entryPoints(c);
       expect(points.length).toBeGreaterThanOrEqual(5);
       const [refName, ref] = points[0];
-      const scored = composeInterventions({ ...libraryRequest(c), positions: prompt }, spec);
+      const scored = composeInterventions({ ...libraryRequest(c), positions: prompt }, tiny.spec);
       for (const positions of ['all', prompt] as const) {
         const want = feeds(ref, positions);
         for (const [name, ivs] of points) {
@@ -196,7 +183,7 @@ describe('one road for interventions', () => {
       }
       // a scoring request's positions land where the decode loop places a generation policy
       const want = feeds(ref, prompt);
-      const got = interventionFeeds(scored, spec.numLayers, spec.dModel, BATCH, SEQ);
+      const got = interventionFeeds(scored, tiny.spec.numLayers, tiny.spec.dModel, BATCH, SEQ);
       expect(got).toEqual(want);
     }
   });
@@ -220,14 +207,17 @@ describe('one road for interventions', () => {
       [5, 17, 33, 80, 121],
       [9, 200, 41, 3, 8],
     ];
-    const viaGenerate = await directionFileInterventions({ ablate: file, layers: 'all' }, spec);
-    const a = await model.forward(ids, { logits: 'all', interventions: viaGenerate });
-    const b = await model.forward(ids, {
+    const viaGenerate = await directionFileInterventions({ ablate: file, layers: 'all' }, tiny.spec);
+    const a = await tiny.model.forward(ids, { logits: 'all', interventions: viaGenerate });
+    const b = await tiny.model.forward(ids, {
       logits: 'all',
-      interventions: composeInterventions({ ablate: [{ direction: set, layers: 'all' }] }, spec),
+      interventions: composeInterventions({ ablate: [{ direction: set, layers: 'all' }] }, tiny.spec),
     });
     expect(a.logits.data).toEqual(b.logits.data);
-    const r = await model.forward(ids, { hooks: [hookName(1, 'resid_post')], interventions: viaGenerate });
+    const r = await tiny.model.forward(ids, {
+      hooks: [hookName(1, 'resid_post')],
+      interventions: viaGenerate,
+    });
     const h = r.hooks.get(hookName(1, 'resid_post'))!;
     // resid_post of block 1 loses block 1's direction but keeps block 2's component (no rank-2 span there)
     const along = (u: Float64Array) => {
@@ -245,13 +235,13 @@ describe('one road for interventions', () => {
 
   it('generate --ablate --layers all samples what the library samples with the composed ablation', async () => {
     // sampled, several rows: greedy tokens of a tiny model can survive the rank-2 span; sampled ones do not
-    const tokenizer = await loadTokenizer(modelDir);
+    const tokenizer = await loadTokenizer(tiny.dir);
     const r = await runCli([
       'generate',
       '--model',
-      modelDir,
+      tiny.dir,
       '--cache-dir',
-      cacheDir,
+      tiny.cacheDir,
       '--threads',
       '1',
       '--prompt',
@@ -274,13 +264,13 @@ describe('one road for interventions', () => {
     const decoder = {
       decode: (t: readonly number[]) => tokenizer.decode(t, { cleanUpTokenizationSpaces: false }),
     };
-    const gens = await generate(model, [tokenizer.encode('Hello there')], {
+    const gens = await generate(tiny.model, [tokenizer.encode('Hello there')], {
       maxNewTokens: 24,
       temperature: 1,
       seed: 1,
       n: 4,
       tokenizer: decoder,
-      interventions: composeInterventions({ ablate: [{ direction: set, layers: 'all' }] }, spec),
+      interventions: composeInterventions({ ablate: [{ direction: set, layers: 'all' }] }, tiny.spec),
     });
     const rest = gens.slice(1).map((g) => `\n[sample ${g.sample + 1}/4]\n${g.text ?? ''}\n`);
     expect(r.stdout).toBe(`[sample 1/4]\n${gens[0].text}\n${rest.join('')}`);
@@ -294,7 +284,7 @@ describe('one road for interventions', () => {
         messages: [{ role: 'user', content: 'x' }],
         emlens: field,
       }).emlens!;
-      const e = await buildInterventions(ext, spec, resolver, 'emlens').then(
+      const e = await buildInterventions(ext, tiny.spec, resolver, 'emlens').then(
         () => null,
         (x: unknown) => x,
       );
@@ -313,7 +303,7 @@ describe('one road for interventions', () => {
       direction[4] = bad;
       const x = await buildInterventions(
         { steer: [{ direction, layers: 1 }] },
-        spec,
+        tiny.spec,
         resolver,
         'server',
       ).then(
@@ -330,7 +320,7 @@ describe('one road for interventions', () => {
 });
 
 describe('one direction loader', () => {
-  const common = () => ['--model', modelDir, '--cache-dir', cacheDir, '--threads', '1'];
+  const common = () => ['--model', tiny.dir, '--cache-dir', tiny.cacheDir, '--threads', '1'];
 
   async function badFiles(): Promise<Record<string, string>> {
     const nan = join(directionsDir, 'nan.safetensors');
@@ -419,11 +409,11 @@ describe('one direction loader', () => {
           'eval',
           ...common(),
           '--questions',
-          join(root, 'questions.yaml'),
+          tiny.at('questions.yaml'),
           '--judge',
           'http://127.0.0.1:9/v1',
           '--out',
-          join(root, `eval-${kind}`),
+          tiny.at(`eval-${kind}`),
           '--steer',
           path,
           '--layers',
@@ -440,7 +430,7 @@ describe('one direction loader', () => {
       expect([...lines], kind).toHaveLength(1); // word for word the same refusal
       const e = await buildInterventions(
         { steer: [{ direction: path.slice(directionsDir.length + 1), layers: [1] }] },
-        spec,
+        tiny.spec,
         resolver,
         'emlens',
       ).then(

@@ -1,27 +1,21 @@
 /** The shared file helpers: existence checks and atomic writes that never leave a half-written file. */
-import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, mkdtemp, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { pathExists, writeAtomic, writeStreamAtomic } from '../../src/io/files.js';
+import { useTempDir } from '../helpers/fixtures.js';
 
-let dir: string;
-beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'emlens-files-'));
-});
-afterAll(async () => {
-  await rm(dir, { recursive: true, force: true });
-});
+const tmp = useTempDir('emlens-files-');
 
 it('tells files and folders that exist from paths that do not', async () => {
-  await writeFile(join(dir, 'f'), 'x');
-  expect(await pathExists(join(dir, 'f'))).toBe(true);
-  expect(await pathExists(dir)).toBe(true);
-  expect(await pathExists(join(dir, 'missing'))).toBe(false);
+  await writeFile(tmp.join('f'), 'x');
+  expect(await pathExists(tmp.join('f'))).toBe(true);
+  expect(await pathExists(tmp.path)).toBe(true);
+  expect(await pathExists(tmp.join('missing'))).toBe(false);
 });
 
 it('replaces a file atomically and leaves no temp file', async () => {
-  const sub = await mkdtemp(join(dir, 'w-'));
+  const sub = await mkdtemp(tmp.join('w-'));
   const p = join(sub, 'out.txt');
   await writeAtomic(p, 'first');
   await writeAtomic(p, new Uint8Array([104, 105]));
@@ -30,7 +24,7 @@ it('replaces a file atomically and leaves no temp file', async () => {
 });
 
 it('keeps the old file and removes the temp file when the write or the rename fails', async () => {
-  const sub = await mkdtemp(join(dir, 'fail-'));
+  const sub = await mkdtemp(tmp.join('fail-'));
   const p = join(sub, 'out.txt');
   await writeAtomic(p, 'kept');
   await expect(

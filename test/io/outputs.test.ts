@@ -3,10 +3,9 @@
  * the atomic folder build, on real files.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, readdir, readFile, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { EmlensError } from '../../src/errors.js';
 import {
   claimOutputFile,
@@ -15,21 +14,15 @@ import {
   pathKind,
   writeFolderAtomic,
 } from '../../src/io/outputs.js';
+import { useTempDir } from '../helpers/fixtures.js';
 
-let root: string;
+const tmp = useTempDir('emlens-outputs-');
 let n = 0;
 const fresh = async () => {
-  const d = join(root, `case-${n++}`);
+  const d = tmp.join(`case-${n++}`);
   await mkdir(d);
   return d;
 };
-
-beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'emlens-outputs-'));
-});
-afterAll(async () => {
-  await rm(root, { recursive: true, force: true });
-});
 
 /** The EmlensError `p` rejects with (fails the test on any other outcome). */
 async function refusal(p: Promise<unknown>): Promise<string> {
@@ -155,7 +148,7 @@ describe('writeFolderAtomic', () => {
       process.chdir(cwd);
     }
     expect(await readdir(d)).toEqual(['config.json']);
-    expect(await readdir(root)).not.toContain(expect.stringMatching(/\.tmp$/));
+    expect(await readdir(tmp.path)).not.toContain(expect.stringMatching(/\.tmp$/));
   });
 
   it('builds a new folder, refuses a non-empty one, and with overwrite swaps it only once complete', async () => {

@@ -4,24 +4,17 @@
  * named. Each reader is bounded by a timeout, so a regression fails instead of hanging.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { mkdir } from 'node:fs/promises';
+import { describe, expect, it } from 'vitest';
 import { readResponses } from '../../src/data/response.js';
 import { importGguf } from '../../src/directions/gguf.js';
 import { EmlensError } from '../../src/errors.js';
 import { loadQuestions } from '../../src/eval/questions.js';
 import { readNeutralTexts } from '../../src/interventions/scoring.js';
+import { useTempDir } from '../helpers/fixtures.js';
 import { runCli } from '../helpers/runCli.js';
 
-let root: string;
-beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'emlens-user-inputs-'));
-});
-afterAll(async () => {
-  await rm(root, { recursive: true, force: true });
-});
+const tmp = useTempDir('emlens-user-inputs-');
 
 /** Rejects with an EmlensError within 3 s (a blocked FIFO read would never settle). */
 async function refusedQuickly(p: Promise<unknown>): Promise<string> {
@@ -49,15 +42,15 @@ const READERS = [
 describe('user input files', () => {
   for (const r of READERS) {
     it(`${r.what}: a FIFO, a directory and a missing path each get one clear line`, async () => {
-      const fifo = join(root, `fifo-${r.ext}.${r.ext}`);
+      const fifo = tmp.join(`fifo-${r.ext}.${r.ext}`);
       execFileSync('mkfifo', [fifo]);
       expect(await refusedQuickly(r.read(fifo))).toMatch(/named pipe \(FIFO\), not a regular file/);
-      const dir = join(root, `dir.${r.ext}`);
+      const dir = tmp.join(`dir.${r.ext}`);
       await mkdir(dir, { recursive: true });
       expect(await refusedQuickly(r.read(dir))).toBe(
         `${r.what} ${dir} is a directory; name the file itself.`,
       );
-      const missing = join(root, `missing.${r.ext}`);
+      const missing = tmp.join(`missing.${r.ext}`);
       expect(await refusedQuickly(r.read(missing))).toBe(
         `${r.what} ${missing} does not exist; check the path.`,
       );
@@ -65,10 +58,10 @@ describe('user input files', () => {
   }
 
   it('collect --data FIFO exits 2 with one line instead of hanging', async () => {
-    const fifo = join(root, 'data.csv');
+    const fifo = tmp.join('data.csv');
     execFileSync('mkfifo', [fifo]);
     const r = await Promise.race([
-      runCli(['collect', '--model', join(root, 'no-model'), '--data', fifo, '--out', join(root, 'store')]),
+      runCli(['collect', '--model', tmp.join('no-model'), '--data', fifo, '--out', tmp.join('store')]),
       new Promise<never>((_, reject) => setTimeout(() => reject(new Error('collect hung on a FIFO')), 5000)),
     ]);
     expect(r.code).toBe(2);

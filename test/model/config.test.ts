@@ -1,9 +1,9 @@
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { EmlensError } from '../../src/errors.js';
 import { parseConfig, readConfig } from '../../src/model/config.js';
+import { useTempDir } from '../helpers/fixtures.js';
 
 // As published on the Hub (Qwen/Qwen2.5-0.5B-Instruct/config.json).
 const QWEN25_05B = {
@@ -336,23 +336,17 @@ describe('parseConfig errors', () => {
 });
 
 describe('readConfig', () => {
-  let dir: string;
-  beforeAll(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'emlens-config-'));
-  });
-  afterAll(async () => {
-    await rm(dir, { recursive: true, force: true });
-  });
+  const tmp = useTempDir('emlens-config-');
 
   it('reads config.json alone', async () => {
-    const d = join(dir, 'plain');
+    const d = tmp.join('plain');
     await mkdir(d);
     await writeFile(join(d, 'config.json'), JSON.stringify(QWEN25_05B));
     expect((await readConfig(d)).eosTokenIds).toEqual([151645]);
   });
 
   it('lets generation_config.json override bos/eos/pad', async () => {
-    const d = join(dir, 'gen');
+    const d = tmp.join('gen');
     await mkdir(d, { recursive: true });
     await writeFile(join(d, 'config.json'), JSON.stringify(QWEN25_05B));
     await writeFile(
@@ -370,7 +364,7 @@ describe('readConfig', () => {
   });
 
   it('keeps config.json ids that generation_config.json leaves out', async () => {
-    const d = join(dir, 'gen-partial');
+    const d = tmp.join('gen-partial');
     await mkdir(d, { recursive: true });
     await writeFile(join(d, 'config.json'), JSON.stringify(LLAMA31_8B));
     await writeFile(join(d, 'generation_config.json'), JSON.stringify({ temperature: 0.6 }));
@@ -380,14 +374,14 @@ describe('readConfig', () => {
   });
 
   it('explains a folder without config.json', async () => {
-    const d = join(dir, 'empty');
+    const d = tmp.join('empty');
     await expect(readConfig(d)).rejects.toThrow(
       /No config\.json in .*empty; pass a Hugging Face model folder/,
     );
   });
 
   it('explains invalid JSON', async () => {
-    const d = join(dir, 'broken');
+    const d = tmp.join('broken');
     await mkdir(d, { recursive: true });
     await writeFile(join(d, 'config.json'), '{"hidden_size": 8,');
     await expect(readConfig(d)).rejects.toThrow(EmlensError);

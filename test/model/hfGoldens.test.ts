@@ -4,13 +4,13 @@
  * patterns), and the outputs transformers computed on them (test/goldens/make_goldens.py; versions in
  * test/goldens/hf/versions.json). Every hook and the logits at every position must agree within 1e-4.
  */
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { SafetensorsFile } from '../../src/io/safetensors.js';
 import { type HookName, parseHookPatterns } from '../../src/model/hooks.js';
 import { loadModel } from '../../src/model/model.js';
+import { useTempDir } from '../helpers/fixtures.js';
 import { maxAbsDiff } from '../helpers/numeric.js';
 
 const HF = join(import.meta.dirname, '..', 'goldens', 'hf');
@@ -48,13 +48,7 @@ const CASES = [
   { name: 'qwen2-gqa3-lora', model: 'qwen2-gqa3/model', adapter: 'qwen2-gqa3-lora/adapter' },
 ] as const;
 
-let cacheDir: string;
-beforeAll(async () => {
-  cacheDir = await mkdtemp(join(tmpdir(), 'emlens-hf-goldens-'));
-});
-afterAll(async () => {
-  await rm(cacheDir, { recursive: true, force: true });
-});
+const tmp = useTempDir('emlens-hf-goldens-');
 
 describe('real transformers and peft outputs', () => {
   it('were made by the committed script with recorded versions', async () => {
@@ -66,7 +60,7 @@ describe('real transformers and peft outputs', () => {
     it(`${c.name}: every hook and all-position logits equal transformers' within ${TOL}`, async () => {
       const golden = await readGolden(join(HF, c.name, 'golden.safetensors'));
       const model = await loadModel(join(HF, c.model), {
-        cacheDir,
+        cacheDir: tmp.path,
         threads: 1,
         ...('adapter' in c ? { adapter: join(HF, c.adapter) } : {}),
       });

@@ -2,15 +2,16 @@
  * Steering and directional ablation at residual-stream hooks: exact shifts, orthogonality, position masks,
  * no-op interventions, and persistence through the KV cache.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type HookName, type HookSelector, hookName, type ResidualHookSelector } from '../../src/model/hooks.js';
+import { describe, expect, it } from 'vitest';
+import {
+  type HookName,
+  type HookSelector,
+  hookName,
+  type ResidualHookSelector,
+} from '../../src/model/hooks.js';
 import type { Intervention } from '../../src/model/interventions.js';
-import { type ForwardResult, type KVCache, loadModel, type Model } from '../../src/model/model.js';
-import type { ModelSpec } from '../../src/model/spec.js';
-import { makeTinyModel } from '../../src/model/tiny.js';
+import type { ForwardResult, KVCache } from '../../src/model/model.js';
+import { useTinyModel } from '../helpers/fixtures.js';
 import { ids, maxAbsDiff, vec } from '../helpers/numeric.js';
 
 const RESID: ResidualHookSelector[] = [
@@ -58,27 +59,19 @@ function unit(v: Float32Array): Float32Array {
   return v.map((x) => x / n);
 }
 
-let root: string;
-let model: Model;
-let spec: ModelSpec;
-
-beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'emlens-interventions-'));
-  const dir = join(root, 'model');
-  spec = await makeTinyModel(dir, { family: 'llama', seed: 21, numLayers: 3, ropeScaling: 'llama3' });
-  model = await loadModel(dir, { cacheDir: join(root, 'cache'), threads: 1 });
-});
-afterAll(async () => {
-  await model?.dispose();
-  await rm(root, { recursive: true, force: true });
+const tiny = useTinyModel('emlens-interventions-', {
+  family: 'llama',
+  seed: 21,
+  numLayers: 3,
+  ropeScaling: 'llama3',
 });
 
 describe('steering', () => {
   it('adding v at blocks.L.hook_resid_post shifts it by exactly v and changes later layers', async () => {
     const rows = [ids(6, 1), ids(6, 2)];
-    const v = vec(spec.dModel, 3);
-    const base = await model.forward(rows, { hooks: ALL_HOOKS });
-    const steered = await model.forward(rows, {
+    const v = vec(tiny.spec.dModel, 3);
+    const base = await tiny.model.forward(rows, { hooks: ALL_HOOKS });
+    const steered = await tiny.model.forward(rows, {
       hooks: ALL_HOOKS,
       interventions: [{ kind: 'steer', hooks: [hookName(L, 'resid_post')], vector: v, scale: 1 }],
     });
@@ -99,7 +92,7 @@ describe('steering', () => {
           }
         }
         // later layers respond to the shift beyond just carrying it along
-        const lastPost = hookName(spec.numLayers - 1, 'resid_post');
+        const lastPost = hookName(tiny.spec.numLayers - 1, 'resid_post');
         const carried = at(base, lastPost, b, p).map((x, i) => x + v[i]);
         laterChange = Math.max(laterChange, maxAbsDiff(at(steered, lastPost, b, p), carried));
       }
@@ -110,10 +103,10 @@ describe('steering', () => {
 
   it('scale multiplies the vector', async () => {
     const rows = [ids(5, 4)];
-    const v = vec(spec.dModel, 5);
+    const v = vec(tiny.spec.dModel, 5);
     const hook = hookName(L, 'resid_mid');
-    const base = await model.forward(rows, { hooks: [hook] });
-    const steered = await model.forward(rows, {
+    const base = await tiny.model.forward(rows, { hooks: [hook] });
+    const steered = await tiny.model.forward(rows, {
       hooks: [hook],
       interventions: [{ kind: 'steer', hooks: [hook], vector: v, scale: -2.5 }],
     });
@@ -131,7 +124,7 @@ describe('steering', () => {
   it('a [batch, seq] position weight mask only shifts the masked tokens, by weight * v', async () => {
     const seq = 6;
     const rows = [ids(seq, 6), ids(seq, 7)];
-    const v = vec(spec.dModel, 8);
+    const v = vec(tiny.spec.dModel, 8);
     // row 0: tokens 3 and 5 (weight 1 and 0.5); row 1: token 4 only
     const weights = new Float32Array(2 * seq);
     weights[3] = 1;
@@ -139,8 +132,8 @@ describe('steering', () => {
     weights[seq + 4] = 1;
     const firstMasked = [3, 4];
     const post = hookName(L, 'resid_post');
-    const base = await model.forward(rows, { hooks: ALL_HOOKS });
-    const steered = await model.forward(rows, {
+    const base = await tiny.model.forward(rows, { hooks: ALL_HOOKS });
+    const steered = await tiny.model.forward(rows, {
       hooks: ALL_HOOKS,
       interventions: [{ kind: 'steer', hooks: [post], vector: v, positions: weights }],
     });
@@ -170,9 +163,9 @@ describe('ablation', () => {
   it('ablating d at blocks.L.hook_resid_post leaves it orthogonal to d (and removes exactly its projection)', async () => {
     const rows = [ids(7, 9), ids(7, 10)];
     const post = hookName(L, 'resid_post');
-    const base = await model.forward(rows, { hooks: [post] });
+    const base = await tiny.model.forward(rows, { hooks: [post] });
     // the direction of the mean residual, so the stream has a large component along it to remove
-    const d = new Float32Array(spec.dModel);
+    const d = new Float32Array(tiny.spec.dModel);
     for (let b = 0; b < 2; b++) {
       for (let p = 0; p < 7; p++) {
         const x = at(base, post, b, p);
@@ -181,7 +174,7 @@ describe('ablation', () => {
     }
     const u = unit(d);
     expect(maxCosine(base, post, u)).toBeGreaterThan(0.1);
-    const ablated = await model.forward(rows, {
+    const ablated = await tiny.model.forward(rows, {
       hooks: [post],
       interventions: [{ kind: 'ablate', hooks: [post], directions: [d] }],
     });
@@ -199,11 +192,11 @@ describe('ablation', () => {
   it('rank-2 ablation of two non-orthogonal directions leaves it orthogonal to both', async () => {
     const rows = [ids(8, 11)];
     const post = hookName(L, 'resid_post');
-    const d1 = vec(spec.dModel, 12, 2);
-    const d2 = d1.map((x, i) => 0.8 * x + 0.3 * vec(spec.dModel, 13)[i]);
+    const d1 = vec(tiny.spec.dModel, 12, 2);
+    const d2 = d1.map((x, i) => 0.8 * x + 0.3 * vec(tiny.spec.dModel, 13)[i]);
     expect(Math.abs(dot(unit(d1), unit(d2)))).toBeGreaterThan(0.5);
-    const base = await model.forward(rows, { hooks: [post] });
-    const ablated = await model.forward(rows, {
+    const base = await tiny.model.forward(rows, { hooks: [post] });
+    const ablated = await tiny.model.forward(rows, {
       hooks: [post],
       interventions: [{ kind: 'ablate', hooks: [post], directions: [d1, d2] }],
     });
@@ -215,14 +208,14 @@ describe('ablation', () => {
 
   it('ablating at every residual site leaves every residual hook orthogonal', async () => {
     const rows = [ids(4, 14), ids(9, 15)]; // left padding too
-    const d = vec(spec.dModel, 16);
+    const d = vec(tiny.spec.dModel, 16);
     const u = unit(d);
-    const base = await model.forward(rows, { hooks: RESID });
-    const ablated = await model.forward(rows, {
+    const base = await tiny.model.forward(rows, { hooks: RESID });
+    const ablated = await tiny.model.forward(rows, {
       hooks: RESID,
       interventions: [{ kind: 'ablate', hooks: RESID, directions: [d] }],
     });
-    expect(ablated.hooks.size).toBe(3 * spec.numLayers);
+    expect(ablated.hooks.size).toBe(3 * tiny.spec.numLayers);
     for (const [name] of ablated.hooks) {
       expect(maxCosine(base, name, u), `${name} before`).toBeGreaterThan(1e-3);
       const pad = ablated.padding;
@@ -239,9 +232,9 @@ describe('ablation', () => {
   it('ablation and steering at one site: ablate first, then add', async () => {
     const rows = [ids(5, 17)];
     const hook = hookName(L, 'resid_mid');
-    const d = vec(spec.dModel, 18);
+    const d = vec(tiny.spec.dModel, 18);
     const u = unit(d);
-    const res = await model.forward(rows, {
+    const res = await tiny.model.forward(rows, {
       hooks: [hook],
       interventions: [
         { kind: 'steer', hooks: [hook], vector: u, scale: 2 },
@@ -255,8 +248,8 @@ describe('ablation', () => {
 describe('no-op interventions', () => {
   it('a zero steering vector and a zero ablation direction change nothing', async () => {
     const rows = [ids(3, 19), ids(6, 20)];
-    const zero = new Float32Array(spec.dModel);
-    const base = await model.forward(rows, { hooks: ALL_HOOKS });
+    const zero = new Float32Array(tiny.spec.dModel);
+    const base = await tiny.model.forward(rows, { hooks: ALL_HOOKS });
     const variants: Intervention[][] = [
       [{ kind: 'steer', hooks: RESID, vector: zero }],
       [{ kind: 'ablate', hooks: RESID, directions: [zero] }],
@@ -266,7 +259,7 @@ describe('no-op interventions', () => {
       ],
     ];
     for (const interventions of variants) {
-      const r = await model.forward(rows, { hooks: ALL_HOOKS, interventions });
+      const r = await tiny.model.forward(rows, { hooks: ALL_HOOKS, interventions });
       expect(maxAbsDiff(r.logits.data, base.logits.data)).toBeLessThanOrEqual(1e-6);
       for (const [name, t] of base.hooks) {
         expect(maxAbsDiff(r.hooks.get(name)!.data, t.data), name).toBeLessThanOrEqual(1e-6);
@@ -279,13 +272,13 @@ describe('through the KV cache', () => {
   it('cached step-by-step decoding with steering equals full recomputation with steering', async () => {
     const hook = hookName(L, 'resid_post');
     const interventions: Intervention[] = [
-      { kind: 'steer', hooks: [hook], vector: vec(spec.dModel, 22), scale: 1.5 },
-      { kind: 'ablate', hooks: ['blocks.0.hook_resid_mid'], directions: [vec(spec.dModel, 23)] },
+      { kind: 'steer', hooks: [hook], vector: vec(tiny.spec.dModel, 22), scale: 1.5 },
+      { kind: 'ablate', hooks: ['blocks.0.hook_resid_mid'], directions: [vec(tiny.spec.dModel, 23)] },
     ];
     const prompts = [ids(4, 24), ids(2, 25)];
     const seqs = prompts.map((p) => [...p]);
-    let res = await model.forward(prompts, { interventions, returnCache: true });
-    const plain = await model.forward(prompts);
+    let res = await tiny.model.forward(prompts, { interventions, returnCache: true });
+    const plain = await tiny.model.forward(prompts);
     expect(maxAbsDiff(res.logits.data, plain.logits.data)).toBeGreaterThan(1e-3);
     let cache: KVCache = res.cache!;
     for (let step = 0; step < 4; step++) {
@@ -293,14 +286,14 @@ describe('through the KV cache', () => {
       seqs.forEach((s, r) => {
         s.push(next[r]);
       });
-      res = await model.forward(
+      res = await tiny.model.forward(
         next.map((t) => [t]),
         { interventions, cache, returnCache: true },
       );
       cache = res.cache!;
       for (let r = 0; r < 2; r++) {
-        const full = await model.forward([seqs[r]], { interventions });
-        const got = res.logits.data.subarray(r * spec.vocabSize, (r + 1) * spec.vocabSize);
+        const full = await tiny.model.forward([seqs[r]], { interventions });
+        const got = res.logits.data.subarray(r * tiny.spec.vocabSize, (r + 1) * tiny.spec.vocabSize);
         expect(maxAbsDiff(got, full.logits.data), `step ${step} row ${r}`).toBeLessThanOrEqual(1e-4);
       }
     }

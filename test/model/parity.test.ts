@@ -2,15 +2,13 @@
  * The ONNX graph against the independent float64 reference (test/reference/forward64.ts): last-position and
  * all-position logits and every hook, for each family and a spread of odd shapes, in both profiles.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Profile } from '../../src/model/graph/transformer.js';
 import { BLOCK_HOOKS, hookName } from '../../src/model/hooks.js';
 import { loadModel, type Model } from '../../src/model/model.js';
 import type { ModelSpec } from '../../src/model/spec.js';
 import { makeTinyModel, type TinyModelOptions } from '../../src/model/tiny.js';
+import { useTempDir } from '../helpers/fixtures.js';
 import {
   loadWeights64,
   type ReferenceOutput,
@@ -170,13 +168,7 @@ function llama3Bands(spec: ModelSpec): Set<'kept' | 'smoothed' | 'divided'> {
   return bands;
 }
 
-let root: string;
-beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'emlens-parity-'));
-});
-afterAll(async () => {
-  await rm(root, { recursive: true, force: true });
-});
+const tmp = useTempDir('emlens-parity-');
 
 describe.each(CASES)('$name', ({ name, options, seqLen }) => {
   let spec: ModelSpec;
@@ -185,12 +177,12 @@ describe.each(CASES)('$name', ({ name, options, seqLen }) => {
   const models = new Map<Profile, Model>();
 
   beforeAll(async () => {
-    const dir = join(root, name.replace(/[^a-z0-9]+/gi, '-'));
+    const dir = tmp.join(name.replace(/[^a-z0-9]+/gi, '-'));
     spec = await makeTinyModel(dir, options);
     ids = tokenIds(seqLen, spec.vocabSize, options.seed ?? 0);
     // The weights as stored (BF16/F16 already rounded), widened to float64.
     ref = referenceForward(spec, await loadWeights64(dir), ids);
-    const cacheDir = join(root, 'cache');
+    const cacheDir = tmp.join('cache');
     for (const profile of ['fp32', 'fp16'] as const) {
       models.set(profile, await loadModel(dir, { cacheDir, profile, threads: 1 }));
     }

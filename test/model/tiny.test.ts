@@ -1,31 +1,31 @@
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Template } from '@huggingface/jinja';
 import { Tokenizer } from '@huggingface/tokenizers';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { EmlensError } from '../../src/errors.js';
 import { decodeSafetensors, encodeSafetensors, SafetensorsFile } from '../../src/io/safetensors.js';
 import { readConfig } from '../../src/model/config.js';
-import { type Family, type ModelSpec, parameterCount, weightNames, weightShape } from '../../src/model/spec.js';
+import {
+  type Family,
+  type ModelSpec,
+  parameterCount,
+  weightNames,
+  weightShape,
+} from '../../src/model/spec.js';
 import { makeTinyModel, QWEN25_05B_SHAPE, type TinyModelOptions, tinySpec } from '../../src/model/tiny.js';
 import { Rng } from '../../src/util/random.js';
+import { useTempDir } from '../helpers/fixtures.js';
 import { loadWeights64, referenceForward, referenceInvFreq, ropeAt } from '../reference/forward64.js';
 
 const FAMILIES: Family[] = ['qwen2', 'llama', 'mistral'];
 
-let root: string;
-beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'emlens-tiny-'));
-});
-afterAll(async () => {
-  await rm(root, { recursive: true, force: true });
-});
+const tmp = useTempDir('emlens-tiny-');
 
 let counter = 0;
 async function make(options: TinyModelOptions): Promise<{ dir: string; spec: ModelSpec }> {
-  const dir = join(root, `m${counter++}`);
+  const dir = tmp.join(`m${counter++}`);
   return { dir, spec: await makeTinyModel(dir, options) };
 }
 
