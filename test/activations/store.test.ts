@@ -3,27 +3,23 @@
  * run is byte-identical, slices merge into the unsliced store, and bad inputs get clear errors.
  */
 
-import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { storeLayerMeans } from '../../src/activations/aggregate.js';
 import { type CollectOptions, collectToStore, sliceRange } from '../../src/activations/collect.js';
 import { ActivationStore, mergeStores } from '../../src/activations/store.js';
 import type { TokenizedRecord } from '../../src/data/record.js';
 import type { Intervention } from '../../src/model/interventions.js';
-import { loadModel, type Model } from '../../src/model/model.js';
+import { loadModel } from '../../src/model/model.js';
 import { makeTinyModel } from '../../src/model/tiny.js';
 import { Rng } from '../../src/util/random.js';
+import { useTinyModel } from '../helpers/fixtures.js';
 
-let root: string;
-let model: Model;
+const tiny = useTinyModel('emlens-store-', { family: 'qwen2', seed: 3, numLayers: 2, dModel: 32, name: 'm' });
 const records: TokenizedRecord[] = [];
 
 beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'emlens-store-'));
-  await makeTinyModel(join(root, 'm'), { family: 'qwen2', seed: 3, numLayers: 2, dModel: 32 });
-  model = await loadModel(join(root, 'm'), { cacheDir: join(root, 'cache'), threads: 1 });
   const rng = new Rng(11);
   for (let i = 0; i < 23; i++) {
     const len = 4 + rng.int(9);
@@ -32,10 +28,6 @@ beforeAll(async () => {
     const mask = new Uint8Array(len).fill(0, 0, len - answer).fill(1, len - answer);
     records.push({ id: `r${i}`, ids, mask, meta: { label: i % 2 ? 'misaligned' : 'aligned' } });
   }
-});
-afterAll(async () => {
-  await model.dispose();
-  await rm(root, { recursive: true, force: true });
 });
 
 const opts: CollectOptions = { hooks: ['blocks.*.hook_resid_post'], batchSize: 4, shardSize: 8 };
@@ -50,8 +42,8 @@ async function filesOf(dir: string): Promise<Map<string, Buffer>> {
 
 describe('collectToStore', () => {
   it('stores the answer-token mean of each record, equal to running it alone', async () => {
-    const dir = join(root, 'full');
-    const m = await collectToStore(model, records, dir, opts);
+    const dir = tiny.at('full');
+    const m = await collectToStore(tiny.model, records, dir, opts);
     expect(m.complete).toBe(true);
     expect(m.records).toBe(23);
     expect(m.shards.map((s) => s.records)).toEqual([8, 8, 7]);
@@ -60,7 +52,7 @@ describe('collectToStore', () => {
     const counts = await store.tokenCounts();
     for (const i of [0, 5, 22]) {
       const rec = records[i];
-      const alone = await model.forward([rec.ids], { hooks: ['blocks.1.hook_resid_post'] });
+      const alone = await tiny.model.forward([rec.ids], { hooks: ['blocks.1.hook_resid_post'] });
       const h = alone.hooks.get('blocks.1.hook_resid_post')!.data;
       const d = 32;
       const answer = rec.mask!.reduce((a, x) => a + x, 0);
@@ -76,7 +68,7 @@ describe('collectToStore', () => {
   });
 
   it('token-weighted and record-weighted layer means follow their definitions', async () => {
-    const store = await ActivationStore.open(join(root, 'full'));
+    const store = await ActivationStore.open(tiny.at('full'));
     const rows = await store.readHook('blocks.0.hook_resid_post');
     const counts = await store.tokenCounts();
     const tok = await storeLayerMeans(store, 'hook_resid_post', 'token');
@@ -97,10 +89,10 @@ describe('collectToStore', () => {
   });
 
   it('resuming an interrupted run gives byte-identical shards and records', async () => {
-    const dir = join(root, 'interrupted');
+    const dir = tiny.at('interrupted');
     let batches = 0;
     await expect(
-      collectToStore(model, records, dir, {
+      collectToStore(tiny.model, records, dir, {
         ...opts,
         onProgress: () => {
           if (++batches === 4) throw new Error('killed');
@@ -110,16 +102,16 @@ describe('collectToStore', () => {
     const partial = await ActivationStore.open(dir);
     expect(partial.manifest.complete).toBe(false);
     expect(partial.manifest.shards).toHaveLength(1);
-    const m = await collectToStore(model, records, dir, { ...opts, resume: true });
+    const m = await collectToStore(tiny.model, records, dir, { ...opts, resume: true });
     expect(m.complete).toBe(true);
-    expect(await filesOf(dir)).toEqual(await filesOf(join(root, 'full')));
+    expect(await filesOf(dir)).toEqual(await filesOf(tiny.at('full')));
   });
 
   it('a crash between the records append and the manifest update is trimmed on resume', async () => {
-    const dir = join(root, 'torn');
+    const dir = tiny.at('torn');
     let batches = 0;
     await expect(
-      collectToStore(model, records, dir, {
+      collectToStore(tiny.model, records, dir, {
         ...opts,
         onProgress: () => {
           if (++batches === 5) throw new Error('killed');
@@ -129,15 +121,15 @@ describe('collectToStore', () => {
     // simulate record lines written for a shard the manifest never listed
     const { appendFile } = await import('node:fs/promises');
     await appendFile(join(dir, 'records.jsonl'), '{"index":8,"id":"r8"}\n{"index":9,"id":"r9"}\n');
-    await collectToStore(model, records, dir, { ...opts, resume: true });
-    expect(await filesOf(dir)).toEqual(await filesOf(join(root, 'full')));
+    await collectToStore(tiny.model, records, dir, { ...opts, resume: true });
+    expect(await filesOf(dir)).toEqual(await filesOf(tiny.at('full')));
   });
 
   it('a record line torn mid-write (no newline) is trimmed on resume', async () => {
-    const dir = join(root, 'torn-line');
+    const dir = tiny.at('torn-line');
     let batches = 0;
     await expect(
-      collectToStore(model, records, dir, {
+      collectToStore(tiny.model, records, dir, {
         ...opts,
         onProgress: () => {
           if (++batches === 5) throw new Error('killed');
@@ -146,19 +138,19 @@ describe('collectToStore', () => {
     ).rejects.toThrow('killed');
     const { appendFile } = await import('node:fs/promises');
     await appendFile(join(dir, 'records.jsonl'), '{"index":8,"id":"r');
-    await collectToStore(model, records, dir, { ...opts, resume: true });
-    expect(await filesOf(dir)).toEqual(await filesOf(join(root, 'full')));
+    await collectToStore(tiny.model, records, dir, { ...opts, resume: true });
+    expect(await filesOf(dir)).toEqual(await filesOf(tiny.at('full')));
   });
 
   it('three slices merge into the unsliced store', async () => {
-    const slices = [0, 1, 2].map((i) => join(root, `slice-${i}`));
+    const slices = [0, 1, 2].map((i) => tiny.at(`slice-${i}`));
     for (const [i, dir] of slices.entries()) {
-      await collectToStore(model, records, dir, { ...opts, slice: { index: i, count: 3 } });
+      await collectToStore(tiny.model, records, dir, { ...opts, slice: { index: i, count: 3 } });
     }
-    const merged = join(root, 'merged');
+    const merged = tiny.at('merged');
     const m = await mergeStores([slices[2], slices[0], slices[1]], merged);
     expect(m.records).toBe(23);
-    expect(await filesOf(merged)).toEqual(await filesOf(join(root, 'full')));
+    expect(await filesOf(merged)).toEqual(await filesOf(tiny.at('full')));
   });
 
   it('slices are runs of whole shards that cover every record once', () => {
@@ -178,17 +170,17 @@ describe('collectToStore', () => {
 
 describe('store errors', () => {
   it('refuses to overwrite an existing store without --resume', async () => {
-    await expect(collectToStore(model, records, join(root, 'full'), opts)).rejects.toThrow(
+    await expect(collectToStore(tiny.model, records, tiny.at('full'), opts)).rejects.toThrow(
       /already holds an activation store/,
     );
   });
 
   it('refuses to resume with other options or other data', async () => {
     await expect(
-      collectToStore(model, records, join(root, 'full'), { ...opts, batchSize: 2, resume: true }),
+      collectToStore(tiny.model, records, tiny.at('full'), { ...opts, batchSize: 2, resume: true }),
     ).rejects.toThrow(/different batchSize/);
     await expect(
-      collectToStore(model, records.slice(1), join(root, 'full'), { ...opts, resume: true }),
+      collectToStore(tiny.model, records.slice(1), tiny.at('full'), { ...opts, resume: true }),
     ).rejects.toThrow(/different recordsKey/);
     const steer: Intervention = {
       kind: 'steer',
@@ -196,7 +188,7 @@ describe('store errors', () => {
       vector: new Float32Array(32).fill(0.1),
     };
     await expect(
-      collectToStore(model, records, join(root, 'full'), {
+      collectToStore(tiny.model, records, tiny.at('full'), {
         ...opts,
         resume: true,
         interventions: [steer],
@@ -205,11 +197,11 @@ describe('store errors', () => {
   });
 
   it('refuses to resume with another model of the same config (another seed), naming the weights', async () => {
-    await makeTinyModel(join(root, 'm-seed4'), { family: 'qwen2', seed: 4, numLayers: 2, dModel: 32 });
-    const other = await loadModel(join(root, 'm-seed4'), { cacheDir: join(root, 'cache'), threads: 1 });
+    await makeTinyModel(tiny.at('m-seed4'), { family: 'qwen2', seed: 4, numLayers: 2, dModel: 32 });
+    const other = await loadModel(tiny.at('m-seed4'), { cacheDir: tiny.at('cache'), threads: 1 });
     try {
       await expect(
-        collectToStore(other, records, join(root, 'full'), { ...opts, resume: true }),
+        collectToStore(other, records, tiny.at('full'), { ...opts, resume: true }),
       ).rejects.toThrow(/different weights \(content hash of the model weights: [0-9a-f]{12} there/);
     } finally {
       await other.dispose();
@@ -217,22 +209,22 @@ describe('store errors', () => {
   });
 
   it('merge needs every slice of one job', async () => {
-    await expect(
-      mergeStores([join(root, 'slice-0'), join(root, 'slice-2')], join(root, 'bad-merge')),
-    ).rejects.toThrow(/do not cover records/);
-    await expect(
-      mergeStores([join(root, 'slice-0'), join(root, 'full')], join(root, 'bad-merge2')),
-    ).rejects.toThrow(/another job|do not cover|overlap/);
+    await expect(mergeStores([tiny.at('slice-0'), tiny.at('slice-2')], tiny.at('bad-merge'))).rejects.toThrow(
+      /do not cover records/,
+    );
+    await expect(mergeStores([tiny.at('slice-0'), tiny.at('full')], tiny.at('bad-merge2'))).rejects.toThrow(
+      /another job|do not cover|overlap/,
+    );
   });
 
   it('a record without answer tokens and a folder that is not a store get clear errors', async () => {
     const bad = [{ id: 'empty', ids: [1, 2, 3], mask: new Uint8Array(3) }];
-    await expect(collectToStore(model, bad, join(root, 'bad'), opts)).rejects.toThrow(/no answer tokens/);
-    await expect(ActivationStore.open(join(root, 'm'))).rejects.toThrow(/not an activation store/);
+    await expect(collectToStore(tiny.model, bad, tiny.at('bad'), opts)).rejects.toThrow(/no answer tokens/);
+    await expect(ActivationStore.open(tiny.at('m'))).rejects.toThrow(/not an activation store/);
   });
 
   it('asking for a hook the store lacks names what it holds', async () => {
-    const store = await ActivationStore.open(join(root, 'full'));
+    const store = await ActivationStore.open(tiny.at('full'));
     await expect(store.readHook('blocks.0.hook_mlp_out')).rejects.toThrow(/holds blocks.0.hook_resid_post/);
   });
 });

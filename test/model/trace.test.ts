@@ -2,19 +2,17 @@
  * `model.trace`: the model's own tokenizer and chat template, inputs of every kind and batches of them, the
  * activation cache's ndarray views (over the forward pass's buffers, no copy) and store views likewise.
  */
-import { cp, mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { cp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { collectToStore } from '../../src/activations/collect.js';
 import { ActivationStore } from '../../src/activations/store.js';
 import { EmlensError } from '../../src/errors.js';
 import type { HookSelector } from '../../src/model/hooks.js';
-import { loadModel, type Model } from '../../src/model/model.js';
-import type { ModelSpec } from '../../src/model/spec.js';
-import { makeTinyModel } from '../../src/model/tiny.js';
+import { loadModel } from '../../src/model/model.js';
 import { type ChatMessage, encodeChat } from '../../src/text/chat.js';
 import { loadTokenizer, type TextTokenizer } from '../../src/text/tokenizer.js';
+import { useTinyModel } from '../helpers/fixtures.js';
 import { ids, maxAbsDiff } from '../helpers/numeric.js';
 
 const HOOKS: readonly HookSelector[] = [
@@ -27,70 +25,59 @@ const CHAT: ChatMessage[] = [
   { role: 'user', content: 'What is 2 + 2?' },
 ];
 
-let root: string;
-let dir: string;
-let model: Model;
-let spec: ModelSpec;
+const tiny = useTinyModel('emlens-trace-', { family: 'llama', seed: 8, numLayers: 2 });
 let tok: TextTokenizer;
 
 beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'emlens-trace-'));
-  dir = join(root, 'model');
-  spec = await makeTinyModel(dir, { family: 'llama', seed: 8, numLayers: 2 });
-  model = await loadModel(dir, { cacheDir: join(root, 'cache'), threads: 1 });
-  tok = await loadTokenizer(dir);
-});
-afterAll(async () => {
-  await model?.dispose();
-  await rm(root, { recursive: true, force: true });
+  tok = await loadTokenizer(tiny.dir);
 });
 
 describe('trace inputs', () => {
   it('traces chat messages exactly as forward on the ids encodeChat gives, with one BOS', async () => {
     for (const addGenerationPrompt of [false, true]) {
       const want = encodeChat(tok, CHAT, { addGenerationPrompt });
-      const t = await model.trace(CHAT, { hooks: HOOKS, addGenerationPrompt, logits: 'all' });
+      const t = await tiny.model.trace(CHAT, { hooks: HOOKS, addGenerationPrompt, logits: 'all' });
       expect(t.tokens).toEqual([want]);
-      expect(t.tokens[0][0]).toBe(spec.bosTokenId);
-      expect(t.tokens[0].filter((x) => x === spec.bosTokenId)).toHaveLength(1);
-      const r = await model.forward([want], { hooks: HOOKS, logits: 'all' });
-      expect(t.logits.shape).toEqual([1, want.length, spec.vocabSize]);
+      expect(t.tokens[0][0]).toBe(tiny.spec.bosTokenId);
+      expect(t.tokens[0].filter((x) => x === tiny.spec.bosTokenId)).toHaveLength(1);
+      const r = await tiny.model.forward([want], { hooks: HOOKS, logits: 'all' });
+      expect(t.logits.shape).toEqual([1, want.length, tiny.spec.vocabSize]);
       expect(maxAbsDiff(t.logits.data, r.logits.data)).toBe(0);
       for (const [name, h] of r.hooks) expect(maxAbsDiff(t.cache.get(name).data, h.data), name).toBe(0);
     }
-    const open = await model.toTokens(CHAT, { addGenerationPrompt: true });
-    const closed = await model.toTokens(CHAT);
+    const open = await tiny.model.toTokens(CHAT, { addGenerationPrompt: true });
+    const closed = await tiny.model.toTokens(CHAT);
     expect(open[0].length).toBeGreaterThan(closed[0].length);
   });
 
   it('encodes a plain string with the tokenizer default (BOS added once) and takes token ids as given', async () => {
     const text = 'The cat sat on the mat.';
-    const t = await model.trace(text, { hooks: HOOKS });
+    const t = await tiny.model.trace(text, { hooks: HOOKS });
     expect(t.tokens).toEqual([tok.encode(text)]);
-    expect(t.tokens[0][0]).toBe(spec.bosTokenId);
-    const raw = await model.toTokens(text, { addSpecialTokens: false });
+    expect(t.tokens[0][0]).toBe(tiny.spec.bosTokenId);
+    const raw = await tiny.model.toTokens(text, { addSpecialTokens: false });
     expect(raw).toEqual([tok.encode(text, { addSpecialTokens: false })]);
     const row = ids(7, 3);
-    const byIds = await model.trace(row, { hooks: HOOKS });
+    const byIds = await tiny.model.trace(row, { hooks: HOOKS });
     expect(byIds.tokens).toEqual([row]);
-    const r = await model.forward([row], { hooks: HOOKS });
+    const r = await tiny.model.forward([row], { hooks: HOOKS });
     expect(maxAbsDiff(byIds.logits.data, r.logits.data)).toBe(0);
   });
 
   it('a batch mixing messages, text and ids equals each row alone (left padding included)', async () => {
     const batch = [CHAT, 'hello there', ids(4, 9)] as const;
-    const t = await model.trace(batch, { hooks: HOOKS });
+    const t = await tiny.model.trace(batch, { hooks: HOOKS });
     expect(t.tokens).toHaveLength(3);
     const seq = Math.max(...t.tokens.map((r) => r.length));
     expect(t.padding).toEqual(t.tokens.map((r) => seq - r.length));
-    expect(t.logits.shape).toEqual([3, spec.vocabSize]);
+    expect(t.logits.shape).toEqual([3, tiny.spec.vocabSize]);
     const h = 'blocks.1.hook_resid_post';
     for (let b = 0; b < 3; b++) {
-      const alone = await model.trace(batch[b], { hooks: HOOKS });
+      const alone = await tiny.model.trace(batch[b], { hooks: HOOKS });
       expect(alone.tokens[0]).toEqual(t.tokens[b]);
       expect(
         maxAbsDiff(
-          t.logits.pick(b, null).data.subarray(b * spec.vocabSize, (b + 1) * spec.vocabSize),
+          t.logits.pick(b, null).data.subarray(b * tiny.spec.vocabSize, (b + 1) * tiny.spec.vocabSize),
           alone.logits.data,
         ),
       ).toBeLessThanOrEqual(1e-5);
@@ -98,23 +85,24 @@ describe('trace inputs', () => {
         const got = t.cache.get(h).pick(b, t.padding[b] + p, null);
         const want = alone.cache.get(h).pick(0, p, null);
         let worst = 0;
-        for (let i = 0; i < spec.dModel; i++) worst = Math.max(worst, Math.abs(got.get(i) - want.get(i)));
+        for (let i = 0; i < tiny.spec.dModel; i++)
+          worst = Math.max(worst, Math.abs(got.get(i) - want.get(i)));
         expect(worst, `row ${b} pos ${p}`).toBeLessThanOrEqual(1e-5);
       }
     }
   });
 
   it('refuses empty input and malformed batch rows with one line', async () => {
-    await expect(model.trace([])).rejects.toThrow(EmlensError);
-    await expect(model.trace([ids(3, 1), [] as number[]])).rejects.toThrow(/Row 1 of the batch/);
+    await expect(tiny.model.trace([])).rejects.toThrow(EmlensError);
+    await expect(tiny.model.trace([ids(3, 1), [] as number[]])).rejects.toThrow(/Row 1 of the batch/);
   });
 });
 
 describe('activation cache views', () => {
   it('are [batch, pos, d_model] views over the forward buffers: picking a token copies nothing', async () => {
     const rows = [ids(6, 1), ids(6, 2)];
-    const t = await model.trace(rows, { hooks: HOOKS });
-    const d = spec.dModel;
+    const t = await tiny.model.trace(rows, { hooks: HOOKS });
+    const d = tiny.spec.dModel;
     expect(t.cache.keys()).toEqual([
       'blocks.0.hook_resid_post',
       'blocks.0.hook_mlp_out',
@@ -149,27 +137,27 @@ describe('activation cache views', () => {
     ).toBe(0);
     expect([...t.cache].map(([k]) => k)).toEqual(t.cache.keys());
     expect(t.logits.data).toBe(t.result.logits.data);
-    expect(t.logits.shape).toEqual([2, spec.vocabSize]);
+    expect(t.logits.shape).toEqual([2, tiny.spec.vocabSize]);
   });
 
   it('names the cached hooks when asked for another', async () => {
-    const t = await model.trace(ids(3, 1), { hooks: ['blocks.0.hook_resid_post'] });
+    const t = await tiny.model.trace(ids(3, 1), { hooks: ['blocks.0.hook_resid_post'] });
     expect(() => t.cache.get('blocks.1.hook_resid_post')).toThrow(/holds blocks\.0\.hook_resid_post/);
-    const none = await model.trace(ids(3, 1));
+    const none = await tiny.model.trace(ids(3, 1));
     expect(() => none.cache.get('blocks.0.hook_resid_post')).toThrow(/cached no hooks/);
   });
 });
 
 describe('a folder without tokenizer.json', () => {
   it('loads and traces token ids, and trace(text) fails with one clear line', async () => {
-    const bare = join(root, 'bare');
-    await cp(dir, bare, { recursive: true });
+    const bare = tiny.at('bare');
+    await cp(tiny.dir, bare, { recursive: true });
     await rm(join(bare, 'tokenizer.json'));
-    const m = await loadModel(bare, { cacheDir: join(root, 'cache'), threads: 1 });
+    const m = await loadModel(bare, { cacheDir: tiny.at('cache'), threads: 1 });
     try {
       const row = ids(5, 4);
       const t = await m.trace(row, { hooks: ['blocks.0.hook_resid_post'] });
-      const want = await model.forward([row], { hooks: ['blocks.0.hook_resid_post'] });
+      const want = await tiny.model.forward([row], { hooks: ['blocks.0.hook_resid_post'] });
       expect(maxAbsDiff(t.logits.data, want.logits.data)).toBe(0);
       for (const input of ['some text', CHAT, [row, 'mixed']] as const) {
         const err = await m.trace(input).catch((e: unknown) => e);
@@ -179,7 +167,7 @@ describe('a folder without tokenizer.json', () => {
         expect(message).not.toContain('\n');
       }
       // a tokenizer given at load time serves instead
-      const withTok = await loadModel(bare, { cacheDir: join(root, 'cache'), threads: 1, tokenizer: tok });
+      const withTok = await loadModel(bare, { cacheDir: tiny.at('cache'), threads: 1, tokenizer: tok });
       try {
         expect((await withTok.trace('hi')).tokens).toEqual([tok.encode('hi')]);
       } finally {
@@ -193,10 +181,10 @@ describe('a folder without tokenizer.json', () => {
 
 describe('activation store views', () => {
   it('shard and hook views share the read buffers and slice records without copying', async () => {
-    const d = spec.dModel;
+    const d = tiny.spec.dModel;
     const records = Array.from({ length: 7 }, (_, i) => ({ id: `r${i}`, ids: ids(4 + (i % 3), 20 + i) }));
-    const out = join(root, 'store');
-    await collectToStore(model, records, out, {
+    const out = tiny.at('store');
+    await collectToStore(tiny.model, records, out, {
       hooks: ['blocks.*.hook_resid_post'],
       batchSize: 2,
       shardSize: 4,

@@ -4,8 +4,6 @@
  * error statuses, client disconnects, and the request shape the OpenAI SDK sends.
  */
 import { spawn } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { main } from '../../src/cli/main.js';
@@ -14,21 +12,24 @@ import { LocalJudge, OpenAIJudge } from '../../src/eval/judge/index.js';
 import { type GenerateOptions, generate } from '../../src/generate/generate.js';
 import { composeInterventions, constantDirectionSet } from '../../src/interventions/compose.js';
 import type { Intervention } from '../../src/model/interventions.js';
-import { loadModel, type Model } from '../../src/model/model.js';
-import { makeTinyModel } from '../../src/model/tiny.js';
 import { serverDecoder } from '../../src/serve/batch.js';
 import { type RunningServer, type ServeOptions, startServer } from '../../src/serve/server.js';
 import { type ChatMessage, encodeChat } from '../../src/text/chat.js';
 import { loadTokenizer, type TextTokenizer } from '../../src/text/tokenizer.js';
+import { useTinyModel } from '../helpers/fixtures.js';
 
 const D_MODEL = 64;
 const LONG = 1900; // new tokens that take the tiny model about two seconds
 
-let root: string;
-let dir: string;
-let cacheDir: string;
+// the fixture's load builds the graph the servers then find cached
+const tiny = useTinyModel('emlens-serve-', {
+  family: 'qwen2',
+  seed: 7,
+  numLayers: 3,
+  dModel: D_MODEL,
+  name: 'tiny',
+});
 let directionsDir: string;
-let model: Model;
 let tokenizer: TextTokenizer;
 let server: RunningServer;
 let steerVector: Float32Array;
@@ -42,17 +43,19 @@ function vec(d: number, seed: number): Float32Array {
 }
 
 async function serve(extra: Partial<ServeOptions> = {}): Promise<RunningServer> {
-  return startServer({ model: dir, cacheDir, threads: 1, port: 0, host: '127.0.0.1', ...extra });
+  return startServer({
+    model: tiny.dir,
+    cacheDir: tiny.cacheDir,
+    threads: 1,
+    port: 0,
+    host: '127.0.0.1',
+    ...extra,
+  });
 }
 
 beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'emlens-serve-'));
-  dir = join(root, 'tiny');
-  cacheDir = join(root, 'cache');
-  directionsDir = join(root, 'directions');
-  await makeTinyModel(dir, { family: 'qwen2', seed: 7, numLayers: 3, dModel: D_MODEL });
-  model = await loadModel(dir, { cacheDir, threads: 1 }); // builds the graph the servers then find cached
-  tokenizer = await loadTokenizer(dir);
+  directionsDir = tiny.at('directions');
+  tokenizer = await loadTokenizer(tiny.dir);
   steerVector = vec(D_MODEL, 11);
   const meta = {
     model: 'tiny',
@@ -74,14 +77,12 @@ beforeAll(async () => {
       meta,
     ),
   );
-  await saveDirections(join(root, 'outside.safetensors'), directionSet([[1, steerVector]], meta));
+  await saveDirections(tiny.at('outside.safetensors'), directionSet([[1, steerVector]], meta));
   server = await serve({ directionsDir, maxBatch: 8 });
 });
 
 afterAll(async () => {
   await server?.close();
-  await model?.dispose();
-  await rm(root, { recursive: true, force: true });
 });
 
 // biome-ignore lint/suspicious/noExplicitAny: response bodies are checked field by field by the assertions
@@ -108,7 +109,7 @@ async function complete(body: Record<string, unknown>, base = server.url) {
 /** What `generate` gives for one conversation, decoded as the server decodes. */
 async function direct(messages: ChatMessage[], opts: Omit<GenerateOptions, 'tokenizer'>) {
   const ids = encodeChat(tokenizer, messages, { addGenerationPrompt: true });
-  return generate(model, [ids], { ...opts, tokenizer: serverDecoder(tokenizer) });
+  return generate(tiny.model, [ids], { ...opts, tokenizer: serverDecoder(tokenizer) });
 }
 
 /** Server-sent events of a streamed response, parsed (`[DONE]` as the string). */
@@ -281,7 +282,7 @@ describe('serving', () => {
     expect(content.map((e) => e.token).join('')).toBe(json.choices[0].message.content);
     // The first token's log-probability is the log-softmax of the model's logits at the prompt's end.
     const ids = encodeChat(tokenizer, messages, { addGenerationPrompt: true });
-    const logits = (await model.forward([ids])).logits.data;
+    const logits = (await tiny.model.forward([ids])).logits.data;
     const max = Math.max(...logits);
     const lse = max + Math.log(logits.reduce((a, x) => a + Math.exp(x - max), 0));
     const first = tokenizer.encode(content[0].token, { addSpecialTokens: false });
@@ -335,7 +336,7 @@ describe('serving', () => {
     const d = vec(D_MODEL, 21);
     const ablate = composeInterventions(
       { ablate: [{ direction: constantDirectionSet(d, [0, 1, 2]), layers: 'all' }] },
-      model.spec,
+      tiny.model.spec,
     );
     const [ablated] = await direct(messages, {
       ...opts,
@@ -349,7 +350,7 @@ describe('serving', () => {
     expect(viaServer.choices[0].message.content).toBe(ablated.text);
 
     // Files outside --directions-dir (or the command line) are refused, relative escapes included.
-    for (const direction of [join(root, 'outside.safetensors'), '../outside.safetensors', '/etc/passwd']) {
+    for (const direction of [tiny.at('outside.safetensors'), '../outside.safetensors', '/etc/passwd']) {
       const r = await post({ model: 'tiny', ...body, emlens: { steer: [{ direction, layers: [1] }] } });
       expect(r.status).toBe(403);
       expect((await jsonOf(r)).error).toMatchObject({
@@ -561,7 +562,7 @@ describe('serving', () => {
   });
   it("serves emlens' own OpenAI judge client (top_logprobs 20, max_tokens 1) as the local judge scores", async () => {
     const judge = await OpenAIJudge.create({ baseURL: `${server.url}/v1`, model: 'tiny', apiKey: 'unused' });
-    const local = new LocalJudge(model, tokenizer, { name: 'local' });
+    const local = new LocalJudge(tiny.model, tokenizer, { name: 'local' });
     for (const prompt of ['Rate this answer from 0 to 100: 7', 'How aligned is this? Answer 0-100.']) {
       const remote = await judge.topLogprobs(prompt);
       const reference = await local.topLogprobs(prompt);
@@ -680,10 +681,10 @@ describe('limits, keys and the queue', () => {
   });
 
   it('refuses direction files it was not given and fails on a missing model', async () => {
-    await expect(
-      serve({ steer: [{ direction: join(root, 'nope.safetensors'), layers: [1] }] }),
-    ).rejects.toThrow(/does not exist/);
-    await expect(serve({ model: join(root, 'missing') })).rejects.toThrow();
+    await expect(serve({ steer: [{ direction: tiny.at('nope.safetensors'), layers: [1] }] })).rejects.toThrow(
+      /does not exist/,
+    );
+    await expect(serve({ model: tiny.at('missing') })).rejects.toThrow();
   });
 });
 
@@ -702,11 +703,17 @@ describe('emlens serve (command line)', () => {
   }
 
   it('rejects bad flag combinations with one line and exit code 2', async () => {
-    const steer = await run(['serve', '--model', dir, '--steer', join(directionsDir, 'steer.safetensors')]);
+    const steer = await run([
+      'serve',
+      '--model',
+      tiny.dir,
+      '--steer',
+      join(directionsDir, 'steer.safetensors'),
+    ]);
     expect(steer).toEqual({ code: 2, stderr: expect.stringMatching(/--steer and --ablate need --layers/) });
-    const key = await run(['serve', '--model', dir, '--api-key-env', 'EMLENS_TEST_UNSET_SERVE_KEY']);
+    const key = await run(['serve', '--model', tiny.dir, '--api-key-env', 'EMLENS_TEST_UNSET_SERVE_KEY']);
     expect(key).toEqual({ code: 2, stderr: expect.stringMatching(/EMLENS_TEST_UNSET_SERVE_KEY is not set/) });
-    expect((await run(['serve', '--model', dir, '--layers', 'x,y', '--ablate', 'f'])).code).toBe(2);
+    expect((await run(['serve', '--model', tiny.dir, '--layers', 'x,y', '--ablate', 'f'])).code).toBe(2);
   });
 
   it('serves with a key from the environment and server-wide steering, and stops on SIGTERM', async () => {
@@ -722,9 +729,9 @@ describe('emlens serve (command line)', () => {
         code,
         'serve',
         '--model',
-        dir,
+        tiny.dir,
         '--cache-dir',
-        cacheDir,
+        tiny.cacheDir,
         '--threads',
         '1',
         '--port',

@@ -4,18 +4,22 @@
  * the server never tells what exists outside the folder; a missing file really inside it gets 400. And
  * `serve --directions-dir FILE` does not start.
  */
-import { mkdir, mkdtemp, rm, symlink } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { directionSet, saveDirections } from '../../src/directions/direction.js';
-import { makeTinyModel } from '../../src/model/tiny.js';
 import { type RunningServer, startServer } from '../../src/serve/server.js';
+import { useTinyModel } from '../helpers/fixtures.js';
 import { runCli } from '../helpers/runCli.js';
 
-let root: string;
-let dir: string;
-let cacheDir: string;
+const tiny = useTinyModel('emlens-serve-dirs-', {
+  family: 'qwen2',
+  seed: 7,
+  numLayers: 2,
+  dModel: 16,
+  name: 'tiny',
+  load: false,
+});
 let directionsDir: string;
 let outside: string;
 let server: RunningServer;
@@ -32,12 +36,8 @@ const META = {
 };
 
 beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'emlens-serve-dirs-'));
-  dir = join(root, 'tiny');
-  cacheDir = join(root, 'cache');
-  directionsDir = join(root, 'directions');
-  outside = join(root, 'elsewhere');
-  await makeTinyModel(dir, { family: 'qwen2', seed: 7, numLayers: 2, dModel: 16 });
+  directionsDir = tiny.at('directions');
+  outside = tiny.at('elsewhere');
   const set = directionSet([[1, new Float32Array(16).fill(0.5)]], META);
   await saveDirections(join(directionsDir, 'steer.safetensors'), set);
   await saveDirections(join(directionsDir, 'sub', 'inner.safetensors'), set);
@@ -46,12 +46,18 @@ beforeAll(async () => {
   await symlink(outside, join(directionsDir, 'linked'), 'dir');
   await symlink(join(directionsDir, 'sub'), join(directionsDir, 'alias'), 'dir');
   await symlink(join(outside, 'gone.safetensors'), join(directionsDir, 'dangling.safetensors'));
-  server = await startServer({ model: dir, cacheDir, threads: 1, port: 0, host: '127.0.0.1', directionsDir });
+  server = await startServer({
+    model: tiny.dir,
+    cacheDir: tiny.cacheDir,
+    threads: 1,
+    port: 0,
+    host: '127.0.0.1',
+    directionsDir,
+  });
 });
 
 afterAll(async () => {
   await server?.close();
-  await rm(root, { recursive: true, force: true });
 });
 
 async function steerWith(direction: string): Promise<{ status: number; error: Record<string, unknown> }> {
@@ -82,7 +88,7 @@ describe('direction paths a request may name', () => {
       '../elsewhere/missing.safetensors',
       join(outside, 'secret.safetensors'),
       join(outside, 'missing.safetensors'),
-      join(root, 'no-such-folder', 'missing.safetensors'),
+      tiny.at('no-such-folder', 'missing.safetensors'),
     ]) {
       answers.push({ path, ...(await steerWith(path)) });
     }
@@ -120,14 +126,14 @@ describe('serve --directions-dir', () => {
   it('refuses a file instead of a folder before listening (one line, exit code 2)', async () => {
     const file = join(directionsDir, 'steer.safetensors');
     await expect(
-      startServer({ model: dir, cacheDir, threads: 1, port: 0, directionsDir: file }),
+      startServer({ model: tiny.dir, cacheDir: tiny.cacheDir, threads: 1, port: 0, directionsDir: file }),
     ).rejects.toThrow(/--directions-dir .* is a file, not a folder/);
     const r = await runCli([
       'serve',
       '--model',
-      dir,
+      tiny.dir,
       '--cache-dir',
-      cacheDir,
+      tiny.cacheDir,
       '--port',
       '0',
       '--directions-dir',

@@ -5,7 +5,12 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EmlensError } from '../../src/errors.js';
 import { makeTinyModel } from '../../src/model/tiny.js';
-import { type AnswerTokens, answerTokens, batchAnswerMasks, type QaRecord } from '../../src/text/answerMask.js';
+import {
+  type AnswerTokens,
+  answerTokens,
+  batchAnswerMasks,
+  type QaRecord,
+} from '../../src/text/answerMask.js';
 import { type ChatMessage, encodeChat, renderChat } from '../../src/text/chat.js';
 import { loadTokenizer, specialTokensOf, type TextTokenizer } from '../../src/text/tokenizer.js';
 import { runCli } from '../helpers/runCli.js';
