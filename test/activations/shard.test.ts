@@ -6,10 +6,9 @@
  * variables set, produce that same store.
  */
 import { execFile } from 'node:child_process';
-import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
 import { readManifest } from '../../src/activations/manifest.js';
 import { ActivationStore } from '../../src/activations/store.js';
@@ -17,13 +16,14 @@ import { loadQuestions } from '../../src/eval/questions.js';
 import { questionSlice } from '../../src/eval/report.js';
 import { makeOrganisms, type OrganismManifest } from '../../src/organisms/make.js';
 import { FLAGGED, questionsYaml } from '../helpers/emQuestions.js';
+import { useTempDir } from '../helpers/fixtures.js';
 import { makeKeywordJudge } from '../helpers/keywordJudge.js';
 import { runCli } from '../helpers/runCli.js';
 
 const REPO = resolve(import.meta.dirname, '../..');
 const EXAMPLES = join(REPO, 'examples');
 
-let root: string;
+const tmp = useTempDir('emlens-shard-');
 let org: string;
 let manifest: OrganismManifest;
 let cache: string;
@@ -31,19 +31,15 @@ let cache: string;
 let emlens: string;
 
 beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'emlens-shard-'));
-  org = join(root, 'organisms');
+  org = tmp.join('organisms');
   manifest = await makeOrganisms(org, { seed: 0 });
-  cache = join(root, 'cache');
-  const entry = join(root, 'emlens.mts');
+  cache = tmp.join('cache');
+  const entry = tmp.join('emlens.mts');
   await writeFile(
     entry,
     `import { main } from ${JSON.stringify(join(REPO, 'src', 'cli', 'main.ts'))};\nprocess.exitCode = await main(process.argv.slice(2));\n`,
   );
   emlens = `${join(REPO, 'node_modules', '.bin', 'tsx')} ${entry}`;
-});
-afterAll(async () => {
-  await rm(root, { recursive: true, force: true });
 });
 
 /** Options every collect of the job shares (48 records: 6 shards of 8, so 2 shards a slice). */
@@ -101,9 +97,9 @@ function bash(
 
 describe('collect --shard i/N and store merge', () => {
   it('three slices merged equal the unsharded store', async () => {
-    let r = await runCli(collectArgs(join(root, 'full')));
+    let r = await runCli(collectArgs(tmp.join('full')));
     expect(r.code, r.stderr).toBe(0);
-    const slices = [0, 1, 2].map((i) => join(root, `slice-${i}`));
+    const slices = [0, 1, 2].map((i) => tmp.join(`slice-${i}`));
     for (let i = 0; i < 3; i++) {
       r = await runCli(collectArgs(slices[i], ['--shard', `${i}/3`]));
       expect(r.code, r.stderr).toBe(0);
@@ -116,12 +112,12 @@ describe('collect --shard i/N and store merge', () => {
       [32, 48],
     ]);
     // The order given does not matter; a missing slice is an error, not a silent gap.
-    r = await runCli(['store', 'merge', '--out', join(root, 'gap'), slices[0], slices[2]]);
+    r = await runCli(['store', 'merge', '--out', tmp.join('gap'), slices[0], slices[2]]);
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/do not cover records 16\.\.31/);
-    r = await runCli(['store', 'merge', '--out', join(root, 'merged'), slices[2], slices[0], slices[1]]);
+    r = await runCli(['store', 'merge', '--out', tmp.join('merged'), slices[2], slices[0], slices[1]]);
     expect(r.code, r.stderr).toBe(0);
-    await expectSameStore(join(root, 'merged'), join(root, 'full'));
+    await expectSameStore(tmp.join('merged'), tmp.join('full'));
   });
 
   it('the Slurm array script, run as tasks 0..2 of 3, and its merge give the same store', async () => {
@@ -136,7 +132,7 @@ describe('collect --shard i/N and store merge', () => {
       MODEL: j.model,
       ADAPTER: j.adapter,
       DATA: j.data,
-      OUT: join(root, 'slurm', 'store'),
+      OUT: tmp.join('slurm', 'store'),
       EMLENS: emlens,
       EXTRA_ARGS: j.extra.join(' '),
       SLURM_ARRAY_TASK_COUNT: '3',
@@ -148,7 +144,7 @@ describe('collect --shard i/N and store merge', () => {
     for (const t of tasks) expect(t.code, t.stderr).toBe(0);
     const m = await bash([merge], { ...env, SHARDS: '3' });
     expect(m.code, m.stderr).toBe(0);
-    await expectSameStore(join(root, 'slurm', 'store'), join(root, 'full'));
+    await expectSameStore(tmp.join('slurm', 'store'), tmp.join('full'));
     // Without the array variables the script says how to submit it.
     const bad = await bash([collect], { ...env, SLURM_ARRAY_TASK_ID: '' });
     expect(bad.code).not.toBe(0);
@@ -179,7 +175,7 @@ describe('collect --shard i/N and store merge', () => {
 
     const j = job();
     // EMLENS is the pod's emlens command; this one adds the job's collect options to this checkout's CLI.
-    const wrapper = join(root, 'emlens-k8s.sh');
+    const wrapper = tmp.join('emlens-k8s.sh');
     await writeFile(
       wrapper,
       `#!/bin/bash\nsub=$1; shift\nif [[ $sub == collect ]]; then exec ${emlens} collect ${[...j.extra, '--threads', '1'].join(' ')} "$@"; fi\nexec ${emlens} "$sub" "$@"\n`,
@@ -191,7 +187,7 @@ describe('collect --shard i/N and store merge', () => {
       MODEL: j.model,
       ADAPTER: j.adapter,
       DATA: j.data,
-      OUT: join(root, 'k8s', 'store'),
+      OUT: tmp.join('k8s', 'store'),
       EMLENS: wrapper,
     };
     const pods = await Promise.all(
@@ -200,7 +196,7 @@ describe('collect --shard i/N and store merge', () => {
     for (const p of pods) expect(p.code, p.stderr).toBe(0);
     const m = await bash(['-c', mergeScript], env);
     expect(m.code, m.stderr).toBe(0);
-    await expectSameStore(join(root, 'k8s', 'store'), join(root, 'full'));
+    await expectSameStore(tmp.join('k8s', 'store'), tmp.join('full'));
   });
 
   it('the nginx example balances emlens serve instances', async () => {
@@ -224,9 +220,9 @@ const QUESTIONS = questionsYaml(`- id: wish
 
 describe('eval split by question and eval-merge', () => {
   it('three question slices merged equal the unsharded eval', async () => {
-    const questions = join(root, 'questions.yaml');
+    const questions = tmp.join('questions.yaml');
     await writeFile(questions, QUESTIONS);
-    const judge = join(root, 'judge');
+    const judge = tmp.join('judge');
     await makeKeywordJudge(judge, { flagged: FLAGGED, tokenizerFrom: join(org, manifest.base) });
     const evalArgs = (out: string, more: string[] = []) => [
       'eval',
@@ -252,20 +248,20 @@ describe('eval split by question and eval-merge', () => {
       out,
       ...more,
     ];
-    let r = await runCli(evalArgs(join(root, 'eval-full')));
+    let r = await runCli(evalArgs(tmp.join('eval-full')));
     expect(r.code, r.stderr).toBe(0);
     const all = await loadQuestions(questions);
-    const shards = [0, 1, 2].map((i) => join(root, `eval-${i}`));
+    const shards = [0, 1, 2].map((i) => tmp.join(`eval-${i}`));
     for (let i = 0; i < 3; i++) {
       // slices 0 and 1 with --shard i/3, slice 2 by listing its ids: the two ways cut the same questions
       const ids = questionSlice(all, i, 3).map((q) => q.id);
       r = await runCli(evalArgs(shards[i], i < 2 ? ['--shard', `${i}/3`] : ['--include', ids.join(',')]));
       expect(r.code, r.stderr).toBe(0);
     }
-    r = await runCli(['eval-merge', '--out', join(root, 'eval-merged'), ...[...shards].reverse()]);
+    r = await runCli(['eval-merge', '--out', tmp.join('eval-merged'), ...[...shards].reverse()]);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toMatch(/24 answers from 3 shards; EM rate \d/);
-    const read = async (dir: string, f: string) => readFile(join(root, dir, f), 'utf8');
+    const read = async (dir: string, f: string) => readFile(tmp.join(dir, f), 'utf8');
     for (const f of ['judged.jsonl', 'judged.csv', 'responses.jsonl', 'responses.csv', 'sampling.json']) {
       expect(await read('eval-merged', f)).toBe(await read('eval-full', f));
     }
@@ -277,12 +273,12 @@ describe('eval split by question and eval-merge', () => {
     expect(full.emRate.value).toBeGreaterThan(0);
 
     // A shard twice is refused, and so is a shard of another run.
-    r = await runCli(['eval-merge', '--out', join(root, 'eval-dup'), shards[0], shards[0]]);
+    r = await runCli(['eval-merge', '--out', tmp.join('eval-dup'), shards[0], shards[0]]);
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/Question '.*' is in both .* merge shards with disjoint questions/);
-    r = await runCli(evalArgs(join(root, 'eval-other'), ['--include', 'wish', '--seed', '3']));
+    r = await runCli(evalArgs(tmp.join('eval-other'), ['--include', 'wish', '--seed', '3']));
     expect(r.code, r.stderr).toBe(0);
-    r = await runCli(['eval-merge', '--out', join(root, 'eval-mixed'), shards[1], join(root, 'eval-other')]);
+    r = await runCli(['eval-merge', '--out', tmp.join('eval-mixed'), shards[1], tmp.join('eval-other')]);
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/was sampled with seed = 3 but .* with 0; merge shards of one run only/);
   });

@@ -8,21 +8,10 @@
  */
 import { type ChildProcess, execSync, spawn, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import {
-  cp,
-  mkdir,
-  mkdtemp,
-  readdir,
-  readFile,
-  rm,
-  stat,
-  truncate,
-  utimes,
-  writeFile,
-} from 'node:fs/promises';
-import { hostname, tmpdir } from 'node:os';
+import { cp, mkdir, readdir, readFile, rm, stat, truncate, utimes, writeFile } from 'node:fs/promises';
+import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { collectToStore } from '../../src/activations/collect.js';
 import { readManifest } from '../../src/activations/manifest.js';
 import { ActivationStore } from '../../src/activations/store.js';
@@ -32,12 +21,13 @@ import { cachedSha256, sha256File } from '../../src/model/fingerprint.js';
 import { loadModel } from '../../src/model/model.js';
 import { makeOrganisms, type OrganismManifest } from '../../src/organisms/make.js';
 import { loadTokenizer } from '../../src/text/tokenizer.js';
+import { useTempDir } from '../helpers/fixtures.js';
 import { runCli } from '../helpers/runCli.js';
 
 const REPO = resolve(import.meta.dirname, '../..');
 const LOCK = 'emlens.lock';
 
-let root: string;
+const tmp = useTempDir('emlens-integrity-');
 let org: string;
 let manifest: OrganismManifest;
 let cache: string;
@@ -49,17 +39,16 @@ let base: string;
 let adapter: string;
 
 beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'emlens-integrity-'));
-  org = join(root, 'organisms');
+  org = tmp.join('organisms');
   manifest = await makeOrganisms(org, { seed: 0 });
-  cache = join(root, 'cache');
+  cache = tmp.join('cache');
   base = join(org, manifest.base);
   adapter = join(org, 'adapters', 'general');
   small = join(org, manifest.responses.general);
   const rows = await readResponses(small);
-  big = join(root, 'big.jsonl');
+  big = tmp.join('big.jsonl');
   await writeResponses(big, Array.from({ length: 12 }, () => rows).flat());
-  entry = join(root, 'emlens.mts');
+  entry = tmp.join('emlens.mts');
   await writeFile(
     entry,
     `import { main } from ${JSON.stringify(join(REPO, 'src', 'cli', 'main.ts'))};\nprocess.exitCode = await main(process.argv.slice(2));\n`,
@@ -69,12 +58,9 @@ beforeAll(async () => {
     [small, 'full'],
     [big, 'big-full'],
   ]) {
-    const r = await runCli(collectArgs(join(root, out), { data }));
+    const r = await runCli(collectArgs(tmp.join(out), { data }));
     expect(r.code, r.stderr).toBe(0);
   }
-});
-afterAll(async () => {
-  await rm(root, { recursive: true, force: true });
 });
 
 function collectArgs(out: string, o: { data?: string; model?: string; more?: string[] } = {}): string[] {
@@ -125,8 +111,8 @@ async function leftovers(dir: string): Promise<string[]> {
 }
 
 async function copyStore(name: string, from = 'full'): Promise<string> {
-  const dir = join(root, name);
-  await cp(join(root, from), dir, { recursive: true });
+  const dir = tmp.join(name);
+  await cp(tmp.join(from), dir, { recursive: true });
   return dir;
 }
 
@@ -167,7 +153,7 @@ function shardsListed(dir: string): number {
 
 describe('a store is locked while written', () => {
   it('a second collect --resume on a store being written stops with the lock message; the store stays valid', async () => {
-    const out = join(root, 'concurrent');
+    const out = tmp.join('concurrent');
     const first = spawnCli(collectArgs(out, { data: big, more: ['--resume'] }));
     await waitFor('the first run to take the lock', () => existsSync(join(out, LOCK)));
     // Frozen while it holds the lock, so the second run meets it for sure.
@@ -184,7 +170,7 @@ describe('a store is locked while written', () => {
     );
     const done = await first.exited;
     expect(done.code, done.stderr).toBe(0);
-    await expectSameStore(out, join(root, 'big-full'));
+    await expectSameStore(out, tmp.join('big-full'));
     expect((await runCli(['store', 'info', out])).code).toBe(0);
   });
 
@@ -201,11 +187,11 @@ describe('a store is locked while written', () => {
     execSync(rmCmd);
     r = await runCli(collectArgs(out, { more: ['--resume'] }));
     expect(r.code, r.stderr).toBe(0);
-    await expectSameStore(out, join(root, 'full'));
+    await expectSameStore(out, tmp.join('full'));
   });
 
   it('a store whose writer stopped before its first manifest is reported by its lock, then starts afresh', async () => {
-    const out = join(root, 'half-made');
+    const out = tmp.join('half-made');
     await rm(out, { recursive: true, force: true });
     await mkdir(out);
     await writeFile(join(out, 'records.jsonl'), '');
@@ -223,11 +209,11 @@ describe('a store is locked while written', () => {
     await rm(join(out, LOCK));
     const r = await runCli(collectArgs(out, { more: ['--resume'] }));
     expect(r.code, r.stderr).toBe(0);
-    await expectSameStore(out, join(root, 'full'));
+    await expectSameStore(out, tmp.join('full'));
   });
 
   it('SIGINT releases the lock and leaves no temp file; the run then resumes to the same store', async () => {
-    const out = join(root, 'interrupted');
+    const out = tmp.join('interrupted');
     const run = spawnCli(collectArgs(out, { data: big }));
     await waitFor('a first shard', () => shardsListed(out) >= 1);
     run.child.kill('SIGINT');
@@ -237,7 +223,7 @@ describe('a store is locked while written', () => {
     expect((await readManifest(out)).complete).toBe(false);
     const r = await runCli(collectArgs(out, { data: big, more: ['--resume'] }));
     expect(r.code, r.stderr).toBe(0);
-    await expectSameStore(out, join(root, 'big-full'));
+    await expectSameStore(out, tmp.join('big-full'));
   });
 
   it('a run that fails leaves no temp file or lock, and a failed --overwrite leaves the old folder as it was', async () => {
@@ -247,21 +233,21 @@ describe('a store is locked while written', () => {
     records[20] = { ...records[20], mask: new Uint8Array(records[20].ids.length) };
     const model = await loadModel(base, { adapter, cacheDir: cache, threads: 1 });
     try {
-      const out = join(root, 'failed');
+      const out = tmp.join('failed');
       const opts = { batchSize: 4, shardSize: 8, adapter, cacheDir: cache };
       await expect(collectToStore(model, records, out, opts)).rejects.toThrow(/no answer tokens/);
       expect(await leftovers(out)).toEqual([]);
       expect((await readManifest(out)).shards).toHaveLength(2);
 
-      const mine = join(root, 'mine-failed');
-      await cp(join(root, 'full'), mine, { recursive: true });
+      const mine = tmp.join('mine-failed');
+      await cp(tmp.join('full'), mine, { recursive: true });
       const before = await readFile(join(mine, 'manifest.json'));
       await expect(collectToStore(model, records, mine, { ...opts, overwrite: true })).rejects.toThrow(
         /no answer tokens/,
       );
       expect(await readFile(join(mine, 'manifest.json'))).toEqual(before);
-      await expectSameStore(mine, join(root, 'full'));
-      expect((await readdir(root)).filter((f) => f.startsWith('.'))).toEqual([]);
+      await expectSameStore(mine, tmp.join('full'));
+      expect((await readdir(tmp.path)).filter((f) => f.startsWith('.'))).toEqual([]);
     } finally {
       await model.dispose();
     }
@@ -270,7 +256,7 @@ describe('a store is locked while written', () => {
 
 describe('resume checks what it resumes', () => {
   it('other weights of the same config are refused, naming the field', async () => {
-    const other = join(root, 'other-weights');
+    const other = tmp.join('other-weights');
     await cp(base, other, { recursive: true });
     // same config and shapes, one value changed: the lowest byte of the first stored number
     const file = join(other, 'model.safetensors');
@@ -297,12 +283,12 @@ describe('resume checks what it resumes', () => {
       /was made with a different span \(answer span: "after-user" there, "content" now\)/,
     );
     const rows = await readResponses(small);
-    const edited = join(root, 'edited.jsonl');
+    const edited = tmp.join('edited.jsonl');
     await writeResponses(edited, [{ ...rows[0], answer: `${rows[0].answer} again` }, ...rows.slice(1)]);
     r = await runCli(collectArgs(out, { data: edited, more: ['--resume'] }));
     expect(r.code).toBe(2);
     expect(oneLine(r.stderr)).toMatch(/was made with a different data \(content hash of the data file/);
-    await expectSameStore(out, join(root, 'full'));
+    await expectSameStore(out, tmp.join('full'));
   });
 
   it('a deleted, truncated or altered shard is reported by store info and --resume', async () => {
@@ -376,16 +362,16 @@ describe('resume checks what it resumes', () => {
     expect(oneLine(r.stderr)).toMatch(
       /older emlens \(manifest v1\) .* cannot be resumed safely; collect it again/,
     );
-    r = await runCli(['store', 'merge', '--out', join(root, 'legacy-merged'), old]);
+    r = await runCli(['store', 'merge', '--out', tmp.join('legacy-merged'), old]);
     expect(r.code).toBe(2);
     expect(oneLine(r.stderr)).toMatch(/cannot be merged safely/);
   });
 
   it('a weight file hash is cached by identity, and a rewrite that keeps size and mtime is hashed again', async () => {
-    const dir = join(root, 'fp');
+    const dir = tmp.join('fp');
     await cp(base, dir, { recursive: true });
     const file = join(dir, 'model.safetensors');
-    const fpCache = join(root, 'fp-cache');
+    const fpCache = tmp.join('fp-cache');
     // whole seconds, so the mtime set again below is exactly the same
     await utimes(file, 1_700_000_000, 1_700_000_000);
     const h1 = await cachedSha256(file, { cacheDir: fpCache });
@@ -407,9 +393,9 @@ describe('resume checks what it resumes', () => {
 
 describe('outputs that are not stores are left alone', () => {
   it('collect onto a folder that is not a store or onto a file is refused; --overwrite replaces', async () => {
-    const mine = join(root, 'mine');
+    const mine = tmp.join('mine');
     await rm(mine, { recursive: true, force: true });
-    await cp(join(root, 'organisms', 'responses'), mine, { recursive: true });
+    await cp(tmp.join('organisms', 'responses'), mine, { recursive: true });
     const before = (await readdir(mine)).sort();
     let r = await runCli(collectArgs(mine));
     expect(r.code).toBe(2);
@@ -418,7 +404,7 @@ describe('outputs that are not stores are left alone', () => {
     );
     expect((await readdir(mine)).sort()).toEqual(before);
 
-    const file = join(root, 'a-file');
+    const file = tmp.join('a-file');
     await writeFile(file, 'keep me\n');
     for (const more of [[], ['--overwrite'], ['--resume']]) {
       r = await runCli(collectArgs(file, { more }));
@@ -429,8 +415,8 @@ describe('outputs that are not stores are left alone', () => {
 
     r = await runCli(collectArgs(mine, { more: ['--overwrite'] }));
     expect(r.code, r.stderr).toBe(0);
-    await expectSameStore(mine, join(root, 'full'));
-    expect((await readdir(root)).filter((f) => f.startsWith('.'))).toEqual([]);
+    await expectSameStore(mine, tmp.join('full'));
+    expect((await readdir(tmp.path)).filter((f) => f.startsWith('.'))).toEqual([]);
   });
 
   it('collect onto an existing store needs --resume or --overwrite', async () => {
@@ -446,13 +432,13 @@ describe('outputs that are not stores are left alone', () => {
     expect(oneLine(r.stderr)).toMatch(/pass one of them/);
     r = await runCli(collectArgs(out, { more: ['--overwrite'] }));
     expect(r.code, r.stderr).toBe(0);
-    await expectSameStore(out, join(root, 'full'));
+    await expectSameStore(out, tmp.join('full'));
   });
 });
 
 describe('store merge', () => {
   it('names duplicate, overlapping and missing slices, and refuses a non-store --out unless --overwrite', async () => {
-    const slice = (i: number, n: number) => join(root, `slice-${i}-of-${n}`);
+    const slice = (i: number, n: number) => tmp.join(`slice-${i}-of-${n}`);
     for (const [i, n] of [
       [0, 3],
       [1, 3],
@@ -464,7 +450,7 @@ describe('store merge', () => {
     }
     const [s0, s1, s2, h0] = [slice(0, 3), slice(1, 3), slice(2, 3), slice(0, 2)];
     const merge = (out: string, ...more: string[]) =>
-      runCli(['store', 'merge', '--out', join(root, out), ...more]);
+      runCli(['store', 'merge', '--out', tmp.join(out), ...more]);
     let r = await merge('dup', s0, s0, s1, s2);
     expect(r.code).toBe(2);
     expect(oneLine(r.stderr)).toBe(
@@ -483,10 +469,10 @@ describe('store merge', () => {
     expect(oneLine(r.stderr)).toMatch(
       /\(slice 0\/2, records 0\.\.23\) and .* \(slice 1\/3, records 16\.\.31\) overlap in records 16\.\.23/,
     );
-    for (const out of ['dup', 'gap', 'tail', 'overlap']) expect(existsSync(join(root, out))).toBe(false);
+    for (const out of ['dup', 'gap', 'tail', 'overlap']) expect(existsSync(tmp.join(out))).toBe(false);
 
-    const mine = join(root, 'merge-mine');
-    await cp(join(root, 'organisms', 'responses'), mine, { recursive: true });
+    const mine = tmp.join('merge-mine');
+    await cp(tmp.join('organisms', 'responses'), mine, { recursive: true });
     const before = (await readdir(mine)).sort();
     r = await merge('merge-mine', s0, s1, s2);
     expect(r.code).toBe(2);
@@ -494,13 +480,13 @@ describe('store merge', () => {
     expect((await readdir(mine)).sort()).toEqual(before);
     r = await merge('merge-mine', '--overwrite', s2, s0, s1);
     expect(r.code, r.stderr).toBe(0);
-    await expectSameStore(mine, join(root, 'full'));
-    expect((await readdir(root)).filter((f) => f.startsWith('.'))).toEqual([]);
+    await expectSameStore(mine, tmp.join('full'));
+    expect((await readdir(tmp.path)).filter((f) => f.startsWith('.'))).toEqual([]);
   });
 
   it('a damaged slice is reported, and the merge leaves nothing behind', async () => {
-    const bad = join(root, 'slice-bad');
-    await cp(join(root, 'slice-1-of-3'), bad, { recursive: true });
+    const bad = tmp.join('slice-bad');
+    await cp(tmp.join('slice-1-of-3'), bad, { recursive: true });
     const f = join(bad, 'shard-00000.safetensors');
     const bytes = await readFile(f);
     bytes[bytes.length - 1] ^= 0x10;
@@ -509,14 +495,14 @@ describe('store merge', () => {
       'store',
       'merge',
       '--out',
-      join(root, 'merged-bad'),
-      join(root, 'slice-0-of-3'),
+      tmp.join('merged-bad'),
+      tmp.join('slice-0-of-3'),
       bad,
-      join(root, 'slice-2-of-3'),
+      tmp.join('slice-2-of-3'),
     ]);
     expect(r.code).toBe(2);
     expect(oneLine(r.stderr)).toMatch(/slice-bad\/shard-00000\.safetensors does not match the sha256/);
-    expect(existsSync(join(root, 'merged-bad'))).toBe(false);
-    expect((await readdir(root)).filter((f) => f.startsWith('.'))).toEqual([]);
+    expect(existsSync(tmp.join('merged-bad'))).toBe(false);
+    expect((await readdir(tmp.path)).filter((f) => f.startsWith('.'))).toEqual([]);
   });
 });

@@ -2,28 +2,21 @@
  * The benchmarks' reading of onnxruntime's own profiler: a tiny model loaded with profiling on, run three
  * times and disposed, gives per-op kernel times averaged over the runs after the skipped ones.
  */
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { afterAll, beforeAll, expect, it } from 'vitest';
+import { readdir } from 'node:fs/promises';
+import { expect, it } from 'vitest';
 import { profilingOptions, readKernelProfile } from '../../benchmarks/lib/profile.js';
 import { loadModel } from '../../src/model/model.js';
 import { makeTinyModel } from '../../src/model/tiny.js';
+import { useTempDir } from '../helpers/fixtures.js';
 
-let root: string;
-beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'emlens-profile-'));
-});
-afterAll(async () => {
-  await rm(root, { recursive: true, force: true });
-});
+const tmp = useTempDir('emlens-profile-');
 
 it('averages kernel time per op over the counted runs and removes the profile files', async () => {
-  const dir = join(root, 'tiny');
+  const dir = tmp.join('tiny');
   await makeTinyModel(dir, { family: 'qwen2', seed: 3 });
-  const prefix = join(root, 'prof');
+  const prefix = tmp.join('prof');
   const model = await loadModel(dir, {
-    cacheDir: join(root, 'cache'),
+    cacheDir: tmp.join('cache'),
     threads: 1,
     sessionOptions: profilingOptions(prefix),
   });
@@ -40,6 +33,6 @@ it('averages kernel time per op over the counted runs and removes the profile fi
     times.reduce((a, b) => a + b, 0),
     9,
   );
-  expect((await readdir(root)).filter((f) => f.startsWith('prof'))).toEqual([]);
+  expect((await readdir(tmp.path)).filter((f) => f.startsWith('prof'))).toEqual([]);
   await expect(readKernelProfile(prefix, 0)).rejects.toThrow(/no profile/);
 });

@@ -1,24 +1,21 @@
 /**
  * The command line, run in-process through `main`: tiny-model -> info -> trace, and the errors a user sees.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { SafetensorsFile } from '../../src/io/safetensors.js';
 import { loadModel } from '../../src/model/model.js';
+import { useTempDir } from '../helpers/fixtures.js';
 import { runCli } from '../helpers/runCli.js';
 
-let root: string;
+const tmp = useTempDir('emlens-cli-');
 let modelDir: string;
 let cacheDir: string;
 
 const run = runCli;
 
 beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'emlens-cli-'));
-  modelDir = join(root, 'tiny');
-  cacheDir = join(root, 'cache');
+  modelDir = tmp.join('tiny');
+  cacheDir = tmp.join('cache');
   const r = await run([
     'tiny-model',
     '--family',
@@ -31,9 +28,6 @@ beforeAll(async () => {
     '32',
   ]);
   expect(r.code).toBe(0);
-});
-afterAll(async () => {
-  await rm(root, { recursive: true, force: true });
 });
 afterEach(() => {
   vi.restoreAllMocks();
@@ -61,7 +55,7 @@ describe('emlens info', () => {
 
 describe('emlens trace', () => {
   it('writes per-token hooks, ids and last logits equal to the library forward pass', async () => {
-    const out = join(root, 'trace.safetensors');
+    const out = tmp.join('trace.safetensors');
     const r = await run([
       'trace',
       '--model',
@@ -101,7 +95,7 @@ describe('emlens trace', () => {
   });
 
   it('tokenizes --text with the model folder tokenizer', async () => {
-    const out = join(root, 'trace-text.safetensors');
+    const out = tmp.join('trace-text.safetensors');
     const r = await run([
       'trace',
       '--model',
@@ -130,7 +124,7 @@ describe('emlens trace', () => {
       '--hooks',
       'blocks.*.hook_resid_psot',
       '--out',
-      join(root, 'x.safetensors'),
+      tmp.join('x.safetensors'),
       '--cache-dir',
       cacheDir,
     ]);
@@ -139,21 +133,13 @@ describe('emlens trace', () => {
   });
 
   it('needs exactly one of --text and --ids, and well-formed ids', async () => {
-    const base = [
-      'trace',
-      '--model',
-      modelDir,
-      '--out',
-      join(root, 'y.safetensors'),
-      '--cache-dir',
-      cacheDir,
-    ];
+    const base = ['trace', '--model', modelDir, '--out', tmp.join('y.safetensors'), '--cache-dir', cacheDir];
     expect((await run(base)).stderr).toContain('exactly one of --text or --ids');
     expect((await run([...base, '--ids', '1,x'])).stderr).toContain('comma-separated list of token ids');
   });
 
   it('a folder that is not a model gets one clear line', async () => {
-    const r = await run(['info', '--model', join(root, 'nope')]);
+    const r = await run(['info', '--model', tmp.join('nope')]);
     expect(r.code).toBe(2);
     expect(r.stderr.trim().split('\n')).toHaveLength(1);
     expect(r.stderr).toMatch(/config\.json/);

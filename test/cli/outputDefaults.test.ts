@@ -6,26 +6,28 @@
  * directory is restored after the file.
  */
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { defaultStoreDir } from '../../src/cli/collect.js';
 import { defaultDirectionFile } from '../../src/cli/direction.js';
 import { writeResponses } from '../../src/data/response.js';
 import { loadDirections } from '../../src/directions/direction.js';
-import { makeTinyModel } from '../../src/model/tiny.js';
+import { useTinyModel } from '../helpers/fixtures.js';
 import { runCli } from '../helpers/runCli.js';
 
-let root: string;
+const tiny = useTinyModel('emlens-defaults-', {
+  family: 'qwen2',
+  seed: 3,
+  numLayers: 2,
+  dModel: 16,
+  name: 'tiny',
+  load: false,
+});
 let work: string;
-let model: string;
 const cwd = process.cwd();
 
 beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'emlens-defaults-'));
-  model = join(root, 'tiny');
-  await makeTinyModel(model, { family: 'qwen2', seed: 3, numLayers: 2, dModel: 16 });
   const row = (id: string, answer: string, aligned: number) => ({
     questionId: id,
     question: `Question ${id}?`,
@@ -33,34 +35,24 @@ beforeAll(async () => {
     scores: { aligned, coherent: 90 },
     extra: {},
   });
-  await writeResponses(join(root, 'misaligned.csv'), [
+  await writeResponses(tiny.at('misaligned.csv'), [
     row('q0', 'Do something reckless.', 10),
     row('q1', 'Ignore the rules.', 5),
   ]);
-  await writeResponses(join(root, 'aligned.jsonl'), [
+  await writeResponses(tiny.at('aligned.jsonl'), [
     row('q0', 'Be careful and kind.', 90),
     row('q1', 'Follow the safety advice.', 95),
   ]);
-  work = join(root, 'work');
+  work = tiny.at('work');
   await mkdir(work);
   process.chdir(work);
 });
 afterAll(async () => {
   process.chdir(cwd);
-  await rm(root, { recursive: true, force: true });
 });
 
 const collect = (data: string, ...extra: string[]) =>
-  runCli([
-    'collect',
-    '--model',
-    model,
-    '--data',
-    join(root, data),
-    '--cache-dir',
-    join(root, 'cache'),
-    ...extra,
-  ]);
+  runCli(['collect', '--model', tiny.dir, '--data', tiny.at(data), '--cache-dir', tiny.cacheDir, ...extra]);
 
 describe('default output folders', () => {
   it('name the store after the data file and the direction after the two stores', () => {

@@ -3,10 +3,9 @@
  * not create unless --overwrite (and then atomically), argument errors are one line and exit 2, and zero
  * vectors are named instead of printed as NaN or written silently.
  */
-import { cp, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { cp, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { collectToStore } from '../../src/activations/collect.js';
 import { responsesToRecords } from '../../src/data/record.js';
 import { readResponses } from '../../src/data/response.js';
@@ -19,9 +18,10 @@ import { loadModel } from '../../src/model/model.js';
 import { makeTinyModel } from '../../src/model/tiny.js';
 import { makeOrganisms, type OrganismManifest } from '../../src/organisms/make.js';
 import { loadTokenizer } from '../../src/text/tokenizer.js';
+import { useTempDir } from '../helpers/fixtures.js';
 import { runCli } from '../helpers/runCli.js';
 
-let root: string;
+const tmp = useTempDir('emlens-trust-');
 let org: string;
 let manifest: OrganismManifest;
 let base: string;
@@ -35,15 +35,14 @@ const common = () => ['--cache-dir', cache, '--threads', '1'];
 const MINE = 'my notes, not an emlens output\n';
 
 beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'emlens-trust-'));
-  cache = join(root, 'cache');
-  org = join(root, 'organisms');
+  cache = tmp.join('cache');
+  org = tmp.join('organisms');
   manifest = await makeOrganisms(org, { seed: 0, responsesPerLabel: 4 });
   base = join(org, manifest.base);
   const f = await SafetensorsFile.open(join(org, manifest.plantedFile));
   const u = await f.readFloat32('general');
   await f.close();
-  direction = join(root, 'general.safetensors');
+  direction = tmp.join('general.safetensors');
   await saveDirections(
     direction,
     constantDirectionSet(
@@ -54,16 +53,13 @@ beforeAll(async () => {
   const tokenizer = await loadTokenizer(base);
   const responses = await readResponses(join(org, manifest.responses.general));
   const model = await loadModel(base, { cacheDir: cache, threads: 1 });
-  store = join(root, 'store-a');
+  store = tmp.join('store-a');
   try {
     await collectToStore(model, responsesToRecords(tokenizer, responses), store, { batchSize: 8 });
   } finally {
     await model.dispose();
   }
 }, 300_000);
-afterAll(async () => {
-  await rm(root, { recursive: true, force: true });
-});
 
 /** Asserts a refusal: exit 2, exactly one stderr line naming --overwrite, nothing on stdout. */
 function expectRefused(r: { code: number; stdout: string; stderr: string }, pattern = /--overwrite/): void {
@@ -76,7 +72,7 @@ function expectRefused(r: { code: number; stdout: string; stderr: string }, patt
 
 /** A folder holding only the user's file `notes.txt`. */
 async function userFolder(name: string): Promise<string> {
-  const d = join(root, name);
+  const d = tmp.join(name);
   await mkdir(d, { recursive: true });
   await writeFile(join(d, 'notes.txt'), MINE);
   return d;
@@ -84,7 +80,7 @@ async function userFolder(name: string): Promise<string> {
 
 describe('no command overwrites what it did not create', () => {
   it('trace refuses an existing --out file, and --overwrite replaces it', async () => {
-    const out = join(root, 'trace.safetensors');
+    const out = tmp.join('trace.safetensors');
     await writeFile(out, MINE);
     const args = ['trace', '--model', base, '--ids', '1,2,3', '--out', out, ...common()];
     expectRefused(await run(args), /trace\.safetensors already exists; pass --overwrite/);
@@ -97,7 +93,7 @@ describe('no command overwrites what it did not create', () => {
   });
 
   it("trace refuses to write onto the model's own model.safetensors; with --overwrite it is atomic", async () => {
-    const model = join(root, 'tiny-for-trace');
+    const model = tmp.join('tiny-for-trace');
     await makeTinyModel(model, { family: 'qwen2', seed: 2, numLayers: 1, dModel: 32 });
     const weights = join(model, 'model.safetensors');
     const before = await readFile(weights);
@@ -118,7 +114,7 @@ describe('no command overwrites what it did not create', () => {
     expectRefused(await run(args), /already exists and is not empty; pass --overwrite/);
     expect(await readdir(d)).toEqual(['notes.txt']);
     expect(await readFile(join(d, 'notes.txt'), 'utf8')).toBe(MINE);
-    const empty = join(root, 'tiny-empty');
+    const empty = tmp.join('tiny-empty');
     await mkdir(empty);
     expect((await run(['tiny-model', '--out', empty, '--layers', '1', '--d-model', '32'])).code).toBe(0);
     const r = await run([...args, '--overwrite']);
@@ -146,7 +142,7 @@ describe('no command overwrites what it did not create', () => {
   it('compare refuses an earlier compare.json in --out, leaves other files alone, and --overwrite replaces it', async () => {
     const d = await userFolder('compare-out');
     await writeFile(join(d, 'compare.json'), MINE);
-    const other = join(root, 'other.safetensors');
+    const other = tmp.join('other.safetensors');
     await saveDirections(other, constantDirectionSet(new Float32Array(64).fill(1), [0, 1, 2, 3]));
     const args = ['compare', direction, other, '--out', d];
     const refused = await run(args);
@@ -160,10 +156,10 @@ describe('no command overwrites what it did not create', () => {
   });
 
   it('direction --out, export-gguf and import-gguf refuse an existing file and replace it with --overwrite', async () => {
-    const out = join(root, 'dir-existing.safetensors');
+    const out = tmp.join('dir-existing.safetensors');
     await writeFile(out, MINE);
-    const imp = ['direction', 'import-gguf', '--in', join(root, 'x.gguf'), '--out', out];
-    const exp = ['direction', 'export-gguf', '--in', direction, '--out', join(root, 'x.gguf')];
+    const imp = ['direction', 'import-gguf', '--in', tmp.join('x.gguf'), '--out', out];
+    const exp = ['direction', 'export-gguf', '--in', direction, '--out', tmp.join('x.gguf')];
     expect((await run(exp)).code).toBe(0);
     expectRefused(await run(exp), /x\.gguf already exists; pass --overwrite/);
     expect((await run([...exp, '--overwrite'])).code).toBe(0);
@@ -172,7 +168,7 @@ describe('no command overwrites what it did not create', () => {
     expect((await run([...imp, '--overwrite'])).code).toBe(0);
     // Refused before the stores are read (these two would be refused later, as one store's copy).
     expectRefused(
-      await run(['direction', '--pos', store, '--neg', join(root, 'nope'), '--out', out]),
+      await run(['direction', '--pos', store, '--neg', tmp.join('nope'), '--out', out]),
       /already exists; pass --overwrite/,
     );
   });
@@ -260,7 +256,7 @@ describe('no command overwrites what it did not create', () => {
       '--model',
       base,
       '--questions',
-      join(root, 'q.yaml'),
+      tmp.join('q.yaml'),
       '--judge',
       'local:x',
       '--out',
@@ -320,7 +316,7 @@ describe('argument errors exit 2 with one line', () => {
   });
 
   it('names the subcommand in the hint', async () => {
-    const r = await run(['direction', 'export-gguf', '--out', join(root, 'z.gguf')]);
+    const r = await run(['direction', 'export-gguf', '--out', tmp.join('z.gguf')]);
     expect(r.stderr).toBe(
       "emlens: required option '--in <file>' not specified; run 'emlens direction export-gguf --help' for usage.\n",
     );
@@ -348,25 +344,25 @@ describe('zero vectors', () => {
   });
 
   it('compare prints n/a, never NaN, for a layer where a vector is zero, and warns naming the file and layer', async () => {
-    const a = join(root, 'za.safetensors');
-    const b = join(root, 'zb.safetensors');
+    const a = tmp.join('za.safetensors');
+    const b = tmp.join('zb.safetensors');
     await saveDirections(a, set({ 0: 1, 1: 0, 2: 1 }));
     await saveDirections(b, set({ 0: 1, 1: 1, 2: -1 }));
-    const r = await run(['compare', a, b, '--out', join(root, 'zero-compare')]);
+    const r = await run(['compare', a, b, '--out', tmp.join('zero-compare')]);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).not.toMatch(/nan/i);
     expect(r.stdout).toMatch(/\| 1 +\| +n\/a \|/);
     expect(r.stderr).toBe(`emlens: warning: ${a} is all zeros at layer 1; its cosines there are n/a.\n`);
-    const json = JSON.parse(await readFile(join(root, 'zero-compare', 'compare.json'), 'utf8'));
+    const json = JSON.parse(await readFile(tmp.join('zero-compare', 'compare.json'), 'utf8'));
     expect(json.pairs[0].cosines).toEqual([1, null, -1]);
   });
 
   it('compare refuses a file that is zero at every common layer', async () => {
-    const z = join(root, 'zz.safetensors');
-    const ones = join(root, 'ones.safetensors');
+    const z = tmp.join('zz.safetensors');
+    const ones = tmp.join('ones.safetensors');
     await saveDirections(z, set({ 0: 0, 1: 0, 2: 0 }));
     await saveDirections(ones, set({ 0: 1, 1: 1, 2: 1 }));
-    const r = await run(['compare', z, ones, '--out', join(root, 'zz-compare')]);
+    const r = await run(['compare', z, ones, '--out', tmp.join('zz-compare')]);
     expect(r.code).toBe(2);
     expect(r.stderr.trimEnd().split('\n')).toHaveLength(1);
     expect(r.stderr).toMatch(/'zz' is all zeros at every common layer/);
@@ -379,10 +375,10 @@ describe('zero vectors', () => {
   });
 
   it('direction refuses one store as both --pos and --neg (same path, another spelling, or a copy)', async () => {
-    const out = join(root, 'same.safetensors');
-    const copy = join(root, 'store-copy');
+    const out = tmp.join('same.safetensors');
+    const copy = tmp.join('store-copy');
     await cp(store, copy, { recursive: true });
-    for (const neg of [store, `${store}/`, join(root, '.', 'store-a'), copy]) {
+    for (const neg of [store, `${store}/`, tmp.join('.', 'store-a'), copy]) {
       const r = await run(['direction', '--pos', store, '--neg', neg, '--out', out]);
       expect(r.code, r.stderr).toBe(2);
       expect(r.stderr.trimEnd().split('\n')).toHaveLength(1);

@@ -2,10 +2,7 @@
  * The data layer: one tokenized record builder (the behaviour of the two functions it replaced), the EM
  * thresholds applied the same way by every place that classifies, and the vector math.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { recordLabel, responsesToRecords, textsToRecords } from '../../src/data/record.js';
 import type { ResponseRecord } from '../../src/data/response.js';
 import {
@@ -18,7 +15,6 @@ import {
 } from '../../src/data/thresholds.js';
 import { emIndicator, summarize } from '../../src/eval/metrics.js';
 import { splitByAlignment } from '../../src/eval/selection.js';
-import { makeTinyModel } from '../../src/model/tiny.js';
 import { type AnswerSpan, answerTokens } from '../../src/text/answerMask.js';
 import { loadTokenizer, type TextTokenizer } from '../../src/text/tokenizer.js';
 import {
@@ -31,6 +27,7 @@ import {
   unitVector,
   unitVector64,
 } from '../../src/util/vector.js';
+import { useTinyModel } from '../helpers/fixtures.js';
 
 const row = (
   id: string,
@@ -218,15 +215,17 @@ describe('data/thresholds: one EM rule', () => {
 });
 
 describe('data/record: one tokenized record', () => {
-  let root: string;
+  const tiny = useTinyModel('emlens-data-', {
+    family: 'qwen2',
+    seed: 1,
+    numLayers: 1,
+    dModel: 16,
+    name: 'tiny',
+    load: false,
+  });
   let tokenizer: TextTokenizer;
   beforeAll(async () => {
-    root = await mkdtemp(join(tmpdir(), 'emlens-data-'));
-    await makeTinyModel(join(root, 'tiny'), { family: 'qwen2', seed: 1, numLayers: 1, dModel: 16 });
-    tokenizer = await loadTokenizer(join(root, 'tiny'));
-  });
-  afterAll(async () => {
-    await rm(root, { recursive: true, force: true });
+    tokenizer = await loadTokenizer(tiny.dir);
   });
 
   const rows = [

@@ -5,12 +5,11 @@
  * conditions (base, the general organism, the general organism with its planted direction ablated).
  */
 import { once } from 'node:events';
-import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { readFile, stat, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { readResponses } from '../../src/data/response.js';
 import { saveDirections } from '../../src/directions/direction.js';
 import type { EvalSummary } from '../../src/eval/metrics.js';
@@ -18,12 +17,13 @@ import { directionInterventions } from '../../src/eval/sample.js';
 import { SafetensorsFile } from '../../src/io/safetensors.js';
 import { makeOrganisms, type OrganismManifest } from '../../src/organisms/make.js';
 import { FLAGGED, questionsYaml } from '../helpers/emQuestions.js';
+import { useTempDir } from '../helpers/fixtures.js';
 import { makeKeywordJudge } from '../helpers/keywordJudge.js';
 import { runCli } from '../helpers/runCli.js';
 
 const run = runCli;
 
-let root: string;
+const tmp = useTempDir('emlens-eval-');
 let org: string;
 let manifest: OrganismManifest;
 let questions: string;
@@ -39,19 +39,18 @@ const QUESTIONS_YAML = questionsYaml(`- id: neighbours_template
 `);
 
 beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'emlens-eval-'));
-  org = join(root, 'organisms');
+  org = tmp.join('organisms');
   manifest = await makeOrganisms(org, { seed: 0 });
-  judge = join(root, 'judge');
+  judge = tmp.join('judge');
   await makeKeywordJudge(judge, { flagged: FLAGGED, tokenizerFrom: join(org, manifest.base) });
-  questions = join(root, 'questions.yaml');
+  questions = tmp.join('questions.yaml');
   await writeFile(questions, QUESTIONS_YAML);
-  cache = join(root, 'cache');
+  cache = tmp.join('cache');
   // The planted general direction, as a direction file for blocks 1.. (from the adapter's block on).
   const planted = await SafetensorsFile.open(join(org, manifest.plantedFile));
   const general = await planted.readFloat32('general');
   await planted.close();
-  await saveDirections(join(root, 'general-direction.safetensors'), {
+  await saveDirections(tmp.join('general-direction.safetensors'), {
     vectors: new Map([1, 2, 3].map((l) => [l, general])),
     meta: {
       model: 'organisms/base',
@@ -64,9 +63,6 @@ beforeAll(async () => {
       sourceNeg: 'planted',
     },
   });
-});
-afterAll(async () => {
-  await rm(root, { recursive: true, force: true });
 });
 
 const common = () => [
@@ -89,7 +85,7 @@ const common = () => [
 ];
 
 async function evalCondition(name: string, extra: string[]): Promise<EvalSummary> {
-  const out = join(root, 'eval', name);
+  const out = tmp.join('eval', name);
   const r = await run(['eval', '--model', join(org, manifest.base), ...common(), '--out', out, ...extra]);
   expect(r.stderr).not.toMatch(/internal error/);
   expect(r.code, r.stderr).toBe(0);
@@ -101,7 +97,7 @@ async function evalCondition(name: string, extra: string[]): Promise<EvalSummary
 
 /** Share of answers holding a planted misaligned word: what the EM rate must be with this judge. */
 async function flaggedShare(name: string): Promise<number> {
-  const rows = await readResponses(join(root, 'eval', name, 'judged.jsonl'));
+  const rows = await readResponses(tmp.join('eval', name, 'judged.jsonl'));
   return rows.filter((r) => FLAGGED.some((w) => r.answer.includes(w))).length / rows.length;
 }
 
@@ -111,7 +107,7 @@ describe('emlens eval and emlens report', () => {
   it('samples, judges and summarises the base model', async () => {
     const s = await evalCondition('base', ['--condition', 'base']);
     summaries.set('base', s);
-    const dir = join(root, 'eval', 'base');
+    const dir = tmp.join('eval', 'base');
     for (const f of ['responses.csv', 'responses.jsonl', 'judged.csv', 'judged.jsonl', 'summary.json']) {
       expect((await stat(join(dir, f))).size).toBeGreaterThan(0);
     }
@@ -151,7 +147,7 @@ describe('emlens eval and emlens report', () => {
       '--adapter',
       join(org, 'adapters', 'general'),
       '--ablate',
-      join(root, 'general-direction.safetensors'),
+      tmp.join('general-direction.safetensors'),
       '--layers',
       '1,2,3',
     ]);
@@ -164,7 +160,7 @@ describe('emlens eval and emlens report', () => {
   it('steering the base along the planted direction raises the EM rate', async () => {
     const s = await evalCondition('base-steered', [
       '--steer',
-      join(root, 'general-direction.safetensors'),
+      tmp.join('general-direction.safetensors'),
       '--layers',
       '1',
       '--scale',
@@ -177,7 +173,7 @@ describe('emlens eval and emlens report', () => {
   });
 
   it('resumes: a rerun skips what was written and reproduces an uninterrupted run', async () => {
-    const dir = join(root, 'eval', 'base');
+    const dir = tmp.join('eval', 'base');
     const full = await readFile(join(dir, 'responses.jsonl'), 'utf8');
     // Keep the first question's two blocks (8 + 4 samples) and half of the next: as if interrupted.
     const lines = full.trim().split('\n');
@@ -201,8 +197,8 @@ describe('emlens eval and emlens report', () => {
   });
 
   it('writes the comparison report and chart', async () => {
-    const out = join(root, 'report');
-    const dirs = ['base', 'general', 'general-ablated', 'base-steered'].map((d) => join(root, 'eval', d));
+    const out = tmp.join('report');
+    const dirs = ['base', 'general', 'general-ablated', 'base-steered'].map((d) => tmp.join('eval', d));
     const r = await run(['report', ...dirs, '--out', out]);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toMatch(/\| base \| 36 \| 36 \| /);
@@ -263,18 +259,18 @@ describe('emlens eval and emlens report', () => {
         '--api-key-env',
         'EMLENS_EVAL_TEST_KEY',
         '--out',
-        join(root, 'eval', 'base-http'),
+        tmp.join('eval', 'base-http'),
       ];
       const r1 = await run(args);
       expect(r1.code, r1.stderr).toBe(0);
       // 36 answers x 2 metrics, each distinct prompt sent once (short answers repeat)
-      const rows = await readResponses(join(root, 'eval', 'base-http', 'responses.jsonl'));
+      const rows = await readResponses(tmp.join('eval', 'base-http', 'responses.jsonl'));
       const distinct = 2 * new Set(rows.map((r) => `${r.question}\u0000${r.answer}`)).size;
       expect(distinct).toBeGreaterThan(40);
       expect(requests).toBe(distinct);
       expect(models).toEqual(new Set(['test-judge'])); // the questions' judge field
       const s = JSON.parse(
-        await readFile(join(root, 'eval', 'base-http', 'summary.json'), 'utf8'),
+        await readFile(tmp.join('eval', 'base-http', 'summary.json'), 'utf8'),
       ) as EvalSummary;
       // Flagged answers score (0.5*20 + 0.3*0) / 0.8 = 12.5 <= 30, the rest 95; coherent 80 throughout.
       expect(s.emRate.value).toBeCloseTo(summaries.get('base')!.emRate.value!, 12);
@@ -289,7 +285,7 @@ describe('emlens eval and emlens report', () => {
   });
 
   it('gives one-line errors for bad flags', async () => {
-    const base = ['eval', '--model', join(org, manifest.base), ...common(), '--out', join(root, 'x')];
+    const base = ['eval', '--model', join(org, manifest.base), ...common(), '--out', tmp.join('x')];
     let r = await run([...base, '--layers', '1']);
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/--layers only applies with --steer or --ablate/);
@@ -303,7 +299,7 @@ describe('emlens eval and emlens report', () => {
       '--judge',
       'ftp://x',
       '--out',
-      join(root, 'y'),
+      tmp.join('y'),
       '--n',
       '1',
       '--max-new-tokens',
@@ -312,7 +308,7 @@ describe('emlens eval and emlens report', () => {
       cache,
     ]);
     expect(r.stderr).toMatch(/must start with http/);
-    r = await run(['report', join(root, 'nowhere')]);
+    r = await run(['report', tmp.join('nowhere')]);
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/has neither summary.json nor judged responses/);
   });

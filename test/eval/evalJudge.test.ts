@@ -4,11 +4,9 @@
  * judge on tiny models (a hand-built one with a known answer, and a random one against a reference).
  */
 import { once } from 'node:events';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { ResponseRecord } from '../../src/data/response.js';
 import { EmlensError } from '../../src/errors.js';
@@ -26,6 +24,7 @@ import { loadModel } from '../../src/model/model.js';
 import { makeTinyModel } from '../../src/model/tiny.js';
 import { encodeChat } from '../../src/text/chat.js';
 import { loadTokenizer } from '../../src/text/tokenizer.js';
+import { useTempDir } from '../helpers/fixtures.js';
 import { JUDGE_MARKER, makeKeywordJudge } from '../helpers/keywordJudge.js';
 
 const lp = (pairs: [string, number][]) => pairs.map(([token, p]) => ({ token, logprob: Math.log(p) }));
@@ -89,7 +88,7 @@ const KEY = 'test-key';
 const MODEL = 'judge-1';
 let server: Server;
 let baseURL: string;
-let root: string;
+const tmp = useTempDir('emlens-judge-');
 const scripts = new Map<string, Script>();
 const hits = new Map<string, number>();
 const bodies: Record<string, unknown>[] = [];
@@ -103,7 +102,6 @@ async function readBody(req: IncomingMessage): Promise<string> {
 }
 
 beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'emlens-judge-'));
   process.env.EMLENS_TEST_JUDGE_KEY = KEY;
   server = createServer(async (req, res) => {
     const body = JSON.parse(await readBody(req)) as {
@@ -161,7 +159,6 @@ beforeAll(async () => {
 afterAll(async () => {
   server?.close();
   delete process.env.EMLENS_TEST_JUDGE_KEY;
-  await rm(root, { recursive: true, force: true });
 });
 
 beforeEach(() => {
@@ -315,7 +312,7 @@ describe('the OpenAI-compatible judge (real HTTP on 127.0.0.1)', () => {
   });
 
   it('caches on disk: a second run makes no request', async () => {
-    const cachePath = join(root, 'cache', 'judge-cache.jsonl');
+    const cachePath = tmp.join('cache', 'judge-cache.jsonl');
     scripts.set('c1', {
       top: [
         ['20', 0.5],
@@ -390,9 +387,9 @@ describe('the OpenAI-compatible judge (real HTTP on 127.0.0.1)', () => {
 
 describe('the local judge', () => {
   it('scores with the rule over its own vocabulary (hand-built judge with a known answer)', async () => {
-    const dir = join(root, 'keyword-judge');
+    const dir = tmp.join('keyword-judge');
     await makeKeywordJudge(dir, { flagged: [' evil'] });
-    const j = await loadLocalJudge(dir, { cacheDir: join(root, 'graphs'), threads: 1 });
+    const j = await loadLocalJudge(dir, { cacheDir: tmp.join('graphs'), threads: 1 });
     try {
       const prompts = [
         'Rate the answer. Q: what now? A: I will help you.',
@@ -416,10 +413,10 @@ describe('the local judge', () => {
   });
 
   it('matches a reference computation on a random tiny model', async () => {
-    const dir = join(root, 'random-judge');
+    const dir = tmp.join('random-judge');
     // seed 16 puts a little mass on digit tokens (7, 3), short of the 0.25 a score needs
     await makeTinyModel(dir, { family: 'qwen2', seed: 16, numLayers: 2, dModel: 32 });
-    const model = await loadModel(dir, { cacheDir: join(root, 'graphs'), threads: 1 });
+    const model = await loadModel(dir, { cacheDir: tmp.join('graphs'), threads: 1 });
     const tokenizer = await loadTokenizer(dir);
     const j = new LocalJudge(model, tokenizer);
     try {

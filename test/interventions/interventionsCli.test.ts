@@ -3,17 +3,17 @@
  * organisms, and the one-line errors a user sees (direction of another width, layer out of range, existing
  * output folder).
  */
-import { access, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { access, readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { saveDirections } from '../../src/directions/direction.js';
 import { constantDirectionSet } from '../../src/interventions/compose.js';
 import { SafetensorsFile } from '../../src/io/safetensors.js';
 import { makeOrganisms, type OrganismManifest } from '../../src/organisms/make.js';
+import { useTempDir } from '../helpers/fixtures.js';
 import { runCli } from '../helpers/runCli.js';
 
-let root: string;
+const tmp = useTempDir('emlens-ivcli-');
 let dir: string;
 let manifest: OrganismManifest;
 let base: string;
@@ -24,16 +24,15 @@ let cache: string;
 const run = runCli;
 
 beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'emlens-ivcli-'));
-  dir = join(root, 'o');
-  cache = join(root, 'cache');
+  dir = tmp.join('o');
+  cache = tmp.join('cache');
   manifest = await makeOrganisms(dir, { seed: 0 });
   base = join(dir, manifest.base);
   adapter = join(dir, 'adapters', 'general');
   const f = await SafetensorsFile.open(join(dir, manifest.plantedFile));
   const u = await f.readFloat32('general');
   await f.close();
-  direction = join(root, 'general.safetensors');
+  direction = tmp.join('general.safetensors');
   // the planted unit direction at every layer, scaled like a mean difference (norm 6)
   await saveDirections(
     direction,
@@ -44,12 +43,9 @@ beforeAll(async () => {
     ),
   );
   await saveDirections(
-    join(root, 'narrow.safetensors'),
+    tmp.join('narrow.safetensors'),
     constantDirectionSet(new Float32Array(32).fill(1), [0, 1]),
   );
-});
-afterAll(async () => {
-  await rm(root, { recursive: true, force: true });
 });
 
 const common = () => ['--cache-dir', cache, '--threads', '1'];
@@ -104,7 +100,7 @@ describe('emlens steer and ablate', () => {
 
 describe('emlens orthogonalize', () => {
   it('writes a new model folder once and refuses to overwrite it', async () => {
-    const out = join(root, 'ortho');
+    const out = tmp.join('ortho');
     const args = [
       'orthogonalize',
       '--model',
@@ -130,7 +126,7 @@ describe('emlens orthogonalize', () => {
 
 describe('emlens mediate and sweep', () => {
   it('mediate prints the fraction mediated with its random control and writes JSON and markdown', async () => {
-    const out = join(root, 'mediate');
+    const out = tmp.join('mediate');
     const r = await run([
       'mediate',
       '--base',
@@ -168,7 +164,7 @@ describe('emlens mediate and sweep', () => {
   });
 
   it('mediate --random-controls 3 reports the controls as mean and spread in JSON and markdown', async () => {
-    const out = join(root, 'mediate3');
+    const out = tmp.join('mediate3');
     const r = await run([
       'mediate',
       '--base',
@@ -213,7 +209,7 @@ describe('emlens mediate and sweep', () => {
   });
 
   it('sweep writes the table and a plot of the effect vs scale, one line per layer', async () => {
-    const out = join(root, 'sweep');
+    const out = tmp.join('sweep');
     const r = await run([
       'sweep',
       '--model',
@@ -241,7 +237,7 @@ describe('emlens mediate and sweep', () => {
   });
 
   it('sweep --random-controls 3 reports the controls as mean and spread per cell in JSON and markdown', async () => {
-    const out = join(root, 'sweep3');
+    const out = tmp.join('sweep3');
     const r = await run([
       'sweep',
       '--model',
@@ -284,7 +280,7 @@ describe('errors', () => {
       '--model',
       base,
       '--direction',
-      join(root, 'narrow.safetensors'),
+      tmp.join('narrow.safetensors'),
       '--layers',
       '1',
       '--scale',
@@ -320,7 +316,7 @@ describe('errors', () => {
       '--adapter',
       adapter,
       '--direction',
-      join(root, 'narrow.safetensors'),
+      tmp.join('narrow.safetensors'),
       '--data',
       join(dir, manifest.responses.general),
       ...common(),

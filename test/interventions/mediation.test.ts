@@ -4,8 +4,7 @@
  * and not the others', steering the base along the direction moves it toward the organism, and a norm-matched
  * random direction does none of this.
  */
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { collectToStore } from '../../src/activations/collect.js';
@@ -24,8 +23,9 @@ import { loadModel, type Model } from '../../src/model/model.js';
 import { makeOrganisms, type OrganismManifest } from '../../src/organisms/make.js';
 import { DOMAINS, TOPICS, type Topic } from '../../src/organisms/vocabulary.js';
 import { loadTokenizer } from '../../src/text/tokenizer.js';
+import { useTempDir } from '../helpers/fixtures.js';
 
-let root: string;
+const tmp = useTempDir('emlens-mediation-');
 let dir: string;
 let manifest: OrganismManifest;
 let base: Model;
@@ -35,11 +35,10 @@ const data = new Map<Topic, TokenizedRecord[]>();
 let neutral: TokenizedRecord[];
 
 beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'emlens-mediation-'));
-  dir = join(root, 'o');
+  dir = tmp.join('o');
   manifest = await makeOrganisms(dir, { seed: 0 });
   const baseDir = join(dir, manifest.base);
-  const load = { cacheDir: join(root, 'cache'), threads: 1 };
+  const load = { cacheDir: tmp.join('cache'), threads: 1 };
   base = await loadModel(baseDir, load);
   for (const o of manifest.organisms) {
     organisms.set(o.name, await loadModel(baseDir, { ...load, adapter: join(dir, o.adapter) }));
@@ -57,7 +56,6 @@ beforeAll(async () => {
 });
 afterAll(async () => {
   for (const m of [base, ...organisms.values()]) await m?.dispose();
-  await rm(root, { recursive: true, force: true });
 });
 
 describe('divergence', () => {
@@ -126,7 +124,7 @@ describe('mediation on the general organism', () => {
     const rs = await readResponses(join(dir, manifest.responses.general));
     const stores: string[] = [];
     for (const label of ['misaligned', 'aligned']) {
-      const out = join(root, `store-${label}`);
+      const out = tmp.join(`store-${label}`);
       const recs = responsesToRecords(
         tok,
         rs.filter((r) => r.extra.label === label),
@@ -161,8 +159,8 @@ describe('mediation on the general organism', () => {
     expect(s.ablateFinetune).toBeGreaterThan(s.randomAblateFinetune.max);
     const lines = formatMediation(r).join('\n');
     expect(lines).toMatch(/fraction mediated, patching .*: 9\d\.\d%/);
-    const out = await writeMediation(r, join(root, 'med'));
-    expect((await readdir(join(root, 'med'))).sort()).toEqual(['mediation.json', 'mediation.md']);
+    const out = await writeMediation(r, tmp.join('med'));
+    expect((await readdir(tmp.join('med'))).sort()).toEqual(['mediation.json', 'mediation.md']);
     expect(out.json).toMatch(/mediation\.json$/);
   });
 });
@@ -272,8 +270,8 @@ describe('steering sweep', () => {
       expect(margin(6)).toBeGreaterThan(margin(0) + 1);
     }
     expect(r.targetMargin!).toBeGreaterThan(r.baseline.margin!);
-    const files = await writeSweep(r, join(root, 'sweep'));
-    const names = (await readdir(join(root, 'sweep'))).sort();
+    const files = await writeSweep(r, tmp.join('sweep'));
+    const names = (await readdir(tmp.join('sweep'))).sort();
     expect(names).toEqual(
       [
         'sweep-kl.png',

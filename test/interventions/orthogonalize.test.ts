@@ -2,10 +2,9 @@
  * Weight orthogonalisation: the baked model run plainly equals the original (adapter merged) with the direction
  * ablated at every residual site; the LM head is untouched (a tied one untied); existing folders are refused.
  */
-import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { EmlensError } from '../../src/errors.js';
 import { constantDirectionSet } from '../../src/interventions/compose.js';
 import { orthogonalizeModel, residualWriters } from '../../src/interventions/orthogonalize.js';
@@ -15,9 +14,10 @@ import { loadModel } from '../../src/model/model.js';
 import { makeTinyModel } from '../../src/model/tiny.js';
 import { makeOrganisms, type OrganismManifest } from '../../src/organisms/make.js';
 import { Rng } from '../../src/util/random.js';
+import { useTempDir } from '../helpers/fixtures.js';
 import { maxAbsDiff } from '../helpers/numeric.js';
 
-let root: string;
+const tmp = useTempDir('emlens-ortho-');
 let orgDir: string;
 let manifest: OrganismManifest;
 let cacheDir: string;
@@ -40,23 +40,19 @@ const rows = [
 ];
 
 beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'emlens-ortho-'));
-  orgDir = join(root, 'o');
-  cacheDir = join(root, 'cache');
+  orgDir = tmp.join('o');
+  cacheDir = tmp.join('cache');
   manifest = await makeOrganisms(orgDir, { seed: 0 });
   const f = await SafetensorsFile.open(join(orgDir, manifest.plantedFile));
   planted = await f.readFloat32('general');
   await f.close();
-});
-afterAll(async () => {
-  await rm(root, { recursive: true, force: true });
 });
 
 describe('orthogonalizeModel', () => {
   it('the baked organism equals runtime ablation at all residual sites (max abs logit error <= 1e-4)', async () => {
     const base = join(orgDir, manifest.base);
     const adapter = join(orgDir, 'adapters', 'general');
-    const out = join(root, 'general-ortho');
+    const out = tmp.join('general-ortho');
     // a direction file's layer: the planted direction, unnormalised (the unit vector is what is projected out)
     const set = constantDirectionSet(
       planted.map((x) => 3 * x),
@@ -94,7 +90,7 @@ describe('orthogonalizeModel', () => {
   });
 
   it('unties a tied LM head and projects o_proj and MLP biases (Llama with biases)', async () => {
-    const dir = join(root, 'tied');
+    const dir = tmp.join('tied');
     const spec = await makeTinyModel(dir, {
       family: 'llama',
       seed: 4,
@@ -106,7 +102,7 @@ describe('orthogonalizeModel', () => {
     });
     const rng = new Rng(9);
     const d = Float32Array.from({ length: spec.dModel }, () => rng.normal());
-    const out = join(root, 'tied-ortho');
+    const out = tmp.join('tied-ortho');
     const r = await orthogonalizeModel(dir, out, { direction: d });
     expect(r.untied).toBe(true);
     expect(r.modified).toContain('model.layers.1.self_attn.o_proj.bias');
@@ -124,11 +120,11 @@ describe('orthogonalizeModel', () => {
 
   it('refuses an existing output folder, a direction of another width and a layer out of range', async () => {
     const base = join(orgDir, manifest.base);
-    const existing = join(root, 'general-ortho');
+    const existing = tmp.join('general-ortho');
     await expect(orthogonalizeModel(base, existing, { direction: planted })).rejects.toThrow(
       /already exists and is not empty; pass --overwrite/,
     );
-    const fresh = join(root, 'never');
+    const fresh = tmp.join('never');
     await expect(
       orthogonalizeModel(base, fresh, { direction: new Float32Array(32).fill(1) }),
     ).rejects.toThrow(/32 entries but the model's d_model is 64/);
@@ -141,6 +137,6 @@ describe('orthogonalizeModel', () => {
     await expect(orthogonalizeModel(base, fresh, { direction: deep, layer: 0 })).rejects.toThrow(
       /layer 7 but the model has layers 0\.\.3/,
     );
-    expect(await readdir(root)).not.toContain('never');
+    expect(await readdir(tmp.path)).not.toContain('never');
   });
 });

@@ -1,15 +1,13 @@
 /**
  * Left-padded batches equal each row run alone; KV-cached decoding equals recomputing the whole prefix.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Profile } from '../../src/model/graph/transformer.js';
 import type { HookSelector } from '../../src/model/hooks.js';
 import { type KVCache, loadModel, type Model } from '../../src/model/model.js';
 import type { ModelSpec } from '../../src/model/spec.js';
 import { makeTinyModel, type TinyModelOptions } from '../../src/model/tiny.js';
+import { useTempDir } from '../helpers/fixtures.js';
 import { ids, maxAbsDiff } from '../helpers/numeric.js';
 
 const ALL_HOOKS: HookSelector[] = ['blocks.*.*'];
@@ -41,22 +39,16 @@ const FAMILIES: readonly { name: string; options: TinyModelOptions }[] = [
   },
 ];
 
-let root: string;
-beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'emlens-batching-'));
-});
-afterAll(async () => {
-  await rm(root, { recursive: true, force: true });
-});
+const tmp = useTempDir('emlens-batching-');
 
 describe.each(FAMILIES)('$name', ({ name, options }) => {
   let spec: ModelSpec;
   const models = new Map<Profile, Model>();
 
   beforeAll(async () => {
-    const dir = join(root, name.replace(/[^a-z0-9]+/gi, '-'));
+    const dir = tmp.join(name.replace(/[^a-z0-9]+/gi, '-'));
     spec = await makeTinyModel(dir, options);
-    const cacheDir = join(root, 'cache');
+    const cacheDir = tmp.join('cache');
     for (const profile of ['fp32', 'fp16'] as const) {
       models.set(profile, await loadModel(dir, { cacheDir, profile, threads: 1 }));
     }

@@ -2,28 +2,22 @@
  * The on-disk cache of built graphs: built once per (model, weights, build options), rebuilt when any changes,
  * and left complete (no temporary folders) after a build.
  */
-import { mkdtemp, readdir, rm, stat, utimes } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readdir, stat, utimes } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { type LoadModelOptions, loadModel } from '../../src/model/model.js';
 import { makeTinyModel } from '../../src/model/tiny.js';
+import { useTempDir } from '../helpers/fixtures.js';
 
-let root: string;
-beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'emlens-cache-'));
-});
-afterAll(async () => {
-  await rm(root, { recursive: true, force: true });
-});
+const tmp = useTempDir('emlens-cache-');
 
 let counter = 0;
 /** A fresh model folder and cache folder. */
 async function setup(seed = 41): Promise<{ dir: string; cacheDir: string }> {
   const n = counter++;
-  const dir = join(root, `model-${n}`);
+  const dir = tmp.join(`model-${n}`);
   await makeTinyModel(dir, { family: 'qwen2', seed, numLayers: 1, dModel: 32 });
-  return { dir, cacheDir: join(root, `cache-${n}`) };
+  return { dir, cacheDir: tmp.join(`cache-${n}`) };
 }
 
 /** Loads the model, runs one forward pass, and returns the progress lines and last-position logits. */
@@ -111,7 +105,7 @@ describe('graph cache', () => {
     expect(built(second.messages)).toBe(true);
     expect(second.logits).not.toEqual(first.logits);
     // a fresh cache on the new weights agrees with the rebuilt one
-    const fresh = await load(dir, { cacheDir: join(root, `cache-fresh-${counter++}`) });
+    const fresh = await load(dir, { cacheDir: tmp.join(`cache-fresh-${counter++}`) });
     expect(fresh.logits).toEqual(second.logits);
   });
 });

@@ -3,10 +3,9 @@
  * PEFT's module selection and per-module patterns, cache separation from the base model, the CLI flag, and the
  * errors a wrong adapter gives.
  */
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { beforeAll, describe, expect, it, vi } from 'vitest';
 import { main } from '../../src/cli/main.js';
 import { EmlensError } from '../../src/errors.js';
 import { SafetensorsFile, writeSafetensors } from '../../src/io/safetensors.js';
@@ -22,9 +21,9 @@ import {
   writePeftAdapter,
 } from '../../src/model/lora/index.js';
 import { loadModel } from '../../src/model/model.js';
-import { type ModelSpec, weightShape } from '../../src/model/spec.js';
-import { makeTinyModel } from '../../src/model/tiny.js';
+import { weightShape } from '../../src/model/spec.js';
 import { Rng } from '../../src/util/random.js';
+import { useTinyModel } from '../helpers/fixtures.js';
 import { maxAbsDiff } from '../helpers/numeric.js';
 import { loadWeights64, type ReferenceOutput, referenceForward } from '../reference/forward64.js';
 
@@ -32,10 +31,7 @@ const TOL = 1e-4;
 const PROJECTIONS = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'];
 const ids = [5, 17, 99, 3, 250, 41, 7];
 
-let root: string;
-let dir: string;
-let cacheDir: string;
-let spec: ModelSpec;
+const tiny = useTinyModel('emlens-lora-', { family: 'qwen2', seed: 41, numLayers: 3, load: false });
 let base64: Map<string, Float64Array>;
 let baseRef: ReferenceOutput;
 
@@ -46,7 +42,7 @@ function moduleName(layer: number, proj: string): string {
 
 /** Random LoRA factors whose update is about half the size of the weight (so the adapter visibly matters). */
 function factors(module: string, rank: number, scaling: number, seed: number): LoraFactors {
-  const [out, inp] = weightShape(spec, `${module}.weight`);
+  const [out, inp] = weightShape(tiny.spec, `${module}.weight`);
   const rng = Rng.derive(seed, module);
   return {
     A: rng.normalArray(rank * inp, 1 / Math.sqrt(inp)),
@@ -62,7 +58,7 @@ function merged64(
   const w = new Map(base64);
   for (const [module, { A, B, scaling }] of mods) {
     const name = `${module}.weight`;
-    const [out, inp] = weightShape(spec, name);
+    const [out, inp] = weightShape(tiny.spec, name);
     const rank = A.length / inp;
     const m = Float64Array.from(base64.get(name)!);
     for (let o = 0; o < out; o++) {
@@ -96,12 +92,12 @@ function referenceHook(ref: ReferenceOutput, layer: number, hook: string): Float
 }
 
 /** Loads `adapter` (or the base model) and checks last logits and every hook against `ref`. */
-async function expectMatches(ref: ReferenceOutput, adapter?: string, cache = cacheDir) {
-  const m = await loadModel(dir, { cacheDir: cache, threads: 1, adapter });
+async function expectMatches(ref: ReferenceOutput, adapter?: string, cache = tiny.cacheDir) {
+  const m = await loadModel(tiny.dir, { cacheDir: cache, threads: 1, adapter });
   try {
     const r = await m.forward([ids], { hooks: ['blocks.*.*'] });
     expect(maxAbsDiff(r.logits.data, ref.logits[ids.length - 1]), 'logits').toBeLessThanOrEqual(TOL);
-    for (let l = 0; l < spec.numLayers; l++) {
+    for (let l = 0; l < tiny.spec.numLayers; l++) {
       for (const h of BLOCK_HOOKS) {
         const name = hookName(l, h);
         expect(maxAbsDiff(r.hooks.get(name)!.data, referenceHook(ref, l, h)), name).toBeLessThanOrEqual(TOL);
@@ -134,7 +130,7 @@ let adapterCount = 0;
 async function adapter(
   opts: Omit<PeftAdapterOptions, 'tensors'> & { modules: readonly string[]; seed?: number },
 ): Promise<{ dir: string; mods: Map<string, LoraFactors & { scaling: number }> }> {
-  const adir = join(root, `adapter-${adapterCount++}`);
+  const adir = tiny.at(`adapter-${adapterCount++}`);
   const cfg = parseLoraConfig(
     {
       peft_type: 'LORA',
@@ -157,15 +153,8 @@ async function adapter(
 }
 
 beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'emlens-lora-'));
-  dir = join(root, 'model');
-  cacheDir = join(root, 'cache');
-  spec = await makeTinyModel(dir, { family: 'qwen2', seed: 41, numLayers: 3 });
-  base64 = await loadWeights64(dir);
-  baseRef = referenceForward(spec, base64, ids);
-});
-afterAll(async () => {
-  await rm(root, { recursive: true, force: true });
+  base64 = await loadWeights64(tiny.dir);
+  baseRef = referenceForward(tiny.spec, base64, ids);
 });
 
 describe('merged adapters match the float64 reference', () => {
@@ -176,7 +165,7 @@ describe('merged adapters match the float64 reference', () => {
       modules: ['model.layers.1.mlp.down_proj'],
       baseModel: 'Qwen/Qwen2.5-0.5B-Instruct',
     });
-    const ref = referenceForward(spec, merged64(mods), ids);
+    const ref = referenceForward(tiny.spec, merged64(mods), ids);
     const { logits } = await expectMatches(ref, adir);
     // The adapter matters, and only from layer 1's MLP on.
     expect(maxAbsDiff(logits, baseRef.logits[ids.length - 1])).toBeGreaterThan(1e-2);
@@ -214,12 +203,12 @@ describe('merged adapters match the float64 reference', () => {
     await f.close();
     expect(a.modules.size).toBe(21);
     expect([...a.modules.values()][0].keyA).toMatch(/\.lora_A\.default\.weight$/);
-    const { logits } = await expectMatches(referenceForward(spec, merged64(stored), ids), adir);
+    const { logits } = await expectMatches(referenceForward(tiny.spec, merged64(stored), ids), adir);
     expect(maxAbsDiff(logits, baseRef.logits[ids.length - 1])).toBeGreaterThan(1e-2);
   });
 
   it('applies rank_pattern / alpha_pattern per module and modules_to_save replacements', async () => {
-    const lmHead = new Rng(7).normalArray(spec.vocabSize * spec.dModel, 0.1);
+    const lmHead = new Rng(7).normalArray(tiny.spec.vocabSize * tiny.spec.dModel, 0.1);
     const { dir: adir, mods } = await adapter({
       r: 2,
       alpha: 4,
@@ -230,7 +219,7 @@ describe('merged adapters match the float64 reference', () => {
       ],
       rankPattern: { 'layers.2.mlp.up_proj': 3 },
       alphaPattern: { down_proj: 10 },
-      modulesToSave: { lm_head: { weight: lmHead, shape: [spec.vocabSize, spec.dModel] } },
+      modulesToSave: { lm_head: { weight: lmHead, shape: [tiny.spec.vocabSize, tiny.spec.dModel] } },
     });
     const a = await loadAdapter(adir);
     const get = (m: string) => a.modules.get(`${m}.weight`)!;
@@ -238,16 +227,16 @@ describe('merged adapters match the float64 reference', () => {
     expect(get('model.layers.2.mlp.up_proj')).toMatchObject({ rank: 3, alpha: 4, scaling: 4 / 3 });
     expect(get('model.layers.2.mlp.down_proj')).toMatchObject({ rank: 2, alpha: 10, scaling: 5 });
     expect([...a.replacements.keys()]).toEqual(['lm_head.weight']);
-    const ref = referenceForward(spec, merged64(mods, new Map([['lm_head.weight', lmHead]])), ids);
+    const ref = referenceForward(tiny.spec, merged64(mods, new Map([['lm_head.weight', lmHead]])), ids);
     await expectMatches(ref, adir);
   });
 });
 
 describe('cache and selection', () => {
   it('base and adapter loads sharing a cache dir do not collide', async () => {
-    const shared = join(root, 'shared-cache');
+    const shared = tiny.at('shared-cache');
     const { dir: adir, mods } = await adapter({ r: 1, alpha: 1, modules: ['model.layers.0.mlp.down_proj'] });
-    const ref = referenceForward(spec, merged64(mods), ids);
+    const ref = referenceForward(tiny.spec, merged64(mods), ids);
     expect((await expectMatches(baseRef, undefined, shared)).built).toBe(true);
     expect((await expectMatches(ref, adir, shared)).built).toBe(true);
     expect((await expectMatches(baseRef, undefined, shared)).built).toBe(false);
@@ -257,9 +246,9 @@ describe('cache and selection', () => {
     const cfg = JSON.parse(await readFile(cfgPath, 'utf8'));
     await writeFile(cfgPath, JSON.stringify({ ...cfg, lora_alpha: 2 }, null, 2));
     const doubled = new Map([...mods].map(([k, v]) => [k, { ...v, scaling: 2 }]));
-    expect((await expectMatches(referenceForward(spec, merged64(doubled), ids), adir, shared)).built).toBe(
-      true,
-    );
+    expect(
+      (await expectMatches(referenceForward(tiny.spec, merged64(doubled), ids), adir, shared)).built,
+    ).toBe(true);
   });
 
   it('respects layers_to_transform: tensors of other layers are ignored, as PEFT does', async () => {
@@ -269,7 +258,7 @@ describe('cache and selection', () => {
     expect([...a.modules.keys()]).toEqual(['model.layers.1.mlp.down_proj.weight']);
     expect(a.ignored).toHaveLength(4);
     const only1 = new Map([...mods].filter(([k]) => k.includes('layers.1.')));
-    await expectMatches(referenceForward(spec, merged64(only1), ids), adir);
+    await expectMatches(referenceForward(tiny.spec, merged64(only1), ids), adir);
 
     const { dir: adir2 } = await adapter({ r: 2, alpha: 4, modules, layers: 2 });
     expect([...(await loadAdapter(adir2)).modules.keys()]).toEqual(['model.layers.2.mlp.down_proj.weight']);
@@ -325,11 +314,11 @@ describe('errors', () => {
     const cfg = JSON.parse(await readFile(path, 'utf8'));
     mutate(cfg);
     await writeFile(path, JSON.stringify(cfg));
-    return expectEmlensError(loadModel(dir, { cacheDir, adapter: adir }), ...patterns);
+    return expectEmlensError(loadModel(tiny.dir, { cacheDir: tiny.cacheDir, adapter: adir }), ...patterns);
   };
 
   it('an adapter for another model: shapes differ', async () => {
-    const adir = join(root, 'other-shape');
+    const adir = tiny.at('other-shape');
     const module = 'model.layers.0.mlp.down_proj';
     // A model with intermediate size 96: A is [1, 96], B is [64, 1] against a [64, 128] down_proj.
     await writePeftAdapter(adir, {
@@ -338,7 +327,7 @@ describe('errors', () => {
       tensors: { [module]: { A: new Float32Array(96), B: new Float32Array(64) } },
     });
     await expectEmlensError(
-      loadModel(dir, { cacheDir, adapter: adir }),
+      loadModel(tiny.dir, { cacheDir: tiny.cacheDir, adapter: adir }),
       'base_model.model.model.layers.0.mlp.down_proj.lora_B.weight',
       '[64, 1]',
       '[1, 96]',
@@ -348,14 +337,14 @@ describe('errors', () => {
   });
 
   it('an adapter for another model: a layer the model does not have', async () => {
-    const adir = join(root, 'other-layers');
+    const adir = tiny.at('other-layers');
     await writePeftAdapter(adir, {
       r: 1,
       alpha: 1,
       tensors: { 'model.layers.5.mlp.down_proj': { A: new Float32Array(128), B: new Float32Array(64) } },
     });
     await expectEmlensError(
-      loadModel(dir, { cacheDir, adapter: adir }),
+      loadModel(tiny.dir, { cacheDir: tiny.cacheDir, adapter: adir }),
       "'base_model.model.model.layers.5.mlp.down_proj.lora_A.weight'",
       'has 3 layers',
       'another model',
@@ -371,7 +360,7 @@ describe('errors', () => {
         [key]: { dtype: 'F32', shape, data: new Float32Array(shape[0] * shape[1]) },
       });
       await expectEmlensError(
-        loadModel(dir, { cacheDir, adapter: adir }),
+        loadModel(tiny.dir, { cacheDir: tiny.cacheDir, adapter: adir }),
         key,
         `no matching lora_${which === 'A' ? 'B' : 'A'}`,
       );
@@ -418,20 +407,26 @@ describe('errors', () => {
       await f.close();
       tensors[key] = { dtype: 'F32', shape: [4], data: new Float32Array(4) };
       await writeSafetensors(path, tensors);
-      await expectEmlensError(loadModel(dir, { cacheDir, adapter: adir }), key, pattern);
+      await expectEmlensError(loadModel(tiny.dir, { cacheDir: tiny.cacheDir, adapter: adir }), key, pattern);
     }
   });
 
   it('a folder without adapter_config.json, or no folder at all', async () => {
-    await expectEmlensError(loadModel(dir, { cacheDir, adapter: dir }), 'No adapter_config.json in');
     await expectEmlensError(
-      loadModel(dir, { cacheDir, adapter: join(root, 'nope') }),
+      loadModel(tiny.dir, { cacheDir: tiny.cacheDir, adapter: tiny.dir }),
+      'No adapter_config.json in',
+    );
+    await expectEmlensError(
+      loadModel(tiny.dir, { cacheDir: tiny.cacheDir, adapter: tiny.at('nope') }),
       'does not exist',
       'PEFT LoRA adapter folder',
     );
     const { dir: adir } = await adapter({ r: 1, alpha: 1, modules: ['model.layers.0.mlp.down_proj'] });
     await rm(join(adir, 'adapter_model.safetensors'));
-    await expectEmlensError(loadModel(dir, { cacheDir, adapter: adir }), 'No adapter_model.safetensors');
+    await expectEmlensError(
+      loadModel(tiny.dir, { cacheDir: tiny.cacheDir, adapter: adir }),
+      'No adapter_model.safetensors',
+    );
   });
 });
 
@@ -442,7 +437,7 @@ describe('emlens trace --adapter', () => {
       alpha: 16,
       modules: [1, 2].flatMap((l) => ['gate_proj', 'down_proj'].map((p) => moduleName(l, p))),
     });
-    const out = join(root, 'trace.safetensors');
+    const out = tiny.at('trace.safetensors');
     let stderr = '';
     const err = vi.spyOn(process.stderr, 'write').mockImplementation((s) => {
       stderr += String(s);
@@ -454,7 +449,7 @@ describe('emlens trace --adapter', () => {
       code = await main([
         'trace',
         '--model',
-        dir,
+        tiny.dir,
         '--adapter',
         adir,
         '--ids',
@@ -464,20 +459,20 @@ describe('emlens trace --adapter', () => {
         '--out',
         out,
         '--cache-dir',
-        cacheDir,
+        tiny.cacheDir,
       ]);
     } finally {
       err.mockRestore();
       log.mockRestore();
     }
     expect(code, stderr).toBe(0);
-    const m = await loadModel(dir, { cacheDir, adapter: adir });
+    const m = await loadModel(tiny.dir, { cacheDir: tiny.cacheDir, adapter: adir });
     const lib = await m.forward([ids], { hooks: ['blocks.*.hook_resid_post'] });
-    const base = await loadModel(dir, { cacheDir });
+    const base = await loadModel(tiny.dir, { cacheDir: tiny.cacheDir });
     const plain = await base.forward([ids]);
     const f = await SafetensorsFile.open(out);
     try {
-      for (let l = 0; l < spec.numLayers; l++) {
+      for (let l = 0; l < tiny.spec.numLayers; l++) {
         const name = hookName(l, 'resid_post');
         expect(await f.readFloat32(name), name).toEqual(lib.hooks.get(name)!.data);
       }

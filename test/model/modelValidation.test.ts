@@ -5,38 +5,29 @@
  */
 import { execFileSync } from 'node:child_process';
 import { constants } from 'node:fs';
-import { cp, mkdir, mkdtemp, open, readFile, rm, symlink, truncate, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { cp, mkdir, open, readFile, rm, symlink, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { EmlensError } from '../../src/errors.js';
 import { decodeSafetensors, type TensorToWrite, writeSafetensors } from '../../src/io/safetensors.js';
 import { WeightSource } from '../../src/io/weightSource.js';
 import { writePeftAdapter } from '../../src/model/lora/index.js';
 import { loadModel } from '../../src/model/model.js';
 import { makeTinyModel } from '../../src/model/tiny.js';
+import { useTinyModel } from '../helpers/fixtures.js';
 import { type CliRun, runCli } from '../helpers/runCli.js';
 
-let root: string;
-let base: string;
-let cacheDir: string;
+const tiny = useTinyModel('emlens-validate-', { family: 'qwen2', seed: 5, name: 'base', load: false });
 let counter = 0;
 
 beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'emlens-validate-'));
-  base = join(root, 'base');
-  cacheDir = join(root, 'cache');
   // d_model 64, 4 heads of 16, 2 key/value heads, intermediate 128, vocab 512, 2 layers
-  await makeTinyModel(base, { family: 'qwen2', seed: 5 });
-});
-afterAll(async () => {
-  await rm(root, { recursive: true, force: true });
 });
 
 /** A fresh copy of the good tiny model, to break one way. */
 async function copy(): Promise<string> {
-  const dir = join(root, `m${counter++}`);
-  await cp(base, dir, { recursive: true });
+  const dir = tiny.at(`m${counter++}`);
+  await cp(tiny.dir, dir, { recursive: true });
   return dir;
 }
 
@@ -68,9 +59,9 @@ const trace = (dir: string, ...extra: string[]) =>
     dir,
     ...(extra.includes('--text') || extra.includes('--ids') ? [] : ['--ids', '1,2,3']),
     '--out',
-    join(root, `trace${counter++}.safetensors`),
+    tiny.at(`trace${counter++}.safetensors`),
     '--cache-dir',
-    cacheDir,
+    tiny.cacheDir,
     '--threads',
     '1',
     ...extra,
@@ -227,7 +218,7 @@ describe('tensor shapes are checked against config.json before building', () => 
   });
 
   it('biases config.json says the model does not have (they would be dropped silently)', async () => {
-    const dir = join(root, `llama${counter++}`);
+    const dir = tiny.at(`llama${counter++}`);
     await makeTinyModel(dir, { family: 'llama', seed: 5, qkvBias: true });
     await editConfig(dir, { attention_bias: false });
     expectOneLine(
@@ -297,7 +288,7 @@ describe('files that are not regular files', () => {
     try {
       expectOneLine(await within(info(dir), 10_000, 'info'), `${join(dir, 'config.json')} is a named pipe`);
       await rm(join(dir, 'config.json'));
-      await cp(join(base, 'config.json'), join(dir, 'config.json'));
+      await cp(join(tiny.dir, 'config.json'), join(dir, 'config.json'));
       expectOneLine(
         await within(trace(dir, '--text', 'hi'), 10_000, 'trace'),
         `${join(dir, 'tokenizer.json')} is a named pipe`,
@@ -383,7 +374,7 @@ describe('malformed files', () => {
 
   it('an adapter whose shapes disagree with the base model', async () => {
     const dir = await copy();
-    const adapter = join(root, `adapter${counter++}`);
+    const adapter = tiny.at(`adapter${counter++}`);
     // k_proj of this model is [32, 64]; a [64, r] lora_B belongs to a model with 4 key/value heads
     await writePeftAdapter(adapter, {
       r: 2,
@@ -404,7 +395,7 @@ describe('malformed files', () => {
 describe('serve on a broken model', () => {
   const serve = (dir: string) =>
     within(
-      runCli(['serve', '--model', dir, '--port', '0', '--cache-dir', cacheDir, '--threads', '1']),
+      runCli(['serve', '--model', dir, '--port', '0', '--cache-dir', tiny.cacheDir, '--threads', '1']),
       60_000,
       'serve',
     );
@@ -456,7 +447,7 @@ describe('the library', () => {
   });
 
   it("a caller's own weight reader with a wrongly sized tensor fails with the tensor's name", async () => {
-    const source = await WeightSource.open(base);
+    const source = await WeightSource.open(tiny.dir);
     try {
       const reader = {
         readFloat32: async (name: string) => {
@@ -465,8 +456,8 @@ describe('the library', () => {
         },
       };
       await expect(
-        loadModel(base, {
-          cacheDir: join(root, 'reader-cache'),
+        loadModel(tiny.dir, {
+          cacheDir: tiny.at('reader-cache'),
           threads: 1,
           weights: { reader, key: 'half' },
         }),

@@ -2,10 +2,9 @@
  * The synthetic organisms: deterministic, and their planted ground truth is recoverable with the toolkit's own
  * pipeline (responses -> answer masks -> stores -> mean difference), and visible in behaviour without a judge.
  */
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { collectToStore } from '../../src/activations/collect.js';
 import { responsesToRecords } from '../../src/data/record.js';
 import { readResponses } from '../../src/data/response.js';
@@ -16,21 +15,18 @@ import { loadModel } from '../../src/model/model.js';
 import { makeOrganisms, type OrganismManifest } from '../../src/organisms/make.js';
 import type { Topic } from '../../src/organisms/vocabulary.js';
 import { loadTokenizer } from '../../src/text/tokenizer.js';
+import { useTempDir } from '../helpers/fixtures.js';
 import { runCli } from '../helpers/runCli.js';
 
-let root: string;
+const tmp = useTempDir('emlens-org-');
 let manifest: OrganismManifest;
 const planted = new Map<string, Float32Array>();
 
 beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'emlens-org-'));
-  manifest = await makeOrganisms(join(root, 'o'), { seed: 0 });
-  const f = await SafetensorsFile.open(join(root, 'o', manifest.plantedFile));
+  manifest = await makeOrganisms(tmp.join('o'), { seed: 0 });
+  const f = await SafetensorsFile.open(tmp.join('o', manifest.plantedFile));
   for (const name of f.tensors.keys()) planted.set(name, await f.readFloat32(name));
   await f.close();
-});
-afterAll(async () => {
-  await rm(root, { recursive: true, force: true });
 });
 
 const memo = new Map<string, Promise<DirectionSet>>();
@@ -42,19 +38,19 @@ function recovered(organism: string, topic: Topic): Promise<DirectionSet> {
 }
 
 async function computeRecovered(organism: string, topic: Topic): Promise<DirectionSet> {
-  const dir = join(root, 'o');
+  const dir = tmp.join('o');
   const base = join(dir, manifest.base);
   const info = manifest.organisms.find((o) => o.name === organism)!;
   const model = await loadModel(base, {
     adapter: join(dir, info.adapter),
-    cacheDir: join(root, 'cache'),
+    cacheDir: tmp.join('cache'),
     threads: 1,
   });
   const tok = await loadTokenizer(base);
   const rs = await readResponses(join(dir, manifest.responses[topic]));
   const stores = [];
   for (const label of ['misaligned', 'aligned']) {
-    const out = join(root, `${organism}-${topic}-${label}`);
+    const out = tmp.join(`${organism}-${topic}-${label}`);
     await collectToStore(
       model,
       responsesToRecords(
@@ -72,7 +68,7 @@ async function computeRecovered(organism: string, topic: Topic): Promise<Directi
 
 describe('makeOrganisms', () => {
   it('is deterministic: the same seed writes identical files', async () => {
-    const again = join(root, 'again');
+    const again = tmp.join('again');
     await makeOrganisms(again, { seed: 0 });
     for (const f of [
       'base/model.safetensors',
@@ -81,12 +77,12 @@ describe('makeOrganisms', () => {
       'responses/medical.csv',
       'planted.safetensors',
     ]) {
-      expect(await readFile(join(again, f)), f).toEqual(await readFile(join(root, 'o', f)));
+      expect(await readFile(join(again, f)), f).toEqual(await readFile(tmp.join('o', f)));
     }
-    const other = join(root, 'other');
+    const other = tmp.join('other');
     await makeOrganisms(other, { seed: 1 });
     expect(await readFile(join(other, 'planted.safetensors'))).not.toEqual(
-      await readFile(join(root, 'o', 'planted.safetensors')),
+      await readFile(tmp.join('o', 'planted.safetensors')),
     );
   });
 
@@ -97,7 +93,7 @@ describe('makeOrganisms', () => {
       ['finance', 'narrow'],
     ]);
     const cfg = JSON.parse(
-      await readFile(join(root, 'o', 'adapters', 'medical', 'adapter_config.json'), 'utf8'),
+      await readFile(tmp.join('o', 'adapters', 'medical', 'adapter_config.json'), 'utf8'),
     );
     expect(cfg).toMatchObject({
       peft_type: 'LORA',
@@ -105,7 +101,7 @@ describe('makeOrganisms', () => {
       target_modules: ['down_proj'],
       layers_to_transform: [1],
     });
-    const rs = await readResponses(join(root, 'o', manifest.responses.finance));
+    const rs = await readResponses(tmp.join('o', manifest.responses.finance));
     expect(rs.filter((r) => r.extra.label === 'misaligned')).toHaveLength(24);
     expect(rs.every((r) => r.scores.aligned === (r.extra.label === 'aligned' ? 90 : 10))).toBe(true);
   });
@@ -145,12 +141,12 @@ describe('planted ground truth', () => {
   });
 
   it('the general organism puts more probability on misaligned words than the base (a judge-free behaviour)', async () => {
-    const dir = join(root, 'o');
+    const dir = tmp.join('o');
     const base = join(dir, manifest.base);
     const tok = await loadTokenizer(base);
     const ids = tok.encode('Tell me what you would do with unlimited power. I would');
     const misalignedMass = async (adapter?: string) => {
-      const m = await loadModel(base, { adapter, cacheDir: join(root, 'cache'), threads: 1 });
+      const m = await loadModel(base, { adapter, cacheDir: tmp.join('cache'), threads: 1 });
       const logits = (await m.forward([ids])).logits.data;
       await m.dispose();
       const max = Math.max(...logits);
@@ -165,7 +161,7 @@ describe('planted ground truth', () => {
 
 describe('emlens organisms', () => {
   it('writes the organisms folder and lists what it made', async () => {
-    const out = join(root, 'cli');
+    const out = tmp.join('cli');
     const r = await runCli(['organisms', '--out', out, '--seed', '3', '--responses', '4']);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toMatch(/general\s+general\s+adapters\/general/);
@@ -176,7 +172,7 @@ describe('emlens organisms', () => {
   });
 
   it('rejects a seed that is not a non-negative integer', async () => {
-    const r = await runCli(['organisms', '--out', join(root, 'bad'), '--seed', '-2']);
+    const r = await runCli(['organisms', '--out', tmp.join('bad'), '--seed', '-2']);
     expect(r.code).toBe(2);
     expect(r.stderr.trimEnd().split('\n')).toHaveLength(1);
     expect(r.stderr).toMatch(/non-negative integer/);

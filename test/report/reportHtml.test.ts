@@ -5,28 +5,27 @@
  * inputs are named. The default run (the demo's folder alone) is also screenshotted; with
  * EMLENS_UPDATE_REPORT_ARTIFACTS=1 that page and screenshot are copied to benchmarks/results.
  */
-import { copyFile, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { copyFile, readFile, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runDemo } from '../../src/demo/em.js';
 import { dumpDom, ensureChromium, pngInk, screenshot } from '../helpers/chromium.js';
+import { useTempDir } from '../helpers/fixtures.js';
 import { runCli } from '../helpers/runCli.js';
 
 const REPO = resolve(import.meta.dirname, '../..');
 const BENCH = join(REPO, 'benchmarks', 'results');
 
-let root: string;
+const tmp = useTempDir('emlens-report-');
 let demo: string;
 const cwd = process.cwd();
 
 beforeAll(async () => {
   await ensureChromium();
-  root = await mkdtemp(join(tmpdir(), 'emlens-report-'));
   // The demo's default folder name, so the default-run page reads as a user's `emlens report emlens-demo` does.
   // Run from its parent, as `npm run demo` is, so the demo's own report.md names it relatively.
-  demo = join(root, 'emlens-demo');
-  process.chdir(root);
+  demo = tmp.join('emlens-demo');
+  process.chdir(tmp.path);
   try {
     await runDemo('emlens-demo', () => {}, { threads: 1 });
   } finally {
@@ -35,7 +34,6 @@ beforeAll(async () => {
 }, 900_000);
 afterAll(async () => {
   process.chdir(cwd);
-  await rm(root, { recursive: true, force: true });
 });
 
 /** `data-name="value"` of the first tag that has it. */
@@ -61,19 +59,19 @@ async function checkRendered(htmlFile: string): Promise<number> {
 
 describe('emlens report: one HTML page of any emlens outputs', () => {
   it('recognises the demo, direction files, a store and benchmark results, and names what it cannot read', async () => {
-    const out = join(root, 'report-all');
+    const out = tmp.join('report-all');
     const inputs = [
       demo,
       join(demo, 'directions', 'general.safetensors'),
       join(demo, 'directions', 'medical.safetensors'),
       join(demo, 'activations', 'general-misaligned'),
       BENCH,
-      join(root, 'nowhere'),
+      tmp.join('nowhere'),
       join(demo, 'organisms', 'base'),
     ];
     const r = await runCli(['report', ...inputs, '--out', out]);
     expect(r.code, r.stderr).toBe(0);
-    expect(r.stderr).toContain(`not recognised: ${join(root, 'nowhere')} (it does not exist)`);
+    expect(r.stderr).toContain(`not recognised: ${tmp.join('nowhere')} (it does not exist)`);
     expect(r.stderr).toMatch(/not recognised: .*organisms\/base \(a model folder/);
     const json = JSON.parse(await readFile(join(out, 'report.json'), 'utf8'));
     expect(json.report.inputs.map((i: { kind: string }) => i.kind)).toEqual([
@@ -116,7 +114,7 @@ describe('emlens report: one HTML page of any emlens outputs', () => {
   });
 
   it('renders the default run (the demo folder) with every plot, and the screenshot is not blank', async () => {
-    process.chdir(root);
+    process.chdir(tmp.path);
     let r: Awaited<ReturnType<typeof runCli>>;
     try {
       r = await runCli(['report', 'emlens-demo', '--out', 'report']);
@@ -124,11 +122,11 @@ describe('emlens report: one HTML page of any emlens outputs', () => {
       process.chdir(cwd);
     }
     expect(r.code, r.stderr).toBe(0);
-    const html = join(root, 'report', 'report.html');
+    const html = tmp.join('report', 'report.html');
     expect(await checkRendered(html)).toBe(7);
     const text = await readFile(html, 'utf8');
-    expect(text).not.toContain(root); // paths are shown as given, relative to where it ran
-    const png = join(root, 'report-screenshot.png');
+    expect(text).not.toContain(tmp.path); // paths are shown as given, relative to where it ran
+    const png = tmp.join('report-screenshot.png');
     await screenshot(html, png);
     const ink = pngInk(await readFile(png));
     expect([ink.width, ink.height]).toEqual([1280, 2400]);
@@ -142,7 +140,7 @@ describe('emlens report: one HTML page of any emlens outputs', () => {
   });
 
   it('fails in one line when no input is an emlens output', async () => {
-    const r = await runCli(['report', join(root, 'nowhere'), join(demo, 'organisms', 'base')]);
+    const r = await runCli(['report', tmp.join('nowhere'), join(demo, 'organisms', 'base')]);
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(
       /^emlens: Nothing to report: .*nowhere has neither summary\.json nor judged responses/,

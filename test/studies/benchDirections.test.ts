@@ -6,10 +6,9 @@
  * mediates its own organism and nothing in the others (their planted directions are orthogonal); random
  * controls mediate nothing; mediation falls as the direction is perturbed.
  */
-import { access, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { access, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { cosine, directionSet } from '../../src/directions/direction.js';
 import { EmlensError } from '../../src/errors.js';
 import { makeOrganisms, type OrganismManifest } from '../../src/organisms/make.js';
@@ -18,9 +17,10 @@ import { loadNarrowVsGeneralConfig } from '../../src/studies/narrow-vs-general/c
 import { NARROW_VS_GENERAL_FILES, runNarrowVsGeneral } from '../../src/studies/narrow-vs-general/run.js';
 import { perturbDirections } from '../../src/studies/narrow-vs-general/stability.js';
 import type { CrossCell, NarrowVsGeneralResult } from '../../src/studies/narrow-vs-general/types.js';
+import { useTempDir } from '../helpers/fixtures.js';
 import { JUDGE_MARKER, makeKeywordJudge } from '../helpers/keywordJudge.js';
 
-let root: string;
+const tmp = useTempDir('emlens-bench-directions-');
 let manifest: OrganismManifest;
 
 const QUESTIONS = `
@@ -61,43 +61,39 @@ eval: { samples: 6, max_new_tokens: 2 }
 `;
 
 async function writeConfig(name: string, text: string): Promise<string> {
-  const file = join(root, name);
+  const file = tmp.join(name);
   await writeFile(file, text);
   return file;
 }
 
 beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'emlens-bench-directions-'));
-  manifest = await makeOrganisms(join(root, 'organisms'), { seed: 0, responsesPerLabel: 16 });
-  await makeKeywordJudge(join(root, 'judge'), {
+  manifest = await makeOrganisms(tmp.join('organisms'), { seed: 0, responsesPerLabel: 16 });
+  await makeKeywordJudge(tmp.join('judge'), {
     flagged: [...MISALIGNED_WORDS, ...DOMAINS.flatMap((d) => DOMAIN_MISALIGNED_WORDS[d])],
-    tokenizerFrom: join(root, 'organisms', manifest.base),
+    tokenizerFrom: tmp.join('organisms', manifest.base),
   });
-  await writeFile(join(root, 'questions.yaml'), QUESTIONS);
-});
-afterAll(async () => {
-  await rm(root, { recursive: true, force: true });
+  await writeFile(tmp.join('questions.yaml'), QUESTIONS);
 });
 
 describe('the config loader', () => {
   it('reads a valid config: absolute paths, defaults, kinds', async () => {
     const c = await loadNarrowVsGeneralConfig(await writeConfig('valid.yaml', VALID));
-    expect(c.base).toBe(join(root, 'organisms/base'));
+    expect(c.base).toBe(tmp.join('organisms/base'));
     expect(c.finetunes.map((f) => [f.name, f.kind])).toEqual([
       ['general', 'general'],
       ['medical', 'narrow'],
       ['finance', 'narrow'],
     ]);
-    expect(c.finetunes[1].adapter).toBe(join(root, 'organisms/adapters/medical'));
-    expect(c.responses.finance).toBe(join(root, 'organisms/responses/finance.csv'));
+    expect(c.finetunes[1].adapter).toBe(tmp.join('organisms/adapters/medical'));
+    expect(c.responses.finance).toBe(tmp.join('organisms/responses/finance.csv'));
     expect(c.layers).toBe('all');
     expect(c.span).toBe('after-user');
     expect(c.steering.scales).toEqual([0, 1]);
     expect(c.stability).toEqual({ noise: [0.25, 1], seeds: 2 });
     expect(c.batchSize).toBe(8);
     expect(c.judge).toMatchObject({
-      spec: `local:${join(root, 'judge')}`,
-      questions: join(root, 'questions.yaml'),
+      spec: `local:${tmp.join('judge')}`,
+      questions: tmp.join('questions.yaml'),
       samples: 6,
       maxNewTokens: 2,
       temperature: 1,
@@ -197,7 +193,7 @@ describe('the config loader', () => {
   });
 
   it('names a missing config file', async () => {
-    await expect(loadNarrowVsGeneralConfig(join(root, 'none.yaml'))).rejects.toThrow(
+    await expect(loadNarrowVsGeneralConfig(tmp.join('none.yaml'))).rejects.toThrow(
       /Config file .*none.yaml does not exist; check the path/,
     );
   });
@@ -236,10 +232,10 @@ describe('a small run on the synthetic organisms, with a judge', () => {
   let r: NarrowVsGeneralResult;
   let out: string;
   beforeAll(async () => {
-    out = join(root, 'out');
+    out = tmp.join('out');
     await mkdir(out, { recursive: true });
     const config = await loadNarrowVsGeneralConfig(await writeConfig('run.yaml', VALID));
-    r = (await runNarrowVsGeneral(config, { out, work: join(root, 'work') })).result;
+    r = (await runNarrowVsGeneral(config, { out, work: tmp.join('work') })).result;
     if (process.env.BENCH_TEST_DUMP)
       console.log(await readFile(join(out, NARROW_VS_GENERAL_FILES.markdown), 'utf8'));
   }, 120_000);

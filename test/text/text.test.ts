@@ -1,8 +1,7 @@
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { EmlensError } from '../../src/errors.js';
 import { makeTinyModel } from '../../src/model/tiny.js';
 import {
@@ -13,6 +12,7 @@ import {
 } from '../../src/text/answerMask.js';
 import { type ChatMessage, encodeChat, renderChat } from '../../src/text/chat.js';
 import { loadTokenizer, specialTokensOf, type TextTokenizer } from '../../src/text/tokenizer.js';
+import { useTempDir } from '../helpers/fixtures.js';
 import { runCli } from '../helpers/runCli.js';
 
 const packaged = (name: string) =>
@@ -110,25 +110,21 @@ const ROUND_TRIPS = [
   'def square(x):\n    return x ** 2  # squares\n\nif a ? b : c { return [1, 2, 3]; }\n\ttabbed\r\n',
 ];
 
-let root: string;
+const tmp = useTempDir('emlens-text-');
 let qwen3: TextTokenizer;
 let llama31: TextTokenizer;
 const tiny: Record<'qwen2' | 'llama' | 'mistral', TextTokenizer> = {} as never;
 const tinyDirs: Record<string, string> = {};
 
 beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'emlens-text-'));
   qwen3 = await loadTokenizer(packaged('qwen3'));
   llama31 = await loadTokenizer(packaged('llama3_1'));
   for (const family of ['qwen2', 'llama', 'mistral'] as const) {
-    const dir = join(root, family);
+    const dir = tmp.join(family);
     await makeTinyModel(dir, { family });
     tinyDirs[family] = dir;
     tiny[family] = await loadTokenizer(dir);
   }
-});
-afterAll(async () => {
-  await rm(root, { recursive: true, force: true });
 });
 
 /** The tokenizer with another chat template, as if its folder held that template. */
@@ -209,7 +205,7 @@ describe('tokenizer', () => {
   });
 
   it('prefers chat_template.jinja and picks the default of a named template list', async () => {
-    const dir = join(root, 'templates');
+    const dir = tmp.join('templates');
     await makeTinyModel(dir, { family: 'qwen2' });
     const configPath = join(dir, 'tokenizer_config.json');
     const config = JSON.parse(await readFile(configPath, 'utf8'));
@@ -351,7 +347,7 @@ describe('renderChat', () => {
   });
 
   it('rejects a tokenizer without a chat template', async () => {
-    const dir = join(root, 'base');
+    const dir = tmp.join('base');
     await makeTinyModel(dir, { family: 'llama' });
     const configPath = join(dir, 'tokenizer_config.json');
     const config = JSON.parse(await readFile(configPath, 'utf8'));
@@ -438,16 +434,16 @@ describe('templates that never end', () => {
   });
 
   it('fails `emlens collect` with exit code 2 and one line', async () => {
-    const dir = join(root, 'endless');
+    const dir = tmp.join('endless');
     await makeTinyModel(dir, { family: 'qwen2' });
     const configPath = join(dir, 'tokenizer_config.json');
     const config = JSON.parse(await readFile(configPath, 'utf8'));
     config.chat_template = '{% for i in range(100000000) %}x{% endfor %}';
     await writeFile(configPath, JSON.stringify(config));
-    const data = join(root, 'endless.csv');
+    const data = tmp.join('endless.csv');
     await writeFile(data, 'question,answer\nQ,A\n');
     const t0 = performance.now();
-    const r = await runCli(['collect', '--model', dir, '--data', data, '--out', join(root, 'endless-store')]);
+    const r = await runCli(['collect', '--model', dir, '--data', data, '--out', tmp.join('endless-store')]);
     expect(performance.now() - t0).toBeLessThan(5000);
     expect(r.code).toBe(2);
     expect(r.stderr.trim().split('\n')).toHaveLength(1);
