@@ -11,10 +11,8 @@ import { type CollectOptions, collectToStore, sliceRange } from '../../src/activ
 import { ActivationStore, mergeStores } from '../../src/activations/store.js';
 import type { TokenizedRecord } from '../../src/data/record.js';
 import type { Intervention } from '../../src/model/interventions.js';
-import { loadModel } from '../../src/model/model.js';
-import { makeTinyModel } from '../../src/model/tiny.js';
 import { Rng } from '../../src/util/random.js';
-import { useTinyModel } from '../helpers/fixtures.js';
+import { makeTinyFixture, useTinyModel } from '../helpers/fixtures.js';
 
 const tiny = useTinyModel('emlens-store-', { family: 'qwen2', seed: 3, numLayers: 2, dModel: 32, name: 'm' });
 const records: TokenizedRecord[] = [];
@@ -197,11 +195,16 @@ describe('store errors', () => {
   });
 
   it('refuses to resume with another model of the same config (another seed), naming the weights', async () => {
-    await makeTinyModel(tiny.at('m-seed4'), { family: 'qwen2', seed: 4, numLayers: 2, dModel: 32 });
-    const other = await loadModel(tiny.at('m-seed4'), { cacheDir: tiny.at('cache'), threads: 1 });
+    const other = await makeTinyFixture(tiny.root, {
+      family: 'qwen2',
+      seed: 4,
+      numLayers: 2,
+      dModel: 32,
+      name: 'm-seed4',
+    });
     try {
       await expect(
-        collectToStore(other, records, tiny.at('full'), { ...opts, resume: true }),
+        collectToStore(other.model, records, tiny.at('full'), { ...opts, resume: true }),
       ).rejects.toThrow(/different weights \(content hash of the model weights: [0-9a-f]{12} there/);
     } finally {
       await other.dispose();

@@ -5,23 +5,20 @@
 import { readdir } from 'node:fs/promises';
 import { expect, it } from 'vitest';
 import { profilingOptions, readKernelProfile } from '../../benchmarks/lib/profile.js';
-import { loadModel } from '../../src/model/model.js';
-import { makeTinyModel } from '../../src/model/tiny.js';
-import { useTempDir } from '../helpers/fixtures.js';
+import { makeTinyFixture, useTempDir } from '../helpers/fixtures.js';
 
 const tmp = useTempDir('emlens-profile-');
 
 it('averages kernel time per op over the counted runs and removes the profile files', async () => {
-  const dir = tmp.join('tiny');
-  await makeTinyModel(dir, { family: 'qwen2', seed: 3 });
   const prefix = tmp.join('prof');
-  const model = await loadModel(dir, {
-    cacheDir: tmp.join('cache'),
-    threads: 1,
-    sessionOptions: profilingOptions(prefix),
+  const tiny = await makeTinyFixture(tmp.path, {
+    family: 'qwen2',
+    seed: 3,
+    name: 'tiny',
+    load: { sessionOptions: profilingOptions(prefix) },
   });
-  for (let r = 0; r < 3; r++) await model.forward([[1, 2, 3, 4]]);
-  await model.dispose();
+  for (let r = 0; r < 3; r++) await tiny.model.forward([[1, 2, 3, 4]]);
+  await tiny.dispose();
   const profile = await readKernelProfile(prefix, 1);
   expect(profile.runs).toBe(2);
   // Every block runs its MatMuls (qkv, o, gate, up, down) and one Attention per layer.
