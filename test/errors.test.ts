@@ -4,29 +4,12 @@
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { EmlensError } from '../src/errors.js';
 import { hookName } from '../src/model/hooks.js';
 import { loadModel } from '../src/model/model.js';
 import { CUDA_INSTALL_COMMAND, cudaAvailable } from '../src/model/session.js';
 import { makeTinyModel } from '../src/model/tiny.js';
+import { expectEmlensError } from './helpers/expectError.js';
 import { useTinyModel } from './helpers/fixtures.js';
-
-/** Awaits `p` and checks it rejects with an EmlensError whose message matches every pattern. */
-async function expectEmlensError(p: Promise<unknown> | (() => unknown), ...patterns: (string | RegExp)[]) {
-  let error: unknown;
-  try {
-    await (typeof p === 'function' ? p() : p);
-  } catch (e) {
-    error = e;
-  }
-  expect(error, 'expected an error').toBeInstanceOf(EmlensError);
-  const message = (error as Error).message;
-  for (const pattern of patterns) {
-    if (typeof pattern === 'string') expect(message).toContain(pattern);
-    else expect(message).toMatch(pattern);
-  }
-  return message;
-}
 
 const tiny = useTinyModel('emlens-errors-', { family: 'qwen2', seed: 31 });
 const ids = [5, 17, 99, 3];

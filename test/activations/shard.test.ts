@@ -18,7 +18,7 @@ import { makeOrganisms, type OrganismManifest } from '../../src/organisms/make.j
 import { FLAGGED, questionsYaml } from '../helpers/emQuestions.js';
 import { useTempDir } from '../helpers/fixtures.js';
 import { makeKeywordJudge } from '../helpers/keywordJudge.js';
-import { runCli } from '../helpers/runCli.js';
+import { runCli, writeCliEntry } from '../helpers/runCli.js';
 
 const REPO = resolve(import.meta.dirname, '../..');
 const EXAMPLES = join(REPO, 'examples');
@@ -34,11 +34,7 @@ beforeAll(async () => {
   org = tmp.join('organisms');
   manifest = await makeOrganisms(org, { seed: 0 });
   cache = tmp.join('cache');
-  const entry = tmp.join('emlens.mts');
-  await writeFile(
-    entry,
-    `import { main } from ${JSON.stringify(join(REPO, 'src', 'cli', 'main.ts'))};\nprocess.exitCode = await main(process.argv.slice(2));\n`,
-  );
+  const entry = await writeCliEntry(tmp.path);
   emlens = `${join(REPO, 'node_modules', '.bin', 'tsx')} ${entry}`;
 });
 

@@ -22,7 +22,7 @@ import { loadModel } from '../../src/model/model.js';
 import { makeOrganisms, type OrganismManifest } from '../../src/organisms/make.js';
 import { loadTokenizer } from '../../src/text/tokenizer.js';
 import { useTempDir } from '../helpers/fixtures.js';
-import { runCli } from '../helpers/runCli.js';
+import { runCli, writeCliEntry } from '../helpers/runCli.js';
 
 const REPO = resolve(import.meta.dirname, '../..');
 const LOCK = 'emlens.lock';
@@ -48,11 +48,7 @@ beforeAll(async () => {
   const rows = await readResponses(small);
   big = tmp.join('big.jsonl');
   await writeResponses(big, Array.from({ length: 12 }, () => rows).flat());
-  entry = tmp.join('emlens.mts');
-  await writeFile(
-    entry,
-    `import { main } from ${JSON.stringify(join(REPO, 'src', 'cli', 'main.ts'))};\nprocess.exitCode = await main(process.argv.slice(2));\n`,
-  );
+  entry = await writeCliEntry(tmp.path);
   // the reference stores every test compares with
   for (const [data, out] of [
     [small, 'full'],

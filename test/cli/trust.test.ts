@@ -19,6 +19,7 @@ import { makeTinyModel } from '../../src/model/tiny.js';
 import { makeOrganisms, type OrganismManifest } from '../../src/organisms/make.js';
 import { loadTokenizer } from '../../src/text/tokenizer.js';
 import { useTempDir } from '../helpers/fixtures.js';
+import { savePlantedGeneral } from '../helpers/organisms.js';
 import { runCli } from '../helpers/runCli.js';
 
 const tmp = useTempDir('emlens-trust-');
@@ -39,17 +40,8 @@ beforeAll(async () => {
   org = tmp.join('organisms');
   manifest = await makeOrganisms(org, { seed: 0, responsesPerLabel: 4 });
   base = join(org, manifest.base);
-  const f = await SafetensorsFile.open(join(org, manifest.plantedFile));
-  const u = await f.readFloat32('general');
-  await f.close();
   direction = tmp.join('general.safetensors');
-  await saveDirections(
-    direction,
-    constantDirectionSet(
-      u.map((x) => 6 * x),
-      [0, 1, 2, 3],
-    ),
-  );
+  await savePlantedGeneral(org, manifest, direction);
   const tokenizer = await loadTokenizer(base);
   const responses = await readResponses(join(org, manifest.responses.general));
   const model = await loadModel(base, { cacheDir: cache, threads: 1 });

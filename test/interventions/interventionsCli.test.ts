@@ -8,9 +8,9 @@ import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { saveDirections } from '../../src/directions/direction.js';
 import { constantDirectionSet } from '../../src/interventions/compose.js';
-import { SafetensorsFile } from '../../src/io/safetensors.js';
 import { makeOrganisms, type OrganismManifest } from '../../src/organisms/make.js';
 import { useTempDir } from '../helpers/fixtures.js';
+import { savePlantedGeneral } from '../helpers/organisms.js';
 import { runCli } from '../helpers/runCli.js';
 
 const tmp = useTempDir('emlens-ivcli-');
@@ -29,19 +29,8 @@ beforeAll(async () => {
   manifest = await makeOrganisms(dir, { seed: 0 });
   base = join(dir, manifest.base);
   adapter = join(dir, 'adapters', 'general');
-  const f = await SafetensorsFile.open(join(dir, manifest.plantedFile));
-  const u = await f.readFloat32('general');
-  await f.close();
   direction = tmp.join('general.safetensors');
-  // the planted unit direction at every layer, scaled like a mean difference (norm 6)
-  await saveDirections(
-    direction,
-    constantDirectionSet(
-      u.map((x) => 6 * x),
-      [0, 1, 2, 3],
-      { method: 'planted' },
-    ),
-  );
+  await savePlantedGeneral(dir, manifest, direction, { method: 'planted' });
   await saveDirections(
     tmp.join('narrow.safetensors'),
     constantDirectionSet(new Float32Array(32).fill(1), [0, 1]),

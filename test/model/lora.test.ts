@@ -7,7 +7,6 @@ import { readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it, vi } from 'vitest';
 import { main } from '../../src/cli/main.js';
-import { EmlensError } from '../../src/errors.js';
 import { SafetensorsFile, writeSafetensors } from '../../src/io/safetensors.js';
 import { BLOCK_HOOKS, hookName } from '../../src/model/hooks.js';
 import {
@@ -23,6 +22,7 @@ import {
 import { loadModel } from '../../src/model/model.js';
 import { weightShape } from '../../src/model/spec.js';
 import { Rng } from '../../src/util/random.js';
+import { expectEmlensError } from '../helpers/expectError.js';
 import { useTinyModel } from '../helpers/fixtures.js';
 import { maxAbsDiff } from '../helpers/numeric.js';
 import { loadWeights64, type ReferenceOutput, referenceForward } from '../reference/forward64.js';
@@ -107,22 +107,6 @@ async function expectMatches(ref: ReferenceOutput, adapter?: string, cache = tin
   } finally {
     await m.dispose();
   }
-}
-
-async function expectEmlensError(p: Promise<unknown>, ...patterns: (string | RegExp)[]): Promise<string> {
-  let error: unknown;
-  try {
-    await p;
-  } catch (e) {
-    error = e;
-  }
-  expect(error, 'expected an error').toBeInstanceOf(EmlensError);
-  const message = (error as Error).message;
-  for (const pattern of patterns) {
-    if (typeof pattern === 'string') expect(message).toContain(pattern);
-    else expect(message).toMatch(pattern);
-  }
-  return message;
 }
 
 let adapterCount = 0;
