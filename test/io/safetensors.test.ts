@@ -1,7 +1,6 @@
 import { mkdir, mkdtemp, open, readdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { EmlensError } from '../../src/errors.js';
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../../src/io/halfFloat.js';
 import {
@@ -14,18 +13,13 @@ import {
   type TensorToWrite,
   writeSafetensors,
 } from '../../src/io/safetensors.js';
+import { useTempDir } from '../helpers/fixtures.js';
 
-let dir: string;
-beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'emlens-st-'));
-});
-afterAll(async () => {
-  await rm(dir, { recursive: true, force: true });
-});
+const tmp = useTempDir('emlens-st-');
 
 let counter = 0;
 function tmpPath(): string {
-  return join(dir, `t${counter++}.safetensors`);
+  return tmp.join(`t${counter++}.safetensors`);
 }
 
 /** A raw file: length prefix (overridable), header text, then `data`. */
@@ -424,7 +418,7 @@ describe('safetensors validation', () => {
     await f.close();
   });
   it('names a missing file', async () => {
-    await expect(readSafetensorsHeader(join(dir, 'nope.safetensors'))).rejects.toThrow(
+    await expect(readSafetensorsHeader(tmp.join('nope.safetensors'))).rejects.toThrow(
       /nope.safetensors does not exist/,
     );
   });
@@ -437,7 +431,7 @@ describe('safetensors validation', () => {
 
 describe('writeSafetensors atomicity', () => {
   it('leaves no temp file behind and replaces the target', async () => {
-    const sub = await mkdtemp(join(dir, 'atomic-'));
+    const sub = await mkdtemp(tmp.join('atomic-'));
     const p = join(sub, 'w.safetensors');
     await writeSafetensors(p, { a: { dtype: 'U8', shape: [1], data: new Uint8Array([1]) } });
     await writeSafetensors(p, { a: { dtype: 'U8', shape: [1], data: new Uint8Array([2]) } });
@@ -448,7 +442,7 @@ describe('writeSafetensors atomicity', () => {
   });
 
   it('does not clobber the target or leave a temp file when the write fails', async () => {
-    const sub = await mkdtemp(join(dir, 'atomic-'));
+    const sub = await mkdtemp(tmp.join('atomic-'));
     const p = join(sub, 'w.safetensors');
     await writeSafetensors(p, { a: { dtype: 'U8', shape: [1], data: new Uint8Array([1]) } });
     const before = await readFile(p);
@@ -468,7 +462,7 @@ describe('writeSafetensors atomicity', () => {
   });
 
   it('streams lazily produced tensors to the bytes the same tensors in memory give, one at a time', async () => {
-    const sub = await mkdtemp(join(dir, 'lazy-'));
+    const sub = await mkdtemp(tmp.join('lazy-'));
     const eager = {
       b: { dtype: 'F32' as const, shape: [2, 2], data: f32([1, 2, 3, 4]) },
       a: { dtype: 'BF16' as const, shape: [3], data: f32ToBf16(f32([0.5, -1, 2])) },
@@ -493,7 +487,7 @@ describe('writeSafetensors atomicity', () => {
   });
 
   it('fails on lazily produced data of the wrong size, leaving no file', async () => {
-    const sub = await mkdtemp(join(dir, 'lazy-bad-'));
+    const sub = await mkdtemp(tmp.join('lazy-bad-'));
     const p = join(sub, 'bad.safetensors');
     await expect(
       writeSafetensors(p, { a: { dtype: 'F32', shape: [3], data: () => new Float32Array(2) } }),

@@ -1,22 +1,16 @@
 import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { EmlensError } from '../../src/errors.js';
 import { f32ToBf16 } from '../../src/io/halfFloat.js';
 import { writeSafetensors } from '../../src/io/safetensors.js';
 import { WeightSource } from '../../src/io/weightSource.js';
+import { useTempDir } from '../helpers/fixtures.js';
 
-let root: string;
-beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'emlens-ws-'));
-});
-afterAll(async () => {
-  await rm(root, { recursive: true, force: true });
-});
+const tmp = useTempDir('emlens-ws-');
 
 async function newDir(): Promise<string> {
-  return mkdtemp(join(root, 'm-'));
+  return mkdtemp(tmp.join('m-'));
 }
 
 const vec = (...xs: number[]) => ({ dtype: 'F32' as const, shape: [xs.length], data: new Float32Array(xs) });
@@ -132,7 +126,7 @@ describe('WeightSource', () => {
   });
 
   it('rejects a missing folder', async () => {
-    expect((await openError(join(root, 'nope'))).message).toMatch(/Model folder .*nope does not exist/);
+    expect((await openError(tmp.join('nope'))).message).toMatch(/Model folder .*nope does not exist/);
   });
 
   it('rejects a folder with only PyTorch .bin checkpoints', async () => {
@@ -161,7 +155,7 @@ describe('WeightSource', () => {
 
   it('rejects shard paths that leave the folder', async () => {
     const dir = await sharded();
-    const outside = join(root, 'outside.safetensors');
+    const outside = tmp.join('outside.safetensors');
     await writeSafetensors(outside, { 'layer.0.w': vec(0) });
     for (const shard of ['../outside.safetensors', outside, 'sub/../../outside.safetensors']) {
       await writeIndex(dir, { 'layer.0.w': shard });
