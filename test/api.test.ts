@@ -40,7 +40,7 @@ async function entryNames(): Promise<Map<string, Set<string>>> {
 
 // Value names of the flat index before the core was designed (types are not visible at run time). The
 // benchmarks' measurement helpers (benchSummary, measureCopyBandwidth, measureMatMulCeiling) left the API on
-// purpose: they live in benchmarks/lib (test/studies.test.ts checks they are gone).
+// purpose: they live in benchmarks/lib (test/studies/studies.test.ts checks they are gone).
 const OLD_FLAT_INDEX = [
   'ActivationStore',
   'ApiError',

@@ -1,58 +1,24 @@
 /**
  * Every bad input is an EmlensError whose message names the problem (and, where there is one, the fix).
  */
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { EmlensError } from '../src/errors.js';
+import { describe, expect, it } from 'vitest';
 import { hookName } from '../src/model/hooks.js';
-import { loadModel, type Model } from '../src/model/model.js';
+import { loadModel } from '../src/model/model.js';
 import { CUDA_INSTALL_COMMAND, cudaAvailable } from '../src/model/session.js';
-import type { ModelSpec } from '../src/model/spec.js';
 import { makeTinyModel } from '../src/model/tiny.js';
+import { expectEmlensError } from './helpers/expectError.js';
+import { useTinyModel } from './helpers/fixtures.js';
 
-/** Awaits `p` and checks it rejects with an EmlensError whose message matches every pattern. */
-async function expectEmlensError(p: Promise<unknown> | (() => unknown), ...patterns: (string | RegExp)[]) {
-  let error: unknown;
-  try {
-    await (typeof p === 'function' ? p() : p);
-  } catch (e) {
-    error = e;
-  }
-  expect(error, 'expected an error').toBeInstanceOf(EmlensError);
-  const message = (error as Error).message;
-  for (const pattern of patterns) {
-    if (typeof pattern === 'string') expect(message).toContain(pattern);
-    else expect(message).toMatch(pattern);
-  }
-  return message;
-}
-
-let root: string;
-let dir: string;
-let cacheDir: string;
-let model: Model;
-let spec: ModelSpec;
+const tiny = useTinyModel('emlens-errors-', { family: 'qwen2', seed: 31 });
 const ids = [5, 17, 99, 3];
-
-beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'emlens-errors-'));
-  dir = join(root, 'model');
-  cacheDir = join(root, 'cache');
-  spec = await makeTinyModel(dir, { family: 'qwen2', seed: 31 });
-  model = await loadModel(dir, { cacheDir, threads: 1 });
-});
-afterAll(async () => {
-  await model?.dispose();
-  await rm(root, { recursive: true, force: true });
-});
 
 describe('hooks', () => {
   it('a misspelt hook suggests the right name', async () => {
     await expectEmlensError(
       // @ts-expect-error a misspelt literal does not compile; the run-time check is for JS callers
-      model.forward([ids], { hooks: ['blocks.0.hook_resid_psot'] }),
+      tiny.model.forward([ids], { hooks: ['blocks.0.hook_resid_psot'] }),
       "'blocks.0.hook_resid_psot'",
       /did you mean 'blocks\.0\.hook_resid_post'/,
     );
@@ -60,18 +26,18 @@ describe('hooks', () => {
 
   it('a hook of a layer beyond the model names the layers it has', async () => {
     await expectEmlensError(
-      model.forward([ids], { hooks: [hookName(spec.numLayers, 'resid_post')] }),
-      hookName(spec.numLayers, 'resid_post'),
-      `0..${spec.numLayers - 1}`,
+      tiny.model.forward([ids], { hooks: [hookName(tiny.spec.numLayers, 'resid_post')] }),
+      hookName(tiny.spec.numLayers, 'resid_post'),
+      `0..${tiny.spec.numLayers - 1}`,
     );
   });
 
   it('a misspelt hook in an intervention is reported the same way', async () => {
     await expectEmlensError(
-      model.forward([ids], {
+      tiny.model.forward([ids], {
         interventions: [
           // @ts-expect-error a misspelt literal does not compile; the run-time check is for JS callers
-          { kind: 'steer', hooks: ['blocks.1.hook_resid_psot'], vector: new Float32Array(spec.dModel) },
+          { kind: 'steer', hooks: ['blocks.1.hook_resid_psot'], vector: new Float32Array(tiny.spec.dModel) },
         ],
       }),
       /did you mean 'blocks\.1\.hook_resid_post'/,
@@ -82,55 +48,59 @@ describe('hooks', () => {
 describe('token ids and batches', () => {
   it('a token id outside the vocabulary', async () => {
     await expectEmlensError(
-      model.forward([[1, 2, spec.vocabSize]]),
-      `Token id ${spec.vocabSize}`,
-      `0..${spec.vocabSize - 1}`,
+      tiny.model.forward([[1, 2, tiny.spec.vocabSize]]),
+      `Token id ${tiny.spec.vocabSize}`,
+      `0..${tiny.spec.vocabSize - 1}`,
       /vocabulary/,
     );
-    await expectEmlensError(model.forward([[1, -1]]), 'Token id -1', /vocabulary/);
-    await expectEmlensError(model.forward([[1, 2.5]]), 'Token id 2.5', /vocabulary/);
+    await expectEmlensError(tiny.model.forward([[1, -1]]), 'Token id -1', /vocabulary/);
+    await expectEmlensError(tiny.model.forward([[1, 2.5]]), 'Token id 2.5', /vocabulary/);
   });
 
   it('an empty batch', async () => {
-    await expectEmlensError(model.forward([]), /batch is empty/);
+    await expectEmlensError(tiny.model.forward([]), /batch is empty/);
   });
 
   it('an empty row', async () => {
-    await expectEmlensError(model.forward([[1, 2], []]), /Sequence 1 .*empty/);
+    await expectEmlensError(tiny.model.forward([[1, 2], []]), /Sequence 1 .*empty/);
   });
 });
 
 describe('interventions', () => {
   it('a steering vector of the wrong length', async () => {
     await expectEmlensError(
-      model.forward([ids], {
+      tiny.model.forward([ids], {
         interventions: [
-          { kind: 'steer', hooks: ['blocks.0.hook_resid_post'], vector: new Float32Array(spec.dModel + 1) },
+          {
+            kind: 'steer',
+            hooks: ['blocks.0.hook_resid_post'],
+            vector: new Float32Array(tiny.spec.dModel + 1),
+          },
         ],
       }),
-      `${spec.dModel + 1} entries`,
-      `d_model is ${spec.dModel}`,
+      `${tiny.spec.dModel + 1} entries`,
+      `d_model is ${tiny.spec.dModel}`,
     );
   });
 
   it('an ablation direction of the wrong length', async () => {
     await expectEmlensError(
-      model.forward([ids], {
+      tiny.model.forward([ids], {
         interventions: [
           { kind: 'ablate', hooks: ['blocks.0.hook_resid_post'], directions: [new Float32Array(3)] },
         ],
       }),
       '3 entries',
-      `d_model is ${spec.dModel}`,
+      `d_model is ${tiny.spec.dModel}`,
     );
   });
 
   it('an intervention on a non-residual hook (hook_attn_out)', async () => {
     await expectEmlensError(
-      model.forward([ids], {
+      tiny.model.forward([ids], {
         interventions: [
           // @ts-expect-error interventions take residual hooks only; the run-time check is for JS callers
-          { kind: 'steer', hooks: ['blocks.0.hook_attn_out'], vector: new Float32Array(spec.dModel) },
+          { kind: 'steer', hooks: ['blocks.0.hook_attn_out'], vector: new Float32Array(tiny.spec.dModel) },
         ],
       }),
       'blocks.0.hook_attn_out',
@@ -141,12 +111,12 @@ describe('interventions', () => {
 
   it('position weights of the wrong length', async () => {
     await expectEmlensError(
-      model.forward([ids, ids], {
+      tiny.model.forward([ids, ids], {
         interventions: [
           {
             kind: 'steer',
             hooks: ['blocks.0.hook_resid_post'],
-            vector: new Float32Array(spec.dModel),
+            vector: new Float32Array(tiny.spec.dModel),
             positions: new Float32Array(ids.length),
           },
         ],
@@ -159,12 +129,12 @@ describe('interventions', () => {
 
 describe('KV cache and length', () => {
   it('a cache with a different number of rows', async () => {
-    const first = await model.forward([ids, ids], { returnCache: true });
-    await expectEmlensError(model.forward([[7]], { cache: first.cache }), /cache holds 2 rows but 1/);
+    const first = await tiny.model.forward([ids, ids], { returnCache: true });
+    await expectEmlensError(tiny.model.forward([[7]], { cache: first.cache }), /cache holds 2 rows but 1/);
   });
 
   it('a sequence longer than maxPositions', async () => {
-    const short = await loadModel(dir, { cacheDir, maxPositions: 8, threads: 1 });
+    const short = await loadModel(tiny.dir, { cacheDir: tiny.cacheDir, maxPositions: 8, threads: 1 });
     try {
       expect(short.maxPositions).toBe(8);
       await short.forward([[1, 2, 3, 4, 5, 6, 7, 8]]); // exactly fits
@@ -190,25 +160,25 @@ describe('KV cache and length', () => {
 
 describe('loading', () => {
   it('a missing model folder', async () => {
-    const missing = join(root, 'does-not-exist');
-    await expectEmlensError(loadModel(missing, { cacheDir }), /config\.json/, missing);
+    const missing = tiny.at('does-not-exist');
+    await expectEmlensError(loadModel(missing, { cacheDir: tiny.cacheDir }), /config\.json/, missing);
   });
 
   it('a folder without config.json', async () => {
-    const empty = join(root, 'empty');
+    const empty = tiny.at('empty');
     await mkdir(empty, { recursive: true });
-    await expectEmlensError(loadModel(empty, { cacheDir }), 'No config.json', empty);
+    await expectEmlensError(loadModel(empty, { cacheDir: tiny.cacheDir }), 'No config.json', empty);
   });
 
   it('an unsupported architecture lists the supported ones', async () => {
-    const gpt2 = join(root, 'gpt2');
+    const gpt2 = tiny.at('gpt2');
     await makeTinyModel(gpt2, { family: 'llama', seed: 32 });
     const config = JSON.parse(await readFile(join(gpt2, 'config.json'), 'utf8'));
     config.architectures = ['GPT2LMHeadModel'];
     config.model_type = 'gpt2';
     await writeFile(join(gpt2, 'config.json'), JSON.stringify(config));
     await expectEmlensError(
-      loadModel(gpt2, { cacheDir }),
+      loadModel(gpt2, { cacheDir: tiny.cacheDir }),
       'GPT2LMHeadModel',
       'LlamaForCausalLM',
       'Qwen2ForCausalLM',
@@ -219,7 +189,11 @@ describe('loading', () => {
   it.skipIf(cudaAvailable())(
     "device 'cuda' without the CUDA provider names the install command",
     async () => {
-      const message = await expectEmlensError(loadModel(dir, { cacheDir, device: 'cuda' }), 'cuda12', /CUDA/);
+      const message = await expectEmlensError(
+        loadModel(tiny.dir, { cacheDir: tiny.cacheDir, device: 'cuda' }),
+        'cuda12',
+        /CUDA/,
+      );
       expect(message).toContain(CUDA_INSTALL_COMMAND);
     },
   );

@@ -4,9 +4,7 @@
  * stand in for a real base model and its misaligned finetune, and a tiny keyword judge for a judge model. When
  * an example in the README changes, change it here too, so the section cannot rot.
  */
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { writeFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   ActivationStore,
@@ -37,9 +35,10 @@ import {
 } from '../src/index.js';
 import { makeOrganisms } from '../src/organisms/index.js';
 import { FLAGGED, questionsYaml } from './helpers/emQuestions.js';
+import { useTempDir } from './helpers/fixtures.js';
 import { makeKeywordJudge } from './helpers/keywordJudge.js';
 
-let root: string;
+const tmp = useTempDir('emlens-library-');
 /** README: `models/base` (a chat model folder). */
 let BASE: string;
 /** README: `adapters/insecure` (a PEFT adapter of it). */
@@ -54,8 +53,7 @@ let finetune: Model;
 let tok: TextTokenizer;
 
 beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'emlens-library-'));
-  at = (p) => join(root, p);
+  at = (p) => tmp.join(p);
   opts.cacheDir = at('cache');
   const man = await makeOrganisms(at('organisms'), { seed: 0 });
   BASE = at(`organisms/${man.base}`);
@@ -68,7 +66,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await model?.dispose();
   await finetune?.dispose();
-  await rm(root, { recursive: true, force: true });
 });
 
 describe('README Library section', () => {

@@ -5,7 +5,7 @@
  * `ablate`, `mediate`, `sweep`), the server and the library build their interventions through it (or the two
  * builders it calls), so one request means one intervention everywhere.
  *
- * How a list of interventions composes (what `Model.forward` does, tested in test/compose.test.ts):
+ * How a list of interventions composes (what `Model.forward` does, tested in test/interventions/compose.test.ts):
  *
  * - The list order never matters. The graph visits the residual sites in model order (the embedding output,
  *   then each block's `hook_resid_mid` and `hook_resid_post`), whatever order the list has.

@@ -1,4 +1,4 @@
-"""Golden outputs from real Hugging Face transformers and peft, for test/hfGoldens.test.ts.
+"""Golden outputs from real Hugging Face transformers and peft, for test/model/hfGoldens.test.ts.
 
 Each case is a tiny model made and initialised by transformers itself (not by emlens), saved with
 `save_pretrained`, and run in float32 with forward hooks on every decoder layer, attention and MLP. The hook

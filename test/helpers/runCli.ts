@@ -1,3 +1,5 @@
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { vi } from 'vitest';
 import { main } from '../../src/cli/main.js';
 
@@ -35,4 +37,18 @@ export async function runCli(args: readonly string[]): Promise<CliRun> {
   } finally {
     for (const s of spies) s.mockRestore();
   }
+}
+
+/**
+ * Writes `dir/emlens.mts`, an entry that runs this checkout's CLI, for tests that start the CLI as a child
+ * process (as `tsx <entry> args...`); returns its path.
+ */
+export async function writeCliEntry(dir: string): Promise<string> {
+  const entry = join(dir, 'emlens.mts');
+  const main = join(import.meta.dirname, '..', '..', 'src', 'cli', 'main.ts');
+  await writeFile(
+    entry,
+    `import { main } from ${JSON.stringify(main)};\nprocess.exitCode = await main(process.argv.slice(2));\n`,
+  );
+  return entry;
 }
