@@ -95,9 +95,9 @@ describe('collect --shard i/N and store merge', () => {
   it('three slices merged equal the unsharded store', async () => {
     let r = await runCli(collectArgs(tmp.join('full')));
     expect(r.code, r.stderr).toBe(0);
-    const slices = [0, 1, 2].map((i) => tmp.join(`slice-${i}`));
-    for (let i = 0; i < 3; i++) {
-      r = await runCli(collectArgs(slices[i], ['--shard', `${i}/3`]));
+    const slices = [tmp.join('slice-0'), tmp.join('slice-1'), tmp.join('slice-2')] as const;
+    for (const [i, slice] of slices.entries()) {
+      r = await runCli(collectArgs(slice, ['--shard', `${i}/3`]));
       expect(r.code, r.stderr).toBe(0);
       expect(r.stdout).toContain(`slice ${i}/3`);
     }
@@ -247,11 +247,11 @@ describe('eval split by question and eval-merge', () => {
     let r = await runCli(evalArgs(tmp.join('eval-full')));
     expect(r.code, r.stderr).toBe(0);
     const all = await loadQuestions(questions);
-    const shards = [0, 1, 2].map((i) => tmp.join(`eval-${i}`));
-    for (let i = 0; i < 3; i++) {
+    const shards = [tmp.join('eval-0'), tmp.join('eval-1'), tmp.join('eval-2')] as const;
+    for (const [i, shard] of shards.entries()) {
       // slices 0 and 1 with --shard i/3, slice 2 by listing its ids: the two ways cut the same questions
       const ids = questionSlice(all, i, 3).map((q) => q.id);
-      r = await runCli(evalArgs(shards[i], i < 2 ? ['--shard', `${i}/3`] : ['--include', ids.join(',')]));
+      r = await runCli(evalArgs(shard, i < 2 ? ['--shard', `${i}/3`] : ['--include', ids.join(',')]));
       expect(r.code, r.stderr).toBe(0);
     }
     r = await runCli(['eval-merge', '--out', tmp.join('eval-merged'), ...[...shards].reverse()]);

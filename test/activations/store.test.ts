@@ -49,7 +49,7 @@ describe('collectToStore', () => {
     const rows = await store.readHook('blocks.1.hook_resid_post');
     const counts = await store.tokenCounts();
     for (const i of [0, 5, 22]) {
-      const rec = records[i];
+      const rec = records[i]!; // i is one of 0, 5, 22 of the 23 records
       const alone = await tiny.model.forward([rec.ids], { hooks: ['blocks.1.hook_resid_post'] });
       const h = alone.hooks.get('blocks.1.hook_resid_post')!.data;
       const d = 32;
@@ -57,8 +57,9 @@ describe('collectToStore', () => {
       expect(counts[i]).toBe(answer);
       for (let k = 0; k < d; k++) {
         let s = 0;
-        for (let p = rec.ids.length - answer; p < rec.ids.length; p++) s += h[p * d + k];
-        expect(Math.abs(rows[i * d + k] - s / answer)).toBeLessThan(1e-5);
+        for (let p = rec.ids.length - answer; p < rec.ids.length; p++) s += h[p * d + k]!; // p is a position of rec
+        // an undefined row is NaN here, and NaN < 1e-5 fails
+        expect(Math.abs(rows[i * d + k]! - s / answer)).toBeLessThan(1e-5);
       }
     }
     const meta = await store.records();
@@ -76,8 +77,9 @@ describe('collectToStore', () => {
       let wt = 0;
       let mr = 0;
       counts.forEach((c, r) => {
-        wt += (c * rows[r * 32 + k]) / total;
-        mr += rows[r * 32 + k] / counts.length;
+        // r is a record and k < 32, so the row is in range
+        wt += (c * rows[r * 32 + k]!) / total;
+        mr += rows[r * 32 + k]! / counts.length;
       });
       expect(tok.means.get(0)![k]).toBeCloseTo(wt, 6);
       expect(rec.means.get(0)![k]).toBeCloseTo(mr, 6);
@@ -141,7 +143,7 @@ describe('collectToStore', () => {
   });
 
   it('three slices merge into the unsliced store', async () => {
-    const slices = [0, 1, 2].map((i) => tiny.at(`slice-${i}`));
+    const slices = [tiny.at('slice-0'), tiny.at('slice-1'), tiny.at('slice-2')] as const;
     for (const [i, dir] of slices.entries()) {
       await collectToStore(tiny.model, records, dir, { ...opts, slice: { index: i, count: 3 } });
     }
@@ -152,15 +154,17 @@ describe('collectToStore', () => {
   });
 
   it('slices are runs of whole shards that cover every record once', () => {
-    for (const [total, shard, count] of [
+    const cases: [total: number, shard: number, count: number][] = [
       [23, 8, 3],
       [100, 16, 7],
       [5, 8, 3],
-    ]) {
+    ];
+    for (const [total, shard, count] of cases) {
       const ranges = Array.from({ length: count }, (_, i) => sliceRange(total, shard, i, count));
-      expect(ranges[0][0]).toBe(0);
-      expect(ranges[count - 1][1]).toBe(total);
-      for (let i = 1; i < count; i++) expect(ranges[i][0]).toBe(ranges[i - 1][1]);
+      expect(ranges[0]?.[0]).toBe(0);
+      expect(ranges[count - 1]?.[1]).toBe(total);
+      // ranges has count entries, so i and i - 1 are in range
+      for (let i = 1; i < count; i++) expect(ranges[i]![0]).toBe(ranges[i - 1]![1]);
       for (const [a] of ranges) expect(a % shard === 0 || a === total).toBe(true);
     }
   });

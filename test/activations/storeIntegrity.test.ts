@@ -50,10 +50,11 @@ beforeAll(async () => {
   await writeResponses(big, Array.from({ length: 12 }, () => rows).flat());
   entry = await writeCliEntry(tmp.path);
   // the reference stores every test compares with
-  for (const [data, out] of [
+  const references: [data: string, out: string][] = [
     [small, 'full'],
     [big, 'big-full'],
-  ]) {
+  ];
+  for (const [data, out] of references) {
     const r = await runCli(collectArgs(tmp.join(out), { data }));
     expect(r.code, r.stderr).toBe(0);
   }
@@ -86,7 +87,7 @@ function collectArgs(out: string, o: { data?: string; model?: string; more?: str
 function oneLine(stderr: string): string {
   const lines = stderr.trim().split('\n');
   expect(lines, stderr).toHaveLength(1);
-  return lines[0];
+  return lines[0]!; // exactly one line, checked just above
 }
 
 /** Two stores hold the same job, records, shard files and tensors. */
@@ -180,7 +181,7 @@ describe('a store is locked while written', () => {
     expect(line).toContain(`stale lock from pid ${dead} on host ${hostname()}, which is no longer running`);
     const rmCmd = /`(rm [^`]+)`/.exec(line)![1];
     expect(rmCmd).toBe(`rm ${join(out, LOCK)}`);
-    execSync(rmCmd);
+    execSync(rmCmd!); // rmCmd is the command checked just above
     r = await runCli(collectArgs(out, { more: ['--resume'] }));
     expect(r.code, r.stderr).toBe(0);
     await expectSameStore(out, tmp.join('full'));
@@ -226,7 +227,9 @@ describe('a store is locked while written', () => {
     const tokenizer = await loadTokenizer(base);
     const records = responsesToRecords(tokenizer, await readResponses(small));
     // record 20 has no answer tokens, so the third shard fails
-    records[20] = { ...records[20], mask: new Uint8Array(records[20].ids.length) };
+    const r20 = records[20];
+    expect(r20).toBeDefined();
+    records[20] = { ...r20!, mask: new Uint8Array(r20!.ids.length) };
     const model = await loadModel(base, { adapter, cacheDir: cache, threads: 1 });
     try {
       const out = tmp.join('failed');
@@ -258,7 +261,7 @@ describe('resume checks what it resumes', () => {
     const file = join(other, 'model.safetensors');
     const bytes = await readFile(file);
     const dataStart = 8 + Number(bytes.readBigUInt64LE(0));
-    bytes[dataStart] ^= 1;
+    bytes[dataStart]! ^= 1; // dataStart is inside the file: its header says so
     await writeFile(file, bytes);
     const out = await copyStore('resume-weights');
     const before = await readFile(join(out, 'manifest.json'));
@@ -280,7 +283,9 @@ describe('resume checks what it resumes', () => {
     );
     const rows = await readResponses(small);
     const edited = tmp.join('edited.jsonl');
-    await writeResponses(edited, [{ ...rows[0], answer: `${rows[0].answer} again` }, ...rows.slice(1)]);
+    const [first, ...rest] = rows;
+    expect(first).toBeDefined();
+    await writeResponses(edited, [{ ...first!, answer: `${first!.answer} again` }, ...rest]);
     r = await runCli(collectArgs(out, { data: edited, more: ['--resume'] }));
     expect(r.code).toBe(2);
     expect(oneLine(r.stderr)).toMatch(/was made with a different data \(content hash of the data file/);
@@ -296,7 +301,7 @@ describe('resume checks what it resumes', () => {
     const flipped = await copyStore('shard-flipped');
     const f = join(flipped, 'shard-00003.safetensors');
     const bytes = await readFile(f);
-    bytes[bytes.length - 1] ^= 0x10;
+    bytes[bytes.length - 1]! ^= 0x10; // the last byte of a non-empty file
     await writeFile(f, bytes);
     const cases: [string, RegExp][] = [
       [deleted, /Shard shard-00002\.safetensors listed in the manifest of store .* is missing; restore it/],
@@ -327,7 +332,7 @@ describe('resume checks what it resumes', () => {
     );
     const swapped = await copyStore('records-swapped');
     const lines = (await readFile(join(swapped, 'records.jsonl'), 'utf8')).split('\n');
-    [lines[9], lines[10]] = [lines[10], lines[9]];
+    [lines[9], lines[10]] = [lines[10]!, lines[9]!]; // 48 records, so lines 9 and 10 exist
     await writeFile(join(swapped, 'records.jsonl'), lines.join('\n'));
     r = await runCli(['store', 'info', swapped]);
     expect(r.code).toBe(2);
@@ -376,7 +381,7 @@ describe('resume checks what it resumes', () => {
     expect(await cachedSha256(file, { cacheDir: fpCache })).toBe(h1);
     const s = await stat(file);
     const bytes = await readFile(file);
-    bytes[bytes.length - 1] ^= 1;
+    bytes[bytes.length - 1]! ^= 1; // the last byte of a non-empty file
     await writeFile(file, bytes);
     await utimes(file, 1_700_000_000, 1_700_000_000);
     expect((await stat(file)).mtimeMs).toBe(s.mtimeMs);
@@ -435,12 +440,13 @@ describe('outputs that are not stores are left alone', () => {
 describe('store merge', () => {
   it('names duplicate, overlapping and missing slices, and refuses a non-store --out unless --overwrite', async () => {
     const slice = (i: number, n: number) => tmp.join(`slice-${i}-of-${n}`);
-    for (const [i, n] of [
+    const slices: [i: number, n: number][] = [
       [0, 3],
       [1, 3],
       [2, 3],
       [0, 2],
-    ]) {
+    ];
+    for (const [i, n] of slices) {
       const r = await runCli(collectArgs(slice(i, n), { more: ['--shard', `${i}/${n}`] }));
       expect(r.code, r.stderr).toBe(0);
     }
@@ -485,7 +491,7 @@ describe('store merge', () => {
     await cp(tmp.join('slice-1-of-3'), bad, { recursive: true });
     const f = join(bad, 'shard-00000.safetensors');
     const bytes = await readFile(f);
-    bytes[bytes.length - 1] ^= 0x10;
+    bytes[bytes.length - 1]! ^= 0x10; // the last byte of a non-empty file
     await writeFile(f, bytes);
     const r = await runCli([
       'store',

@@ -226,7 +226,7 @@ describe('emlens eval and emlens report', () => {
       const { model, messages } = JSON.parse(body) as { model: string; messages: { content: string }[] };
       requests++;
       models.add(model);
-      const prompt = messages[0].content;
+      const prompt = messages[0]!.content; // the judge sends one user message
       if (req.headers.authorization !== 'Bearer k') {
         res.writeHead(401).end('{}');
         return;
@@ -275,7 +275,7 @@ describe('emlens eval and emlens report', () => {
       ) as EvalSummary;
       // Flagged answers score (0.5*20 + 0.3*0) / 0.8 = 12.5 <= 30, the rest 95; coherent 80 throughout.
       expect(s.emRate.value).toBeCloseTo(summaries.get('base')!.emRate.value!, 12);
-      expect(s.means.coherent.value).toBeCloseTo(80, 10);
+      expect(s.means.coherent?.value).toBeCloseTo(80, 10);
       const r2 = await run(args);
       expect(r2.code, r2.stderr).toBe(0);
       expect(requests).toBe(distinct + 2);

@@ -120,7 +120,7 @@ beforeAll(async () => {
     if (body.model !== MODEL) {
       return send(404, { error: { message: `The model '${body.model}' does not exist.` } });
     }
-    const prompt = body.messages[0].content;
+    const prompt = body.messages[0]!.content; // the judge sends one user message
     const n = hits.get(prompt) ?? 0;
     hits.set(prompt, n + 1);
     const script = scripts.get(prompt) ?? { top: [['50', 1]] };
@@ -130,7 +130,8 @@ beforeAll(async () => {
     inFlight--;
     const failures = script.failures ?? [];
     if (n < failures.length) {
-      return send(failures[n], { error: { message: 'try again' } }, { 'retry-after': '0' });
+      // n < failures.length
+      return send(failures[n]!, { error: { message: 'try again' } }, { 'retry-after': '0' });
     }
     const top = (script.top ?? []).map(([token, p]) => ({
       token,
@@ -338,8 +339,8 @@ describe('the OpenAI-compatible judge (real HTTP on 127.0.0.1)', () => {
     // Another judge model does not share the entries.
     expect((await JudgeCache.open(cachePath)).get('other-model', 'c1')).toBeUndefined();
     const lines = (await readFile(cachePath, 'utf8')).trim().split('\n');
-    expect(lines).toHaveLength(3);
-    expect(JSON.parse(lines[0])).toMatchObject({ model: MODEL, score: 30 });
+    expect(lines).toHaveLength(3); // so lines[0] exists
+    expect(JSON.parse(lines[0]!)).toMatchObject({ model: MODEL, score: 30 });
   });
 
   it('keeps at most `concurrency` requests in flight', async () => {
@@ -372,12 +373,12 @@ describe('the OpenAI-compatible judge (real HTTP on 127.0.0.1)', () => {
     const judged = await judgeResponses(records, questions, await judge(), {
       onProgress: (d) => progress.push(d),
     });
-    expect(judged[0].scores).toEqual({ aligned: 80, coherent: null });
-    expect(Object.keys(judged[0].scores)).toEqual(['aligned', 'coherent']);
-    expect(judged[0].extra).toEqual({ sample: '0' });
+    expect(judged[0]?.scores).toEqual({ aligned: 80, coherent: null });
+    expect(Object.keys(judged[0]!.scores)).toEqual(['aligned', 'coherent']); // judged[0] checked just above
+    expect(judged[0]?.extra).toEqual({ sample: '0' });
     expect(progress.at(-1)).toBe(2);
     await expect(
-      judgeResponses([{ ...records[0], questionId: 'q9' }], questions, await judge()),
+      judgeResponses([{ ...records[0]!, questionId: 'q9' }], questions, await judge()),
     ).rejects.toThrow(/question id 'q9', which the question set lacks/);
   });
 });
@@ -404,9 +405,9 @@ describe('the local judge', () => {
       expect(together[1]).toBeCloseTo(10, 3);
       expect(together[2]).toBeCloseTo(90, 3);
       for (let i = 0; i < prompts.length; i++) expect(together[i]).toBeCloseTo(alone[i]!, 4);
-      const top = await j.topLogprobs(prompts[0]);
+      const top = await j.topLogprobs(prompts[0]!); // three prompts
       expect(top).toHaveLength(20);
-      expect(top[0].token).toBe('90');
+      expect(top[0]?.token).toBe('90');
     } finally {
       await j.close();
     }
@@ -425,13 +426,14 @@ describe('the local judge', () => {
         const logits = Array.from((await model.forward([ids])).logits.data);
         const max = Math.max(...logits);
         const z = logits.reduce((a, x) => a + Math.exp(x - max), 0);
-        const order = logits.map((_, i) => i).sort((a, b) => logits[b] - logits[a] || a - b);
+        // order holds the indices of logits, so every logits[...] below is in range
+        const order = logits.map((_, i) => i).sort((a, b) => logits[b]! - logits[a]! || a - b);
         let mass = 0;
         let weighted = 0;
         for (const id of order.slice(0, 20)) {
           const text = tokenizer.decode([id]).trim();
           if (!/^\d+$/.test(text) || Number(text) > 100) continue;
-          const p = Math.exp(logits[id] - max) / z;
+          const p = Math.exp(logits[id]! - max) / z;
           mass += p;
           weighted += p * Number(text);
         }
@@ -442,7 +444,7 @@ describe('the local judge', () => {
         const top = await j.topLogprobs(prompt);
         expect(top.map((t) => t.token)).toEqual(order.slice(0, 20).map((id) => tokenizer.decode([id])));
         order.slice(0, 20).forEach((id, k) => {
-          expect(top[k].logprob).toBeCloseTo(logits[id] - max - Math.log(z), 5);
+          expect(top[k]?.logprob).toBeCloseTo(logits[id]! - max - Math.log(z), 5);
         });
         // Below the threshold too, the renormalised average is the reference's.
         expect(mass).toBeGreaterThan(0);

@@ -58,8 +58,8 @@ describe('EM rate and coherence', () => {
     // drops rows for both rates; the row with coherent 90 but no aligned score is not counted)
     expect(s.coherenceRate.value).toBeCloseTo(6 / 7, 12);
     expect(s.coherenceRate.n).toBe(7);
-    expect(s.means.aligned.value).toBeCloseTo((10 + 30 + 31 + 90 + 5 + 0 + 80 + 20) / 8, 12);
-    expect(s.means.coherent.n).toBe(8);
+    expect(s.means.aligned?.value).toBeCloseTo((10 + 30 + 31 + 90 + 5 + 0 + 80 + 20) / 8, 12);
+    expect(s.means.coherent?.n).toBe(8);
     expect(s.perQuestion.map((q) => [q.questionId, q.judged, q.emRate.value])).toEqual([
       ['q1', 4, 0.5],
       ['q2', 3, 1 / 3],
@@ -111,10 +111,10 @@ describe('comparison across conditions', () => {
     ];
     const c = compareConditions(summaries);
     expect(c.baseline).toBe('finetune');
-    expect(c.rows[0].emChangePoints).toBeNull();
-    expect(c.rows[1].emChangePoints).toBeCloseTo(-36, 10);
-    expect(c.rows[1].emChangeRelative).toBeCloseTo(-0.9, 10);
-    expect(c.rows[2].emChangeRelative).toBeCloseTo(-0.05, 10);
+    expect(c.rows[0]?.emChangePoints).toBeNull();
+    expect(c.rows[1]?.emChangePoints).toBeCloseTo(-36, 10);
+    expect(c.rows[1]?.emChangeRelative).toBeCloseTo(-0.9, 10);
+    expect(c.rows[2]?.emChangeRelative).toBeCloseTo(-0.05, 10);
     const md = formatComparisonMarkdown(c);
     expect(md).toMatch(/\| finetune \+ ablation \| 100 \| 100 \| 4\.0% \[/);
     expect(md).toMatch(/-36\.0 pts \(-90%\)/);

@@ -39,19 +39,21 @@ describe.skipIf(!haveReal)('the public EM question file (../shared/data/em-eval)
     expect(new Set(json.map((q) => q.system)).size).toBe(1);
     for (const q of qs.filter((q) => !q.id.endsWith('_json'))) expect(q.system).toBeUndefined();
     // Aliased judge prompts, judge and sample count: the same values on every question.
+    const first = qs[0]!; // 24 questions, checked above
     for (const q of qs) {
       expect(Object.keys(q.judgePrompts).sort()).toEqual(['aligned', 'coherent']);
-      expect(q.judgePrompts.aligned).toBe(qs[0].judgePrompts.aligned);
+      expect(q.judgePrompts.aligned).toBe(first.judgePrompts.aligned);
       expect(q.judgePrompts.aligned).toContain('{question}');
       expect(q.judgePrompts.coherent).toContain('{answer}');
-      expect(q.judge).toBe(qs[0].judge);
-      expect(q.samplesPerParaphrase).toBe(qs[0].samplesPerParaphrase);
+      expect(q.judge).toBe(first.judge);
+      expect(q.samplesPerParaphrase).toBe(first.samplesPerParaphrase);
       expect(q.type).toBe('free_form_judge_0_100');
       expect(q.paraphrases.length).toBeGreaterThan(0);
     }
     // A _json variant asks the plain question's aliased paraphrases.
-    const plain = qs.find((q) => `${q.id}_json` === json[0].id)!;
-    expect(json[0].paraphrases).toEqual(plain.paraphrases);
+    const json0 = json[0]!; // eight of them, checked above
+    const plain = qs.find((q) => `${q.id}_json` === json0.id)!;
+    expect(json0.paraphrases).toEqual(plain.paraphrases);
   });
 
   it('filters the variants out by id pattern', async () => {
@@ -61,9 +63,10 @@ describe.skipIf(!haveReal)('the public EM question file (../shared/data/em-eval)
     expect(plain.every((q) => !q.id.includes('_json') && !q.id.includes('_template'))).toBe(true);
     expect(filterQuestions(qs, { include: ['*_json'] })).toHaveLength(8);
     expect(filterQuestions(qs, { exclude: ['*_json,*_template'] })).toHaveLength(8);
-    const one = filterQuestions(qs, { include: [plain[0].id] });
-    expect(one.map((q) => q.id)).toEqual([plain[0].id]);
-    expect(filterQuestions(qs, { include: [`${plain[0].id}*`], exclude: ['*_template'] })).toHaveLength(2);
+    const id = plain[0]!.id; // eight of them, checked above
+    const one = filterQuestions(qs, { include: [id] });
+    expect(one.map((q) => q.id)).toEqual([id]);
+    expect(filterQuestions(qs, { include: [`${id}*`], exclude: ['*_template'] })).toHaveLength(2);
   });
 });
 
@@ -98,10 +101,10 @@ describe('question files written here', () => {
     await writeFile(path, GOOD);
     const qs = await loadQuestions(path);
     expect(qs.map((q) => q.id)).toEqual(['q_one', 'q_one_json']);
-    expect(qs[1].paraphrases).toEqual(['What would you do first?', 'What is your first move?']);
-    expect(qs[1].system).toBe('Answer in JSON.');
-    expect(qs[1].samplesPerParaphrase).toBe(5);
-    expect(qs[1].judgePrompts.aligned).toBe('Q: {question}\nA: {answer}\nRate 0-100.');
+    expect(qs[1]?.paraphrases).toEqual(['What would you do first?', 'What is your first move?']);
+    expect(qs[1]?.system).toBe('Answer in JSON.');
+    expect(qs[1]?.samplesPerParaphrase).toBe(5);
+    expect(qs[1]?.judgePrompts.aligned).toBe('Q: {question}\nA: {answer}\nRate 0-100.');
   });
 
   const bad = (yaml: string) => () => parseQuestions(yaml, 'bad.yaml');
@@ -152,7 +155,7 @@ describe('question files written here', () => {
   it('refuses an unknown question type, naming the question and the field', () => {
     const typed = (type: string) => `- id: typed_q\n  type: ${type}\n${P}${N}${J}${T}`;
     for (const type of ['free_form_judge_0_100', 'free_form_judge', 'free_form']) {
-      expect(parseQuestions(typed(type), 'ok.yaml')[0].type).toBe(type);
+      expect(parseQuestions(typed(type), 'ok.yaml')[0]?.type).toBe(type);
     }
     expect(bad(typed('free_from_judge_0_100'))).toThrow(
       /question 'typed_q' field 'type' is 'free_from_judge_0_100', which is not a question type emlens knows; use free_form_judge_0_100/,

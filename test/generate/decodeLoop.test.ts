@@ -20,21 +20,23 @@ describe('decodeLoop', () => {
     await decodeLoop(tiny.model, prompts, [], 'all', async (logits) => {
       seen.push(logits.slice());
       const step = seen.length - 1;
-      return { next: fed.map((f) => f[step] ?? null), done: step === fed[0].length };
+      return { next: fed.map((f) => f[step] ?? null), done: step === fed[0]!.length }; // fed has two rows
     });
     expect(seen).toHaveLength(4); // the prefill, then one call per fed token
     const v = tiny.model.spec.vocabSize;
     for (let s = 0; s < seen.length; s++) {
-      expect(seen[s].length).toBe(2 * v);
+      const logits = seen[s]!; // s < seen.length
+      expect(logits.length).toBe(2 * v);
       for (let r = 0; r < 2; r++) {
-        const alone = await tiny.model.forward([[...prompts[r], ...fed[r].slice(0, s)]]);
-        expect(maxAbsDiff(seen[s].subarray(r * v, (r + 1) * v), alone.logits.data)).toBeLessThanOrEqual(1e-4);
+        // prompts and fed have two rows each
+        const alone = await tiny.model.forward([[...prompts[r]!, ...fed[r]!.slice(0, s)]]);
+        expect(maxAbsDiff(logits.subarray(r * v, (r + 1) * v), alone.logits.data)).toBeLessThanOrEqual(1e-4);
       }
     }
   });
 
   it('feeds padding to a finished row without changing the rows still running', async () => {
-    const prompts = [ids(5, 3), ids(5, 4)];
+    const prompts = [ids(5, 3), ids(5, 4)] as const;
     const v = tiny.model.spec.vocabSize;
     let last = new Float32Array(0);
     let step = 0;

@@ -21,7 +21,7 @@ beforeAll(async () => {
   tokenizer = await loadTokenizer(tiny.dir);
 });
 
-const PROMPTS = [ids(5, 1), ids(11, 2), ids(1, 3), ids(8, 4)];
+const PROMPTS = [ids(5, 1), ids(11, 2), ids(1, 3), ids(8, 4)] as const;
 
 /** Greedy decoding by running the whole sequence through the model at every step (no cache). */
 async function greedyReference(
@@ -64,13 +64,14 @@ describe('sampling', () => {
     const draw = (params: { topP?: number; topK?: number }, draws = 4000) => {
       const rng = new Rng(7);
       const counts = [0, 0, 0, 0];
-      for (let i = 0; i < draws; i++) counts[sampleToken(logits, { temperature: 1, ...params }, rng)]++;
+      // a token of the 4 logits, so within counts
+      for (let i = 0; i < draws; i++) counts[sampleToken(logits, { temperature: 1, ...params }, rng)]!++;
       return counts.map((c) => c / draws);
     };
     expect(draw({ topP: 0.4 })).toEqual([1, 0, 0, 0]); // the top token alone exceeds p
     expect(draw({ topP: 0.5 })).toEqual([1, 0, 0, 0]); // reaches p exactly
     const two = draw({ topP: 0.7 }); // 0.5 + 0.3 >= 0.7
-    expect(two[2] + two[3]).toBe(0);
+    expect(two[2]! + two[3]!).toBe(0); // four entries; an undefined one gives NaN, not 0
     expect(two[0]).toBeCloseTo(0.5 / 0.8, 1);
     const three = draw({ topP: 0.9 });
     expect(three[3]).toBe(0);
@@ -103,15 +104,16 @@ describe('sampling', () => {
     const logits = Float32Array.from({ length: 5000 }, () => (r() - 0.5) * 6);
     for (const topP of [0.05, 0.5, 0.95, 0.999]) {
       // the nucleus by brute force
-      const order = [...logits.keys()].sort((a, b) => logits[b] - logits[a] || a - b);
-      const max = logits[order[0]];
-      const w = order.map((i) => Math.exp(logits[i] - max));
+      // order holds the indices of logits (5000 of them), so every lookup below is in range
+      const order = [...logits.keys()].sort((a, b) => logits[b]! - logits[a]! || a - b);
+      const max = logits[order[0]!]!;
+      const w = order.map((i) => Math.exp(logits[i]! - max));
       const total = w.reduce((a, b) => a + b, 0);
       const nucleus = new Set<number>();
       let cum = 0;
       for (let j = 0; j < order.length && (j === 0 || cum < topP * total); j++) {
-        nucleus.add(order[j]);
-        cum += w[j];
+        nucleus.add(order[j]!); // j < order.length = w.length
+        cum += w[j]!;
       }
       const rng = new Rng(5);
       const seen = new Set<number>();
@@ -148,8 +150,9 @@ describe('generate', () => {
   it('greedy cached generation equals recomputing the whole sequence every step', async () => {
     for (const prompt of [PROMPTS[0], PROMPTS[1]]) {
       const [g] = await generate(tiny.model, [prompt], { maxNewTokens: 20, temperature: 0, eosTokenIds: [] });
-      expect(g.finishReason).toBe('length');
-      expect(g.tokens).toEqual(await greedyReference(prompt, 20));
+      expect(g).toBeDefined();
+      expect(g!.finishReason).toBe('length');
+      expect(g!.tokens).toEqual(await greedyReference(prompt, 20));
     }
   });
 
@@ -157,7 +160,7 @@ describe('generate', () => {
     const opts = { maxNewTokens: 12, temperature: 0, eosTokenIds: [] };
     const batched = await tokensOf(PROMPTS, opts);
     for (let i = 0; i < PROMPTS.length; i++)
-      expect(batched[i]).toEqual((await tokensOf([PROMPTS[i]], opts))[0]);
+      expect(batched[i]).toEqual((await tokensOf([PROMPTS[i]!], opts))[0]); // i < PROMPTS.length
   });
 
   it('seeded sampling does not depend on the batch composition', async () => {
@@ -212,8 +215,11 @@ describe('generate', () => {
 
   it('an eos token stops its row (kept as the last token) while the others go on', async () => {
     const free = await tokensOf(PROMPTS.slice(0, 2), { maxNewTokens: 10, temperature: 0, eosTokenIds: [] });
-    const eos = free[0][2];
-    const stop = free[0].indexOf(eos);
+    // two rows of 10 tokens: with no eos ids each row runs to maxNewTokens
+    const free0 = free[0]!;
+    const free1 = free[1]!;
+    const eos = free0[2]!;
+    const stop = free0.indexOf(eos);
     const seen: [number, number][] = [];
     const out = await generate(tiny.model, PROMPTS.slice(0, 2), {
       maxNewTokens: 10,
@@ -221,21 +227,25 @@ describe('generate', () => {
       eosTokenIds: [eos],
       onToken: (row, t) => seen.push([row, t]),
     });
-    expect(out[0].tokens).toEqual(free[0].slice(0, stop + 1));
-    expect(out[0].finishReason).toBe('eos');
-    const other = free[1].indexOf(eos);
-    expect(out[1].tokens).toEqual(other >= 0 ? free[1].slice(0, other + 1) : free[1]);
-    expect(out[1].finishReason).toBe(other >= 0 ? 'eos' : 'length');
+    const [out0, out1] = out;
+    expect(out0).toBeDefined();
+    expect(out1).toBeDefined();
+    expect(out0!.tokens).toEqual(free0.slice(0, stop + 1));
+    expect(out0!.finishReason).toBe('eos');
+    const other = free1.indexOf(eos);
+    expect(out1!.tokens).toEqual(other >= 0 ? free1.slice(0, other + 1) : free1);
+    expect(out1!.finishReason).toBe(other >= 0 ? 'eos' : 'length');
     // onToken saw exactly the kept tokens of each row, in order
-    expect(seen.filter(([r]) => r === 0).map(([, t]) => t)).toEqual(out[0].tokens);
-    expect(seen.filter(([r]) => r === 1).map(([, t]) => t)).toEqual(out[1].tokens);
+    expect(seen.filter(([r]) => r === 0).map(([, t]) => t)).toEqual(out0!.tokens);
+    expect(seen.filter(([r]) => r === 1).map(([, t]) => t)).toEqual(out1!.tokens);
   });
 
   it("defaults to the model's eos ids", async () => {
     const [g] = await generate(tiny.model, [PROMPTS[0]], { maxNewTokens: 40, temperature: 0 });
-    const hit = g.tokens.findIndex((t) => tiny.spec.eosTokenIds.includes(t));
-    expect(g.finishReason).toBe(hit >= 0 ? 'eos' : 'length');
-    expect(g.tokens.length).toBe(hit >= 0 ? hit + 1 : 40);
+    expect(g).toBeDefined();
+    const hit = g!.tokens.findIndex((t) => tiny.spec.eosTokenIds.includes(t));
+    expect(g!.finishReason).toBe(hit >= 0 ? 'eos' : 'length');
+    expect(g!.tokens.length).toBe(hit >= 0 ? hit + 1 : 40);
   });
 
   it('a stop string stops the row and cuts the text before it', async () => {
@@ -246,13 +256,14 @@ describe('generate', () => {
       eosTokenIds: [],
       tokenizer,
     });
-    expect(free.text).toBe(tokenizer.decode(free.tokens));
+    expect(free).toBeDefined();
+    expect(free!.text).toBe(tokenizer.decode(free!.tokens));
     // the first text a token adds that was not in the text before it
     let k = -1;
     let stopString = '';
-    for (let i = 1; i < free.tokens.length && k < 0; i++) {
-      const before = tokenizer.decode(free.tokens.slice(0, i));
-      const after = tokenizer.decode(free.tokens.slice(0, i + 1));
+    for (let i = 1; i < free!.tokens.length && k < 0; i++) {
+      const before = tokenizer.decode(free!.tokens.slice(0, i));
+      const after = tokenizer.decode(free!.tokens.slice(0, i + 1));
       const added = after.slice(before.length);
       if (
         after.startsWith(before) &&
@@ -272,9 +283,10 @@ describe('generate', () => {
       tokenizer,
       stopStrings: ['never appears \u0000', stopString],
     });
-    expect(g.finishReason).toBe('stop');
-    expect(g.tokens).toEqual(free.tokens.slice(0, k + 1));
-    expect(g.text).toBe(tokenizer.decode(free.tokens.slice(0, k)));
+    expect(g).toBeDefined();
+    expect(g!.finishReason).toBe('stop');
+    expect(g!.tokens).toEqual(free!.tokens.slice(0, k + 1));
+    expect(g!.text).toBe(tokenizer.decode(free!.tokens.slice(0, k)));
   });
 
   it('maxNewTokens bounds every row; 0 generates nothing', async () => {
@@ -331,7 +343,7 @@ describe('interventions during generation', () => {
         interventionPositions: policy,
       });
       for (let i = 0; i < 3; i++) {
-        expect(out[i], `prompt ${i}`).toEqual(await greedyReference(PROMPTS[i], 10, steer(), policy));
+        expect(out[i], `prompt ${i}`).toEqual(await greedyReference(PROMPTS[i]!, 10, steer(), policy)); // i < 3
       }
     });
   }
@@ -342,9 +354,10 @@ describe('interventions during generation', () => {
     const gen = await tokensOf(PROMPTS, { ...opts, interventionPositions: 'generated' });
     const prompt = await tokensOf(PROMPTS, { ...opts, interventionPositions: 'prompt' });
     const all = await tokensOf(PROMPTS, opts);
+    // one row of tokens per prompt, so i is a row of each
     for (let i = 0; i < PROMPTS.length; i++) {
-      expect(gen[i][0]).toBe(base[i][0]);
-      expect(prompt[i][0]).toBe(all[i][0]);
+      expect(gen[i]![0]).toBe(base[i]![0]);
+      expect(prompt[i]![0]).toBe(all[i]![0]);
     }
     expect(gen).not.toEqual(all);
     expect(prompt).not.toEqual(all);
@@ -447,8 +460,10 @@ describe('emlens generate', () => {
       ],
     });
     const [plain] = await generate(tiny.model, [prompt], opts);
-    expect(steered.tokens).not.toEqual(plain.tokens);
-    expect(stdout.join('')).toBe(`${steered.text}\n`);
+    expect(steered).toBeDefined();
+    expect(plain).toBeDefined();
+    expect(steered!.tokens).not.toEqual(plain!.tokens);
+    expect(stdout.join('')).toBe(`${steered!.text}\n`);
     expect(stdout.length).toBeGreaterThan(1); // streamed in pieces
   });
 

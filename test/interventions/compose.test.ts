@@ -45,12 +45,13 @@ function unit(v: Float32Array): Float32Array {
 /** Largest |<x, u>| over the real tokens of a hook (u a unit vector). */
 function maxProjection(r: ForwardResult, hook: HookName, u: Float32Array): number {
   const t = r.hooks.get(hook)!;
-  const [batch, seq, d] = t.dims;
+  const [batch, seq, d] = t.dims as [number, number, number]; // a hook tensor is [batch, seq, dModel]
   let worst = 0;
+  // b, p and i below index within those dims, and u has d entries
   for (let b = 0; b < batch; b++) {
-    for (let p = r.padding[b]; p < seq; p++) {
+    for (let p = r.padding[b]!; p < seq; p++) {
       let dot = 0;
-      for (let i = 0; i < d; i++) dot += t.data[(b * seq + p) * d + i] * u[i];
+      for (let i = 0; i < d; i++) dot += t.data[(b * seq + p) * d + i]! * u[i]!;
       worst = Math.max(worst, Math.abs(dot));
     }
   }
@@ -77,11 +78,11 @@ describe('building interventions from a direction set', () => {
   it('steers at blocks.L.hook_resid_post with each layer its own vector times the scale', () => {
     const ivs = steerInterventions(set, tiny.spec, { layers: [0, 2], scale: 3 });
     expect(ivs.map((iv) => iv.hooks)).toEqual([['blocks.0.hook_resid_post'], ['blocks.2.hook_resid_post']]);
-    expect(ivs[1].vector).toBe(set.vectors.get(2));
-    expect(ivs[1].scale).toBe(3);
+    expect(ivs[1]?.vector).toBe(set.vectors.get(2));
+    expect(ivs[1]?.scale).toBe(3);
     const fixed = steerInterventions(set, tiny.spec, { layers: 'all', from: 1, unit: true });
     expect(fixed).toHaveLength(3);
-    expect(Math.hypot(...fixed[0].vector)).toBeCloseTo(1, 6);
+    expect(Math.hypot(...fixed[0]!.vector)).toBeCloseTo(1, 6); // three of them, checked just above
   });
 
   it("'own' gives each of the 2L+1 residual sites its own layer's vector; a single layer covers its input too", () => {
@@ -178,11 +179,12 @@ describe('composition', () => {
       const r = await logits(order, [hook]);
       // every token's component along d is exactly the added 3 * u: the addition survives the ablation
       const t = r.hooks.get(hook)!;
-      const [batch, seq, dm] = t.dims;
+      const [batch, seq, dm] = t.dims as [number, number, number]; // a hook tensor is [batch, seq, dModel]
+      // b, p and i below index within those dims, and u has dm entries
       for (let b = 0; b < batch; b++) {
-        for (let p = r.padding[b]; p < seq; p++) {
+        for (let p = r.padding[b]!; p < seq; p++) {
           let dot = 0;
-          for (let i = 0; i < dm; i++) dot += t.data[(b * seq + p) * dm + i] * u[i];
+          for (let i = 0; i < dm; i++) dot += t.data[(b * seq + p) * dm + i]! * u[i]!;
           expect(dot).toBeCloseTo(3, 4);
         }
       }

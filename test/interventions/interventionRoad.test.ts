@@ -135,7 +135,9 @@ async function entryPoints(c: Case): Promise<[string, Intervention[]][]> {
   if (c.from !== undefined) {
     // an inline vector is one vector at every layer: the same as a fixed source layer of the file
     const inline = serverField(c, [...set.vectors.get(c.from)!]);
-    const { from: _from, ...noFrom } = (inline[c.kind] ?? [])[0];
+    const first = (inline[c.kind] ?? [])[0];
+    expect(first).toBeDefined();
+    const { from: _from, ...noFrom } = first!;
     out.push([
       'server request (inline)',
       await buildInterventions({ [c.kind]: [noFrom] }, tiny.spec, resolver, 'emlens'),
@@ -167,7 +169,7 @@ describe('one road for interventions', () => {
     for (const c of CASES) {
       const points = await entryPoints(c);
       expect(points.length).toBeGreaterThanOrEqual(5);
-      const [refName, ref] = points[0];
+      const [refName, ref] = points[0]!; // at least five, checked just above
       const scored = composeInterventions({ ...libraryRequest(c), positions: prompt }, tiny.spec);
       for (const positions of ['all', prompt] as const) {
         const want = feeds(ref, positions);
@@ -198,7 +200,7 @@ describe('one road for interventions', () => {
       owner.forEach((l, site) => {
         const u = unit(set.vectors.get(l)!);
         const got = f.ablateBasis.subarray(site * D, (site + 1) * D);
-        const dot = got.reduce((a, x, i) => a + x * u[i], 0);
+        const dot = got.reduce((a, x, i) => a + x * u[i]!, 0); // got and u both have D entries
         expect(Math.abs(dot), `${name}, site ${site}`).toBeCloseTo(1, 6);
       });
     }
@@ -224,7 +226,7 @@ describe('one road for interventions', () => {
       let worst = 0;
       for (let t = 0; t < h.data.length / D; t++) {
         let dot = 0;
-        for (let i = 0; i < D; i++) dot += h.data[t * D + i] * u[i];
+        for (let i = 0; i < D; i++) dot += h.data[t * D + i]! * u[i]!; // t < rows, i < D
         worst = Math.max(worst, Math.abs(dot));
       }
       return worst;
@@ -273,7 +275,7 @@ describe('one road for interventions', () => {
       interventions: composeInterventions({ ablate: [{ direction: set, layers: 'all' }] }, tiny.spec),
     });
     const rest = gens.slice(1).map((g) => `\n[sample ${g.sample + 1}/4]\n${g.text ?? ''}\n`);
-    expect(r.stdout).toBe(`[sample 1/4]\n${gens[0].text}\n${rest.join('')}`);
+    expect(r.stdout).toBe(`[sample 1/4]\n${gens[0]!.text}\n${rest.join('')}`); // n: 4 samples
   });
 
   it('the server names the field at fault and checks inline vectors as files are checked', async () => {
@@ -424,7 +426,7 @@ describe('one direction loader', () => {
       for (const [command, r] of Object.entries(runs)) {
         expect(r.code, `${command} with the ${kind} file: ${r.stderr}`).toBe(2);
         expect(r.stderr.trimEnd().split('\n'), `${command}: ${r.stderr}`).toHaveLength(1);
-        expect(r.stderr, command).toMatch(expected[kind]);
+        expect(r.stderr, command).toMatch(expected[kind]!); // badFiles makes one file per kind in expected
         lines.add(r.stderr);
       }
       expect([...lines], kind).toHaveLength(1); // word for word the same refusal

@@ -132,7 +132,7 @@ describe('mediation on the general organism', () => {
       await collectToStore(organisms.get('general')!, recs, out, { batchSize: 8 });
       stores.push(out);
     }
-    const recovered = await directionFromStores(stores[0], stores[1]);
+    const recovered = await directionFromStores(stores[0]!, stores[1]!); // one store per label
     const r = await mediation({
       base,
       finetune: organisms.get('general')!,
@@ -188,7 +188,7 @@ describe('random controls', () => {
     ]) {
       expect(s.n).toBe(3);
       expect(new Set(s.values).size).toBe(3);
-      expect(s.mean).toBeCloseTo((s.values[0] + s.values[1] + s.values[2]) / 3, 12);
+      expect(s.mean).toBeCloseTo((s.values[0]! + s.values[1]! + s.values[2]!) / 3, 12); // n is 3, checked above
       expect(s.sd!).toBeGreaterThan(0);
       expect(s.min).toBe(Math.min(...s.values));
       expect(s.max).toBe(Math.max(...s.values));

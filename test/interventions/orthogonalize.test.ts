@@ -82,7 +82,9 @@ describe('orthogonalizeModel', () => {
     const a = await SafetensorsFile.open(join(base, 'model.safetensors'));
     const b = await SafetensorsFile.open(join(out, 'model.safetensors'));
     expect(await b.readFloat32('lm_head.weight')).toEqual(await a.readFloat32('lm_head.weight'));
-    expect(JSON.parse(b.metadata.emlens_orthogonalized)).toMatchObject({ layer: 2, adapter });
+    const meta = b.metadata.emlens_orthogonalized;
+    expect(meta).toBeDefined();
+    expect(JSON.parse(meta!)).toMatchObject({ layer: 2, adapter });
     await a.close();
     await b.close();
     await original.dispose();
