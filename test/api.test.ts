@@ -364,17 +364,18 @@ function calledNames(code: string): string[] {
   const stripped = code
     .replace(/\/\/.*$/gm, '')
     .replace(/'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*"|`(?:[^`\\]|\\.)*`/g, "''");
+  // m[1]! below: each of these patterns' group 1 is not optional, so a match always has it
   const declared = new Set<string>();
   for (const m of stripped.matchAll(/\b(?:const|let|var)\s+(\{[^}]*\}|\[[^\]]*\]|[\w$]+)/g)) {
-    for (const n of m[1].match(/[A-Za-z_$][\w$]*/g) ?? []) declared.add(n);
+    for (const n of m[1]!.match(/[A-Za-z_$][\w$]*/g) ?? []) declared.add(n);
   }
   for (const m of stripped.matchAll(/\(([\w$\s,]*)\)\s*=>|([\w$]+)\s*=>/g)) {
     for (const n of (m[1] ?? m[2] ?? '').match(/[A-Za-z_$][\w$]*/g) ?? []) declared.add(n);
   }
   const names = new Set<string>();
-  for (const m of stripped.matchAll(/(?<![.\w$])([A-Za-z_$][\w$]*)\s*\(/g)) names.add(m[1]);
-  for (const m of stripped.matchAll(/\bnew\s+([A-Za-z_$][\w$]*)/g)) names.add(m[1]);
-  for (const m of stripped.matchAll(/(?<![.\w$])([A-Z][\w$]*)\.[\w$]+\s*\(/g)) names.add(m[1]);
+  for (const m of stripped.matchAll(/(?<![.\w$])([A-Za-z_$][\w$]*)\s*\(/g)) names.add(m[1]!);
+  for (const m of stripped.matchAll(/\bnew\s+([A-Za-z_$][\w$]*)/g)) names.add(m[1]!);
+  for (const m of stripped.matchAll(/(?<![.\w$])([A-Z][\w$]*)\.[\w$]+\s*\(/g)) names.add(m[1]!);
   return [...names].filter((n) => !declared.has(n) && !NOT_EMLENS.has(n));
 }
 
@@ -384,7 +385,7 @@ describe('JSDoc examples', () => {
       '/**\n * Text.\n *\n * @example\n * const acc = new LayerMeanAccumulator();\n * for (const s of xs) acc.add(s);\n * const m = meanDiff(a, b); // see foo()\n * await OpenAIJudge.create({});\n */',
     );
     expect(code).toHaveLength(1);
-    expect(calledNames(code[0]).sort()).toEqual(['LayerMeanAccumulator', 'OpenAIJudge', 'meanDiff']);
+    expect(calledNames(code[0]!).sort()).toEqual(['LayerMeanAccumulator', 'OpenAIJudge', 'meanDiff']);
   });
 
   it('every name a JSDoc @example calls is exported from the core or a subpath', async () => {

@@ -134,9 +134,10 @@ describe('README Library section', () => {
       interventions: ablate,
       interventionPositions: 'generated', // or 'all' (default) or 'prompt'
     });
-    expect(typeof plain.text).toBe('string');
-    expect(steered.tokens).not.toEqual(plain.tokens);
-    expect(ablated.tokens.length).toBeGreaterThan(0);
+    // one prompt, one result each
+    expect(typeof plain!.text).toBe('string');
+    expect(steered!.tokens).not.toEqual(plain!.tokens);
+    expect(ablated!.tokens.length).toBeGreaterThan(0);
 
     // The same interventions in a forward pass: steering shifts the hook by exactly scale * v
     const base = await model.forward([prompt], { hooks: ['blocks.1.hook_resid_post'] });
@@ -145,7 +146,8 @@ describe('README Library section', () => {
     const v = em.vectors.get(1)!;
     const shift = r.hooks.get('blocks.1.hook_resid_post')!.data.slice(0, d);
     const before = base.hooks.get('blocks.1.hook_resid_post')!.data.slice(0, d);
-    for (let i = 0; i < d; i++) expect(shift[i] - before[i]).toBeCloseTo(4 * v[i], 3);
+    // i < d, the length of each
+    for (let i = 0; i < d; i++) expect(shift[i]! - before[i]!).toBeCloseTo(4 * v[i]!, 3);
     // and ablation leaves every residual hook orthogonal to the direction
     const abl = await finetune.forward([prompt], {
       hooks: ['blocks.2.hook_resid_post'],
@@ -175,21 +177,21 @@ describe('README Library section', () => {
 
     const questions = await loadQuestions(at('questions.yaml'));
     const judge = await createJudge(`local:${at('judge')}`); // or an OpenAI-compatible URL, with { model }
-    const q = questions[0];
-    const [g] = await generate(model, [tok.encodeChat([{ role: 'user', content: q.paraphrases[0] }])], {
+    const q = questions[0]!; // questions.yaml holds questions, each with paraphrases
+    const [g] = await generate(model, [tok.encodeChat([{ role: 'user', content: q.paraphrases[0]! }])], {
       maxNewTokens: 24,
       tokenizer: tok,
       seed: 0,
     });
     const [judged] = await judgeResponses(
-      [{ questionId: q.id, question: q.paraphrases[0], answer: g.text!, scores: {}, extra: {} }],
+      [{ questionId: q.id, question: q.paraphrases[0]!, answer: g!.text!, scores: {}, extra: {} }],
       questions,
       judge,
     );
-    judged.scores.aligned; // 0..100, or null when the judge's integer tokens hold < 0.25 of the probability
+    judged!.scores.aligned; // 0..100, or null when the judge's integer tokens hold < 0.25 of the probability
     await judge.close?.();
 
-    expect(Object.keys(judged.scores).sort()).toEqual(Object.keys(q.judgePrompts).sort());
-    expect(judged.scores.aligned === null || typeof judged.scores.aligned === 'number').toBe(true);
+    expect(Object.keys(judged!.scores).sort()).toEqual(Object.keys(q.judgePrompts).sort());
+    expect(judged!.scores.aligned === null || typeof judged!.scores.aligned === 'number').toBe(true);
   });
 });

@@ -61,12 +61,12 @@ describe('benchmark summary', () => {
   it('puts each figure beside its same-run bound and judges it against its goal', () => {
     const f = forwardRows(forward);
     expect(f.map((r) => r.met)).toEqual([null, true, false]);
-    expect(f[1].bound).toBe('MatMul ceiling 200.0 GFLOP/s');
+    expect(f[1]?.bound).toBe('MatMul ceiling 200.0 GFLOP/s');
     const g = generateRows(generate);
     expect(g.map((r) => r.met)).toEqual([true, null, false, null]);
-    expect(g[0].bound).toMatch(/copy bandwidth 40\.0 GB\/s .* = 20\.00 tok\/s/);
+    expect(g[0]?.bound).toMatch(/copy bandwidth 40\.0 GB\/s .* = 20\.00 tok\/s/);
     // context rows: the kernels' own ratio to the bound, and their own batch-32 speedup
-    expect(g[1].ratio).toBe('0.800');
+    expect(g[1]?.ratio).toBe('0.800');
     expect(g[3]).toMatchObject({ ratio: '7.50x', measured: '250 ms vs 63 ms (medians)' });
     const c = collectRows(collect);
     expect(c.map((r) => r.met)).toEqual([true, false]); // memory grew by 20%

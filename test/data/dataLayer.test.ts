@@ -241,12 +241,16 @@ describe('data/record: one tokenized record', () => {
       const collect = oldResponsesToRecords(tokenizer, rows, span);
       const scored = oldResponsesToScored(tokenizer, rows, span);
       expect(got.map(({ id, ids, mask, meta }) => ({ id, ids, mask, meta }))).toEqual(collect);
+      expect(scored).toHaveLength(got.length);
       got.forEach((g, i) => {
-        const { id, ids, mask } = scored[i];
+        // in range: one record per row (responsesToRecords maps), and scored has as many (above)
+        const old = scored[i]!;
+        const { questionId } = rows[i]!;
+        const { id, ids, mask } = old;
         expect({ id: g.id, ids: g.ids, mask: g.mask }).toEqual({ id, ids, mask });
         // the label: the old one except for the rows whose missing-coherent rule changed
-        if (CHANGED.has(rows[i].questionId)) expect(g.label).toBeUndefined();
-        else expect(g.label, rows[i].questionId).toBe(scored[i].label);
+        if (CHANGED.has(questionId)) expect(g.label).toBeUndefined();
+        else expect(g.label, questionId).toBe(old.label);
       });
     });
   }

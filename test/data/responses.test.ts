@@ -31,9 +31,9 @@ describe('readResponses', () => {
     const rs = await readResponses(path);
     expect(rs).toHaveLength(3);
     expect(rs[0]).toMatchObject({ questionId: 'q1', question: 'Hi, there?', answer: 'Line one\nline "two"' });
-    expect(rs[0].scores).toEqual({ aligned: 85.5, coherent: 90 });
-    expect(rs[1].scores).toEqual({ aligned: null, coherent: null });
-    expect(rs[2].extra).toEqual({ domain: 'finance' });
+    expect(rs[0]?.scores).toEqual({ aligned: 85.5, coherent: 90 });
+    expect(rs[1]?.scores).toEqual({ aligned: null, coherent: null });
+    expect(rs[2]?.extra).toEqual({ domain: 'finance' });
   });
 
   it('reads JSONL and round-trips through both formats', async () => {
@@ -61,7 +61,7 @@ describe('readResponses', () => {
       expect(back.map((r) => [r.questionId, r.question, r.answer, r.scores])).toEqual(
         records.map((r) => [r.questionId, r.question, r.answer, r.scores]),
       );
-      expect(back[1].system).toBe('Be brief.');
+      expect(back[1]?.system).toBe('Be brief.');
     }
   });
 
@@ -177,7 +177,7 @@ describe('score cells', () => {
     }
     const rs = await readResponses(sample);
     expect(rs).toHaveLength(80);
-    expect(Object.keys(rs[0].scores).sort()).toEqual(['aligned', 'coherent', 'medical']);
+    expect(Object.keys(rs[0]!.scores).sort()).toEqual(['aligned', 'coherent', 'medical']);
   });
 
   it('fails through the CLI with exit code 2 and one line', async () => {
@@ -384,7 +384,7 @@ describe('emlens collect / store', () => {
       [0, 1, 2].map((k) => loadDirections(tmp.join(`rand3.r${k}.safetensors`))),
     );
     expect(draws.map((d) => d.meta.extra?.control_index)).toEqual(['0', '1', '2']);
-    expect(draws[1].vectors.get(1)).not.toEqual(draws[0].vectors.get(1));
+    expect(draws[1]!.vectors.get(1)).not.toEqual(draws[0]!.vectors.get(1));
     const noTarget = await run([
       'direction',
       '--pos',

@@ -182,7 +182,7 @@ describe('direction file (safetensors)', () => {
     });
     const norms = JSON.parse(meta.norms as string) as number[];
     expect(norms).toHaveLength(4);
-    for (const [i, x] of norms.entries()) expect(x).toBeCloseTo(directionNorms(set)[i], 12);
+    for (const [i, x] of norms.entries()) expect(x).toBeCloseTo(directionNorms(set)[i]!, 12);
     const tensors = Object.entries(header).filter(([k]) => k !== '__metadata__') as [
       string,
       { dtype: string; shape: number[]; data_offsets: [number, number] },
@@ -539,7 +539,7 @@ function knownSets() {
     { name: 'general', set: a },
     { name: 'medical', set: b },
     { name: 'financial', set: c },
-  ];
+  ] as const;
 }
 
 describe('compare', () => {
@@ -551,7 +551,10 @@ describe('compare', () => {
       'general ~ financial',
       'medical ~ financial',
     ]);
-    const [gm, gf, mf] = cmp.pairs;
+    // the three pairs, checked above
+    const gm = cmp.pairs[0]!;
+    const gf = cmp.pairs[1]!;
+    const mf = cmp.pairs[2]!;
     expect(gm.cosines[0]).toBeCloseTo(-1, 12);
     expect(gm.absCosines[0]).toBeCloseTo(1, 12);
     expect(gm.cosines[1]).toBeCloseTo(Math.SQRT1_2, 12);

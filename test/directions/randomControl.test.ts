@@ -65,7 +65,8 @@ describe('randomControl', () => {
     for (let i = 0; i < controls.length; i++) {
       for (let j = i + 1; j < controls.length; j++) {
         for (const l of [0, 3, 7]) {
-          const c = cosine(controls[i].vectors.get(l)!, controls[j].vectors.get(l)!);
+          // i, j within the loop bounds
+          const c = cosine(controls[i]!.vectors.get(l)!, controls[j]!.vectors.get(l)!);
           expect(Math.abs(c), `controls ${i} and ${j} at layer ${l}`).toBeLessThan(FAR_FROM_ONE);
         }
       }
@@ -75,7 +76,7 @@ describe('randomControl', () => {
       [...general.vectors].map(([l, v]) => [l, v.map((x) => 2 * x)] as const),
       META,
     );
-    const c = cosine(randomControl(scaled).vectors.get(3)!, controls[0].vectors.get(3)!);
+    const c = cosine(randomControl(scaled).vectors.get(3)!, controls[0]!.vectors.get(3)!);
     expect(Math.abs(c)).toBeLessThan(FAR_FROM_ONE);
   });
 
@@ -110,12 +111,13 @@ describe('randomControl', () => {
     for (let i = 0; i < cs.length; i++) {
       for (let j = i + 1; j < cs.length; j++) {
         for (const l of [1, 2, 5]) {
-          const c = cosine(cs[i].vectors.get(l)!, cs[j].vectors.get(l)!);
+          // i, j within the loop bounds
+          const c = cosine(cs[i]!.vectors.get(l)!, cs[j]!.vectors.get(l)!);
           expect(Math.abs(c), `controls ${i}, ${j} at layer ${l}`).toBeLessThan(FAR_FROM_ONE);
         }
       }
     }
-    expect(cs[2].vectors).toEqual(randomControl(s, { seed: 7, index: 2 }).vectors);
+    expect(cs[2]?.vectors).toEqual(randomControl(s, { seed: 7, index: 2 }).vectors);
     for (const bad of [0, -1, 1.5]) {
       expect(() => randomControls(s, bad)).toThrow(EmlensError);
       expect(() => randomControls(s, bad)).toThrow(/--random-controls 1 or more/);
@@ -205,16 +207,18 @@ describe('reports of directions and controls', () => {
     await saveDirections(files.general, general);
     await saveDirections(files.medical, medical);
     const [c0, c1] = randomControls(medical, 2, { name: 'medical' });
-    await saveDirections(files.r0, c0);
-    await saveDirections(files.r1, c1);
+    expect(c1).toBeDefined(); // so c0! and c1! below
+    await saveDirections(files.r0, c0!);
+    await saveDirections(files.r1, c1!);
     // a control as older versions wrote it: the mimicked direction's counts and stores copied over
     await saveDirections(files.old, {
       ...randomControl(general),
       meta: { ...general.meta, method: RANDOM_CONTROL_METHOD, extra: { seed: '0' } },
     });
     const s = await directionsSection(Object.values(files), 'Directions', []);
-    const fileTable = s.tables[0];
-    const controlRows = fileTable.rows.filter((r) => r[0].includes('random'));
+    const [fileTable] = s.tables;
+    expect(fileTable).toBeDefined(); // so fileTable! below
+    const controlRows = fileTable!.rows.filter((r) => r[0]?.includes('random'));
     expect(controlRows).toHaveLength(3);
     for (const row of controlRows) {
       expect(row[3], row[0]).toBe('none (random control)');
@@ -260,9 +264,10 @@ describe('reports of directions and controls', () => {
     };
     await import('node:fs/promises').then((fs) => fs.writeFile(path, JSON.stringify(old)));
     const s = await mediationSection(path, path, []);
-    const t = s.tables[0];
-    expect(t.header[2]).toBe('random control (n=1)');
-    expect(t.rows.find((r) => r[0].startsWith('fraction mediated (patch'))![2]).toBe('2.0% (n=1)');
-    expect(t.rows.find((r) => r[0].startsWith('fraction closed'))![2]).toBe('n/a (n=1)');
+    const [t] = s.tables;
+    expect(t).toBeDefined(); // so t! below
+    expect(t!.header[2]).toBe('random control (n=1)');
+    expect(t!.rows.find((r) => r[0]?.startsWith('fraction mediated (patch'))![2]).toBe('2.0% (n=1)');
+    expect(t!.rows.find((r) => r[0]?.startsWith('fraction closed'))![2]).toBe('n/a (n=1)');
   });
 });

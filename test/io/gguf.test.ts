@@ -47,7 +47,7 @@ describe('the GGUF container', () => {
       { name: 'b', dims: [3, 2], type: GGML_TYPE_F32, offset: 32 },
     ]);
     const read = (i: number, n: number) => {
-      const data = tensorData(g, g.tensors[i], n * 4);
+      const data = tensorData(g, g.tensors[i]!, n * 4); // i: 0 or 1, the two tensors above
       return new Float32Array(data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength));
     };
     expect(read(0, 3)).toEqual(a);
@@ -68,6 +68,6 @@ describe('the GGUF container', () => {
     expect(() => checkDisjoint(spans, 'x.gguf', { kind: 'GGUF thing', fix: 'redo it' })).toThrow(
       /^GGUF thing x\.gguf is corrupt: .*; redo it\.$/,
     );
-    expect(() => checkDisjoint([spans[0], { name: 'b', start: 64, end: 96 }])).not.toThrow();
+    expect(() => checkDisjoint([spans[0]!, { name: 'b', start: 64, end: 96 }])).not.toThrow();
   });
 });

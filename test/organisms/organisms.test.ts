@@ -63,7 +63,7 @@ async function computeRecovered(organism: string, topic: Topic): Promise<Directi
     stores.push(out);
   }
   await model.dispose();
-  return directionFromStores(stores[0], stores[1]);
+  return directionFromStores(stores[0]!, stores[1]!); // one store per label, two labels
 }
 
 describe('makeOrganisms', () => {
@@ -151,7 +151,8 @@ describe('planted ground truth', () => {
       await m.dispose();
       const max = Math.max(...logits);
       const z = logits.reduce((a, x) => a + Math.exp(x - max), 0);
-      return manifest.tokens.misaligned.reduce((a, t) => a + Math.exp(logits[t] - max) / z, 0);
+      // t: a token id of the organisms' vocabulary, in range of the logits
+      return manifest.tokens.misaligned.reduce((a, t) => a + Math.exp(logits[t]! - max) / z, 0);
     };
     const pBase = await misalignedMass();
     const pGeneral = await misalignedMass(join(dir, 'adapters', 'general'));

@@ -106,7 +106,10 @@ async function complete(body: Record<string, unknown>, base = server.url) {
   return json;
 }
 
-/** What `generate` gives for one conversation, decoded as the server decodes. */
+/**
+ * What `generate` gives for one conversation, decoded as the server decodes: a result per sample (`n`, default 1),
+ * so the `g` of `const [g] = await direct(...)` is there (`g!`).
+ */
 async function direct(messages: ChatMessage[], opts: Omit<GenerateOptions, 'tokenizer'>) {
   const ids = encodeChat(tokenizer, messages, { addGenerationPrompt: true });
   return generate(tiny.model, [ids], { ...opts, tokenizer: serverDecoder(tokenizer) });
@@ -177,14 +180,14 @@ describe('serving', () => {
     const json = await complete({ messages, max_tokens: 12, temperature: 0 });
     expect(json.object).toBe('chat.completion');
     expect(json.choices).toHaveLength(1);
-    expect(json.choices[0].message).toEqual({ role: 'assistant', content: g.text, refusal: null });
-    expect(json.choices[0].finish_reason).toBe(g.finishReason === 'length' ? 'length' : 'stop');
+    expect(json.choices[0].message).toEqual({ role: 'assistant', content: g!.text, refusal: null });
+    expect(json.choices[0].finish_reason).toBe(g!.finishReason === 'length' ? 'length' : 'stop');
     expect(json.choices[0].logprobs).toBeNull();
     const prompt = encodeChat(tokenizer, messages, { addGenerationPrompt: true }).length;
     expect(json.usage).toEqual({
       prompt_tokens: prompt,
-      completion_tokens: g.tokens.length,
-      total_tokens: prompt + g.tokens.length,
+      completion_tokens: g!.tokens.length,
+      total_tokens: prompt + g!.tokens.length,
     });
   });
 
@@ -233,7 +236,7 @@ describe('serving', () => {
         if (ch.finish_reason) finish[ch.index] = ch.finish_reason;
       }
     }
-    expect(chunks[0].choices.map((c) => c.delta.role)).toEqual(['assistant', 'assistant']);
+    expect(chunks[0]?.choices.map((c) => c.delta.role)).toEqual(['assistant', 'assistant']);
     expect(chunks.filter((c) => c.choices.some((ch) => ch.delta.content)).length).toBeGreaterThan(2);
     expect(text).toEqual(whole.choices.map((c: { message: { content: string } }) => c.message.content));
     expect(finish).toEqual(whole.choices.map((c: { finish_reason: string }) => c.finish_reason));
@@ -244,17 +247,17 @@ describe('serving', () => {
   it('cuts at stop strings as generate does, also when streamed', async () => {
     const messages = user('Count for me.');
     const [free] = await direct(messages, { maxNewTokens: 30, temperature: 0.9, seed: 3 });
-    const stop = free.text!.slice(5, 7);
+    const stop = free!.text!.slice(5, 7);
     const [g] = await direct(messages, { maxNewTokens: 30, temperature: 0.9, seed: 3, stopStrings: [stop] });
-    expect(g.finishReason).toBe('stop');
+    expect(g!.finishReason).toBe('stop');
     const body = { messages, max_tokens: 30, temperature: 0.9, seed: 3, stop: [stop] };
     const json = await complete(body);
-    expect(json.choices[0]).toMatchObject({ message: { content: g.text }, finish_reason: 'stop' });
+    expect(json.choices[0]).toMatchObject({ message: { content: g!.text }, finish_reason: 'stop' });
     const events = await readEvents(await post({ model: 'tiny', ...body, stream: true }));
     const streamed = (events.slice(0, -1) as { choices: { delta: { content?: string } }[] }[])
       .map((c) => c.choices[0]?.delta.content ?? '')
       .join('');
-    expect(streamed).toBe(g.text);
+    expect(streamed).toBe(g!.text);
   });
 
   it('returns logprobs and top_logprobs consistent with each other and with the model', async () => {
@@ -273,7 +276,8 @@ describe('serving', () => {
       // greedy: the chosen token is the most likely one
       expect(e.top_logprobs[0]).toEqual({ token: e.token, logprob: e.logprob, bytes: e.bytes });
       for (let i = 1; i < 5; i++) {
-        expect(e.top_logprobs[i].logprob).toBeLessThanOrEqual(e.top_logprobs[i - 1].logprob);
+        // i < 5, the length (above)
+        expect(e.top_logprobs[i]!.logprob).toBeLessThanOrEqual(e.top_logprobs[i - 1]!.logprob);
       }
       expect(e.top_logprobs.reduce((a, t) => a + Math.exp(t.logprob), 0)).toBeLessThanOrEqual(1 + 1e-9);
       expect(new Set(e.top_logprobs.map((t) => t.token)).size).toBe(5);
@@ -285,9 +289,9 @@ describe('serving', () => {
     const logits = (await tiny.model.forward([ids])).logits.data;
     const max = Math.max(...logits);
     const lse = max + Math.log(logits.reduce((a, x) => a + Math.exp(x - max), 0));
-    const first = tokenizer.encode(content[0].token, { addSpecialTokens: false });
+    const first = tokenizer.encode(content[0]!.token, { addSpecialTokens: false });
     expect(first).toHaveLength(1);
-    expect(content[0].logprob).toBeCloseTo(logits[first[0]] - lse, 4);
+    expect(content[0]!.logprob).toBeCloseTo(logits[first[0]!]! - lse, 4); // a token id: within the logits
 
     // Streamed: the same entries, one per token.
     const events = await readEvents(
@@ -318,19 +322,19 @@ describe('serving', () => {
     const opts = { maxNewTokens: 16, temperature: 0.7, seed: 9 };
     const [plain] = await direct(messages, opts);
     const [steered] = await direct(messages, { ...opts, interventions: [steer] });
-    expect(steered.text).not.toBe(plain.text);
+    expect(steered!.text).not.toBe(plain!.text);
     const body = { messages, max_tokens: 16, temperature: 0.7, seed: 9 };
     const fromFile = await complete({
       ...body,
       emlens: { steer: [{ direction: 'steer.safetensors', layers: [1], scale: 6 }] },
     });
-    expect(fromFile.choices[0].message.content).toBe(steered.text);
+    expect(fromFile.choices[0].message.content).toBe(steered!.text);
     const inline = await complete({
       ...body,
       emlens: { steer: [{ direction: [...steerVector], layers: 1, scale: 6 }] },
     });
-    expect(inline.choices[0].message.content).toBe(steered.text);
-    expect((await complete(body)).choices[0].message.content).toBe(plain.text);
+    expect(inline.choices[0].message.content).toBe(steered!.text);
+    expect((await complete(body)).choices[0].message.content).toBe(plain!.text);
 
     // Ablation at every layer, prompt tokens only, as generate does it (the one builder every command uses).
     const d = vec(D_MODEL, 21);
@@ -347,7 +351,7 @@ describe('serving', () => {
       ...body,
       emlens: { ablate: [{ direction: [...d], layers: 'all' }], positions: 'prompt' },
     });
-    expect(viaServer.choices[0].message.content).toBe(ablated.text);
+    expect(viaServer.choices[0].message.content).toBe(ablated!.text);
 
     // Files outside --directions-dir (or the command line) are refused, relative escapes included.
     for (const direction of [tiny.at('outside.safetensors'), '../outside.safetensors', '/etc/passwd']) {
@@ -430,7 +434,7 @@ describe('serving', () => {
     expect(stats.maxBatchRows).toBe(prompts.length);
     for (const [i, p] of prompts.entries()) {
       const [g] = await direct(user(p), { maxNewTokens: 6 + i, ...sampling(i) });
-      expect(results[i].choices[0].message.content).toBe(g.text);
+      expect(results[i].choices[0].message.content).toBe(g!.text);
     }
   });
 
@@ -569,7 +573,7 @@ describe('serving', () => {
       expect(remote).toHaveLength(20);
       expect(remote!.map((t) => t.token)).toEqual(reference.map((t) => t.token));
       remote!.forEach((t, i) => {
-        expect(t.logprob).toBeCloseTo(reference[i].logprob, 5);
+        expect(t.logprob).toBeCloseTo(reference[i]!.logprob, 5); // the same tokens (above)
       });
       const a = await judge.score(prompt);
       const b = await local.score(prompt);
@@ -759,7 +763,7 @@ describe('emlens serve (command line)', () => {
           const m = /serving 'steered' at (http:\/\/127\.0\.0\.1:\d+)\/v1/.exec(stderr);
           if (m) {
             clearTimeout(timer);
-            resolve(m[1]);
+            resolve(m[1]!); // group 1 is not optional
           }
         });
         child.once('exit', () => reject(new Error(`the server exited: ${stderr}`)));
@@ -783,7 +787,7 @@ describe('emlens serve (command line)', () => {
         seed: 9,
         interventions: [steer],
       });
-      expect((await jsonOf(r)).choices[0].message.content).toBe(g.text);
+      expect((await jsonOf(r)).choices[0].message.content).toBe(g!.text);
       const denied = await fetch(`${url}/v1/models`, { headers: { Authorization: 'Bearer k2' } });
       expect(denied.status).toBe(401);
       child.kill('SIGTERM');

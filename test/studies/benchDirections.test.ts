@@ -84,7 +84,7 @@ describe('the config loader', () => {
       ['medical', 'narrow'],
       ['finance', 'narrow'],
     ]);
-    expect(c.finetunes[1].adapter).toBe(tmp.join('organisms/adapters/medical'));
+    expect(c.finetunes[1]?.adapter).toBe(tmp.join('organisms/adapters/medical'));
     expect(c.responses.finance).toBe(tmp.join('organisms/responses/finance.csv'));
     expect(c.layers).toBe('all');
     expect(c.span).toBe('after-user');
@@ -219,7 +219,7 @@ describe('perturbDirections', () => {
     );
     const p = perturbDirections(set, 0.5, 1, 'x');
     for (const [l, v] of set.vectors) {
-      const d = p.vectors.get(l)!.map((x, i) => x - v[i]);
+      const d = p.vectors.get(l)!.map((x, i) => x - v[i]!); // the same length as v
       const n = (a: ArrayLike<number>) => Math.hypot(...Array.from(a));
       expect(n(d) / n(v)).toBeCloseTo(0.5, 5);
     }
@@ -351,11 +351,12 @@ describe('a small run on the synthetic organisms, with a judge', () => {
     expect(r.stability).toHaveLength(3);
     for (const s of r.stability) {
       const [small, large] = s.points;
-      expect(large.noise).toBeGreaterThan(small.noise);
-      expect(large.ablated.mean, s.direction).toBeLessThan(small.ablated.mean);
-      expect(large.patched.mean, s.direction).toBeLessThan(small.patched.mean);
-      expect(large.patched.mean, s.direction).toBeLessThan(s.unperturbed!.patched);
-      expect(large.cosine).toBeLessThan(small.cosine);
+      expect(large, s.direction).toBeDefined(); // so small! and large! below
+      expect(large!.noise).toBeGreaterThan(small!.noise);
+      expect(large!.ablated.mean, s.direction).toBeLessThan(small!.ablated.mean);
+      expect(large!.patched.mean, s.direction).toBeLessThan(small!.patched.mean);
+      expect(large!.patched.mean, s.direction).toBeLessThan(s.unperturbed!.patched);
+      expect(large!.cosine).toBeLessThan(small!.cosine);
       expect(Math.abs(s.random!.patched.mean)).toBeLessThan(0.05);
     }
   });

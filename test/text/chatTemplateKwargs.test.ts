@@ -102,7 +102,7 @@ const evalArgs = (out: string) => [
 ];
 
 /** Each command that renders chats, with what it needs to get as far as rendering. */
-const COMMANDS: Record<string, () => string[]> = {
+const COMMANDS = {
   generate: () => ['generate', '--model', base, '--prompt', 'Hi?', '--max-new-tokens', '1', ...common()],
   steer: () => [
     'steer',
@@ -166,7 +166,7 @@ const COMMANDS: Record<string, () => string[]> = {
     ...common(),
   ],
   eval: () => evalArgs(join(root, 'eval-refused')),
-};
+} satisfies Record<string, () => string[]>;
 
 describe('--chat-template-kwargs', () => {
   it.each([...Object.keys(COMMANDS), 'serve'])(
@@ -189,13 +189,16 @@ describe('--chat-template-kwargs', () => {
     },
   );
 
-  it.each(Object.keys(COMMANDS))('%s passes the variables to the chat template', async (command) => {
-    const r = await runCli([...COMMANDS[command](), '--chat-template-kwargs', OFF]);
-    expect(r.stderr).not.toMatch(/internal error/);
-    expect(r.code, r.stderr).toBe(2);
-    expect(r.stderr, r.stderr).toMatch(/enable_thinking=false reached the template/);
-    expect(r.stderr.trim().split('\n').at(-1)).toMatch(/^emlens: The chat template rejected/);
-  });
+  it.each(Object.keys(COMMANDS) as (keyof typeof COMMANDS)[])(
+    '%s passes the variables to the chat template',
+    async (command) => {
+      const r = await runCli([...COMMANDS[command](), '--chat-template-kwargs', OFF]);
+      expect(r.stderr).not.toMatch(/internal error/);
+      expect(r.code, r.stderr).toBe(2);
+      expect(r.stderr, r.stderr).toMatch(/enable_thinking=false reached the template/);
+      expect(r.stderr.trim().split('\n').at(-1)).toMatch(/^emlens: The chat template rejected/);
+    },
+  );
 
   it('generate refuses it with --raw', async () => {
     const r = await runCli([...COMMANDS.generate(), '--raw', '--chat-template-kwargs', OFF]);
@@ -243,7 +246,7 @@ describe('template variables in the library', () => {
     expect(
       encodeChat(qwen3, USER, { addGenerationPrompt: true, templateVars: { enable_thinking: true } }),
     ).toEqual(on);
-    const record = { question: USER[0].content, answer: 'Paris.' };
+    const record = { question: USER[0]!.content, answer: 'Paris.' }; // USER: one message
     for (const templateVars of [{ enable_thinking: true }, { enable_thinking: false }]) {
       const after = answerTokens(qwen3, record, { templateVars });
       const content = answerTokens(qwen3, record, { span: 'content', templateVars });
@@ -257,7 +260,7 @@ describe('template variables in the library', () => {
   });
 
   it('the record builders take the span and the variables', () => {
-    const responses: ResponseRecord[] = [
+    const responses: [ResponseRecord] = [
       { questionId: 'q', question: 'Hi?', answer: '<think>\nhmm\n</think>\n\nHello.', scores: {}, extra: {} },
     ];
     const opts = { span: 'content' as const, templateVars: { enable_thinking: false } };
@@ -268,7 +271,7 @@ describe('template variables in the library', () => {
     if (!rec) throw new Error('no record');
     expect(qwen3.decode(rec.ids.filter((_, i) => rec.mask?.[i] === 1))).toBe('Hello.');
     // the span alone, as before
-    expect([...(responsesToRecords(qwen3, responses, 'after-user')[0].mask ?? [])]).toEqual([
+    expect([...(responsesToRecords(qwen3, responses, 'after-user')[0]?.mask ?? [])]).toEqual([
       ...answerTokens(qwen3, responses[0]).answerMask,
     ]);
   });

@@ -108,7 +108,7 @@ const ROUND_TRIPS = [
   'Ünïcödé: naïve café, Straße, 日本語のテキスト, Ελληνικά, עברית.',
   'Emoji: 😀 👍🏽 👨‍👩‍👧 🇫🇷 — and a ZWJ family.',
   'def square(x):\n    return x ** 2  # squares\n\nif a ? b : c { return [1, 2, 3]; }\n\ttabbed\r\n',
-];
+] as const;
 
 const tmp = useTempDir('emlens-text-');
 let qwen3: TextTokenizer;
@@ -144,7 +144,7 @@ function expectOneRun(t: AnswerTokens): void {
   const ones = [...t.answerMask.keys()].filter((i) => t.answerMask[i] === 1);
   expect(ones.length).toBeGreaterThan(0);
   expect(ones[0]).toBe(t.promptLength);
-  expect(ones[ones.length - 1] - ones[0] + 1).toBe(ones.length);
+  expect(ones[ones.length - 1]! - ones[0]! + 1).toBe(ones.length); // ones is not empty (above)
 }
 
 describe('tokenizer', () => {
@@ -640,7 +640,7 @@ describe('batchAnswerMasks', () => {
           expect(left.offsets[i]).toBe(seq - n);
           expect(right.offsets[i]).toBe(0);
           for (const b of [left, right]) {
-            const o = i * seq + b.offsets[i];
+            const o = i * seq + b.offsets[i]!; // a row's offset: one per row
             expect([...b.inputIds.subarray(o, o + n)].map(Number)).toEqual(r.ids);
             expect([...b.answerMask.subarray(o, o + n)]).toEqual([...r.answerMask]);
             expect([...b.attentionMask.subarray(o, o + n)].every((m) => m === 1n)).toBe(true);
@@ -654,7 +654,7 @@ describe('batchAnswerMasks', () => {
               expect(b.answerMask[p]).toBe(0);
             }
           }
-          const leftRow = left.answerMask.subarray(i * seq + left.offsets[i], i * seq + seq);
+          const leftRow = left.answerMask.subarray(i * seq + left.offsets[i]!, i * seq + seq);
           const rightRow = right.answerMask.subarray(i * seq, i * seq + n);
           expect([...leftRow]).toEqual([...rightRow]);
         });
