@@ -82,8 +82,9 @@ async function run(m: Model, batch: number, extra: Partial<GenerateOptions> = {}
   });
   const totalMs = performance.now() - t0;
   if (out.some((g) => g.tokens.length !== NEW_TOKENS)) throw new Error('a row stopped early');
-  const prefillMs = stepAt[0] - t0;
-  const decodeMs = stepAt[stepAt.length - 1] - stepAt[0];
+  // stepAt has one entry per new token of row 0: NEW_TOKENS >= 1 of them (envCount), checked just above.
+  const prefillMs = stepAt[0]! - t0;
+  const decodeMs = stepAt[stepAt.length - 1]! - stepAt[0]!;
   return {
     prefillMs,
     decodeMs,
@@ -105,23 +106,24 @@ const configs: [number, string, Partial<GenerateOptions>][] = [
   [8, 'sampled (temperature 0.8, top_p 0.95)', { temperature: 0.8, topP: 0.95, seed: 1 }],
   [32, 'greedy', {}],
 ];
+// One list per config, each holding ROUNDS >= 1 runs (envCount) once the rounds below are done.
 const runs: Run[][] = configs.map(() => []);
 for (let round = 0; round < ROUNDS; round++) {
   for (const [c, [batch, sampling, extra]] of inRoundOrder([...configs.entries()], round)) {
     const r = await run(model, batch, extra);
-    runs[c].push(r);
+    runs[c]!.push(r); // c indexes configs, as runs does
     log(
       `round ${round + 1}/${ROUNDS}, batch ${batch} ${sampling}: ${r.decodeTokensPerS.toFixed(1)} tokens/s decode (${(r.decodeMs / (NEW_TOKENS - 1)).toFixed(0)} ms/step), prefill ${r.prefillMs.toFixed(0)} ms`,
     );
   }
 }
 const fastest = (rs: Run[]) => rs.reduce((a, b) => (b.decodeTokensPerS > a.decodeTokensPerS ? b : a));
-const best = fastest(runs[0]);
+const best = fastest(runs[0]!);
 log(
   `single stream: ${best.decodeTokensPerS.toFixed(2)} tokens/s decode (${(1000 / best.decodeTokensPerS).toFixed(0)} ms/token) = ${((100 * best.decodeTokensPerS) / boundTokensPerS).toFixed(1)}% of the bandwidth bound`,
 );
 const batches = configs.slice(1).map(([batch, sampling], i) => {
-  const r = fastest(runs[i + 1]);
+  const r = fastest(runs[i + 1]!); // configs.slice(1)[i] is configs[i + 1]
   const speedupOverSingle = r.decodeTokensPerS / best.decodeTokensPerS;
   log(
     `batch ${batch} ${sampling}: ${r.decodeTokensPerS.toFixed(1)} tokens/s = ${speedupOverSingle.toFixed(2)}x single`,
@@ -131,7 +133,7 @@ const batches = configs.slice(1).map(([batch, sampling], i) => {
     sampling,
     ...r,
     speedupOverSingle,
-    runsDecodeTokensPerS: runs[i + 1].map((x) => x.decodeTokensPerS),
+    runsDecodeTokensPerS: runs[i + 1]!.map((x) => x.decodeTokensPerS),
   };
 });
 
@@ -237,8 +239,8 @@ const out = {
     msPerToken: 1000 / best.decodeTokensPerS,
     ratioToBandwidthBound: best.decodeTokensPerS / boundTokensPerS,
     prefillMs: best.prefillMs,
-    runsDecodeTokensPerS: runs[0].map((r) => r.decodeTokensPerS),
-    medianDecodeTokensPerS: median(runs[0].map((r) => r.decodeTokensPerS)),
+    runsDecodeTokensPerS: runs[0]!.map((r) => r.decodeTokensPerS),
+    medianDecodeTokensPerS: median(runs[0]!.map((r) => r.decodeTokensPerS)),
   },
   batches,
   decodeKernels,

@@ -7,7 +7,8 @@ import { GraphBuilder } from '../../src/onnx/builder.js';
 export function median(xs: readonly number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+  // In range for a non-empty list: m < s.length, and m >= 1 when the length is even. (An empty list gives NaN.)
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
 /** Times `fn` `reps` times after `warmup` calls; returns each run's milliseconds. */

@@ -37,8 +37,8 @@ export async function readKernelProfile(prefix: string, skipRuns: number): Promi
   const files = (await readdir(dir))
     .filter((f) => f.startsWith(basename(prefix)) && f.endsWith('.json'))
     .sort();
-  if (files.length === 0) throw new Error(`onnxruntime wrote no profile under ${prefix}`);
-  const events = JSON.parse(await readFile(join(dir, files[files.length - 1]), 'utf8')) as ProfileEvent[];
+  if (files.length === 0) throw new Error(`onnxruntime wrote no profile under ${prefix}`); // so the last one exists
+  const events = JSON.parse(await readFile(join(dir, files[files.length - 1]!), 'utf8')) as ProfileEvent[];
   await Promise.all(files.map((f) => rm(join(dir, f), { force: true })));
   const runs = events
     .filter((e) => e.name === 'model_run')

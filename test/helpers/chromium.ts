@@ -155,10 +155,12 @@ export function pngInk(data: Buffer): { width: number; height: number; ink: numb
     const filter = raw[y * (stride + 1)];
     const line = raw.subarray(y * (stride + 1) + 1, (y + 1) * (stride + 1));
     for (let x = 0; x < stride; x++) {
-      const a = x >= channels ? img[y * stride + x - channels] : 0;
-      const b = y > 0 ? img[(y - 1) * stride + x] : 0;
-      const c = x >= channels && y > 0 ? img[(y - 1) * stride + x - channels] : 0;
-      let v = line[x];
+      // In range: `img` holds height * stride bytes and each guard keeps the neighbour inside it;
+      // `line` is this scanline's `stride` bytes after its filter byte.
+      const a = x >= channels ? img[y * stride + x - channels]! : 0;
+      const b = y > 0 ? img[(y - 1) * stride + x]! : 0;
+      const c = x >= channels && y > 0 ? img[(y - 1) * stride + x - channels]! : 0;
+      let v = line[x]!;
       if (filter === 1) v += a;
       else if (filter === 2) v += b;
       else if (filter === 3) v += (a + b) >> 1;
@@ -175,9 +177,10 @@ export function pngInk(data: Buffer): { width: number; height: number; ink: numb
   let ink = 0;
   const colours = new Set<number>();
   for (let p = 0; p < width * height; p++) {
-    const r = img[p * channels];
-    const g = img[p * channels + 1];
-    const b = img[p * channels + 2];
+    // In range: `img` holds width * height pixels of `channels` (>= 3) bytes each.
+    const r = img[p * channels]!;
+    const g = img[p * channels + 1]!;
+    const b = img[p * channels + 2]!;
     if (r < 240 || g < 240 || b < 240) ink++;
     if (p % 97 === 0) colours.add((r << 16) | (g << 8) | b);
   }

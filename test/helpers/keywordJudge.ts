@@ -78,7 +78,8 @@ export async function makeKeywordJudge(
   }
   const set = (name: string, row: number, col: number, v: number) => {
     const t = tensors[name];
-    t.data[row * t.shape[1] + col] = v;
+    if (!t) throw new Error(`keywordJudge: no tensor ${name}`);
+    t.data[row * t.shape[1]! + col] = v; // every tensor set here is a 2-d matrix
   };
   const embed = 'model.embed_tokens.weight';
   for (let t = 0; t < spec.vocabSize; t++) set(embed, t, 0, 1);

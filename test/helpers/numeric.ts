@@ -27,8 +27,16 @@ export function maxAbsDiff(got: ArrayLike<number>, want: ArrayLike<number>): num
   expect(got.length).toBe(want.length);
   let m = 0;
   for (let i = 0; i < got.length; i++) {
-    const d = Math.abs(got[i] - want[i]);
+    const d = Math.abs(got[i]! - want[i]!); // in range: i < got.length === want.length (checked above)
     if (!(d <= m)) m = d;
   }
   return m;
+}
+
+/** `xs[i]`, throwing (with `what` in the message) when the index is out of range: a clear failure instead of `undefined`. */
+export function at<T>(xs: ArrayLike<T>, i: number, what = 'value'): T {
+  if (!Number.isInteger(i) || i < 0 || i >= xs.length) {
+    throw new Error(`${what}: index ${i} out of range (length ${xs.length})`);
+  }
+  return xs[i] as T;
 }

@@ -8,7 +8,7 @@ import { type KVCache, loadModel, type Model } from '../../src/model/model.js';
 import type { ModelSpec } from '../../src/model/spec.js';
 import { makeTinyModel, type TinyModelOptions } from '../../src/model/tiny.js';
 import { useTempDir } from '../helpers/fixtures.js';
-import { ids, maxAbsDiff } from '../helpers/numeric.js';
+import { at, ids, maxAbsDiff } from '../helpers/numeric.js';
 
 const ALL_HOOKS: HookSelector[] = ['blocks.*.*'];
 
@@ -64,17 +64,17 @@ describe.each(FAMILIES)('$name', ({ name, options }) => {
     const batched = await m.forward(rows, { hooks: ALL_HOOKS });
     expect(batched.padding).toEqual([4, 0, 2]);
     expect(batched.logits.dims).toEqual([3, spec.vocabSize]);
-    for (let r = 0; r < rows.length; r++) {
-      const alone = await m.forward([rows[r]], { hooks: ALL_HOOKS });
+    for (const [r, rowIds] of rows.entries()) {
+      const alone = await m.forward([rowIds], { hooks: ALL_HOOKS });
       expect(alone.padding).toEqual([0]);
       const err = maxAbsDiff(row(batched.logits.data, r, spec.vocabSize), alone.logits.data);
       expect(err, `row ${r} logits`).toBeLessThanOrEqual(1e-5);
-      const pad = batched.padding[r];
+      const pad = at(batched.padding, r, 'padding');
       for (const [hook, t] of batched.hooks) {
         expect(t.dims).toEqual([3, 7, d]);
         const got = span(t.data, r, 7, d, pad, 7);
         const want = alone.hooks.get(hook)!;
-        expect(want.dims).toEqual([1, rows[r].length, d]);
+        expect(want.dims).toEqual([1, rowIds.length, d]);
         expect(maxAbsDiff(got, want.data), `row ${r} ${hook}`).toBeLessThanOrEqual(1e-5);
       }
     }
@@ -86,9 +86,9 @@ describe.each(FAMILIES)('$name', ({ name, options }) => {
     const rows = [ids(3, 4), ids(7, 5), ids(5, 6)];
     const batched = await m.forward(rows, { logits: 'all' });
     expect(batched.logits.dims).toEqual([3, 7, v]);
-    for (let r = 0; r < rows.length; r++) {
-      const alone = await m.forward([rows[r]], { logits: 'all' });
-      const got = span(batched.logits.data, r, 7, v, batched.padding[r], 7);
+    for (const [r, rowIds] of rows.entries()) {
+      const alone = await m.forward([rowIds], { logits: 'all' });
+      const got = span(batched.logits.data, r, 7, v, at(batched.padding, r, 'padding'), 7);
       expect(maxAbsDiff(got, alone.logits.data), `row ${r}`).toBeLessThanOrEqual(1e-5);
     }
   });
@@ -98,13 +98,13 @@ describe.each(FAMILIES)('$name', ({ name, options }) => {
     const d = spec.dModel;
     const rows = [ids(300, 51), ids(200, 52)];
     const batched = await m.forward(rows, { hooks: ['blocks.*.hook_resid_post'] });
-    for (let r = 0; r < rows.length; r++) {
-      const alone = await m.forward([rows[r]], { hooks: ['blocks.*.hook_resid_post'] });
+    for (const [r, rowIds] of rows.entries()) {
+      const alone = await m.forward([rowIds], { hooks: ['blocks.*.hook_resid_post'] });
       expect(maxAbsDiff(row(batched.logits.data, r, spec.vocabSize), alone.logits.data)).toBeLessThanOrEqual(
         1e-5,
       );
       for (const [hook, t] of batched.hooks) {
-        const got = span(t.data, r, 300, d, batched.padding[r], 300);
+        const got = span(t.data, r, 300, d, at(batched.padding, r, 'padding'), 300);
         expect(maxAbsDiff(got, alone.hooks.get(hook)!.data), `row ${r} ${hook}`).toBeLessThanOrEqual(1e-5);
       }
     }
@@ -153,15 +153,15 @@ describe.each(FAMILIES)('$name', ({ name, options }) => {
     expect(cache.length).toBe(longest);
     expect(cache.nextPosition).toEqual(prompts.map((p) => p.length));
     expect(cache.tensors).toHaveLength(2 * spec.numLayers);
-    for (let r = 0; r < prompts.length; r++) {
-      const full = await m.forward([seqs[r]]);
+    for (const [r, seq] of seqs.entries()) {
+      const full = await m.forward([seq]);
       const err = maxAbsDiff(row(first.logits.data, r, spec.vocabSize), full.logits.data);
       expect(err, `prefill row ${r}`).toBeLessThanOrEqual(tol);
     }
     for (let step = 0; step < steps; step++) {
-      const next = prompts.map((_, r) => ids(1, 100 * step + r + 7)[0]);
+      const next = prompts.map((_, r) => at(ids(1, 100 * step + r + 7), 0));
       next.forEach((t, r) => {
-        seqs[r].push(t);
+        at(seqs, r).push(t);
       });
       const res = await m.forward(
         next.map((t) => [t]),
@@ -172,11 +172,11 @@ describe.each(FAMILIES)('$name', ({ name, options }) => {
       cache = res.cache!;
       expect(cache.length).toBe(longest + step + 1);
       expect(cache.nextPosition).toEqual(seqs.map((s) => s.length));
-      for (let r = 0; r < prompts.length; r++) {
-        const full = await m.forward([seqs[r]], { hooks: ALL_HOOKS });
+      for (const [r, seq] of seqs.entries()) {
+        const full = await m.forward([seq], { hooks: ALL_HOOKS });
         const err = maxAbsDiff(row(res.logits.data, r, spec.vocabSize), full.logits.data);
         expect(err, `step ${step} row ${r} logits`).toBeLessThanOrEqual(tol);
-        const n = seqs[r].length;
+        const n = seq.length;
         for (const [hook, t] of res.hooks) {
           expect(t.dims).toEqual([prompts.length, 1, d]);
           const want = span(full.hooks.get(hook)!.data, 0, n, d, n - 1, n);

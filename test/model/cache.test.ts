@@ -8,6 +8,7 @@ import { describe, expect, it } from 'vitest';
 import { type LoadModelOptions, loadModel } from '../../src/model/model.js';
 import { makeTinyModel } from '../../src/model/tiny.js';
 import { useTempDir } from '../helpers/fixtures.js';
+import { at } from '../helpers/numeric.js';
 
 const tmp = useTempDir('emlens-cache-');
 
@@ -54,10 +55,11 @@ describe('graph cache', () => {
     const entries = await readdir(cacheDir);
     expect(entries.filter((e) => e.includes('.tmp-'))).toEqual([]);
     expect(entries).toHaveLength(1);
-    const files = await readdir(join(cacheDir, entries[0]));
+    const entry = at(entries, 0, 'cache folder');
+    const files = await readdir(join(cacheDir, entry));
     expect(files).toContain('model-last-plain.onnx');
     expect(files).toContain('model.onnx.data');
-    expect((await stat(join(cacheDir, entries[0], 'model.onnx.data'))).size).toBeGreaterThan(0);
+    expect((await stat(join(cacheDir, entry, 'model.onnx.data'))).size).toBeGreaterThan(0);
   });
 
   it('a different profile or maxPositions rebuilds, and each is then cached', async () => {
@@ -130,7 +132,7 @@ describe('graph variants share one weights file', () => {
     } finally {
       await m.dispose();
     }
-    const [folder] = await readdir(cacheDir);
+    const folder = at(await readdir(cacheDir), 0, 'cache folder');
     const files = (await readdir(join(cacheDir, folder))).sort();
     expect(files.filter((f) => f.endsWith('.data'))).toEqual(['model.onnx.data']);
     expect(files.filter((f) => f.endsWith('.onnx'))).toEqual([

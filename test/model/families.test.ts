@@ -17,7 +17,7 @@ import { loadAdapter } from '../../src/model/lora/index.js';
 import { type KVCache, loadModel } from '../../src/model/model.js';
 import { ropeInvFreq } from '../../src/model/rope.js';
 import { makeTinyModel, type TinyModelOptions } from '../../src/model/tiny.js';
-import { maxAbsDiff } from '../helpers/numeric.js';
+import { at, maxAbsDiff } from '../helpers/numeric.js';
 import { loadWeights64, referenceForward } from '../reference/forward64.js';
 
 const SRC = '/models/x/config.json';
@@ -310,23 +310,26 @@ describe('tiny models of the new families', () => {
         let cache: KVCache = res.cache!;
         for (let step = 0; step < 6; step++) {
           const next = [100 + step, 200 + step];
-          for (let r = 0; r < 2; r++) seqs[r].push(next[r]);
+          for (let r = 0; r < 2; r++) at(seqs, r).push(at(next, r));
           res = await m.forward(
             next.map((t) => [t]),
             { cache, returnCache: true, hooks: ['blocks.*.hook_resid_post'] },
           );
           cache = res.cache!;
           for (let r = 0; r < 2; r++) {
-            const full = await m.forward([seqs[r]], { hooks: ['blocks.*.hook_resid_post'] });
+            const full = await m.forward([at(seqs, r)], { hooks: ['blocks.*.hook_resid_post'] });
             const got = res.logits.data.subarray(r * spec.vocabSize, (r + 1) * spec.vocabSize);
             expect(maxAbsDiff(got, full.logits.data), `step ${step} row ${r}`).toBeLessThanOrEqual(1e-4);
           }
         }
         expect(Math.max(...seqs.map((s) => s.length))).toBeGreaterThan(2 * (spec.slidingWindow ?? 0));
         // and the decoded logits are the float64 reference's, which applies the window
-        const ref = referenceForward(spec, await loadWeights64(dir), seqs[1]);
+        const seq1 = at(seqs, 1);
+        const ref = referenceForward(spec, await loadWeights64(dir), seq1);
         const got = res.logits.data.subarray(spec.vocabSize, 2 * spec.vocabSize);
-        expect(maxAbsDiff(got, ref.logits[seqs[1].length - 1])).toBeLessThanOrEqual(1e-4);
+        expect(maxAbsDiff(got, at(ref.logits, seq1.length - 1, 'reference logits'))).toBeLessThanOrEqual(
+          1e-4,
+        );
       } finally {
         await m.dispose();
       }

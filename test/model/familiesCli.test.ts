@@ -66,7 +66,7 @@ describe.each([
     for (const [data, out] of [
       [pos, 'pos'],
       [neg, 'neg'],
-    ]) {
+    ] as const) {
       const r = await runCli([
         'collect',
         '--model',

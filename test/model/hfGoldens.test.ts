@@ -30,6 +30,8 @@ async function readGolden(path: string): Promise<Golden> {
       if (name === 'input_ids') {
         const flat = Array.from(new BigInt64Array((await f.readBytes(name)).buffer), Number);
         const [rows, cols] = info.shape;
+        if (rows === undefined || cols === undefined)
+          throw new Error(`input_ids: shape [${info.shape}] is not 2-d`);
         ids = Array.from({ length: rows }, (_, r) => flat.slice(r * cols, (r + 1) * cols));
       } else {
         tensors.set(name, { shape: info.shape, data: await f.readFloat32(name) });

@@ -12,7 +12,7 @@ import {
 import type { Intervention } from '../../src/model/interventions.js';
 import type { ForwardResult, KVCache } from '../../src/model/model.js';
 import { useTinyModel } from '../helpers/fixtures.js';
-import { ids, maxAbsDiff, vec } from '../helpers/numeric.js';
+import { ids, maxAbsDiff, at as nth, vec } from '../helpers/numeric.js';
 
 const RESID: ResidualHookSelector[] = [
   'blocks.*.hook_resid_pre',
@@ -24,7 +24,7 @@ const L = 1; // the intervened layer (of 3)
 
 function dot(a: ArrayLike<number>, b: ArrayLike<number>): number {
   let s = 0;
-  for (let i = 0; i < a.length; i++) s += a[i] * b[i];
+  for (let i = 0; i < a.length; i++) s += a[i]! * b[i]!; // in range: callers pass two d-wide vectors
   return s;
 }
 
@@ -37,6 +37,8 @@ function at(r: ForwardResult, hook: HookName, b: number, p: number): Float32Arra
   const t = r.hooks.get(hook);
   if (!t) throw new Error(`hook ${hook} not returned`);
   const [, seq, d] = t.dims;
+  if (seq === undefined || d === undefined)
+    throw new Error(`hook ${hook}: dims [${t.dims}] are not [batch, seq, d]`);
   return t.data.subarray((b * seq + p) * d, (b * seq + p + 1) * d);
 }
 
@@ -44,6 +46,8 @@ function at(r: ForwardResult, hook: HookName, b: number, p: number): Float32Arra
 function maxCosine(r: ForwardResult, hook: HookName, u: Float32Array): number {
   const t = r.hooks.get(hook)!;
   const [batch, seq] = t.dims;
+  if (batch === undefined || seq === undefined)
+    throw new Error(`hook ${hook}: dims [${t.dims}] are not [batch, seq, d]`);
   let worst = 0;
   for (let b = 0; b < batch; b++) {
     for (let p = 0; p < seq; p++) {
@@ -79,7 +83,7 @@ describe('steering', () => {
     let laterChange = 0;
     for (let b = 0; b < 2; b++) {
       for (let p = 0; p < 6; p++) {
-        const shift = at(steered, post, b, p).map((x, i) => x - at(base, post, b, p)[i]);
+        const shift = at(steered, post, b, p).map((x, i) => x - at(base, post, b, p)[i]!); // both d-wide
         expect(maxAbsDiff(shift, v), `token ${b},${p}`).toBeLessThanOrEqual(1e-5);
         // the next block reads the steered stream
         const next = hookName(L + 1, 'resid_pre');
@@ -93,7 +97,7 @@ describe('steering', () => {
         }
         // later layers respond to the shift beyond just carrying it along
         const lastPost = hookName(tiny.spec.numLayers - 1, 'resid_post');
-        const carried = at(base, lastPost, b, p).map((x, i) => x + v[i]);
+        const carried = at(base, lastPost, b, p).map((x, i) => x + v[i]!); // both d-wide
         laterChange = Math.max(laterChange, maxAbsDiff(at(steered, lastPost, b, p), carried));
       }
     }
@@ -111,7 +115,7 @@ describe('steering', () => {
       interventions: [{ kind: 'steer', hooks: [hook], vector: v, scale: -2.5 }],
     });
     for (let p = 0; p < 5; p++) {
-      const shift = at(steered, hook, 0, p).map((x, i) => x - at(base, hook, 0, p)[i]);
+      const shift = at(steered, hook, 0, p).map((x, i) => x - at(base, hook, 0, p)[i]!); // both d-wide
       expect(
         maxAbsDiff(
           shift,
@@ -139,8 +143,8 @@ describe('steering', () => {
     });
     for (let b = 0; b < 2; b++) {
       for (let p = 0; p < seq; p++) {
-        const w = weights[b * seq + p];
-        const shift = at(steered, post, b, p).map((x, i) => x - at(base, post, b, p)[i]);
+        const w = nth(weights, b * seq + p, 'weights');
+        const shift = at(steered, post, b, p).map((x, i) => x - at(base, post, b, p)[i]!); // both d-wide
         expect(
           maxAbsDiff(
             shift,
@@ -148,7 +152,7 @@ describe('steering', () => {
           ),
           `token ${b},${p}`,
         ).toBeLessThanOrEqual(1e-5);
-        if (p < firstMasked[b]) {
+        if (p < nth(firstMasked, b)) {
           // causal: tokens before the first steered one see nothing of it, at any layer
           for (const [name] of steered.hooks) {
             expect(maxAbsDiff(at(steered, name, b, p), at(base, name, b, p)), name).toBeLessThanOrEqual(1e-6);
@@ -169,7 +173,7 @@ describe('ablation', () => {
     for (let b = 0; b < 2; b++) {
       for (let p = 0; p < 7; p++) {
         const x = at(base, post, b, p);
-        for (let i = 0; i < d.length; i++) d[i] += 3 * x[i];
+        for (let i = 0; i < d.length; i++) d[i]! += 3 * x[i]!; // in range: d and x are both d-wide
       }
     }
     const u = unit(d);
@@ -183,7 +187,7 @@ describe('ablation', () => {
       for (let p = 0; p < 7; p++) {
         const x = at(base, post, b, p);
         const c = dot(x, u);
-        const want = x.map((xi, i) => xi - c * u[i]);
+        const want = x.map((xi, i) => xi - c * u[i]!); // both d-wide
         expect(maxAbsDiff(at(ablated, post, b, p), want)).toBeLessThanOrEqual(1e-5);
       }
     }
@@ -193,7 +197,7 @@ describe('ablation', () => {
     const rows = [ids(8, 11)];
     const post = hookName(L, 'resid_post');
     const d1 = vec(tiny.spec.dModel, 12, 2);
-    const d2 = d1.map((x, i) => 0.8 * x + 0.3 * vec(tiny.spec.dModel, 13)[i]);
+    const d2 = d1.map((x, i) => 0.8 * x + 0.3 * vec(tiny.spec.dModel, 13)[i]!); // both dModel-wide
     expect(Math.abs(dot(unit(d1), unit(d2)))).toBeGreaterThan(0.5);
     const base = await tiny.model.forward(rows, { hooks: [post] });
     const ablated = await tiny.model.forward(rows, {
@@ -201,7 +205,7 @@ describe('ablation', () => {
       interventions: [{ kind: 'ablate', hooks: [post], directions: [d1, d2] }],
     });
     // the component along d2 not explained by d1 is also gone, not just d1
-    const e2 = unit(d2.map((x, i) => x - dot(d2, unit(d1)) * unit(d1)[i]));
+    const e2 = unit(d2.map((x, i) => x - dot(d2, unit(d1)) * unit(d1)[i]!)); // both dModel-wide
     expect(maxCosine(base, post, e2)).toBeGreaterThan(1e-2);
     for (const d of [d1, d2, e2]) expect(maxCosine(ablated, post, unit(d))).toBeLessThanOrEqual(1e-4);
   });
@@ -221,7 +225,7 @@ describe('ablation', () => {
       const pad = ablated.padding;
       const t = ablated.hooks.get(name)!;
       for (let b = 0; b < 2; b++) {
-        for (let p = pad[b]; p < t.dims[1]; p++) {
+        for (let p = nth(pad, b, 'padding'); p < nth(t.dims, 1, 'dims'); p++) {
           const x = at(ablated, name, b, p);
           expect(Math.abs(dot(x, u)), `${name} token ${b},${p}`).toBeLessThanOrEqual(1e-4 * norm(x));
         }
@@ -284,7 +288,7 @@ describe('through the KV cache', () => {
     for (let step = 0; step < 4; step++) {
       const next = ids(2, 26 + step);
       seqs.forEach((s, r) => {
-        s.push(next[r]);
+        s.push(nth(next, r));
       });
       res = await tiny.model.forward(
         next.map((t) => [t]),
@@ -292,7 +296,7 @@ describe('through the KV cache', () => {
       );
       cache = res.cache!;
       for (let r = 0; r < 2; r++) {
-        const full = await tiny.model.forward([seqs[r]], { interventions });
+        const full = await tiny.model.forward([nth(seqs, r)], { interventions });
         const got = res.logits.data.subarray(r * tiny.spec.vocabSize, (r + 1) * tiny.spec.vocabSize);
         expect(maxAbsDiff(got, full.logits.data), `step ${step} row ${r}`).toBeLessThanOrEqual(1e-4);
       }

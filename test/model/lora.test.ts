@@ -24,7 +24,7 @@ import { weightShape } from '../../src/model/spec.js';
 import { Rng } from '../../src/util/random.js';
 import { expectEmlensError } from '../helpers/expectError.js';
 import { useTinyModel } from '../helpers/fixtures.js';
-import { maxAbsDiff } from '../helpers/numeric.js';
+import { at, maxAbsDiff } from '../helpers/numeric.js';
 import { loadWeights64, type ReferenceOutput, referenceForward } from '../reference/forward64.js';
 
 const TOL = 1e-4;
@@ -40,9 +40,16 @@ function moduleName(layer: number, proj: string): string {
   return `model.layers.${layer}.${attn ? 'self_attn' : 'mlp'}.${proj}`;
 }
 
+/** `[out, in]` of a module's weight: every adaptable projection is a matrix. */
+function matrixShape(name: string): [number, number] {
+  const [out, inp] = weightShape(tiny.spec, name);
+  if (out === undefined || inp === undefined) throw new Error(`${name} is not a matrix`);
+  return [out, inp];
+}
+
 /** Random LoRA factors whose update is about half the size of the weight (so the adapter visibly matters). */
 function factors(module: string, rank: number, scaling: number, seed: number): LoraFactors {
-  const [out, inp] = weightShape(tiny.spec, `${module}.weight`);
+  const [out, inp] = matrixShape(`${module}.weight`);
   const rng = Rng.derive(seed, module);
   return {
     A: rng.normalArray(rank * inp, 1 / Math.sqrt(inp)),
@@ -58,14 +65,15 @@ function merged64(
   const w = new Map(base64);
   for (const [module, { A, B, scaling }] of mods) {
     const name = `${module}.weight`;
-    const [out, inp] = weightShape(tiny.spec, name);
+    const [out, inp] = matrixShape(name);
     const rank = A.length / inp;
     const m = Float64Array.from(base64.get(name)!);
+    // In range: B is [out, rank], A is [rank, inp] and m is [out, inp].
     for (let o = 0; o < out; o++) {
       for (let i = 0; i < inp; i++) {
         let s = 0;
-        for (let k = 0; k < rank; k++) s += B[o * rank + k] * A[k * inp + i];
-        m[o * inp + i] += scaling * s;
+        for (let k = 0; k < rank; k++) s += B[o * rank + k]! * A[k * inp + i]!;
+        m[o * inp + i]! += scaling * s;
       }
     }
     w.set(name, m);
@@ -75,9 +83,10 @@ function merged64(
 }
 
 function referenceHook(ref: ReferenceOutput, layer: number, hook: string): Float64Array {
-  const pre = ref.residPre[layer];
-  const mid = ref.residMid[layer];
-  const post = ref.residPost[layer];
+  const pre = at(ref.residPre, layer, 'residPre');
+  const mid = at(ref.residMid, layer, 'residMid');
+  const post = at(ref.residPost, layer, 'residPost');
+  // Below, pre[p][i] and mid[p][i] are in range: pre, mid and post are all [pos][d].
   const rows =
     hook === 'hook_resid_pre'
       ? pre
@@ -86,8 +95,8 @@ function referenceHook(ref: ReferenceOutput, layer: number, hook: string): Float
         : hook === 'hook_resid_post'
           ? post
           : hook === 'hook_attn_out'
-            ? mid.map((m, p) => m.map((v, i) => v - pre[p][i]))
-            : post.map((x, p) => x.map((v, i) => v - mid[p][i]));
+            ? mid.map((m, p) => m.map((v, i) => v - pre[p]![i]!))
+            : post.map((x, p) => x.map((v, i) => v - mid[p]![i]!));
   return Float64Array.from(rows.flatMap((v) => [...v]));
 }
 
@@ -96,7 +105,7 @@ async function expectMatches(ref: ReferenceOutput, adapter?: string, cache = tin
   const m = await loadModel(tiny.dir, { cacheDir: cache, threads: 1, adapter });
   try {
     const r = await m.forward([ids], { hooks: ['blocks.*.*'] });
-    expect(maxAbsDiff(r.logits.data, ref.logits[ids.length - 1]), 'logits').toBeLessThanOrEqual(TOL);
+    expect(maxAbsDiff(r.logits.data, at(ref.logits, ids.length - 1)), 'logits').toBeLessThanOrEqual(TOL);
     for (let l = 0; l < tiny.spec.numLayers; l++) {
       for (const h of BLOCK_HOOKS) {
         const name = hookName(l, h);
@@ -152,7 +161,7 @@ describe('merged adapters match the float64 reference', () => {
     const ref = referenceForward(tiny.spec, merged64(mods), ids);
     const { logits } = await expectMatches(ref, adir);
     // The adapter matters, and only from layer 1's MLP on.
-    expect(maxAbsDiff(logits, baseRef.logits[ids.length - 1])).toBeGreaterThan(1e-2);
+    expect(maxAbsDiff(logits, at(baseRef.logits, ids.length - 1))).toBeGreaterThan(1e-2);
     expect(
       maxAbsDiff(referenceHook(ref, 1, 'hook_resid_mid'), referenceHook(baseRef, 1, 'hook_resid_mid')),
     ).toBe(0);
@@ -172,7 +181,7 @@ describe('merged adapters match the float64 reference', () => {
       dtype: 'BF16',
       adapterNameInKeys: true,
     });
-    expect(mods.get(modules[0])!.scaling).toBe(4); // 8 / sqrt(4)
+    expect(mods.get(at(modules, 0))!.scaling).toBe(4); // 8 / sqrt(4)
     // The reference uses the BF16-rounded factors, as stored.
     const a = await loadAdapter(adir);
     const f = await SafetensorsFile.open(a.file);
@@ -186,9 +195,9 @@ describe('merged adapters match the float64 reference', () => {
     }
     await f.close();
     expect(a.modules.size).toBe(21);
-    expect([...a.modules.values()][0].keyA).toMatch(/\.lora_A\.default\.weight$/);
+    expect(at([...a.modules.values()], 0).keyA).toMatch(/\.lora_A\.default\.weight$/);
     const { logits } = await expectMatches(referenceForward(tiny.spec, merged64(stored), ids), adir);
-    expect(maxAbsDiff(logits, baseRef.logits[ids.length - 1])).toBeGreaterThan(1e-2);
+    expect(maxAbsDiff(logits, at(baseRef.logits, ids.length - 1))).toBeGreaterThan(1e-2);
   });
 
   it('applies rank_pattern / alpha_pattern per module and modules_to_save replacements', async () => {
@@ -339,9 +348,9 @@ describe('errors', () => {
     for (const which of ['A', 'B']) {
       const { dir: adir } = await adapter({ r: 1, alpha: 1, modules: ['model.layers.0.mlp.down_proj'] });
       const key = `base_model.model.model.layers.0.mlp.down_proj.lora_${which}.weight`;
-      const shape = which === 'A' ? [1, 128] : [64, 1];
+      const [rows, cols] = which === 'A' ? [1, 128] : [64, 1];
       await writeSafetensors(join(adir, 'adapter_model.safetensors'), {
-        [key]: { dtype: 'F32', shape, data: new Float32Array(shape[0] * shape[1]) },
+        [key]: { dtype: 'F32', shape: [rows, cols], data: new Float32Array(rows * cols) },
       });
       await expectEmlensError(
         loadModel(tiny.dir, { cacheDir: tiny.cacheDir, adapter: adir }),

@@ -73,12 +73,13 @@ function expectOneLine(run: CliRun, ...patterns: (string | RegExp)[]): string {
   const lines = run.stderr.trimEnd().split('\n');
   expect(run.code, run.stderr).toBe(2);
   expect(lines, run.stderr).toHaveLength(1);
+  const line = lines[0]!; // exactly one line, checked just above
   expect(run.stderr).not.toMatch(/internal error|\n\s+at /);
   for (const p of patterns) {
-    if (typeof p === 'string') expect(lines[0]).toContain(p);
-    else expect(lines[0]).toMatch(p);
+    if (typeof p === 'string') expect(line).toContain(p);
+    else expect(line).toMatch(p);
   }
-  return lines[0];
+  return line;
 }
 
 /** Fails (instead of hanging the suite) when `p` has not settled within `ms`. */

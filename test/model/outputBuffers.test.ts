@@ -8,7 +8,7 @@ import { decodeLoop } from '../../src/generate/decodeLoop.js';
 import { loadModel } from '../../src/model/model.js';
 import { DecodeBuffers } from '../../src/model/outputBuffers.js';
 import { useTinyModel } from '../helpers/fixtures.js';
-import { ids, maxAbsDiff } from '../helpers/numeric.js';
+import { at, ids, maxAbsDiff } from '../helpers/numeric.js';
 
 const tiny = useTinyModel('emlens-outbuf-', {
   family: 'llama',
@@ -31,9 +31,9 @@ describe('forward into output buffers', () => {
     expect(written.logits.dims).toEqual(plain.logits.dims);
     expect(maxAbsDiff(written.logits.data, plain.logits.data)).toBe(0);
     written.cache!.tensors.forEach((t, i) => {
-      expect(t.dims).toEqual(plain.cache!.tensors[i].dims);
-      expect((t.data as Float32Array).buffer).toBe(into.cache![i].buffer);
-      expect(maxAbsDiff(t.data as Float32Array, plain.cache!.tensors[i].data as Float32Array)).toBe(0);
+      expect(t.dims).toEqual(at(plain.cache!.tensors, i).dims);
+      expect((t.data as Float32Array).buffer).toBe(at(into.cache!, i).buffer);
+      expect(maxAbsDiff(t.data as Float32Array, at(plain.cache!.tensors, i).data as Float32Array)).toBe(0);
     });
 
     const next = await tiny.model.forward([[7], [8]], {
@@ -90,18 +90,18 @@ describe('DecodeBuffers', () => {
 
   it('grows a set geometrically, never beyond a known capacity or maxPositions', () => {
     const known = new DecodeBuffers(tiny.model.spec, false, 2, 50, tiny.model.maxPositions);
-    expect(known.next(10).cache![0].length).toBe(kvElements(2, 42)); // 32 positions of room
+    expect(at(known.next(10).cache!, 0).length).toBe(kvElements(2, 42)); // 32 positions of room
     known.next(11);
-    expect(known.next(43).cache![0].length).toBe(kvElements(2, 50)); // not 84: the loop needs 50 at most
+    expect(at(known.next(43).cache!, 0).length).toBe(kvElements(2, 50)); // not 84: the loop needs 50 at most
     const open = new DecodeBuffers(tiny.model.spec, true, 1, undefined, 100);
     const first = open.next(10).cache!;
     expect(first[0]).toBeInstanceOf(Uint16Array); // fp16 bits
     open.next(11);
     expect(open.next(42).cache![0]).toBe(first[0]); // still fits: no reallocation
     open.next(43);
-    expect(open.next(43).cache![0].length).toBe(kvElements(1, 84)); // doubled
+    expect(at(open.next(43).cache!, 0).length).toBe(kvElements(1, 84)); // doubled
     open.next(44);
-    expect(open.next(85).cache![0].length).toBe(kvElements(1, 100)); // capped at maxPositions
+    expect(at(open.next(85).cache!, 0).length).toBe(kvElements(1, 100)); // capped at maxPositions
     expect(() => open.next(101)).toThrow(/needs 101 positions but the graph was built for 100/);
   });
 
@@ -113,7 +113,7 @@ describe('DecodeBuffers', () => {
     await decodeLoop(tiny.model, [prompt], [], 'all', async (logits) => {
       last = logits.slice();
       step++;
-      return { next: [fed[step - 1]], done: step > fed.length };
+      return { next: [fed[step - 1] ?? null], done: step > fed.length }; // past the end, done: next is unused
     });
     const full = await tiny.model.forward([[...prompt, ...fed]]);
     expect(maxAbsDiff(last, full.logits.data)).toBeLessThanOrEqual(1e-4);
@@ -138,7 +138,7 @@ describe('DecodeBuffers', () => {
         async (logits) => {
           last = logits.slice();
           step++;
-          return { next: [fed[step - 1]], done: step > fed.length };
+          return { next: [fed[step - 1] ?? null], done: step > fed.length }; // past the end, done: next is unused
         },
         { maxNewTokens: fed.length + 1 },
       );

@@ -9,6 +9,7 @@ import { loadModel, type Model } from '../../src/model/model.js';
 import type { ModelSpec } from '../../src/model/spec.js';
 import { makeTinyModel, type TinyModelOptions } from '../../src/model/tiny.js';
 import { useTempDir } from '../helpers/fixtures.js';
+import { at } from '../helpers/numeric.js';
 import {
   loadWeights64,
   type ReferenceOutput,
@@ -208,21 +209,22 @@ function maxAbsDiff(got: ArrayLike<number>, want: ArrayLike<number>): number {
   expect(got.length).toBe(want.length);
   let m = 0;
   for (let i = 0; i < got.length; i++) {
-    const d = Math.abs(got[i] - want[i]);
+    const d = Math.abs(got[i]! - want[i]!); // in range: i < got.length === want.length (checked above)
     if (!(d <= m)) m = d; // NaN propagates as NaN
   }
   return m;
 }
 
 function sub(a: Float64Array, b: Float64Array): Float64Array {
-  return a.map((v, i) => v - b[i]);
+  return a.map((v, i) => v - b[i]!); // in range: both are dModel-wide residual rows
 }
 
 /** The reference value of a hook at every position: [pos][dModel]. */
 function referenceHook(ref: ReferenceOutput, layer: number, hook: string): Float64Array[] {
-  const pre = ref.residPre[layer];
-  const mid = ref.residMid[layer];
-  const post = ref.residPost[layer];
+  const pre = at(ref.residPre, layer, 'residPre');
+  const mid = at(ref.residMid, layer, 'residMid');
+  const post = at(ref.residPost, layer, 'residPost');
+  // Below, pre[p] and mid[p] are in range: pre, mid and post all hold one row per position.
   switch (hook) {
     case 'hook_resid_pre':
       return pre;
@@ -231,9 +233,9 @@ function referenceHook(ref: ReferenceOutput, layer: number, hook: string): Float
     case 'hook_resid_post':
       return post;
     case 'hook_attn_out':
-      return mid.map((m, p) => sub(m, pre[p]));
+      return mid.map((m, p) => sub(m, pre[p]!));
     case 'hook_mlp_out':
-      return post.map((x, p) => sub(x, mid[p]));
+      return post.map((x, p) => sub(x, mid[p]!));
     default:
       throw new Error(`no reference for ${hook}`);
   }
@@ -287,7 +289,8 @@ describe.each(CASES)('$name', ({ name, options, seqLen }) => {
       expect([...llama3Bands(spec)].sort()).toEqual(['divided', 'kept', 'smoothed']);
       const inv = referenceInvFreq(spec);
       const plain = referenceInvFreq({ ...spec, ropeScaling: null });
-      expect(inv.some((f, i) => Math.abs(f - plain[i]) > 1e-3 * plain[i])).toBe(true);
+      // plain[i] is in range: both have headDim / 2 entries
+      expect(inv.some((f, i) => Math.abs(f - plain[i]!) > 1e-3 * plain[i]!)).toBe(true);
     });
   }
 
@@ -298,7 +301,7 @@ describe.each(CASES)('$name', ({ name, options, seqLen }) => {
       expect(spec.layerTypes).toContain('sliding');
       const dir = tmp.join(name.replace(/[^a-z0-9]+/gi, '-'));
       const full = referenceForward({ ...spec, slidingWindow: null }, await loadWeights64(dir), ids);
-      expect(maxAbsDiff(full.logits[seqLen - 1], ref.logits[seqLen - 1])).toBeGreaterThan(1e-3);
+      expect(maxAbsDiff(at(full.logits, seqLen - 1), at(ref.logits, seqLen - 1))).toBeGreaterThan(1e-3);
     });
   }
   if (hasSoftcap(options)) {
@@ -309,7 +312,7 @@ describe.each(CASES)('$name', ({ name, options, seqLen }) => {
         await loadWeights64(dir),
         ids,
       );
-      expect(maxAbsDiff(plain.logits[seqLen - 1], ref.logits[seqLen - 1])).toBeGreaterThan(1e-3);
+      expect(maxAbsDiff(at(plain.logits, seqLen - 1), at(ref.logits, seqLen - 1))).toBeGreaterThan(1e-3);
     });
   }
 
@@ -320,7 +323,7 @@ describe.each(CASES)('$name', ({ name, options, seqLen }) => {
       const m = models.get(profile)!;
       const r = await m.forward([ids], { hooks: ['blocks.*.*'] });
       expect(r.logits.dims).toEqual([1, spec.vocabSize]);
-      expect(maxAbsDiff(r.logits.data, ref.logits[seqLen - 1])).toBeLessThanOrEqual(tol);
+      expect(maxAbsDiff(r.logits.data, at(ref.logits, seqLen - 1))).toBeLessThanOrEqual(tol);
       expect(r.hooks.size).toBe(spec.numLayers * BLOCK_HOOKS.length);
       for (let l = 0; l < spec.numLayers; l++) {
         for (const h of BLOCK_HOOKS) {
@@ -341,7 +344,7 @@ describe.each(CASES)('$name', ({ name, options, seqLen }) => {
       expect(r.logits.dims).toEqual([1, seqLen, spec.vocabSize]);
       for (let p = 0; p < seqLen; p++) {
         const row = r.logits.data.subarray(p * spec.vocabSize, (p + 1) * spec.vocabSize);
-        expect(maxAbsDiff(row, ref.logits[p]), `position ${p}`).toBeLessThanOrEqual(tol);
+        expect(maxAbsDiff(row, at(ref.logits, p)), `position ${p}`).toBeLessThanOrEqual(tol);
       }
     });
   });

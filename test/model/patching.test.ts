@@ -14,7 +14,7 @@ import { type ForwardIntervention, positionWeights } from '../../src/model/inter
 import { type ForwardResult, loadModel } from '../../src/model/model.js';
 import { logitDiff, patchingSweep } from '../../src/model/patching.js';
 import { useTinyModel } from '../helpers/fixtures.js';
-import { ids, maxAbsDiff, vec } from '../helpers/numeric.js';
+import { ids, maxAbsDiff, at as nth, vec } from '../helpers/numeric.js';
 
 const SEQ = 7;
 const K = 3; // the position where clean and corrupted differ
@@ -28,19 +28,21 @@ let corrupted: number[];
 function at(r: ForwardResult, hook: HookName, b: number, p: number): Float32Array {
   const t = r.hooks.get(hook)!;
   const [, seq, d] = t.dims;
+  if (seq === undefined || d === undefined)
+    throw new Error(`hook ${hook}: dims [${t.dims}] are not [batch, seq, d]`);
   return t.data.subarray((b * seq + p) * d, (b * seq + p + 1) * d);
 }
 
 function dot(a: ArrayLike<number>, b: ArrayLike<number>): number {
   let s = 0;
-  for (let i = 0; i < a.length; i++) s += a[i] * b[i];
+  for (let i = 0; i < a.length; i++) s += a[i]! * b[i]!; // in range: callers pass two d-wide vectors
   return s;
 }
 
 beforeAll(async () => {
   clean = ids(SEQ, 1);
   corrupted = [...clean];
-  corrupted[K] = (clean[K] + 17) % 300;
+  corrupted[K] = (nth(clean, K) + 17) % 300;
 });
 
 describe('patch', () => {
@@ -108,7 +110,8 @@ describe('patch', () => {
       interventions: [{ kind: 'patch', hook, values: v, positions: w }],
     });
     const x = base.hooks.get(hook)!.data;
-    const want = x.map((xi, i) => xi + w[Math.floor(i / tiny.spec.dModel)] * (v[i] - xi));
+    // In range: x and v are [2, SEQ, d], w holds one weight per token.
+    const want = x.map((xi, i) => xi + w[Math.floor(i / tiny.spec.dModel)]! * (v[i]! - xi));
     expect(maxAbsDiff(half.hooks.get(hook)!.data, want)).toBeLessThanOrEqual(1e-5);
   });
 
@@ -117,9 +120,9 @@ describe('patch', () => {
     const a = ids(5, 11);
     const b = ids(8, 12);
     const aC = [...a];
-    aC[2] = (aC[2] + 1) % 300;
+    aC[2] = (nth(aC, 2) + 1) % 300;
     const bC = [...b];
-    bC[6] = (bC[6] + 1) % 300;
+    bC[6] = (nth(bC, 6) + 1) % 300;
     const cleanBatch = await tiny.model.forward([a, b], { hooks: [hook] });
     const weights = new Float32Array(2 * 8);
     weights[3 + 3] = 1; // row 0 (3 pad): its position 3
@@ -181,7 +184,7 @@ describe('patch', () => {
     expect(
       maxAbsDiff(
         part.hooks.get(hook)!.data,
-        e.map((ei, i) => ei + m * (v[i] - ei)),
+        e.map((ei, i) => ei + m * (v[i]! - ei)), // in range: e and v have the hook's size
       ),
     ).toBeLessThanOrEqual(1e-5);
   });
@@ -215,7 +218,7 @@ describe('patch', () => {
     expect(
       maxAbsDiff(
         mid,
-        pre.map((x, i) => x + va[i]),
+        pre.map((x, i) => x + va[i]!), // in range: pre and va have the hook's size
       ),
     ).toBeLessThanOrEqual(1e-5);
     expect(at(r, 'blocks.2.hook_mlp_out', 0, SEQ - 1)).toEqual(vm.subarray((SEQ - 1) * d));
@@ -293,7 +296,7 @@ describe('patch', () => {
 
 describe('graph variants', () => {
   it('only the patching graph has the patch inputs; the plain and intervention graphs are as before', async () => {
-    const folder = tiny.at('cache', (await readdir(tiny.at('cache')))[0]);
+    const folder = tiny.at('cache', nth(await readdir(tiny.at('cache')), 0, 'cache folder'));
     const files = (await readdir(folder)).filter((f) => f.endsWith('.onnx')).sort();
     expect(files).toEqual(
       expect.arrayContaining([
@@ -377,8 +380,8 @@ describe('patchingSweep', () => {
     expect(r.table.data).toBe(r.values);
     const c = await tiny.model.forward([clean]);
     const x = await tiny.model.forward([corrupted]);
-    expect(r.clean).toBeCloseTo(c.logits.data[correct] - c.logits.data[wrong], 6);
-    expect(r.corrupted).toBeCloseTo(x.logits.data[correct] - x.logits.data[wrong], 6);
+    expect(r.clean).toBeCloseTo(nth(c.logits.data, correct) - nth(c.logits.data, wrong), 6);
+    expect(r.corrupted).toBeCloseTo(nth(x.logits.data, correct) - nth(x.logits.data, wrong), 6);
     expect(Math.abs(r.clean - r.corrupted)).toBeGreaterThan(1e-4);
     // patching the embedding where the inputs differ makes the corrupted run the clean one
     expect(Math.abs(r.table.get(0, K) - r.clean)).toBeLessThanOrEqual(1e-5);

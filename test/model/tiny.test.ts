@@ -11,6 +11,7 @@ import { type ModelSpec, parameterCount, weightNames, weightShape } from '../../
 import { makeTinyModel, QWEN25_05B_SHAPE, type TinyModelOptions, tinySpec } from '../../src/model/tiny.js';
 import { Rng } from '../../src/util/random.js';
 import { useTempDir } from '../helpers/fixtures.js';
+import { at } from '../helpers/numeric.js';
 import { loadWeights64, referenceForward, referenceInvFreq, ropeAt } from '../reference/forward64.js';
 
 const FAMILIES = ['qwen2', 'llama', 'mistral'] as const;
@@ -277,8 +278,9 @@ describe('reference forward (float64)', () => {
     ({ dir, spec } = await make({ family: 'llama', numLayers: 1, qkvBias: true, seed: 9 }));
     weights = await loadWeights64(dir);
   });
+  // b[i]! as before: a shorter b gives NaN, which fails every comparison below.
   const maxDiff = (a: Float64Array, b: Float64Array) =>
-    a.reduce((m, x, i) => Math.max(m, Math.abs(x - b[i])), 0);
+    a.reduce((m, x, i) => Math.max(m, Math.abs(x - b[i]!)), 0);
 
   it('RoPE at position 0 is the identity, and preserves norms elsewhere', () => {
     const x = Float64Array.from(new Rng(1).normalArray(2 * 16));
@@ -293,41 +295,44 @@ describe('reference forward (float64)', () => {
   it('is causal: a position does not depend on later tokens', () => {
     const a = referenceForward(spec, weights, [10, 20, 30]);
     const b = referenceForward(spec, weights, [10, 20, 99, 7]);
-    expect(maxDiff(a.logits[0], b.logits[0])).toBeLessThan(1e-12);
-    expect(maxDiff(a.logits[1], b.logits[1])).toBeLessThan(1e-12);
-    expect(maxDiff(a.logits[2], b.logits[2])).toBeGreaterThan(1e-3);
+    expect(maxDiff(at(a.logits, 0), at(b.logits, 0))).toBeLessThan(1e-12);
+    expect(maxDiff(at(a.logits, 1), at(b.logits, 1))).toBeLessThan(1e-12);
+    expect(maxDiff(at(a.logits, 2), at(b.logits, 2))).toBeGreaterThan(1e-3);
   });
 
   it('with one token, attention is v itself, so its output ignores the position', () => {
     const at0 = referenceForward(spec, weights, [42]);
     const at17 = referenceForward(spec, weights, [42], [17]);
-    expect(maxDiff(at0.logits[0], at17.logits[0])).toBeLessThan(1e-12);
+    expect(maxDiff(at(at0.logits, 0), at(at17.logits, 0))).toBeLessThan(1e-12);
     // resid_mid = embedding + o_proj(v_proj(norm(embedding))), computed by hand.
     const d = spec.dModel;
     const kvd = spec.numKvHeads * spec.headDim;
     const e = weights.get('model.embed_tokens.weight')!.slice(42 * d, 43 * d);
     const g = weights.get('model.layers.0.input_layernorm.weight')!;
     const ms = e.reduce((s, x) => s + x * x, 0) / d;
-    const h = e.map((x, i) => (x / Math.sqrt(ms + spec.rmsNormEps)) * g[i]);
+    // Indices below are in range: each weight is read within its [out, in] shape (g: d, bv: kvd, bo: d).
+    const h = e.map((x, i) => (x / Math.sqrt(ms + spec.rmsNormEps)) * g[i]!);
     const wv = weights.get('model.layers.0.self_attn.v_proj.weight')!;
     const bv = weights.get('model.layers.0.self_attn.v_proj.bias')!;
-    const v = new Float64Array(kvd).map((_, o) => bv[o] + h.reduce((s, x, i) => s + wv[o * d + i] * x, 0));
+    const v = new Float64Array(kvd).map((_, o) => bv[o]! + h.reduce((s, x, i) => s + wv[o * d + i]! * x, 0));
     // Each query head reads kv head floor(h / 2), so the concatenated heads repeat each kv head twice.
     const hd = spec.headDim;
-    const cat = new Float64Array(spec.numHeads * hd).map((_, j) => v[Math.floor(j / hd / 2) * hd + (j % hd)]);
+    const cat = new Float64Array(spec.numHeads * hd).map(
+      (_, j) => v[Math.floor(j / hd / 2) * hd + (j % hd)]!,
+    );
     const wo = weights.get('model.layers.0.self_attn.o_proj.weight')!;
     const bo = weights.get('model.layers.0.self_attn.o_proj.bias')!;
-    const mid = e.map((x, o) => x + bo[o] + cat.reduce((s, c, i) => s + wo[o * cat.length + i] * c, 0));
-    expect(maxDiff(at0.residMid[0][0], mid)).toBeLessThan(1e-12);
-    expect(maxDiff(at0.residPre[0][0], e)).toBe(0);
+    const mid = e.map((x, o) => x + bo[o]! + cat.reduce((s, c, i) => s + wo[o * cat.length + i]! * c, 0));
+    expect(maxDiff(at(at(at0.residMid, 0), 0), mid)).toBeLessThan(1e-12);
+    expect(maxDiff(at(at(at0.residPre, 0), 0), e)).toBe(0);
   });
 
   it('depends only on relative positions (RoPE)', () => {
     const a = referenceForward(spec, weights, [3, 4, 5], [0, 1, 2]);
     const b = referenceForward(spec, weights, [3, 4, 5], [100, 101, 102]);
     const c = referenceForward(spec, weights, [3, 4, 5], [0, 2, 4]);
-    expect(maxDiff(a.logits[2], b.logits[2])).toBeLessThan(1e-9);
-    expect(maxDiff(a.logits[2], c.logits[2])).toBeGreaterThan(1e-4);
+    expect(maxDiff(at(a.logits, 2), at(b.logits, 2))).toBeLessThan(1e-9);
+    expect(maxDiff(at(a.logits, 2), at(c.logits, 2))).toBeGreaterThan(1e-4);
   });
 
   it('llama3 scaling: factor 1, or every band above the high-frequency cutoff, leaves inv_freq unchanged', () => {
@@ -343,11 +348,11 @@ describe('reference forward (float64)', () => {
           originalMaxPositionEmbeddings,
         },
       });
-    for (let i = 0; i < base.length; i++) expect(scaled(1, 256)[i]).toBeCloseTo(base[i], 15);
+    for (let i = 0; i < base.length; i++) expect(scaled(1, 256)[i]).toBeCloseTo(base[i]!, 15); // i < base.length
     // The longest wavelength is 2π·theta^((d-2)/d) ≈ 20k; a cutoff (orig / 4) above that keeps every band.
     expect(Array.from(scaled(8, 1e6))).toEqual(Array.from(base));
     // A tiny original context puts every band in the low-frequency regime: all divided by the factor.
     const low = scaled(8, 4);
-    for (let i = 0; i < base.length; i++) expect(low[i]).toBeCloseTo(base[i] / 8, 15);
+    for (let i = 0; i < base.length; i++) expect(low[i]).toBeCloseTo(base[i]! / 8, 15); // i < base.length
   });
 });

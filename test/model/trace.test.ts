@@ -13,7 +13,7 @@ import { loadModel } from '../../src/model/model.js';
 import { type ChatMessage, encodeChat } from '../../src/text/chat.js';
 import { loadTokenizer, type TextTokenizer } from '../../src/text/tokenizer.js';
 import { useTinyModel } from '../helpers/fixtures.js';
-import { ids, maxAbsDiff } from '../helpers/numeric.js';
+import { at, ids, maxAbsDiff } from '../helpers/numeric.js';
 
 const HOOKS: readonly HookSelector[] = [
   'blocks.*.hook_resid_post',
@@ -38,8 +38,8 @@ describe('trace inputs', () => {
       const want = encodeChat(tok, CHAT, { addGenerationPrompt });
       const t = await tiny.model.trace(CHAT, { hooks: HOOKS, addGenerationPrompt, logits: 'all' });
       expect(t.tokens).toEqual([want]);
-      expect(t.tokens[0][0]).toBe(tiny.spec.bosTokenId);
-      expect(t.tokens[0].filter((x) => x === tiny.spec.bosTokenId)).toHaveLength(1);
+      expect(at(t.tokens, 0)[0]).toBe(tiny.spec.bosTokenId);
+      expect(at(t.tokens, 0).filter((x) => x === tiny.spec.bosTokenId)).toHaveLength(1);
       const r = await tiny.model.forward([want], { hooks: HOOKS, logits: 'all' });
       expect(t.logits.shape).toEqual([1, want.length, tiny.spec.vocabSize]);
       expect(maxAbsDiff(t.logits.data, r.logits.data)).toBe(0);
@@ -47,14 +47,14 @@ describe('trace inputs', () => {
     }
     const open = await tiny.model.toTokens(CHAT, { addGenerationPrompt: true });
     const closed = await tiny.model.toTokens(CHAT);
-    expect(open[0].length).toBeGreaterThan(closed[0].length);
+    expect(at(open, 0).length).toBeGreaterThan(at(closed, 0).length);
   });
 
   it('encodes a plain string with the tokenizer default (BOS added once) and takes token ids as given', async () => {
     const text = 'The cat sat on the mat.';
     const t = await tiny.model.trace(text, { hooks: HOOKS });
     expect(t.tokens).toEqual([tok.encode(text)]);
-    expect(t.tokens[0][0]).toBe(tiny.spec.bosTokenId);
+    expect(at(t.tokens, 0)[0]).toBe(tiny.spec.bosTokenId);
     const raw = await tiny.model.toTokens(text, { addSpecialTokens: false });
     expect(raw).toEqual([tok.encode(text, { addSpecialTokens: false })]);
     const row = ids(7, 3);
@@ -72,17 +72,18 @@ describe('trace inputs', () => {
     expect(t.padding).toEqual(t.tokens.map((r) => seq - r.length));
     expect(t.logits.shape).toEqual([3, tiny.spec.vocabSize]);
     const h = 'blocks.1.hook_resid_post';
-    for (let b = 0; b < 3; b++) {
-      const alone = await tiny.model.trace(batch[b], { hooks: HOOKS });
-      expect(alone.tokens[0]).toEqual(t.tokens[b]);
+    for (const [b, input] of batch.entries()) {
+      const alone = await tiny.model.trace(input, { hooks: HOOKS });
+      const tokens = at(t.tokens, b);
+      expect(alone.tokens[0]).toEqual(tokens);
       expect(
         maxAbsDiff(
           t.logits.pick(b, null).data.subarray(b * tiny.spec.vocabSize, (b + 1) * tiny.spec.vocabSize),
           alone.logits.data,
         ),
       ).toBeLessThanOrEqual(1e-5);
-      for (let p = 0; p < t.tokens[b].length; p++) {
-        const got = t.cache.get(h).pick(b, t.padding[b] + p, null);
+      for (let p = 0; p < tokens.length; p++) {
+        const got = t.cache.get(h).pick(b, at(t.padding, b) + p, null);
         const want = alone.cache.get(h).pick(0, p, null);
         let worst = 0;
         for (let i = 0; i < tiny.spec.dModel; i++)
@@ -203,7 +204,7 @@ describe('activation store views', () => {
     let at = 0;
     for (let s = 0; s < 2; s++) {
       const sv = await store.shardView(s, hook);
-      const rows = store.manifest.shards[s].rows;
+      const rows = store.manifest.shards[s]!.rows; // two shards, checked above
       expect(sv.shape).toEqual([rows, d]);
       expect(sv.stride).toEqual([d, 1]);
       expect(sv.data.length).toBe(rows * d);

@@ -60,13 +60,14 @@ export function referenceInvFreq(spec: ModelSpec, type: LayerType = 'full'): Flo
   const oldCtx = s.originalMaxPositionEmbeddings;
   const lowFreqWavelen = oldCtx / s.lowFreqFactor;
   const highFreqWavelen = oldCtx / s.highFreqFactor;
+  // In range: i < inv.length.
   for (let i = 0; i < inv.length; i++) {
-    const wavelen = (2 * Math.PI) / inv[i];
+    const wavelen = (2 * Math.PI) / inv[i]!;
     if (wavelen > lowFreqWavelen) {
-      inv[i] = inv[i] / s.factor;
+      inv[i] = inv[i]! / s.factor;
     } else if (wavelen >= highFreqWavelen) {
       const smooth = (oldCtx / wavelen - s.lowFreqFactor) / (s.highFreqFactor - s.lowFreqFactor);
-      inv[i] = ((1 - smooth) * inv[i]) / s.factor + smooth * inv[i];
+      inv[i] = ((1 - smooth) * inv[i]!) / s.factor + smooth * inv[i]!;
     }
   }
   return inv;
@@ -131,9 +132,10 @@ export function referenceForward(
       const y = lin(v, `self_attn.${proj}_proj`, heads * hd, d);
       return spec.qkNorm ? headNorm(y, heads, `${p}.self_attn.${proj}_norm.weight`) : y;
     };
-    // [pos][nh*hd], [pos][nkv*hd], [pos][nkv*hd]
-    const q = h.map((v, i) => ropeAt(qk(v, 'q', nh), nh, hd, invFreq, positions[i]));
-    const k = h.map((v, i) => ropeAt(qk(v, 'k', nkv), nkv, hd, invFreq, positions[i]));
+    // [pos][nh*hd], [pos][nkv*hd], [pos][nkv*hd]; positions[i] is in range: h has one row per id and
+    // positions.length === ids.length (checked on entry).
+    const q = h.map((v, i) => ropeAt(qk(v, 'q', nh), nh, hd, invFreq, positions[i]!));
+    const k = h.map((v, i) => ropeAt(qk(v, 'k', nkv), nkv, hd, invFreq, positions[i]!));
     const vv = h.map((v) => lin(v, 'self_attn.v_proj', nkv * hd, d));
     const attn = attention(q, k, vv, nh, nkv, hd, spec.attnScale, spec.attnSoftcap, window); // [pos][nh*hd]
     const aOut = attn.map((a) => {
@@ -141,7 +143,8 @@ export function referenceForward(
       return gemma ? norm(o, `${p}.post_attention_layernorm.weight`) : o;
     });
     attnOut.push(aOut);
-    const mid = x.map((v, i) => add(v, aOut[i]));
+    // aOut[i] is in range: aOut, attn, q and x all have one row per position.
+    const mid = x.map((v, i) => add(v, aOut[i]!));
     residMid.push(mid);
     const mOut = mid.map((v) => {
       const h2 = norm(
@@ -151,7 +154,7 @@ export function referenceForward(
       const gate = lin(h2, 'mlp.gate_proj', ff, d);
       const up = lin(h2, 'mlp.up_proj', ff, d);
       const down = lin(
-        gate.map((g, j) => act(g) * up[j]),
+        gate.map((g, j) => act(g) * up[j]!), // in range: gate and up both have ff entries
         'mlp.down_proj',
         d,
         ff,
@@ -159,7 +162,8 @@ export function referenceForward(
       return gemma ? norm(down, `${p}.post_feedforward_layernorm.weight`) : down;
     });
     mlpOut.push(mOut);
-    const post = mid.map((v, i) => add(v, mOut[i]));
+    // mOut[i] is in range: mOut maps mid, one row per position.
+    const post = mid.map((v, i) => add(v, mOut[i]!));
     residPost.push(post);
     x = post;
   }
@@ -177,7 +181,8 @@ function rmsNorm(x: Float64Array, weight: Float64Array, eps: number, plusOne = f
   let ss = 0;
   for (const v of x) ss += v * v;
   const r = 1 / Math.sqrt(ss / x.length + eps);
-  return x.map((v, i) => v * r * (plusOne ? 1 + weight[i] : weight[i]));
+  // weight[i] is in range: a norm weight has one entry per element of x.
+  return x.map((v, i) => v * r * (plusOne ? 1 + weight[i]! : weight[i]!));
 }
 
 /** gelu_pytorch_tanh: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x³))). */
@@ -188,10 +193,11 @@ function geluTanh(x: number): number {
 /** y = W x + b with W stored [out, in]. */
 function linear(x: Float64Array, weight: Float64Array, bias: Float64Array | null, out: number, inp: number) {
   const y = new Float64Array(out);
+  // In range: weight holds out * inp entries, bias (when present) out, and x inp.
   for (let o = 0; o < out; o++) {
-    let s = bias ? bias[o] : 0;
+    let s = bias ? bias[o]! : 0;
     const row = o * inp;
-    for (let i = 0; i < inp; i++) s += weight[row + i] * x[i];
+    for (let i = 0; i < inp; i++) s += weight[row + i]! * x[i]!;
     y[o] = s;
   }
   return y;
@@ -210,13 +216,14 @@ export function ropeAt(
 ): Float64Array {
   const half = hd / 2;
   const out = new Float64Array(x.length);
+  // In range: invFreq holds hd / 2 entries and x holds heads * hd (one head per hd-sized slice).
   for (let h = 0; h < heads; h++) {
     const o = h * hd;
     for (let i = 0; i < half; i++) {
-      const c = Math.cos(pos * invFreq[i]);
-      const s = Math.sin(pos * invFreq[i]);
-      const x1 = x[o + i];
-      const x2 = x[o + half + i];
+      const c = Math.cos(pos * invFreq[i]!);
+      const s = Math.sin(pos * invFreq[i]!);
+      const x1 = x[o + i]!;
+      const x2 = x[o + half + i]!;
       out[o + i] = x1 * c - x2 * s;
       out[o + half + i] = x2 * c + x1 * s;
     }
@@ -241,6 +248,8 @@ function attention(
   window: number | null,
 ): Float64Array[] {
   const group = nh / nkv;
+  // In range: qi holds nh * hd entries; k and v have one row per position (j <= i < q.length) of nkv * hd
+  // entries, and kvo + t < nkv * hd since floor(h / group) < nkv; scores holds i + 1 entries and j <= i.
   return q.map((qi, i) => {
     const out = new Float64Array(nh * hd);
     const first = window === null ? 0 : Math.max(0, i - window + 1);
@@ -249,19 +258,19 @@ function attention(
       const scores = new Float64Array(i + 1).fill(Number.NEGATIVE_INFINITY); // keys first..i only
       for (let j = first; j <= i; j++) {
         let s = 0;
-        for (let t = 0; t < hd; t++) s += qi[h * hd + t] * k[j][kvo + t];
+        for (let t = 0; t < hd; t++) s += qi[h * hd + t]! * k[j]![kvo + t]!;
         s *= scale;
         scores[j] = softcap === null ? s : softcap * Math.tanh(s / softcap);
       }
       const m = Math.max(...scores);
       let z = 0;
       for (let j = first; j <= i; j++) {
-        scores[j] = Math.exp(scores[j] - m);
-        z += scores[j];
+        scores[j] = Math.exp(scores[j]! - m);
+        z += scores[j]!;
       }
       for (let j = first; j <= i; j++) {
-        const p = scores[j] / z;
-        for (let t = 0; t < hd; t++) out[h * hd + t] += p * v[j][kvo + t];
+        const p = scores[j]! / z;
+        for (let t = 0; t < hd; t++) out[h * hd + t]! += p * v[j]![kvo + t]!;
       }
     }
     return out;
@@ -273,5 +282,5 @@ function silu(x: number): number {
 }
 
 function add(a: Float64Array, b: Float64Array): Float64Array {
-  return a.map((v, i) => v + b[i]);
+  return a.map((v, i) => v + b[i]!); // in range: both are d-wide residual rows
 }
