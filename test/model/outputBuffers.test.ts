@@ -22,7 +22,7 @@ const kvElements = (batch: number, positions: number) =>
 
 describe('forward into output buffers', () => {
   it('returns the same logits and cache as fresh outputs, as views of the buffers, and continues from them', async () => {
-    const prompts = [ids(6, 1), ids(4, 2)];
+    const prompts = [ids(6, 1), ids(4, 2)] as const;
     const plain = await tiny.model.forward(prompts, { returnCache: true });
     const buffers = new DecodeBuffers(tiny.model.spec, false, 2, undefined, tiny.model.maxPositions);
     const into = buffers.next(6);
