@@ -1,8 +1,7 @@
 /**
  * `emlens/organisms`: synthetic model organisms with a planted ground truth (a tiny base, misaligned LoRA
- * finetunes, labelled responses), their vocabulary, and the demo that runs the whole loop on them.
+ * finetunes, labelled responses) and their vocabulary; the demo that runs the whole loop on them is emlens/demo.
  */
-export { DEMO_RANDOM_CONTROLS, type DemoOptions, runDemo } from '../demo/em.js';
 export {
   makeOrganisms,
   ORGANISMS_MANIFEST,
