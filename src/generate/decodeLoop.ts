@@ -4,9 +4,11 @@
  * sample, and when a row ends, is the caller's.
  */
 import { EmlensError } from '../errors.js';
+import type { HookName, HookSelector } from '../model/hooks.js';
 import type { Intervention, PositionWeights } from '../model/interventions.js';
 import type { Model } from '../model/model.js';
 import { DecodeBuffers } from '../model/outputBuffers.js';
+import type { Float32Tensor } from '../model/tensor.js';
 
 /**
  * Which tokens the interventions act on.
@@ -25,17 +27,21 @@ export type InterventionPositions = 'all' | 'prompt' | 'generated';
 
 /**
  * Called with each call's last-position logits (`[batch, vocab]`, overwritten by the next call: copy what you
- * keep): returns the token each row feeds next, or
+ * keep) and the hooks asked for in {@link DecodeLoopOptions.hooks} (`[batch, seq, d_model]`: the whole padded
+ * prompt for the prefill, `seq` 1 for a decode step, whose position holds the token each row was fed): returns the token each row feeds next, or
  * `null` for a row that has finished (it is fed padding from then on, so the batch stays rectangular and its
  * output frozen); `done` ends the loop.
  */
 export type DecodeStep = (
   logits: Float32Array,
+  hooks: ReadonlyMap<HookName, Float32Tensor>,
 ) => Promise<{ readonly next: readonly (number | null)[]; readonly done: boolean }>;
 
 export interface DecodeLoopOptions {
   /** The most tokens `step` will ask for: lets the loop size its cache buffers once. */
   readonly maxNewTokens?: number;
+  /** Hooks every call returns to `step` (none by default): the server's per-token monitor reads them. */
+  readonly hooks?: readonly HookSelector[];
 }
 
 /**
@@ -81,18 +87,20 @@ export async function decodeLoop(
     capacity,
     model.maxPositions,
   );
+  const hooks = opts.hooks !== undefined && opts.hooks.length > 0 ? opts.hooks : undefined;
   let r = await model.forward(prompts, {
+    hooks,
     returnCache: true,
     interventions: prefill,
     into: buffers.next(seq),
   });
   for (;;) {
-    const { next, done } = await step(r.logits.data);
+    const { next, done } = await step(r.logits.data, r.hooks);
     if (done) return;
     const cache = r.cache!; // every forward here passes returnCache: true
     r = await model.forward(
       next.map((t) => [t ?? pad]),
-      { cache, returnCache: true, interventions: decode, into: buffers.next(cache.length + 1) },
+      { cache, hooks, returnCache: true, interventions: decode, into: buffers.next(cache.length + 1) },
     );
   }
 }

@@ -18,6 +18,7 @@ import type { Model } from '../model/model.js';
 import type { TextTokenizer } from '../text/tokenizer.js';
 import type { Rng } from '../util/random.js';
 import type { FinishEvent, JobSpec, TokenEvent } from './messages.js';
+import { monitorHooks, projectRow } from './monitor.js';
 import type { LogprobEntry, PositionsPolicy, TopLogprob } from './protocol.js';
 
 /** Decodes as the server reports text: special tokens kept, no clean-up of spaces (so text only grows). */
@@ -110,6 +111,12 @@ interface Row {
   /** Text sent so far. */
   printed: string;
   done: boolean;
+  /**
+   * A monitored row's last token, held until the next call has fed it and its residual is known; and the
+   * row's finish, held with it (the row is fed its last token once more before it ends).
+   */
+  pending: TokenEvent | null;
+  finishing: FinishEvent | null;
 }
 
 export interface BatchHooks {
@@ -143,6 +150,8 @@ export async function runBatch(
         tokens: [],
         printed: '',
         done: false,
+        pending: null,
+        finishing: null,
       });
     }
   }
@@ -190,12 +199,14 @@ export async function runBatch(
     }
   };
 
+  const monitored = jobs.filter((j) => j.monitor !== null);
+  const hookNames = [...new Set(monitored.flatMap((j) => monitorHooks(j.monitor!)))]; // filtered on non-null
   await decodeLoop(
     model,
     rows.map((r) => r.job.prompt),
     interventions,
     policy,
-    async (logits) => {
+    async (logits, hookValues) => {
       const step: Step = { tokens: [], finished: [] };
       rows.forEach((row, b) => {
         if (row.done) return;
@@ -203,11 +214,35 @@ export async function runBatch(
           row.done = true;
           return;
         }
+        const { monitor } = row.job;
+        if (monitor !== null && row.pending !== null) {
+          // This call was fed the row's last token (seq 1): its residual is the token's own.
+          const token = row.tokens[row.tokens.length - 1]!; // pending is set only after a push
+          const text = Buffer.from([...bytesOf(token)]).toString('utf8');
+          step.tokens.push({
+            ...row.pending,
+            monitor: { token: text, projections: projectRow(monitor, hookValues, b, 0) },
+          });
+          row.pending = null;
+          if (row.finishing !== null) {
+            step.finished.push(row.finishing);
+            row.done = true;
+            return;
+          }
+        }
         const l = logits.subarray(b * vocab, (b + 1) * vocab);
         const token = sampleToken(l, row.sampling, row.rng);
         const lp =
           row.job.topLogprobs === null ? undefined : logprobEntry(l, token, row.job.topLogprobs, bytesOf);
-        push(row, token, lp, step);
+        if (monitor === null) {
+          push(row, token, lp, step);
+          return;
+        }
+        const held: Step = { tokens: [], finished: [] };
+        push(row, token, lp, held);
+        row.pending = held.tokens[0]!; // push adds exactly one token event
+        row.finishing = held.finished[0] ?? null;
+        row.done = false; // a finished row is fed its last token once more, for that token's residual
       });
       if (step.tokens.length > 0 || step.finished.length > 0) hooks.onStep(step.tokens, step.finished);
       await hooks.yieldNow();
@@ -218,7 +253,11 @@ export async function runBatch(
         done: rows.every((row) => row.done),
       };
     },
-    { maxNewTokens: Math.max(...rows.map((r) => r.job.maxTokens)) },
+    {
+      // A monitored row's last token is fed once more, for its residual.
+      maxNewTokens: Math.max(...rows.map((r) => r.job.maxTokens)) + (monitored.length > 0 ? 1 : 0),
+      hooks: hookNames,
+    },
   );
 }
 

@@ -30,7 +30,12 @@ export async function handleChat(
 ): Promise<void> {
   const raw = await readBody(req, ctx.maxBodyBytes);
   const { job, stream, includeUsage } = await chatJob(raw, ctx);
-  const head = { modelId: ctx.modelId, n: job.n, promptTokens: job.prompt.length };
+  const head = {
+    modelId: ctx.modelId,
+    n: job.n,
+    promptTokens: job.prompt.length,
+    monitorLayers: job.monitor?.layers ?? null,
+  };
   const answer: ChatResponse = stream
     ? new SseChatResponse(res, { ...head, includeUsage })
     : new JsonChatResponse(res, { ...head, topLogprobs: job.topLogprobs });

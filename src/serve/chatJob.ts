@@ -12,6 +12,7 @@ import { ApiError } from './apiError.js';
 import type { JobRequest } from './engine.js';
 import { buildInterventions, type DirectionResolver, interventionKey } from './interventions.js';
 import type { ModelInfo } from './messages.js';
+import { buildMonitor } from './monitor.js';
 import {
   type ChatRequest,
   chatMessages,
@@ -126,6 +127,7 @@ export async function chatJob(raw: Buffer, ctx: ChatJobContext): Promise<ChatJob
   const own = await buildInterventions(ext, ctx.info, ctx.resolver, 'emlens');
   const interventions = [...ctx.serverInterventions, ...own];
   const positions = ext.positions ?? ctx.defaultPositions;
+  const monitor = ext.monitor === undefined ? null : await buildMonitor(ext.monitor, ctx.info, ctx.resolver);
   const stream = r.stream === true;
   return {
     stream,
@@ -141,6 +143,7 @@ export async function chatJob(raw: Buffer, ctx: ChatJobContext): Promise<ChatJob
       stop: stopStrings(r),
       ignoreEos: r.ignore_eos === true,
       topLogprobs: r.logprobs === true ? (r.top_logprobs ?? 0) : null,
+      monitor,
       key: interventionKey(interventions, positions),
       interventions,
       positions,

@@ -18,6 +18,8 @@ export interface ChatResponseOptions {
   /** Choices in the answer (the request's `n`). */
   readonly n: number;
   readonly promptTokens: number;
+  /** The monitored layers (`emlens.monitor`), or null. */
+  readonly monitorLayers: readonly number[] | null;
 }
 
 export function finishReason(r: FinishReason): OpenAIFinishReason {

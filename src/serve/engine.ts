@@ -225,7 +225,9 @@ export class Engine {
       // Rows are left-padded to the longest prompt and the batch decodes until its largest budget is spent.
       const l = Math.max(longest, r.prompt.length);
       const b = Math.max(budget, r.maxTokens);
-      if (l + b - 1 > this.info.maxPositions) continue;
+      // A monitored row is fed its last token once more (for that token's residual): one position more.
+      const monitored = r.monitor !== null || chosen.some((j) => j.req.monitor !== null);
+      if (l + b - (monitored ? 0 : 1) > this.info.maxPositions) continue;
       chosen.push(job);
       rows += r.n;
       longest = l;

@@ -43,6 +43,16 @@ export class DirectionResolver {
     private readonly files: ReadonlySet<string>,
   ) {}
 
+  /** The directions folder (real path), or null. */
+  get folder(): string | null {
+    return this.dir;
+  }
+
+  /** The files named one by one (real paths). */
+  get namedFiles(): readonly string[] {
+    return [...this.files];
+  }
+
   static async create(access: DirectionAccess): Promise<DirectionResolver> {
     let dir: string | null = null;
     if (access.directionsDir !== undefined) {
@@ -152,7 +162,7 @@ export class DirectionResolver {
 }
 
 /** Runs `f`; an EmlensError it throws (not already an ApiError) becomes a 400 naming `param`. */
-function asApiError<T>(f: () => T, param: string, code = 'invalid_value'): T {
+export function asApiError<T>(f: () => T, param: string, code = 'invalid_value'): T {
   try {
     return f();
   } catch (e) {
@@ -167,7 +177,7 @@ function asApiError<T>(f: () => T, param: string, code = 'invalid_value'): T {
  * One spec's direction as a set: an allowed file through the shared loader (F32, finite), or an inline vector
  * held at every layer and checked the same way (finite, the model's d_model).
  */
-async function specDirections(
+export async function specDirections(
   direction: DirectionSpec,
   shape: ModelShape,
   resolver: DirectionResolver,

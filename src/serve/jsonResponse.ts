@@ -2,7 +2,7 @@
 import { ChatResponse, type ChatResponseOptions } from './chatResponse.js';
 import { sendJson } from './http.js';
 import type { FinishEvent, TokenEvent } from './messages.js';
-import type { ChatChoice, LogprobEntry, OpenAIFinishReason } from './protocol.js';
+import type { ChatChoice, LogprobEntry, MonitorEntry, OpenAIFinishReason } from './protocol.js';
 
 export interface JsonChatResponseOptions extends ChatResponseOptions {
   /** null: the answer has no logprobs. */
@@ -13,6 +13,7 @@ export class JsonChatResponse extends ChatResponse<JsonChatResponseOptions> {
   /** Per choice: its logprobs, text and finish reason. */
   private readonly choices = Array.from({ length: this.opts.n }, () => ({
     logprobs: [] as LogprobEntry[],
+    monitor: [] as MonitorEntry[],
     text: '',
     finish: null as OpenAIFinishReason | null,
   }));
@@ -22,7 +23,9 @@ export class JsonChatResponse extends ChatResponse<JsonChatResponseOptions> {
 
   token(t: TokenEvent): void {
     // Samples are numbered 0..n-1, one choice each.
-    if (t.logprob) this.choices[t.sample]!.logprobs.push(t.logprob);
+    const c = this.choices[t.sample]!;
+    if (t.logprob) c.logprobs.push(t.logprob);
+    if (t.monitor) c.monitor.push(t.monitor);
   }
 
   override finish(f: FinishEvent): OpenAIFinishReason {
@@ -33,11 +36,13 @@ export class JsonChatResponse extends ChatResponse<JsonChatResponseOptions> {
   }
 
   end(): void {
+    const layers = this.opts.monitorLayers;
     const choices: ChatChoice[] = this.choices.map((ch, index) => ({
       index,
       message: { role: 'assistant', content: ch.text, refusal: null },
       logprobs: this.opts.topLogprobs === null ? null : { content: ch.logprobs, refusal: null },
       finish_reason: ch.finish!, // end() comes after every sample's finish()
+      ...(layers ? { emlens: { monitor: { layers: [...layers], content: ch.monitor } } } : {}),
     }));
     sendJson(this.res, 200, { ...this.head('chat.completion'), choices, usage: this.usage() });
   }

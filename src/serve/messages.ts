@@ -2,7 +2,8 @@
 import type { FinishReason } from '../generate/generate.js';
 import type { Intervention } from '../model/interventions.js';
 import type { LoadModelOptions } from '../model/model.js';
-import type { LogprobEntry, PositionsPolicy } from './protocol.js';
+import type { MonitorSpec } from './monitor.js';
+import type { LogprobEntry, MonitorEntry, PositionsPolicy } from './protocol.js';
 
 /** The model loading options that cross to the worker thread (structured-cloneable: no callbacks, no readers). */
 export const WORKER_LOAD_OPTIONS = [
@@ -40,6 +41,8 @@ export interface JobSpec {
   readonly ignoreEos: boolean;
   /** null: no logprobs; k: logprobs with the k most likely alternatives. */
   readonly topLogprobs: number | null;
+  /** null: no per-token projections (`emlens.monitor`). */
+  readonly monitor: MonitorSpec | null;
 }
 
 export type ToWorker =
@@ -59,6 +62,8 @@ export interface TokenEvent {
   /** Text that can be shown now (held back while it may be the start of a stop string or of a character). */
   readonly delta: string;
   readonly logprob?: LogprobEntry;
+  /** The token's projections, when the job has a monitor. */
+  readonly monitor?: MonitorEntry;
 }
 
 export interface FinishEvent {

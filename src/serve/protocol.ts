@@ -40,11 +40,18 @@ const ablateSchema = z.strictObject({
 
 const positionsSchema = z.enum(['all', 'prompt', 'generated']);
 
+/** Per-token projections of the generated tokens' residuals (`hook_resid_post`) on a direction. */
+const monitorSchema = z.strictObject({
+  direction: directionSchema,
+  layers: layersSchema,
+});
+
 /** The per-request `emlens` extension field. */
 export const emlensExtensionSchema = z.strictObject({
   steer: z.array(steerSchema).optional(),
   ablate: z.array(ablateSchema).optional(),
   positions: positionsSchema.optional(),
+  monitor: monitorSchema.optional(),
 });
 
 /** Compiles only when `T` is assignable to `U`. */
@@ -56,6 +63,7 @@ export type RequestSteer = Fits<z.infer<typeof steerSchema>, SteerRequest<Direct
 /** An ablation as a request gives it: an AblateSpec with a file or inline direction. */
 export type RequestAblate = Fits<z.infer<typeof ablateSchema>, AblateRequest<DirectionSpec>>;
 export type EmlensExtension = z.infer<typeof emlensExtensionSchema>;
+export type RequestMonitor = z.infer<typeof monitorSchema>;
 
 const textPart = z.object({ type: z.literal('text'), text: z.string() });
 
@@ -172,11 +180,29 @@ export interface LogprobEntry extends TopLogprob {
 
 export type OpenAIFinishReason = 'stop' | 'length';
 
+/**
+ * One generated token under `emlens.monitor`: its text (decoded alone) and, per monitored layer (in the order of
+ * `MonitorOutput.layers`), the projection `resid . v / |v|` of the residual (`blocks.L.hook_resid_post`) at the
+ * token's own position on that layer's direction.
+ */
+export interface MonitorEntry {
+  token: string;
+  projections: number[];
+}
+
+/** A choice's (or a chunk's) `emlens.monitor`: the layers and one entry per generated token. */
+export interface MonitorOutput {
+  layers: number[];
+  content: MonitorEntry[];
+}
+
 export interface ChatChoice {
   index: number;
   message: { role: 'assistant'; content: string; refusal: null };
   logprobs: { content: LogprobEntry[]; refusal: null } | null;
   finish_reason: OpenAIFinishReason;
+  /** Only with `emlens.monitor` in the request. */
+  emlens?: { monitor: MonitorOutput };
 }
 
 export interface Usage {
@@ -200,6 +226,8 @@ export interface ChunkChoice {
   delta: { role?: 'assistant'; content?: string };
   logprobs: { content: LogprobEntry[]; refusal: null } | null;
   finish_reason: OpenAIFinishReason | null;
+  /** Only with `emlens.monitor` in the request: the entries of the tokens this chunk carries. */
+  emlens?: { monitor: MonitorOutput };
 }
 
 export interface ChatCompletionChunk {

@@ -1,12 +1,15 @@
 /**
- * The server's routes (`/health`, `/v1/models`, `/v1/models/{id}`, `/v1/chat/completions`) and the request
+ * The server's routes (`/health`, `/v1/models`, `/v1/models/{id}`, `/v1/chat/completions`,
+ * `/v1/emlens/directions`, and the playground page at `/`) and the request
  * handler that dispatches to them: 404 for an unknown URL, 405 for a wrong method, 401 for `/v1/*` without the
  * key, and any error thrown answered as an OpenAI error.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { ApiError, toApiError } from './apiError.js';
+import type { DirectionListing } from './directionList.js';
 import type { Engine } from './engine.js';
 import { sendError, sendJson } from './http.js';
+import { isPlaygroundPath, sendPlayground } from './playground.js';
 import { modelList, modelObject } from './protocol.js';
 
 export interface Route {
@@ -22,6 +25,8 @@ export interface RouteContext {
   readonly engine: Pick<Engine, 'healthy' | 'stats'>;
   /** Answers a chat completions request; `arrived` is performance.now() when it came in. */
   readonly chat: (req: IncomingMessage, res: ServerResponse, arrived: number) => Promise<void>;
+  /** The direction files requests may name. */
+  readonly directions: () => Promise<DirectionListing[]>;
 }
 
 /** The routes, looked up by path (null: no route). */
@@ -35,6 +40,13 @@ export function routes(ctx: RouteContext): (path: string) => Route | null {
     });
   return (path) => {
     if (path === '/health') return { methods: ['GET'], handle: health };
+    if (isPlaygroundPath(path)) return { methods: ['GET'], handle: (_q, s) => sendPlayground(s, path) };
+    if (path === '/v1/emlens/directions') {
+      return {
+        methods: ['GET'],
+        handle: async (_q, s) => sendJson(s, 200, { object: 'list', data: await ctx.directions() }),
+      };
+    }
     if (path === '/v1/models')
       return { methods: ['GET'], handle: (_q, s) => sendJson(s, 200, modelList(modelId, created)) };
     const m = /^\/v1\/models\/(.+)$/.exec(path);
@@ -81,7 +93,7 @@ export function dispatcher(opts: DispatchOptions): (req: IncomingMessage, res: S
       if (!route) {
         throw new ApiError(
           404,
-          `Unknown request URL: ${method} ${path}; use POST /v1/chat/completions, GET /v1/models or GET /health.`,
+          `Unknown request URL: ${method} ${path}; use POST /v1/chat/completions, GET /v1/models, GET /v1/emlens/directions, GET /health or GET / (the playground).`,
           'invalid_request_error',
           'unknown_url',
         );

@@ -1,6 +1,7 @@
 /**
  * An OpenAI-compatible HTTP server over a loaded model: `POST /v1/chat/completions` (JSON or SSE streaming,
- * logprobs, the `emlens` steering/ablation extension), `GET /v1/models`, `GET /health`.
+ * logprobs, the `emlens` steering/ablation/monitor extension), `GET /v1/models`, `GET /health`,
+ * `GET /v1/emlens/directions`, and the steering playground page at `GET /`.
  *
  * The model lives in a worker thread, so the event loop keeps answering (`/health`, new requests, client
  * disconnects) while a batch generates. Requests wait in a bounded queue and compatible ones are generated
@@ -15,6 +16,7 @@ import { loadTokenizer, type TextTokenizer } from '../text/tokenizer.js';
 import { ApiError } from './apiError.js';
 import { bearerAuth } from './auth.js';
 import { type ChatContext, handleChat } from './chat.js';
+import { listDirections } from './directionList.js';
 import { Engine, type EngineStats } from './engine.js';
 import { buildInterventions, DirectionResolver } from './interventions.js';
 import { type WorkerLoadOptions, workerLoadOptions } from './messages.js';
@@ -166,6 +168,7 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
         created,
         engine,
         chat: (req, res, arrived) => handleChat(req, res, arrived, chat),
+        directions: () => listDirections(resolver),
       }),
       authorized: bearerAuth(options.apiKey),
       log,

@@ -28,13 +28,17 @@ export class SseChatResponse extends ChatResponse<SseChatResponseOptions> {
   }
 
   token(t: TokenEvent): void {
-    if (t.delta === '' && !t.logprob) return;
+    if (t.delta === '' && !t.logprob && !t.monitor) return;
+    const layers = this.opts.monitorLayers;
     this.chunk([
       {
         index: t.sample,
         delta: t.delta !== '' ? { content: t.delta } : {},
         logprobs: t.logprob ? { content: [t.logprob], refusal: null } : null,
         finish_reason: null,
+        ...(t.monitor && layers
+          ? { emlens: { monitor: { layers: [...layers], content: [t.monitor] } } }
+          : {}),
       },
     ]);
   }

@@ -12,8 +12,8 @@ import { inflateSync } from 'node:zlib';
 /** The binary: $EMLENS_CHROMIUM, else Debian's. */
 export const CHROMIUM = process.env.EMLENS_CHROMIUM ?? '/usr/bin/chromium';
 
-const FLAGS = [
-  '--headless',
+/** The flags every headless run here gets (a driver such as playwright adds its own headless flag). */
+export const CHROMIUM_FLAGS = [
   '--no-sandbox',
   '--disable-gpu',
   '--disable-quic',
@@ -96,9 +96,13 @@ export async function ensureChromium(): Promise<string> {
 export async function chromium(file: string, extra: readonly string[], timeoutMs = 120_000): Promise<string> {
   const profile = await mkdtemp(join(tmpdir(), 'emlens-chromium-'));
   try {
-    const r = await run(CHROMIUM, [...FLAGS, `--user-data-dir=${profile}`, ...extra, `file://${file}`], {
-      timeoutMs,
-    });
+    const r = await run(
+      CHROMIUM,
+      ['--headless', ...CHROMIUM_FLAGS, `--user-data-dir=${profile}`, ...extra, `file://${file}`],
+      {
+        timeoutMs,
+      },
+    );
     if (r.code !== 0) throw new Error(`chromium exited with ${r.code}: ${r.stderr.slice(-2000)}`);
     return r.stdout;
   } finally {
@@ -185,4 +189,18 @@ export function pngInk(data: Buffer): { width: number; height: number; ink: numb
     if (p % 97 === 0) colours.add((r << 16) | (g << 8) | b);
   }
   return { width, height, ink, colours: colours.size };
+}
+
+/**
+ * The Chromium binary for a browser test. Under CI (`CI=true`) it must already be there, as CI's setup installs
+ * it: a missing binary then fails with what to fix instead of installing behind CI's back. Elsewhere
+ * {@link ensureChromium} installs it where it can.
+ */
+export async function chromiumForTests(): Promise<string> {
+  if (process.env.CI === 'true' && !(await executable(CHROMIUM))) {
+    throw new Error(
+      `CI=true but Chromium is not installed at ${CHROMIUM}; CI's setup (.ci/run) must install Debian's chromium package first (apt-get install -y --no-install-recommends chromium), or set EMLENS_CHROMIUM to a Chromium binary.`,
+    );
+  }
+  return ensureChromium();
 }
