@@ -128,7 +128,9 @@ export function registerServe(program: Command): void {
         maxBodyBytes: flags.maxBodyBytes,
         onLog: log,
       });
-      log(`serving '${server.modelId}' at ${server.url}/v1 (OpenAI-compatible); Ctrl-C stops`);
+      log(
+        `serving '${server.modelId}' at ${server.url}/v1 (OpenAI-compatible), the steering playground at ${server.url}/; Ctrl-C stops`,
+      );
       const signal = await untilSignal();
       log(`${signal}: stopping`);
       await server.close();

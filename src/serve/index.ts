@@ -1,8 +1,10 @@
 /**
  * `emlens/serve`: the OpenAI-compatible server (chat completions with streaming and logprobs, the `emlens`
- * request field for steering and ablation), its request schema and response types.
+ * request field for steering, ablation and per-token monitoring, the playground page at `/`), its request schema
+ * and response types.
  */
 export { ApiError, type ApiErrorType } from './apiError.js';
+export type { DirectionListing } from './directionList.js';
 export {
   type ChatChoice,
   type ChatCompletion,
@@ -14,7 +16,10 @@ export {
   type EmlensExtension,
   emlensExtensionSchema,
   type LogprobEntry,
+  type MonitorEntry,
+  type MonitorOutput,
   parseChatRequest,
+  type RequestMonitor,
   type TopLogprob,
   type Usage,
 } from './protocol.js';

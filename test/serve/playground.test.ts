@@ -8,7 +8,7 @@
  *   slider moves by keyboard, the sweep runs and plots, the screenshot is not blank, and no request leaves the
  *   server.
  */
-import { symlink } from 'node:fs/promises';
+import { readdir, readFile, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { type Browser, chromium } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -226,6 +226,22 @@ describe('the playground routes', () => {
   });
 });
 
+describe('the playground in the package', () => {
+  it('is one folder of static files that the build copies into dist beside the server', async () => {
+    const folder = new URL('../../src/serve/playground/', import.meta.url);
+    expect((await readdir(folder)).sort()).toEqual(['index.html', 'playground.css', 'playground.js']);
+    const pkg = JSON.parse(await readFile(new URL('../../package.json', import.meta.url), 'utf8'));
+    expect(pkg.scripts.build).toContain("cpSync('src/serve/playground', 'dist/serve/playground'");
+    expect(pkg.files).toContain('dist');
+    // No URL in the page's files points anywhere but this server (the SVG namespace is a name, not a request).
+    for (const f of await readdir(folder)) {
+      const text = await readFile(new URL(f, folder), 'utf8');
+      const urls = (text.match(/(https?:)?\/\/[\w.-]+\.\w+/g) ?? []).filter((u) => u !== 'http://www.w3.org');
+      expect(urls, f).toEqual([]);
+    }
+  });
+});
+
 describe('the playground in a browser', () => {
   let browser: Browser;
   beforeAll(async () => {
@@ -304,6 +320,15 @@ describe('the playground in a browser', () => {
       const { writeFile } = await import('node:fs/promises');
       await writeFile(process.env.EMLENS_PLAYGROUND_SCREENSHOT, png);
     }
+
+    // Ablation at all of the direction's layers: an answer, no error.
+    await page.locator('input[name="mode"][value="ablate"]').check();
+    await page.locator('#layer-mode').selectOption('all');
+    await page.locator('#prompt').press('Enter');
+    await expect.poll(() => page.locator('#status').textContent()).toMatch(/^Done/);
+    expect(await page.locator('#intervened-title').textContent()).toBe('Ablated');
+    expect(await page.locator('#errors').isHidden()).toBe(true);
+    expect((await page.locator('#intervened').textContent())!.length).toBeGreaterThan(0);
 
     // A request the server refuses shows its message: a wrong key.
     await page.locator('#key').fill('wrong');
