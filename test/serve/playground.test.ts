@@ -15,7 +15,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { directionSet, saveDirections } from '../../src/directions/direction.js';
 import { generate } from '../../src/generate/generate.js';
 import { composeInterventions } from '../../src/interventions/compose.js';
-import { serverDecoder } from '../../src/serve/batch.js';
+import { runBatch, serverDecoder, tokenBytesOf } from '../../src/serve/batch.js';
+import type { FinishEvent, JobSpec, TokenEvent } from '../../src/serve/messages.js';
 import { type RunningServer, startServer } from '../../src/serve/server.js';
 import { encodeChat } from '../../src/text/chat.js';
 import { loadTokenizer, type TextTokenizer } from '../../src/text/tokenizer.js';
@@ -180,6 +181,103 @@ describe('emlens.monitor', () => {
       .flatMap((e) => (JSON.parse(e.slice(6)) as Json).choices)
       .flatMap((c: Json) => c.emlens?.monitor?.content ?? []);
     expect(streamed).toEqual(monitor.content);
+  });
+
+  it('monitors up to the last position the graph holds', async () => {
+    // The last token of a monitored row is fed once more for its residual: at prompt + max_tokens = the graph's
+    // maxPositions that one position must still fit.
+    const messages = [{ role: 'user' as const, content: 'Go on.' }];
+    const promptLength = encodeChat(tokenizer, messages, { addGenerationPrompt: true }).length;
+    const maxTokens = 6;
+    const small = await startServer({
+      model: tiny.dir,
+      cacheDir: tiny.cacheDir,
+      threads: 1,
+      port: 0,
+      host: '127.0.0.1',
+      directionsDir: tiny.at('directions'),
+      maxPositions: promptLength + maxTokens,
+    });
+    try {
+      const ask = (monitor: boolean) =>
+        fetch(`${small.url}/v1/chat/completions`, {
+          method: 'POST',
+          headers: { 'Content-Type': 'application/json' },
+          body: JSON.stringify({
+            model: 'tiny',
+            messages,
+            max_tokens: maxTokens,
+            ignore_eos: true,
+            temperature: 0,
+            ...(monitor ? { emlens: { monitor: { direction: 'big.safetensors', layers: 'all' } } } : {}),
+          }),
+        }).then(async (r) => ({ status: r.status, body: (await r.json()) as Json }));
+      const [a, b, c] = await Promise.all([ask(true), ask(false), ask(true)]);
+      for (const r of [a, b, c]) expect(r.status, JSON.stringify(r.body)).toBe(200);
+      expect(a.body.choices[0].emlens.monitor.layers).toEqual([0, 1, 2]);
+      expect(a.body.choices[0].emlens.monitor.content).toHaveLength(maxTokens);
+      expect(c.body.choices[0].emlens).toEqual(a.body.choices[0].emlens);
+      expect(b.body.choices[0].emlens).toBeUndefined();
+      expect(b.body.choices[0].message.content).toBe(a.body.choices[0].message.content);
+    } finally {
+      await small.close();
+    }
+  });
+
+  it('leaves the other rows of a batch as they are: a monitored row ends one call later, with the same tokens', async () => {
+    const prompt = encodeChat(tokenizer, [{ role: 'user', content: 'Hello.' }], {
+      addGenerationPrompt: true,
+    });
+    const job = (id: number, monitored: boolean, maxTokens: number): JobSpec => ({
+      id,
+      prompt,
+      n: 1,
+      maxTokens,
+      temperature: 0.9,
+      topP: 1,
+      topK: 0,
+      seed: 3,
+      stop: [],
+      ignoreEos: true,
+      topLogprobs: null,
+      monitor: monitored ? { layers: [1], vectors: [big], norms: [norm(big)] } : null,
+    });
+    const events: TokenEvent[] = [];
+    const finished: FinishEvent[] = [];
+    const decoder = serverDecoder(tokenizer);
+    const bytesOf = await tokenBytesOf(tiny.dir, tokenizer);
+    // Rows of 3 and 5 tokens, monitored and not, in one batch.
+    const jobs = [job(1, true, 3), job(2, false, 3), job(3, true, 5), job(4, false, 5)];
+    await runBatch(tiny.model, decoder, bytesOf, jobs, [], 'all', {
+      cancelled: () => false,
+      onStep: (t, f) => {
+        events.push(...t);
+        finished.push(...f);
+      },
+      yieldNow: async () => {},
+    });
+    const text = (id: number) => finished.find((f) => f.job === id)?.text;
+    expect(finished).toHaveLength(4);
+    expect(text(1)).toBe(text(2));
+    expect(text(3)).toBe(text(4));
+    expect(text(3)!.startsWith(text(1)!)).toBe(true);
+    const monitored = (id: number) => events.filter((e) => e.job === id && e.monitor !== undefined);
+    expect(monitored(1)).toHaveLength(3);
+    expect(monitored(3)).toHaveLength(5);
+    expect(
+      monitored(3)
+        .slice(0, 3)
+        .map((e) => e.monitor),
+    ).toEqual(monitored(1).map((e) => e.monitor));
+    expect(events.filter((e) => e.job === 2 || e.job === 4).every((e) => e.monitor === undefined)).toBe(true);
+    // Each text is the concatenation of its deltas and the finish's rest, monitored or not.
+    for (const id of [1, 2, 3, 4]) {
+      const sent = events
+        .filter((e) => e.job === id)
+        .map((e) => e.delta)
+        .join('');
+      expect(sent + finished.find((f) => f.job === id)!.delta).toBe(text(id));
+    }
   });
 
   it('refuses a bad monitor with a 400 that names the field', async () => {
