@@ -29,8 +29,8 @@ export type InterventionPositions = 'all' | 'prompt' | 'generated';
  * Called with each call's last-position logits (`[batch, vocab]`, overwritten by the next call: copy what you
  * keep) and the hooks asked for in {@link DecodeLoopOptions.hooks} (`[batch, seq, d_model]`: the whole padded
  * prompt for the prefill, `seq` 1 for a decode step, whose position holds the token each row was fed): returns
- * the token each row feeds next, or `null` for a row that has finished (it is fed padding from then on, so the batch stays rectangular and its
- * output frozen); `done` ends the loop.
+ * the token each row feeds next, or `null` for a row that has finished (it is fed padding from then on, so the
+ * batch stays rectangular and its output frozen); `done` ends the loop.
  */
 export type DecodeStep = (
   logits: Float32Array,
