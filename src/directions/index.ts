@@ -33,6 +33,18 @@ export {
   saveDirections,
 } from './direction.js';
 export { directionFromStores } from './fromStores.js';
+export {
+  averageDirections,
+  directionSubspace,
+  type LayerRows,
+  PCA_METHODS,
+  type PcaMethod,
+  type PcaOptions,
+  pcaDirections,
+  pcaFromStores,
+  storeRecordRows,
+  subspaceBasis,
+} from './pca.js';
 export { exportGguf, type GgufExportOptions, type GgufExportResult, importGguf } from './gguf.js';
 export {
   type ControlSpread,
