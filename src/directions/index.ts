@@ -33,6 +33,7 @@ export {
   saveDirections,
 } from './direction.js';
 export { directionFromStores } from './fromStores.js';
+export { exportGguf, type GgufExportOptions, type GgufExportResult, importGguf } from './gguf.js';
 export {
   averageDirections,
   directionSubspace,
@@ -45,7 +46,6 @@ export {
   storeRecordRows,
   subspaceBasis,
 } from './pca.js';
-export { exportGguf, type GgufExportOptions, type GgufExportResult, importGguf } from './gguf.js';
 export {
   type ControlSpread,
   controlPaths,
