@@ -3,6 +3,13 @@ import { type Command, Option } from 'commander';
 import { directionDModel, loadDirections, saveDirections } from '../directions/direction.js';
 import { directionFromStores, zeroLayers } from '../directions/fromStores.js';
 import { exportGguf, importGguf } from '../directions/gguf.js';
+import {
+  averageDirections,
+  directionSubspace,
+  PCA_METHODS,
+  type PcaMethod,
+  pcaFromStores,
+} from '../directions/pca.js';
 import { controlPaths, randomControls } from '../directions/randomControl.js';
 import { EmlensError } from '../errors.js';
 import { claimOutputFile } from '../io/outputs.js';
@@ -41,6 +48,14 @@ export function directionGroup(program: Command): Command {
       'direction file to write (default: directions/<pos store name>-vs-<neg store name>.safetensors)',
     )
     .option('--hook <type>', 'hook type to read', 'hook_resid_post')
+    .addOption(
+      new Option(
+        '--method <m>',
+        'mean_diff: mean(pos) - mean(neg); pca_diff / pca_center: first principal component of paired records (record i of --pos with record i of --neg; unit norm; see README)',
+      )
+        .choices(['mean_diff', ...PCA_METHODS])
+        .default('mean_diff'),
+    )
     .addOption(
       new Option('--weighting <w>', 'token: every answer token counts once; record: every answer')
         .choices(['token', 'record'])
@@ -85,10 +100,13 @@ export function directionGroup(program: Command): Command {
           flag: '--random-control',
         });
       }
-      const set = await directionFromStores(flags.pos, flags.neg, {
-        hookType: flags.hook,
-        weighting: flags.weighting,
-      });
+      const set =
+        flags.method === 'mean_diff'
+          ? await directionFromStores(flags.pos, flags.neg, {
+              hookType: flags.hook,
+              weighting: flags.weighting,
+            })
+          : await pcaFromStores(flags.method, flags.pos, flags.neg, { hookType: flags.hook });
       const zero = zeroLayers(set);
       if (zero.length > 0) {
         process.stderr.write(
@@ -122,6 +140,7 @@ interface DirectionFlags {
   readonly neg?: string;
   readonly out?: string;
   readonly hook: string;
+  readonly method: 'mean_diff' | PcaMethod;
   readonly weighting: 'token' | 'record';
   readonly randomControl?: string;
   readonly randomControls: number;
@@ -171,6 +190,52 @@ export function registerDirectionConvert(program: Command): void {
       console.log(
         `wrote ${flags.out}: ${layers.length} layers (blocks ${span(layers)}, hook_resid_post), d_model ${directionDModel(set)}, model ${set.meta.model}`,
       );
+    });
+}
+
+/** `emlens direction average` and `emlens direction subspace`: directions made from several direction files. */
+export function registerDirectionCombine(program: Command): void {
+  const group = directionGroup(program);
+  group
+    .command('average')
+    .description(
+      'one direction from several (e.g. one per finetune): each normalised per layer, then averaged (not renormalised)',
+    )
+    .requiredOption('--in <files...>', 'direction files (.safetensors), at least two')
+    .requiredOption('--out <file>', 'direction file to write')
+    .option('--overwrite', 'replace --out if it exists')
+    .action(async (flags: { in: string[]; out: string; overwrite?: boolean }) => {
+      if (flags.in.length < 2) {
+        throw new EmlensError('emlens direction average needs at least two --in files; add more.');
+      }
+      await claimOutputFile(flags.out, { overwrite: flags.overwrite, createParent: true });
+      const sets = await Promise.all(flags.in.map((f) => loadDirections(f)));
+      const avg = averageDirections(sets);
+      await saveDirections(flags.out, avg, { overwrite: flags.overwrite });
+      const norms = [...avg.vectors.entries()].map(([l, v]) => `${l}:${norm(v).toFixed(3)}`);
+      console.log(
+        `wrote ${flags.out}: average of ${sets.length} normalised directions; norms ${norms.join(' ')} (1 = all agree)`,
+      );
+    });
+  group
+    .command('subspace')
+    .description(
+      'an orthonormal basis (SVD) of the span of several directions per layer, one unit direction file per basis vector (FILE.b0, FILE.b1, ...), for ablating together',
+    )
+    .requiredOption('--in <files...>', 'direction files (.safetensors)')
+    .requiredOption('--out <file>', 'basis files to write: FILE with .b0, .b1, ... before the extension')
+    .option('--rank <k>', 'at most this many basis vectors (default: the span)', positiveInt)
+    .option('--overwrite', 'replace the outputs if they exist')
+    .action(async (flags: { in: string[]; out: string; rank?: number; overwrite?: boolean }) => {
+      const sets = await Promise.all(flags.in.map((f) => loadDirections(f)));
+      const basis = directionSubspace(sets, { rank: flags.rank });
+      const ext = extname(flags.out);
+      const paths = basis.map((_, j) => `${flags.out.slice(0, flags.out.length - ext.length)}.b${j}${ext}`);
+      for (const p of paths) await claimOutputFile(p, { overwrite: flags.overwrite, createParent: true });
+      for (const [j, set] of basis.entries()) {
+        await saveDirections(paths[j]!, set, { overwrite: flags.overwrite }); // one path per basis set
+      }
+      console.log(`wrote ${paths.join(', ')}: rank-${basis.length} subspace of ${sets.length} directions`);
     });
 }
 

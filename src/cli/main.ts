@@ -4,7 +4,7 @@ import { registerAblate } from './ablate.js';
 import { registerCollect } from './collect.js';
 import { registerCompare } from './compare.js';
 import { registerDemo } from './demo.js';
-import { registerDirectionConvert } from './direction.js';
+import { registerDirectionCombine, registerDirectionConvert } from './direction.js';
 import { registerEval } from './eval.js';
 import { registerGenerate } from './generate.js';
 import { registerInfo } from './info.js';
@@ -69,6 +69,7 @@ export function buildProgram(): Command {
   registerDemo(program);
   registerCompare(program);
   registerDirectionConvert(program);
+  registerDirectionCombine(program);
   registerEval(program);
   registerReport(program);
   registerAblate(program);

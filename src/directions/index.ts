@@ -35,6 +35,18 @@ export {
 export { directionFromStores } from './fromStores.js';
 export { exportGguf, type GgufExportOptions, type GgufExportResult, importGguf } from './gguf.js';
 export {
+  averageDirections,
+  directionSubspace,
+  type LayerRows,
+  PCA_METHODS,
+  type PcaMethod,
+  type PcaOptions,
+  pcaDirections,
+  pcaFromStores,
+  storeRecordRows,
+  subspaceBasis,
+} from './pca.js';
+export {
   type ControlSpread,
   controlPaths,
   controlSpread,
