@@ -172,6 +172,28 @@ const cases: Case[] = [
     inputs: [[3]],
     op: (t, [a]) => t.mul(t.tanh(a!), t.exp(a!)),
   },
+  {
+    name: 'composite: RMSNorm x / sqrt(mean(x²) + eps) · w',
+    inputs: [[2, 4]],
+    op: (t, [x]) => {
+      const ms = t.reduceMean(t.mul(x!, x!), [1], true);
+      const w = t.constant([0.5, 1, 1.5, 2], [4]);
+      return t.mul(t.div(x!, t.sqrt(t.add(ms, t.scalar(1e-6)))), w);
+    },
+  },
+  {
+    name: 'composite: one causal attention head softmax(q kᵀ / √d + mask) v',
+    inputs: [
+      [3, 2],
+      [3, 2],
+      [3, 2],
+    ],
+    op: (t, [q, k, v]) => {
+      const mask = t.constant([0, -1e9, -1e9, 0, 0, -1e9, 0, 0, 0], [3, 3]);
+      const scores = t.add(t.div(t.matmul(q!, t.transpose(k!, [1, 0])), t.scalar(Math.SQRT2)), mask);
+      return t.matmul(t.softmax(scores), v!);
+    },
+  },
 ];
 
 describe('VJPs match float64 finite differences', () => {
