@@ -1,7 +1,7 @@
 import { ProtoWriter } from './protobuf.js';
 
 /** Element types the graphs use, named as onnxruntime-node names them. */
-export type ElemType = 'float32' | 'float16' | 'int64' | 'int32' | 'bool';
+export type ElemType = 'float32' | 'float16' | 'float64' | 'int64' | 'int32' | 'bool';
 
 /** ONNX `TensorProto.DataType` codes. */
 export const ONNX_ELEM_TYPE: Readonly<Record<ElemType, number>> = {
@@ -10,6 +10,7 @@ export const ONNX_ELEM_TYPE: Readonly<Record<ElemType, number>> = {
   int64: 7,
   bool: 9,
   float16: 10,
+  float64: 11,
 };
 
 export const ELEM_BYTES: Readonly<Record<ElemType, number>> = {
@@ -18,6 +19,7 @@ export const ELEM_BYTES: Readonly<Record<ElemType, number>> = {
   int64: 8,
   bool: 1,
   float16: 2,
+  float64: 8,
 };
 
 /** A dimension: a fixed size or a symbolic name (`batch`, `seq`). */
