@@ -3,6 +3,8 @@
  * the onnxruntime kernels against a plain JS matmul of the dequantised weights, and whole tiny models of
  * several families against the same weights in fp32 (per-hook relative error, top-1 and greedy agreement).
  */
+import { readdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { describe, expect, it } from 'vitest';
 import { measureFidelity } from '../../src/model/fidelity.js';
@@ -17,6 +19,7 @@ import {
 } from '../../src/model/graph/quantize.js';
 import { loadModel } from '../../src/model/model.js';
 import type { TinyFamily } from '../../src/model/tiny.js';
+import { profileWeightBytes } from '../../src/model/graph/weightBytes.js';
 import { GraphBuilder } from '../../src/onnx/builder.js';
 import { Rng } from '../../src/util/random.js';
 import { useTinyModel } from '../helpers/fixtures.js';
@@ -246,6 +249,25 @@ const HOOK_BOUND = { int8: 0.065, int4: 0.55 } as const;
 const FIRST_RESID_BOUND = { int8: 0.02, int4: 0.2 } as const;
 const TOP1_BOUND = { int8: 0.8, int4: 0.4 } as const;
 
+/** Bytes of the weights (RoPE tables aside) in the graph cache folder whose index has a `marker` tensor. */
+async function weightsWritten(cacheDir: string, marker: string): Promise<number> {
+  const found: number[] = [];
+  for (const folder of await readdir(cacheDir)) {
+    const index = JSON.parse(await readFile(join(cacheDir, folder, 'external-index.json'), 'utf8')) as Record<
+      string,
+      [number, number]
+    >;
+    if (!Object.keys(index).some((k) => k.includes(marker))) continue;
+    found.push(
+      Object.entries(index)
+        .filter(([k]) => !k.startsWith('rope.'))
+        .reduce((a, [, [, length]]) => a + length, 0),
+    );
+  }
+  expect(found.length).toBe(1);
+  return found[0]!;
+}
+
 const FAMILIES: readonly { family: TinyFamily; extra?: object }[] = [
   { family: 'qwen2' },
   { family: 'llama', extra: { tieWordEmbeddings: true } },
@@ -282,6 +304,9 @@ for (const { family, extra } of FAMILIES) {
           }
           expect(f.top1Agreement).toBeGreaterThanOrEqual(TOP1_BOUND[profile]);
           if (profile === 'int8') expect(f.greedyPrefixAgreement).toBeGreaterThanOrEqual(0.5);
+          // what `info` reports is what the build wrote: the data file's weights, RoPE tables aside
+          const written = await weightsWritten(tiny.cacheDir, profile === 'int8' ? '.q8' : '.q4b128');
+          expect(written).toBe(profileWeightBytes(tiny.spec, profile));
         } finally {
           await q.dispose();
         }
