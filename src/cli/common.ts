@@ -1,5 +1,6 @@
 import { type Command, Option } from 'commander';
 import { EmlensError } from '../errors.js';
+import type { Profile } from '../model/graph/transformer.js';
 import type { LoadModelOptions } from '../model/model.js';
 import { chatTemplateKwargs, positiveInt } from './args.js';
 
@@ -9,10 +10,10 @@ export function addModelOptions(cmd: Command): Command {
     .requiredOption('--model <dir>', 'Hugging Face model folder (config.json, *.safetensors, tokenizer.json)')
     .addOption(new Option('--device <device>', 'execution provider').choices(['cpu', 'cuda']).default('cpu'))
     .addOption(
-      new Option('--profile <profile>', 'graph precision (default: fp32 on cpu, fp16 on cuda)').choices([
-        'fp32',
-        'fp16',
-      ]),
+      new Option(
+        '--profile <profile>',
+        'graph precision: fp32, fp16, or int8/int4 quantised GEMMs (default: fp32 on cpu, fp16 on cuda)',
+      ).choices(['fp32', 'fp16', 'int8', 'int4']),
     )
     .option('--threads <n>', 'intra-op threads (default: one per core)', positiveInt)
     .option('--cache-dir <dir>', 'where built graphs are kept (default $EMLENS_CACHE_DIR or ~/.cache/emlens)')
@@ -39,7 +40,7 @@ export interface ChatTemplateFlags {
 export interface ModelFlags {
   readonly model: string;
   readonly device: 'cpu' | 'cuda';
-  readonly profile?: 'fp32' | 'fp16';
+  readonly profile?: Profile;
   readonly threads?: number;
   readonly cacheDir?: string;
   readonly adapter?: string;

@@ -2,6 +2,10 @@ import type { Command } from 'commander';
 import { describeModel } from '../model/describe.js';
 import { unusedWeightsWarning } from '../model/weightCheck.js';
 
+function formatBytes(b: number): string {
+  return b >= 2 ** 30 ? `${(b / 2 ** 30).toFixed(2)} GiB` : `${(b / 2 ** 20).toFixed(1)} MiB`;
+}
+
 export function registerInfo(program: Command): void {
   program
     .command('info')
@@ -33,6 +37,9 @@ export function registerInfo(program: Command): void {
         `rope         theta ${s.ropeTheta}${s.ropeScaling ? `, ${s.ropeScaling.type} scaling x${s.ropeScaling.factor}` : ''}${s.localRope ? ` (sliding layers: theta ${s.localRope.theta})` : ''}`,
         `attention    ${s.slidingWindow === null ? 'full' : `${s.layerTypes.filter((t) => t === 'sliding').length} of ${s.numLayers} layers slide over ${s.slidingWindow} keys`}`,
         `weights      ${d.weightFiles.join(', ')}`,
+        `graph bytes  ${Object.entries(d.weightBytes)
+          .map(([p, b]) => `${p} ${formatBytes(b)}`)
+          .join(', ')} (weights per --profile)`,
         `hooks        ${d.hooks.length} (blocks.{0..${s.numLayers - 1}}.hook_resid_pre|resid_mid|resid_post|attn_out|mlp_out)`,
       ];
       console.log(lines.join('\n'));

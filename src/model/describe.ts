@@ -1,5 +1,7 @@
 import { WeightSource } from '../io/weightSource.js';
 import { readConfig } from './config.js';
+import type { Profile } from './graph/transformer.js';
+import { PROFILES, profileWeightBytes } from './graph/weightBytes.js';
 import { allHookNames } from './hooks.js';
 import { checkpointRenamer } from './layout.js';
 import { type ModelSpec, parameterCount } from './spec.js';
@@ -16,6 +18,8 @@ export interface ModelDescription {
   readonly hooks: readonly string[];
   /** Tensors of the folder the model does not use (ignored, with a warning). */
   readonly unusedWeights: readonly string[];
+  /** Bytes of the graph's weights in each profile (`--profile`), RoPE tables aside. */
+  readonly weightBytes: Readonly<Record<Profile, number>>;
 }
 
 export async function describeModel(dir: string): Promise<ModelDescription> {
@@ -36,6 +40,10 @@ export async function describeModel(dir: string): Promise<ModelDescription> {
       weightFiles: source.files,
       hooks: allHookNames(spec.numLayers),
       unusedWeights: unused,
+      weightBytes: Object.fromEntries(PROFILES.map((p) => [p, profileWeightBytes(spec, p)])) as Record<
+        Profile,
+        number
+      >,
     };
   } finally {
     await source.close();

@@ -1,11 +1,13 @@
 import { ProtoWriter } from './protobuf.js';
 
 /** Element types the graphs use, named as onnxruntime-node names them. */
-export type ElemType = 'float32' | 'float16' | 'float64' | 'int64' | 'int32' | 'bool';
+export type ElemType = 'float32' | 'float16' | 'float64' | 'int64' | 'int32' | 'int8' | 'uint8' | 'bool';
 
 /** ONNX `TensorProto.DataType` codes. */
 export const ONNX_ELEM_TYPE: Readonly<Record<ElemType, number>> = {
   float32: 1,
+  uint8: 2,
+  int8: 3,
   int32: 6,
   int64: 7,
   bool: 9,
@@ -17,6 +19,8 @@ export const ELEM_BYTES: Readonly<Record<ElemType, number>> = {
   float32: 4,
   int32: 4,
   int64: 8,
+  int8: 1,
+  uint8: 1,
   bool: 1,
   float16: 2,
   float64: 8,

@@ -5,10 +5,14 @@ import { type BlockHook, hookName, siteCount } from '../hooks.js';
 import { patchSiteCount } from '../interventions.js';
 import { ropeTables } from '../rope.js';
 import { type ModelSpec, weightShape } from '../spec.js';
-import { concatVectors, packTransposed, type WeightReader } from './weights.js';
+import { emitLinear, type LinearWeight, linearSchemeFor, linearWeight } from './linear.js';
+import { concatVectors, type LinearPart, type WeightReader } from './weights.js';
 
-/** fp32 for the CPU; fp16 for CUDA (whose fused attention kernels are half precision only). */
-export type Profile = 'fp32' | 'fp16';
+/**
+ * fp32 for the CPU; fp16 for CUDA (whose fused attention kernels are half precision only); int8 and int4
+ * quantise the block GEMMs and the LM head (activations stay float32, see `linear.ts` for the kernels).
+ */
+export type Profile = 'fp32' | 'fp16' | 'int8' | 'int4';
 
 /** What varies between the graphs built over one set of weights. */
 export interface GraphVariant {
@@ -70,7 +74,7 @@ export async function emitTransformer(
   weights: () => Promise<WeightReader>,
   opts: TransformerGraphOptions,
 ): Promise<void> {
-  const T = opts.profile === 'fp16' ? 'float16' : 'float32';
+  const T = opts.profile === 'fp16' ? 'float16' : 'float32'; // the quantised profiles compute in float32
   const half = T === 'float16';
   const d = spec.dModel;
   const H = spec.numHeads;
@@ -101,8 +105,11 @@ export async function emitTransformer(
     }
     return data;
   };
-  const readTransposed = async (name: string, out: number, inDim: number) =>
-    packTransposed([{ data: await read(name), out }], inDim);
+  // the block GEMMs and the LM head, in the profile's scheme (float MatMul, or a quantised kernel)
+  const gemm = linearSchemeFor(opts.profile);
+  const quantized = gemm.kind !== 'float';
+  const proj = (name: string, inDim: number, outDim: number, parts: () => Promise<LinearPart[]>) =>
+    linearWeight(g, name, gemm, inDim, outDim, parts);
   /** Casts a float32 value to the graph's type (a no-op for fp32). */
   const toT = (v: string) => (half ? g.op('Cast', [v], { to: { int: 10 } }) : v);
 
@@ -247,28 +254,31 @@ export async function emitTransformer(
   /** c·tanh(x/c), in the graph's type. */
   const softcap = (x: string, c: number) =>
     g.op('Mul', [g.op('Tanh', [g.op('Div', [x, g.scalar(c, T, f32ToF16)])]), g.scalar(c, T, f32ToF16)]);
-  const linear = (x: string, w: string, b: string | null, out?: string) => {
-    if (!b) return g.node('MatMul', [x, w], out ? { outputs: [out] } : {})[0];
-    return g.node('Add', [g.op('MatMul', [x, w]), b], out ? { outputs: [out] } : {})[0];
-  };
+  const linear = (x: string, w: LinearWeight, b: string | null, out?: string) => emitLinear(g, x, w, b, out);
 
-  // ---- embeddings
-  const embed = await weight('model.embed_tokens.weight', [spec.vocabSize, d], () =>
-    read('model.embed_tokens.weight'),
-  );
+  // ---- embeddings (the quantised profiles keep the table in fp16: a Gather reads one row per token, so its
+  // precision costs nothing in speed and halves the largest tensor)
+  const embed = quantized
+    ? await g.weight('model.embed_tokens.weight.fp16', 'float16', [spec.vocabSize, d], async () =>
+        f32ToF16(await read('model.embed_tokens.weight')),
+      )
+    : await weight('model.embed_tokens.weight', [spec.vocabSize, d], () => read('model.embed_tokens.weight'));
+  const gathered = (out?: string) =>
+    quantized
+      ? g.node('Cast', [g.op('Gather', [embed, ids], { axis: { int: 0 } })], {
+          outputs: out ? [out] : 1,
+          attrs: { to: { int: 1 } },
+        })[0]
+      : g.node('Gather', [embed, ids], { outputs: out ? [out] : 1, attrs: { axis: { int: 0 } } })[0];
   const pre0 = hookTarget(0, 'hook_resid_pre');
   const embedOut = iv ? g.fresh('embedded') : pre0;
   // Gemma scales the embeddings by float32(sqrt(d)), cast to the weights' dtype (the graph's type here).
   const embedded =
     spec.embedScale === null
-      ? g.node('Gather', [embed, ids], { outputs: [embedOut], attrs: { axis: { int: 0 } } })[0]
-      : g.node(
-          'Mul',
-          [g.op('Gather', [embed, ids], { axis: { int: 0 } }), g.scalar(spec.embedScale, T, f32ToF16)],
-          {
-            outputs: [embedOut],
-          },
-        )[0]; // [batch, seq, d]
+      ? gathered(embedOut)
+      : g.node('Mul', [gathered(), g.scalar(spec.embedScale, T, f32ToF16)], {
+          outputs: [embedOut],
+        })[0]; // [batch, seq, d]
   let x = iv ? edit(embedded, 0, pre0) : embedded;
   publish(x, 0, 'hook_resid_pre');
 
@@ -280,16 +290,11 @@ export async function emitTransformer(
     const ln1 = await normWeight(`${p}.input_layernorm.weight`, [d]);
     const h = rmsNorm(x, ln1); // [batch, seq, d]
     const qkvOut = (H + 2 * KV) * hd;
-    const wqkv = await weight(`${p}.self_attn.qkv.weight`, [d, qkvOut], async () =>
-      packTransposed(
-        [
-          { data: await read(`${p}.self_attn.q_proj.weight`), out: H * hd },
-          { data: await read(`${p}.self_attn.k_proj.weight`), out: KV * hd },
-          { data: await read(`${p}.self_attn.v_proj.weight`), out: KV * hd },
-        ],
-        d,
-      ),
-    );
+    const wqkv = await proj(`${p}.self_attn.qkv.weight`, d, qkvOut, async () => [
+      { data: await read(`${p}.self_attn.q_proj.weight`), out: H * hd },
+      { data: await read(`${p}.self_attn.k_proj.weight`), out: KV * hd },
+      { data: await read(`${p}.self_attn.v_proj.weight`), out: KV * hd },
+    ]);
     const bqkv = spec.qkvBias
       ? await weight(`${p}.self_attn.qkv.bias`, [qkvOut], async () =>
           concatVectors([
@@ -327,9 +332,9 @@ export async function emitTransformer(
     }); // [batch, seq, H*hd]
     g.output(IO.presentKey(i), IO.presentKey(i), T, ['batch', KV, 'total', hd]);
     g.output(IO.presentValue(i), IO.presentValue(i), T, ['batch', KV, 'total', hd]);
-    const wo = await weight(`${p}.self_attn.o_proj.weight`, [H * hd, d], () =>
-      readTransposed(`${p}.self_attn.o_proj.weight`, d, H * hd),
-    );
+    const wo = await proj(`${p}.self_attn.o_proj.weight`, H * hd, d, async () => [
+      { data: await read(`${p}.self_attn.o_proj.weight`), out: d },
+    ]);
     const bo = spec.oBias
       ? await weight(`${p}.self_attn.o_proj.bias`, [d], () => read(`${p}.self_attn.o_proj.bias`))
       : null;
@@ -353,22 +358,17 @@ export async function emitTransformer(
       [d],
     );
     const h2 = rmsNorm(x, ln2);
-    const wDown = await weight(`${p}.mlp.down_proj.weight`, [ff, d], () =>
-      readTransposed(`${p}.mlp.down_proj.weight`, d, ff),
-    );
+    const wDown = await proj(`${p}.mlp.down_proj.weight`, ff, d, async () => [
+      { data: await read(`${p}.mlp.down_proj.weight`), out: d },
+    ]);
     const bDown = spec.mlpBias
       ? await weight(`${p}.mlp.down_proj.bias`, [d], () => read(`${p}.mlp.down_proj.bias`))
       : null;
     // gate and up as one GEMM, split after it: 3-6% faster prefill than two GEMMs in same-process A/B runs
-    const wGateUp = await weight(`${p}.mlp.gate_up.weight`, [d, 2 * ff], async () =>
-      packTransposed(
-        [
-          { data: await read(`${p}.mlp.gate_proj.weight`), out: ff },
-          { data: await read(`${p}.mlp.up_proj.weight`), out: ff },
-        ],
-        d,
-      ),
-    );
+    const wGateUp = await proj(`${p}.mlp.gate_up.weight`, d, 2 * ff, async () => [
+      { data: await read(`${p}.mlp.gate_proj.weight`), out: ff },
+      { data: await read(`${p}.mlp.up_proj.weight`), out: ff },
+    ]);
     const bGateUp = spec.mlpBias
       ? await weight(`${p}.mlp.gate_up.bias`, [2 * ff], async () =>
           concatVectors([await read(`${p}.mlp.gate_proj.bias`), await read(`${p}.mlp.up_proj.bias`)]),
@@ -400,13 +400,22 @@ export async function emitTransformer(
   }
 
   // ---- final norm and LM head (Gemm with transB reads the HF [vocab, d] matrix as is, so tied embeddings
-  // share one initializer)
+  // share one initializer; a quantised head is its own copy of the matrix, tied or not)
   const normW = await normWeight('model.norm.weight', [d]);
-  const head = spec.tieWordEmbeddings
-    ? embed
-    : await weight('lm_head.weight', [spec.vocabSize, d], () => read('lm_head.weight'));
+  const headName = spec.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight';
+  const qHead = quantized
+    ? await proj('lm_head.weight', d, spec.vocabSize, async () => [
+        { data: await read(headName), out: spec.vocabSize },
+      ])
+    : null;
+  const head =
+    qHead || spec.tieWordEmbeddings
+      ? embed
+      : await weight('lm_head.weight', [spec.vocabSize, d], () => read('lm_head.weight'));
   const gemmHead = (x2d: string, out?: string) =>
-    g.node('Gemm', [x2d, head], { outputs: out ? [out] : 1, attrs: { transB: { int: 1 } } })[0];
+    qHead
+      ? emitLinear(g, x2d, qHead, null, out)
+      : g.node('Gemm', [x2d, head], { outputs: out ? [out] : 1, attrs: { transB: { int: 1 } } })[0];
   const logitsTarget = half || spec.finalSoftcap !== null ? g.fresh('logits') : IO.logits;
   let logitsShape: (string | number)[];
   if (opts.logits === 'last') {

@@ -3,14 +3,17 @@ export interface WeightReader {
   readFloat32(name: string): Promise<Float32Array>;
 }
 
+/** One HF Linear weight (`[out, in]` row-major) among those packed side by side. */
+export interface LinearPart {
+  readonly data: Float32Array;
+  readonly out: number;
+}
+
 /**
  * Writes the transposes of HF Linear weights (`[out, in]`) side by side into one `[in, sum(out)]` matrix, so
  * q/k/v (and gate/up) become a single wide MatMul: fewer, larger GEMMs run closer to the MatMul ceiling.
  */
-export function packTransposed(
-  parts: readonly { data: Float32Array; out: number }[],
-  inDim: number,
-): Float32Array {
+export function packTransposed(parts: readonly LinearPart[], inDim: number): Float32Array {
   const total = parts.reduce((a, p) => a + p.out, 0);
   const packed = new Float32Array(inDim * total); // [in, total_out]
   let col = 0;
