@@ -7,7 +7,7 @@ import { loadTokenizer, type TextTokenizer } from '../text/tokenizer.js';
 import { leftPad } from './batch.js';
 import { cacheKey, defaultCacheDir, fileFingerprint } from './cache.js';
 import { readConfig } from './config.js';
-import { type AttentionOps, attentionFeeds, CONTRIB_IO } from './graph/attention.js';
+import { type AttentionOps, attentionFeeds, CONTRIB_IO, checkDeviceSupport } from './graph/attention.js';
 import { ensureGraph, graphFileName } from './graph/build.js';
 import { type GraphVariant, graphHookName, IO, type Profile } from './graph/transformer.js';
 import type { WeightReader } from './graph/weights.js';
@@ -180,6 +180,7 @@ export class Model {
     // onnxruntime-node keeps outputs on the device only for WebGPU (`gpu-buffer`); CUDA outputs always come
     // back to host memory, since the binding has no IO binding for it.
     const deviceCache = device === 'webgpu' && ops === 'contrib';
+    checkDeviceSupport(spec, device);
     const maxPositions = opts.maxPositions ?? defaultMaxPositions(spec);
     if (!Number.isInteger(maxPositions) || maxPositions < 1) {
       throw new EmlensError(`maxPositions must be a positive integer, not ${maxPositions}.`);
@@ -254,7 +255,9 @@ export class Model {
       }
       const t1 = performance.now();
       if (graph.built)
-        progress(`built ${graphFileName({ ...variant, ops })} in ${((t1 - t0) / 1000).toFixed(1)} s -> ${folder}`);
+        progress(
+          `built ${graphFileName({ ...variant, ops })} in ${((t1 - t0) / 1000).toFixed(1)} s -> ${folder}`,
+        );
       const session = await createSession(graph.path, {
         device,
         threads: opts.threads,
@@ -270,17 +273,7 @@ export class Model {
       }
       return session;
     };
-    const model = new Model(
-      dir,
-      spec,
-      profile,
-      device,
-      ops,
-      deviceCache,
-      maxPositions,
-      open,
-      opts.tokenizer,
-    );
+    const model = new Model(dir, spec, profile, device, ops, deviceCache, maxPositions, open, opts.tokenizer);
     await model.session({ ops, logits: 'last', interventions: false });
     return model;
   }
@@ -494,7 +487,9 @@ export class Model {
       for (const [name, t] of Object.entries(out)) {
         if (t.location !== 'gpu-buffer') continue;
         if (!name.startsWith('present.')) {
-          throw new Error(`onnxruntime left output '${name}' on the device; only the KV cache should stay there`);
+          throw new Error(
+            `onnxruntime left output '${name}' on the device; only the KV cache should stay there`,
+          );
         }
         if (!opts.returnCache) t.dispose();
       }
@@ -502,7 +497,8 @@ export class Model {
     let hostBytes = 0;
     for (const name of Object.keys(fetches)) {
       const t = output(name);
-      if (t.location === 'cpu' || t.location === 'cpu-pinned') hostBytes += (t.data as ArrayBufferView).byteLength;
+      if (t.location === 'cpu' || t.location === 'cpu-pinned')
+        hostBytes += (t.data as ArrayBufferView).byteLength;
     }
     const result: ForwardResult = {
       logits,

@@ -33,7 +33,7 @@ function providers(device: Device): ort.InferenceSession.SessionOptions['executi
 
 /** What to tell a user whose machine gave onnxruntime no WebGPU adapter. */
 export const WEBGPU_ADAPTER_HELP =
-  'on Linux, Dawn needs a Vulkan driver (libvulkan1 and a GPU driver, or for a software adapter Debian\'s chromium package with VK_ICD_FILENAMES=/usr/lib/chromium/vk_swiftshader_icd.json and XDG_RUNTIME_DIR set), or use --device cpu';
+  "on Linux, Dawn needs a Vulkan driver (libvulkan1 and a GPU driver, or for a software adapter Debian's chromium package with VK_ICD_FILENAMES=/usr/lib/chromium/vk_swiftshader_icd.json and XDG_RUNTIME_DIR set), or use --device cpu";
 
 export const CUDA_INSTALL_COMMAND =
   'ONNXRUNTIME_NODE_INSTALL=cuda12 node node_modules/onnxruntime-node/script/install.js';

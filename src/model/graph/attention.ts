@@ -62,10 +62,22 @@ export interface AttentionContext {
 }
 
 /**
- * Refuses what the contrib attention cannot express: nothing today (softcap, sliding windows, Gemma's scale
- * and q/k norms are covered), kept as the one place a family would be turned away.
+ * Refuses, for a provider, what its contrib attention kernels get wrong. Sliding windows, Gemma's scale and
+ * q/k norms are expressed through the bias and plain ops and match the CPU; an attention-logit softcap
+ * (Gemma 2) does not on WebGPU: its GroupQueryAttention's softcap gave logits 1.5e-3 (softcap 50) to 1.5
+ * (softcap 1) away from the CPU's on a tiny Gemma 2, while the CPU's GroupQueryAttention matches the CPU's
+ * Attention exactly.
  */
-export function checkContribSupport(spec: ModelSpec): void {
+export function checkDeviceSupport(spec: ModelSpec, device: string): void {
+  if (device === 'webgpu' && spec.attnSoftcap !== null) {
+    throw new EmlensError(
+      `${spec.architecture} softcaps its attention logits, which onnxruntime's WebGPU GroupQueryAttention does not compute as transformers does; run this model with --device cpu.`,
+    );
+  }
+}
+
+/** Refuses what the com.microsoft ops cannot express at all. */
+function checkContribSupport(spec: ModelSpec): void {
   if (spec.headDim % 2 !== 0) {
     throw new EmlensError(
       `${spec.architecture} has an odd head_dim (${spec.headDim}), which com.microsoft RotaryEmbedding cannot rotate; use --device cpu.`,
@@ -83,7 +95,9 @@ export function onnxAttention(c: AttentionContext): AttendFn {
   if (!c.attnMask || !c.seqLen) throw new Error('the onnx attention needs attention_mask and seqLen');
   // ---- attention mask, shared by all layers: query i (absolute position past + i) sees key j iff j <= past + i
   // and key j is not padding. A finite large negative keeps fully masked rows (left padding) free of NaN.
-  const totalLen = g.op('Squeeze', [g.op('Slice', [g.op('Shape', [c.attnMask]), g.int64([1]), g.int64([2])])]);
+  const totalLen = g.op('Squeeze', [
+    g.op('Slice', [g.op('Shape', [c.attnMask]), g.int64([1]), g.int64([2])]),
+  ]);
   const pastLen = g.op('Sub', [totalLen, c.seqLen]);
   const one = g.int64([1], true);
   const zero = g.int64([0], true);

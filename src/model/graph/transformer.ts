@@ -4,8 +4,8 @@ import type { GraphBuilder } from '../../onnx/builder.js';
 import { type BlockHook, hookName, siteCount } from '../hooks.js';
 import { patchSiteCount } from '../interventions.js';
 import { ropeTables } from '../rope.js';
-import { type AttentionOps, contribAttention, onnxAttention } from './attention.js';
 import { type ModelSpec, weightShape } from '../spec.js';
+import { type AttentionOps, contribAttention, onnxAttention } from './attention.js';
 import { concatVectors, packTransposed, type WeightReader } from './weights.js';
 
 /** fp32 for the CPU; fp16 for CUDA (whose fused attention kernels are half precision only). */
