@@ -7,6 +7,7 @@ import { loadTokenizer, type TextTokenizer } from '../text/tokenizer.js';
 import { leftPad } from './batch.js';
 import { cacheKey, defaultCacheDir, fileFingerprint } from './cache.js';
 import { readConfig } from './config.js';
+import { type AttentionOps, attentionFeeds, CONTRIB_IO, checkDeviceSupport } from './graph/attention.js';
 import { ensureGraph, graphFileName } from './graph/build.js';
 import { type GraphVariant, graphHookName, IO, type Profile } from './graph/transformer.js';
 import type { WeightReader } from './graph/weights.js';
@@ -37,7 +38,12 @@ import { checkWeights, unusedWeightsWarning } from './weightCheck.js';
 
 export interface LoadModelOptions {
   readonly device?: Device;
-  /** Default: fp32 on the CPU, fp16 on CUDA. */
+  /**
+   * The attention op set of the graph (see `AttentionOps`): default `contrib` on webgpu (the ops its provider
+   * implements), `onnx` elsewhere. The CPU runs both, which lets the contrib graph be checked without a GPU.
+   */
+  readonly ops?: AttentionOps;
+  /** Default: fp32 on the CPU and webgpu, fp16 on CUDA. */
   readonly profile?: Profile;
   readonly threads?: number;
   /** Where built graphs are kept (default `$EMLENS_CACHE_DIR` or `~/.cache/emlens`). */
@@ -68,8 +74,19 @@ export interface KVCache {
   readonly attentionMask: BigInt64Array;
   /** Position id the next token of each row gets. */
   readonly nextPosition: readonly number[];
-  /** Per layer: key then value, `[batch, kv_heads, length, head_dim]`. */
+  /**
+   * Per layer: key then value, `[batch, kv_heads, length, head_dim]`. On webgpu these are device tensors
+   * (`location: 'gpu-buffer'`): they never come to host memory; `releaseCache` frees them.
+   */
   readonly tensors: readonly ort.Tensor[];
+}
+
+/**
+ * Frees a cache's device buffers now (webgpu), rather than when the tensors are collected; host tensors are
+ * left to the garbage collector. The cache must not be continued afterwards.
+ */
+export function releaseCache(cache: KVCache): void {
+  for (const t of cache.tensors) if (t.location === 'gpu-buffer') t.dispose();
 }
 
 /** How long loading took, for benchmarks and progress reports. */
@@ -108,9 +125,19 @@ export interface ForwardResult {
   /** Left padding of each row in this call. */
   readonly padding: readonly number[];
   readonly cache?: KVCache;
+  /**
+   * Bytes of this call's outputs that came back in host memory (logits, hooks, and the cache unless it stays
+   * on the device): what a decode step pays in device-to-host copies on a GPU provider.
+   */
+  readonly hostBytes: number;
 }
 
 type VariantKey = `${'last' | 'all'}-${boolean}-${boolean}`;
+
+/** Names of the present (KV cache) outputs of a model's graphs. */
+function presentNames(numLayers: number): string[] {
+  return Array.from({ length: numLayers }, (_, i) => [IO.presentKey(i), IO.presentValue(i)]).flat();
+}
 
 /**
  * The longest sequence a model loads for when `maxPositions` is not given: its `max_position_embeddings`, capped
@@ -131,6 +158,10 @@ export class Model {
     readonly spec: ModelSpec,
     readonly profile: Profile,
     readonly device: Device,
+    /** The graph's attention op set. */
+    readonly ops: AttentionOps,
+    /** Whether the returned KV cache stays in device memory (webgpu) instead of coming back to the host. */
+    readonly deviceCache: boolean,
     /** Longest sequence (cache included) the graph accepts. */
     readonly maxPositions: number,
     private readonly openSession: (variant: GraphVariant) => Promise<ort.InferenceSession>,
@@ -142,6 +173,14 @@ export class Model {
     const spec = await readConfig(dir);
     const device = opts.device ?? 'cpu';
     const profile = opts.profile ?? (device === 'cuda' ? 'fp16' : 'fp32');
+    const ops: AttentionOps = opts.ops ?? (device === 'webgpu' ? 'contrib' : 'onnx');
+    if (ops !== 'onnx' && ops !== 'contrib') {
+      throw new EmlensError(`ops must be 'onnx' or 'contrib', not '${String(ops)}'.`);
+    }
+    // onnxruntime-node keeps outputs on the device only for WebGPU (`gpu-buffer`); CUDA outputs always come
+    // back to host memory, since the binding has no IO binding for it.
+    const deviceCache = device === 'webgpu' && ops === 'contrib';
+    checkDeviceSupport(spec, device);
     const maxPositions = opts.maxPositions ?? defaultMaxPositions(spec);
     if (!Number.isInteger(maxPositions) || maxPositions < 1) {
       throw new EmlensError(`maxPositions must be a positive integer, not ${maxPositions}.`);
@@ -209,30 +248,33 @@ export class Model {
       };
       let graph: { path: string; built: boolean };
       try {
-        graph = await ensureGraph(folder, spec, reader, { ...variant, profile, maxPositions });
+        graph = await ensureGraph(folder, spec, reader, { ...variant, ops, profile, maxPositions });
       } finally {
         await merged?.close();
         await source?.close();
       }
       const t1 = performance.now();
       if (graph.built)
-        progress(`built ${graphFileName(variant)} in ${((t1 - t0) / 1000).toFixed(1)} s -> ${folder}`);
+        progress(
+          `built ${graphFileName({ ...variant, ops })} in ${((t1 - t0) / 1000).toFixed(1)} s -> ${folder}`,
+        );
       const session = await createSession(graph.path, {
         device,
         threads: opts.threads,
         extra: opts.sessionOptions,
+        ...(deviceCache ? { deviceOutputs: presentNames(spec.numLayers) } : {}),
       });
       const t2 = performance.now();
       progress(
-        `session ready (${device}, ${profile}, ${graphFileName(variant)}) in ${((t2 - t1) / 1000).toFixed(1)} s`,
+        `session ready (${device}, ${profile}, ${graphFileName({ ...variant, ops })}) in ${((t2 - t1) / 1000).toFixed(1)} s`,
       );
       if (variant.logits === 'last' && !variant.interventions) {
         model.stats = { built: graph.built, graphBuildMs: t1 - t0, sessionLoadMs: t2 - t1 };
       }
       return session;
     };
-    const model = new Model(dir, spec, profile, device, maxPositions, open, opts.tokenizer);
-    await model.session({ logits: 'last', interventions: false });
+    const model = new Model(dir, spec, profile, device, ops, deviceCache, maxPositions, open, opts.tokenizer);
+    await model.session({ ops, logits: 'last', interventions: false });
     return model;
   }
 
@@ -300,6 +342,7 @@ export class Model {
 
   /** The session of a graph variant, built and opened on first use. */
   private session(variant: GraphVariant): Promise<ort.InferenceSession> {
+    // one op set per model, so the op set is no part of the key
     const key: VariantKey = `${variant.logits}-${variant.interventions}-${variant.patch === true}`;
     let s = this.sessions.get(key);
     if (!s) {
@@ -354,9 +397,19 @@ export class Model {
     const kvType = this.profile === 'fp16' ? 'float16' : 'float32';
     const feeds: Record<string, ort.Tensor> = {
       [IO.inputIds]: new ort.Tensor('int64', b.inputIds, [b.batch, b.seq]),
-      [IO.attentionMask]: new ort.Tensor('int64', attentionMask, [b.batch, total]),
       [IO.positionIds]: new ort.Tensor('int64', positionIds, [b.batch, b.seq]),
     };
+    if (this.ops === 'onnx') {
+      feeds[IO.attentionMask] = new ort.Tensor('int64', attentionMask, [b.batch, total]);
+    } else {
+      const a = attentionFeeds(spec, attentionMask, b.batch, b.seq, total);
+      feeds[CONTRIB_IO.bias] = new ort.Tensor('float32', a.bias, [b.batch, 1, b.seq, total]);
+      if (a.slidingBias) {
+        feeds[CONTRIB_IO.slidingBias] = new ort.Tensor('float32', a.slidingBias, [b.batch, 1, b.seq, total]);
+      }
+      feeds[CONTRIB_IO.seqlensK] = new ort.Tensor('int32', a.seqlensK, [b.batch]);
+      feeds[CONTRIB_IO.totalSequenceLength] = new ort.Tensor('int32', a.total, [1]);
+    }
     const interventions = opts.interventions ?? [];
     let patching = false;
     if (interventions.length > 0) {
@@ -390,15 +443,28 @@ export class Model {
     const fetches: Record<string, ort.Tensor | null> = { [IO.logits]: null };
     for (const [, source] of hookSources) fetches[source] = null;
     const logitsMode = opts.logits ?? 'last';
-    const into = intoTensors(opts.into, spec, kvType, b.batch, total, logitsMode, opts.returnCache, cache);
+    // A device-resident cache is never written into host buffers: only the logits buffer is used then.
+    const into = intoTensors(
+      opts.into && this.deviceCache ? { logits: opts.into.logits } : opts.into,
+      spec,
+      kvType,
+      b.batch,
+      total,
+      logitsMode,
+      opts.returnCache,
+      cache,
+    );
     if (into.logits) fetches[IO.logits] = into.logits;
-    if (opts.returnCache) {
+    // A device-resident cache is fetched on every call (see the contrib attention on why the binding needs the
+    // cache at the head of every fetch list); unasked for, it is freed right after the run.
+    if (opts.returnCache || this.deviceCache) {
       for (let i = 0; i < spec.numLayers; i++) {
         fetches[IO.presentKey(i)] = into.cache?.[2 * i] ?? null;
         fetches[IO.presentValue(i)] = into.cache?.[2 * i + 1] ?? null;
       }
     }
     const session = await this.session({
+      ops: this.ops,
       logits: logitsMode,
       interventions: interventions.length > 0,
       ...(patching ? { patch: true } : {}),
@@ -417,10 +483,28 @@ export class Model {
         `The fp16 graph of ${this.dir} gave non-finite logits: the activations of this ${spec.architecture} overflowed float16; load the model with profile fp32 (--profile fp32).`,
       );
     }
+    if (this.deviceCache) {
+      for (const [name, t] of Object.entries(out)) {
+        if (t.location !== 'gpu-buffer') continue;
+        if (!name.startsWith('present.')) {
+          throw new Error(
+            `onnxruntime left output '${name}' on the device; only the KV cache should stay there`,
+          );
+        }
+        if (!opts.returnCache) t.dispose();
+      }
+    }
+    let hostBytes = 0;
+    for (const name of Object.keys(fetches)) {
+      const t = output(name);
+      if (t.location === 'cpu' || t.location === 'cpu-pinned')
+        hostBytes += (t.data as ArrayBufferView).byteLength;
+    }
     const result: ForwardResult = {
       logits,
       hooks: new Map(hookSources.map(([h, source]) => [h, asF32(output(source))])),
       padding: cache ? cache.nextPosition.map(() => 0) : b.padding,
+      hostBytes,
     };
     if (!opts.returnCache) return result;
     const tensors: ort.Tensor[] = [];

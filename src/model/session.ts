@@ -5,7 +5,14 @@ import { dirname, join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { EmlensError } from '../errors.js';
 
-export type Device = 'cpu' | 'cuda';
+/**
+ * Where a model runs. `webgpu`: onnxruntime-node's bundled WebGPU provider (Dawn over Vulkan, Metal or D3D12),
+ * nothing to install; its graph uses the com.microsoft attention ops and its KV cache stays on the device.
+ */
+export type Device = 'cpu' | 'cuda' | 'webgpu';
+
+/** The devices, for option parsers. */
+export const DEVICES: readonly Device[] = ['cpu', 'cuda', 'webgpu'];
 
 export interface SessionOptions {
   readonly device: Device;
@@ -13,7 +20,20 @@ export interface SessionOptions {
   readonly threads?: number;
   /** Further onnxruntime session options (profiling, for one), applied over emlens' own. */
   readonly extra?: ort.InferenceSession.SessionOptions;
+  /** Outputs kept in device memory (`gpu-buffer`) rather than copied to the host (webgpu only). */
+  readonly deviceOutputs?: readonly string[];
 }
+
+/** The execution providers a device's session lists (onnxruntime falls back to its CPU provider by itself). */
+function providers(device: Device): ort.InferenceSession.SessionOptions['executionProviders'] {
+  if (device === 'cuda') return ['cuda', 'cpu'];
+  if (device === 'webgpu') return ['webgpu'];
+  return ['cpu'];
+}
+
+/** What to tell a user whose machine gave onnxruntime no WebGPU adapter. */
+export const WEBGPU_ADAPTER_HELP =
+  "on Linux, Dawn needs a Vulkan driver (libvulkan1 and a GPU driver, or for a software adapter Debian's chromium package with VK_ICD_FILENAMES=/usr/lib/chromium/vk_swiftshader_icd.json and XDG_RUNTIME_DIR set), or use --device cpu";
 
 export const CUDA_INSTALL_COMMAND =
   'ONNXRUNTIME_NODE_INSTALL=cuda12 node node_modules/onnxruntime-node/script/install.js';
@@ -30,10 +50,17 @@ export function defaultThreads(): number {
 /** Opens an onnxruntime session on a model file (its external data is found beside it). */
 export async function createSession(modelPath: string, opts: SessionOptions): Promise<ort.InferenceSession> {
   const options: ort.InferenceSession.SessionOptions = {
-    executionProviders: opts.device === 'cuda' ? ['cuda', 'cpu'] : ['cpu'],
+    executionProviders: providers(opts.device),
     graphOptimizationLevel: 'all',
     intraOpNumThreads: opts.threads ?? defaultThreads(),
     interOpNumThreads: 1,
+    ...(opts.device === 'webgpu' && opts.deviceOutputs && opts.deviceOutputs.length > 0
+      ? {
+          preferredOutputLocation: Object.fromEntries(
+            opts.deviceOutputs.map((name) => [name, 'gpu-buffer' as const]),
+          ),
+        }
+      : {}),
     ...opts.extra,
   };
   if (opts.device === 'cuda' && !cudaAvailable()) {
@@ -50,6 +77,12 @@ export async function createSession(modelPath: string, opts: SessionOptions): Pr
         `onnxruntime could not start the CUDA execution provider (${msg.split('\n')[0]}); check the CUDA 12 install or run \`${CUDA_INSTALL_COMMAND}\`.`,
       );
     }
+    if (opts.device === 'webgpu' && /adapter|webgpu/i.test(msg)) {
+      const vk = process.env.VK_ICD_FILENAMES;
+      throw new EmlensError(
+        `onnxruntime found no WebGPU adapter (${firstLine(msg)}; VK_ICD_FILENAMES is ${vk === undefined ? 'unset' : `'${vk}'`}): ${WEBGPU_ADAPTER_HELP}.`,
+      );
+    }
     throw e;
   }
 }
@@ -64,4 +97,11 @@ export function cudaAvailable(): boolean {
   return ['libonnxruntime_providers_cuda.so', 'onnxruntime_providers_cuda.dll'].some((f) =>
     existsSync(join(binDir, f)),
   );
+}
+
+/** The message of an onnxruntime error without its source location prefix. */
+function firstLine(msg: string): string {
+  const line = msg.split('\n')[0] ?? msg;
+  const at = line.lastIndexOf(' was false. ');
+  return (at >= 0 ? line.slice(at + ' was false. '.length) : line).trim();
 }

@@ -13,7 +13,9 @@ const INDEX_FILE = 'external-index.json';
 /** File name of a graph variant inside a weights folder. */
 export function graphFileName(v: GraphVariant): string {
   const kind = v.patch ? 'patching' : v.interventions ? 'interventions' : 'plain';
-  return `model-${v.logits}-${kind}.onnx`;
+  // The onnx op set keeps its historical names, so graphs cached before the contrib op set existed stay valid.
+  const ops = v.ops === 'contrib' ? '-contrib' : '';
+  return `model-${v.logits}-${kind}${ops}.onnx`;
 }
 
 async function writeGraph(
@@ -35,6 +37,7 @@ async function writeGraph(
       emlens_logits: opts.logits,
       emlens_interventions: String(opts.interventions),
       ...(opts.patch ? { emlens_patch: 'true' } : {}),
+      ...(opts.ops === 'contrib' ? { emlens_ops: 'contrib' } : {}),
       emlens_architecture: spec.architecture,
     },
     '0.1.0',

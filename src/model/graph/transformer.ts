@@ -5,6 +5,7 @@ import { type BlockHook, hookName, siteCount } from '../hooks.js';
 import { patchSiteCount } from '../interventions.js';
 import { ropeTables } from '../rope.js';
 import { type ModelSpec, weightShape } from '../spec.js';
+import { type AttentionOps, contribAttention, onnxAttention } from './attention.js';
 import { emitLinear, type LinearWeight, linearSchemeFor, linearWeight } from './linear.js';
 import { concatVectors, type LinearPart, type WeightReader } from './weights.js';
 
@@ -25,6 +26,8 @@ export interface GraphVariant {
    * `hook_attn_out` / `hook_mlp_out`); only with `interventions`. Graphs without it are unchanged by it.
    */
   readonly patch?: boolean;
+  /** The attention op set (see `AttentionOps`); default `onnx`. */
+  readonly ops?: AttentionOps;
 }
 
 export interface TransformerGraphOptions extends GraphVariant {
@@ -124,7 +127,9 @@ export async function emitTransformer(
 
   // ---- inputs
   const ids = g.input(IO.inputIds, 'int64', ['batch', 'seq']);
-  const attnMask = g.input(IO.attentionMask, 'int64', ['batch', 'total']);
+  const ops = opts.ops ?? 'onnx';
+  // The contrib attention takes its mask as host-computed inputs instead (see attention.ts).
+  const attnMask = ops === 'onnx' ? g.input(IO.attentionMask, 'int64', ['batch', 'total']) : null;
   const posIds = g.input(IO.positionIds, 'int64', ['batch', 'seq']);
   const iv = opts.interventions
     ? {
@@ -143,34 +148,9 @@ export async function emitTransformer(
       }
     : null;
 
-  // ---- attention mask, shared by all layers: query i (absolute position past + i) sees key j iff j <= past + i
-  // and key j is not padding. A finite large negative keeps fully masked rows (left padding) free of NaN.
   const seqLen = g.op('Squeeze', [g.op('Slice', [g.op('Shape', [ids]), g.int64([1]), g.int64([2])])]);
-  const totalLen = g.op('Squeeze', [g.op('Slice', [g.op('Shape', [attnMask]), g.int64([1]), g.int64([2])])]);
-  const pastLen = g.op('Sub', [totalLen, seqLen]);
   const one = g.int64([1], true);
-  const zero = g.int64([0], true);
-  const qPos = g.op('Unsqueeze', [g.op('Range', [pastLen, totalLen, one]), g.int64([1])]); // [seq, 1]
-  const kPos = g.op('Unsqueeze', [g.op('Range', [zero, totalLen, one]), g.int64([0])]); // [1, total]
-  const causal = g.op('LessOrEqual', [kPos, qPos]); // [seq, total]
-  const notPad = g.op('Unsqueeze', [g.op('Cast', [attnMask], { to: { int: 9 } }), g.int64([1, 2])]); // [batch, 1, 1, total]
-  const allowed = g.op('And', [causal, notPad]); // [batch, 1, seq, total]
-  const negInf = g.scalar(half ? -1e4 : -3.4028234663852886e38, T, f32ToF16);
-  const zeroT = g.scalar(0, T, f32ToF16);
-  const fullBias = g.op('Where', [allowed, zeroT, negInf]);
-  // Sliding layers also need key j > i - window (transformers' sliding_window_overlay), on the same absolute
-  // positions, so a cached decode masks exactly what recomputing the whole sequence would.
   const sliding = spec.slidingWindow !== null && spec.layerTypes.includes('sliding');
-  const slidingBias = sliding
-    ? g.op('Where', [
-        g.op('And', [
-          allowed,
-          g.op('Greater', [kPos, g.op('Sub', [qPos, g.int64([spec.slidingWindow ?? 0], true)])]),
-        ]),
-        zeroT,
-        negInf,
-      ])
-    : fullBias;
 
   // ---- RoPE tables (HF float32 angles), rotate-half layout, indexed by position_ids; sliding layers get
   // their own when their RoPE differs (Gemma 3's local base frequency)
@@ -184,6 +164,17 @@ export async function emitTransformer(
     localCos = await weight('rope.local.cos', [opts.maxPositions, hd / 2], () => local.cos);
     localSin = await weight('rope.local.sin', [opts.maxPositions, hd / 2], () => local.sin);
   }
+  const attentionContext = {
+    g,
+    spec,
+    T,
+    attnMask,
+    posIds,
+    seqLen,
+    rope: { cos: ropeCos, sin: ropeSin, localCos, localSin },
+    sliding,
+  } as const;
+  const attend = ops === 'contrib' ? contribAttention(attentionContext) : onnxAttention(attentionContext);
 
   /**
    * Interventions at residual site j, written as one rank-(k+1) update so the stream is read and written once:
@@ -314,24 +305,12 @@ export async function emitTransformer(
       q = headNorm(q, H, await normWeight(`${p}.self_attn.q_norm.weight`, [hd]));
       k = headNorm(k, KV, await normWeight(`${p}.self_attn.k_norm.weight`, [hd]));
     }
-    const [cosT, sinT] = layerSlides ? [localCos, localSin] : [ropeCos, ropeSin];
-    const qRot = g.op('RotaryEmbedding', [q, cosT, sinT, posIds], { num_heads: { int: H } });
-    const kRot = g.op('RotaryEmbedding', [k, cosT, sinT, posIds], { num_heads: { int: KV } });
-    const pastK = g.input(IO.pastKey(i), T, ['batch', KV, 'past', hd]);
-    const pastV = g.input(IO.pastValue(i), T, ['batch', KV, 'past', hd]);
-    // onnxruntime's Attention applies `softcap` as c·tanh(x/c) to the scaled logits before adding the mask,
-    // as Gemma 2 does (checked against the float64 reference and transformers' goldens).
-    const [attn] = g.node('Attention', [qRot, kRot, v, layerSlides ? slidingBias : fullBias, pastK, pastV], {
-      outputs: [g.fresh('attn'), IO.presentKey(i), IO.presentValue(i)],
-      attrs: {
-        q_num_heads: { int: H },
-        kv_num_heads: { int: KV },
-        scale: { float: spec.attnScale },
-        ...(spec.attnSoftcap === null ? {} : { softcap: { float: spec.attnSoftcap } }),
-      },
+    const attn = attend(i, q, k, v, layerSlides, {
+      pastKey: IO.pastKey(i),
+      pastValue: IO.pastValue(i),
+      presentKey: IO.presentKey(i),
+      presentValue: IO.presentValue(i),
     }); // [batch, seq, H*hd]
-    g.output(IO.presentKey(i), IO.presentKey(i), T, ['batch', KV, 'total', hd]);
-    g.output(IO.presentValue(i), IO.presentValue(i), T, ['batch', KV, 'total', hd]);
     const wo = await proj(`${p}.self_attn.o_proj.weight`, H * hd, d, async () => [
       { data: await read(`${p}.self_attn.o_proj.weight`), out: d },
     ]);
