@@ -17,9 +17,9 @@ import {
   quantizeBlockwise,
   quantizeInt8Columns,
 } from '../../src/model/graph/quantize.js';
+import { profileWeightBytes } from '../../src/model/graph/weightBytes.js';
 import { loadModel } from '../../src/model/model.js';
 import type { TinyFamily } from '../../src/model/tiny.js';
-import { profileWeightBytes } from '../../src/model/graph/weightBytes.js';
 import { GraphBuilder } from '../../src/onnx/builder.js';
 import { Rng } from '../../src/util/random.js';
 import { useTinyModel } from '../helpers/fixtures.js';
