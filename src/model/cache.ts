@@ -4,7 +4,7 @@ import { homedir } from 'node:os';
 import { join } from 'node:path';
 
 /** Bump when the emitted graph changes, so every cached build is rebuilt. */
-export const GRAPH_BUILDER_VERSION = '5';
+export const GRAPH_BUILDER_VERSION = '6';
 
 /** `$EMLENS_CACHE_DIR`, else `~/.cache/emlens`. */
 export function defaultCacheDir(): string {

@@ -132,7 +132,10 @@ export interface ForwardResult {
   readonly hostBytes: number;
 }
 
-type VariantKey = `${'last' | 'all'}-${boolean}-${boolean}`;
+/** A graph variant, and on a device-resident cache also the hook outputs its session fetches (see `session`). */
+type VariantKey =
+  | `${'last' | 'all'}-${boolean}-${boolean}`
+  | `${'last' | 'all'}-${boolean}-${boolean}:${string}`;
 
 /** Names of the present (KV cache) outputs of a model's graphs. */
 function presentNames(numLayers: number): string[] {
@@ -340,10 +343,17 @@ export class Model {
     return parameterCount(this.spec);
   }
 
-  /** The session of a graph variant, built and opened on first use. */
-  private session(variant: GraphVariant): Promise<ort.InferenceSession> {
+  /**
+   * The session of a graph variant, built and opened on first use. With a device-resident cache, one session
+   * per set of fetched hook outputs (`fetchKey`): onnxruntime-node 1.30 runs such a session through one IO
+   * binding that keeps every output it was once asked for bound, with that run's buffer, so a later run that
+   * fetches other outputs fails ("Tensor size mismatch" / "Output count mismatch"). Each of these sessions
+   * holds its own copy of the weights on the device; a decode loop fetches one hook set throughout.
+   */
+  private session(variant: GraphVariant, fetchKey = ''): Promise<ort.InferenceSession> {
     // one op set per model, so the op set is no part of the key
-    const key: VariantKey = `${variant.logits}-${variant.interventions}-${variant.patch === true}`;
+    const base = `${variant.logits}-${variant.interventions}-${variant.patch === true}` as const;
+    const key: VariantKey = this.deviceCache && fetchKey !== '' ? `${base}:${fetchKey}` : base;
     let s = this.sessions.get(key);
     if (!s) {
       s = this.openSession(variant);
@@ -454,7 +464,8 @@ export class Model {
       opts.returnCache,
       cache,
     );
-    if (into.logits) fetches[IO.logits] = into.logits;
+    // onnxruntime-node's IO binding (a device-resident cache) ignores given output tensors and allocates its own.
+    if (into.logits && !this.deviceCache) fetches[IO.logits] = into.logits;
     // A device-resident cache is fetched on every call (see the contrib attention on why the binding needs the
     // cache at the head of every fetch list); unasked for, it is freed right after the run.
     if (opts.returnCache || this.deviceCache) {
@@ -463,12 +474,15 @@ export class Model {
         fetches[IO.presentValue(i)] = into.cache?.[2 * i + 1] ?? null;
       }
     }
-    const session = await this.session({
-      ops: this.ops,
-      logits: logitsMode,
-      interventions: interventions.length > 0,
-      ...(patching ? { patch: true } : {}),
-    });
+    const session = await this.session(
+      {
+        ops: this.ops,
+        logits: logitsMode,
+        interventions: interventions.length > 0,
+        ...(patching ? { patch: true } : {}),
+      },
+      [...new Set(hookSources.map(([, source]) => source))].sort().join(','),
+    );
     const out = await session.run(feeds, fetches);
     // Outputs written into given buffers are read through the caller's own tensors (views of those buffers).
     const output = (name: string): ort.Tensor => {

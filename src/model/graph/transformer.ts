@@ -148,7 +148,11 @@ export async function emitTransformer(
       }
     : null;
 
-  const seqLen = g.op('Squeeze', [g.op('Slice', [g.op('Shape', [ids]), g.int64([1]), g.int64([2])])]);
+  // The contrib graph has no shape arithmetic at all: the WebGPU provider leaves such nodes to the CPU provider.
+  const seqLen =
+    ops === 'contrib'
+      ? null
+      : g.op('Squeeze', [g.op('Slice', [g.op('Shape', [ids]), g.int64([1]), g.int64([2])])]);
   const one = g.int64([1], true);
   const sliding = spec.slidingWindow !== null && spec.layerTypes.includes('sliding');
 
@@ -398,7 +402,8 @@ export async function emitTransformer(
   const logitsTarget = half || spec.finalSoftcap !== null ? g.fresh('logits') : IO.logits;
   let logitsShape: (string | number)[];
   if (opts.logits === 'last') {
-    const lastIdx = g.op('Sub', [seqLen, one]);
+    // the contrib graph indexes from the end (-1); the onnx graph keeps its historical seq - 1
+    const lastIdx = seqLen === null ? g.int64([-1], true) : g.op('Sub', [seqLen, one]);
     const last = g.op('Gather', [x, lastIdx], { axis: { int: 1 } }); // [batch, d]
     gemmHead(rmsNorm(last, normW), logitsTarget); // [batch, vocab]
     logitsShape = ['batch', spec.vocabSize];
