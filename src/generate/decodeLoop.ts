@@ -6,7 +6,7 @@
 import { EmlensError } from '../errors.js';
 import type { HookName, HookSelector } from '../model/hooks.js';
 import type { Intervention, PositionWeights } from '../model/interventions.js';
-import type { Model } from '../model/model.js';
+import { type Model, releaseCache } from '../model/model.js';
 import { DecodeBuffers } from '../model/outputBuffers.js';
 import type { Float32Tensor } from '../model/tensor.js';
 
@@ -55,7 +55,7 @@ export async function decodeLoop(
   policy: InterventionPositions,
   step: DecodeStep,
   opts: DecodeLoopOptions = {},
-): Promise<void> {
+): Promise<DecodeStats> {
   for (const iv of interventions) {
     if ((iv as { kind: string }).kind === 'patch') {
       throw new EmlensError(
@@ -86,6 +86,7 @@ export async function decodeLoop(
     prompts.length,
     capacity,
     model.maxPositions,
+    !model.deviceCache,
   );
   const hooks = opts.hooks !== undefined && opts.hooks.length > 0 ? opts.hooks : undefined;
   let r = await model.forward(prompts, {
@@ -94,15 +95,42 @@ export async function decodeLoop(
     interventions: prefill,
     into: buffers.next(seq),
   });
+  const prefillHostBytes = r.hostBytes;
+  let steps = 0;
+  let stepHostBytes = 0;
+  let maxStepHostBytes = 0;
   for (;;) {
     const { next, done } = await step(r.logits.data, r.hooks);
-    if (done) return;
+    if (done) {
+      if (model.deviceCache) releaseCache(r.cache!);
+      return { prefillHostBytes, steps, stepHostBytes, maxStepHostBytes };
+    }
     const cache = r.cache!; // every forward here passes returnCache: true
     r = await model.forward(
       next.map((t) => [t ?? pad]),
       { cache, hooks, returnCache: true, interventions: decode, into: buffers.next(cache.length + 1) },
     );
+    // the device buffers of a step's input cache are not read again: free them now rather than at collection
+    if (model.deviceCache) releaseCache(cache);
+    steps++;
+    stepHostBytes += r.hostBytes;
+    maxStepHostBytes = Math.max(maxStepHostBytes, r.hostBytes);
   }
+}
+
+/**
+ * Bytes a decode loop's calls copied into host memory (logits, hooks asked for, and the KV cache unless it stays
+ * on the device: see `ForwardResult.hostBytes`).
+ */
+export interface DecodeStats {
+  /** The prefill's. */
+  readonly prefillHostBytes: number;
+  /** Decode steps run (calls after the prefill). */
+  readonly steps: number;
+  /** Summed over the decode steps. */
+  readonly stepHostBytes: number;
+  /** The largest of one decode step. */
+  readonly maxStepHostBytes: number;
 }
 
 /** Where the first of `stops` begins in `text` (the earliest), or -1. */

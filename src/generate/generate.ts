@@ -6,10 +6,10 @@ import { EmlensError } from '../errors.js';
 import type { Intervention } from '../model/interventions.js';
 import type { Model } from '../model/model.js';
 import type { Rng } from '../util/random.js';
-import { decodeLoop, firstStop, type InterventionPositions } from './decodeLoop.js';
+import { type DecodeStats, decodeLoop, firstStop, type InterventionPositions } from './decodeLoop.js';
 import { checkSamplingParams, sampleRng, sampleToken } from './sampling.js';
 
-export type { InterventionPositions } from './decodeLoop.js';
+export type { DecodeStats, InterventionPositions } from './decodeLoop.js';
 
 export type FinishReason = 'eos' | 'stop' | 'length';
 
@@ -48,6 +48,11 @@ export interface GenerateOptions {
   readonly onToken?: (row: number, tokenId: number) => void;
   /** Called once per sequence when it finishes, with its final result. */
   readonly onFinish?: (row: number, result: Generation) => void;
+  /**
+   * Called after each batch of sequences with the bytes its decode copied to host memory (see
+   * {@link DecodeStats}): on webgpu the KV cache stays on the device and a step copies only the logits.
+   */
+  readonly onStats?: (stats: DecodeStats, batch: { readonly start: number; readonly rows: number }) => void;
 }
 
 export interface Generation {
@@ -186,7 +191,7 @@ export async function generate(
       continue;
     }
     const ids = chunk.map((r) => prompts[r.prompt]!); // every row was made from prompts[r.prompt]
-    await decodeLoop(
+    const stats = await decodeLoop(
       model,
       ids,
       interventions,
@@ -204,6 +209,7 @@ export async function generate(
       },
       { maxNewTokens: maxNew },
     );
+    opts.onStats?.(stats, { start, rows: chunk.length });
   }
   return rows.map((row) => row.done!); // every row is finished: by eos, a stop string or maxNewTokens
 }

@@ -5,6 +5,7 @@
 export { DecodeBuffers, type KvArray, type OutputBuffers } from '../model/outputBuffers.js';
 export {
   type DecodeLoopOptions,
+  type DecodeStats,
   type DecodeStep,
   decodeLoop,
   type InterventionPositions,

@@ -7,6 +7,16 @@
 export { parseConfig, readConfig } from './config.js';
 export { describeModel, type ModelDescription } from './describe.js';
 export {
+  type NodeAssignment,
+  nodeAssignment,
+  type ProviderNodes,
+  readAssignment,
+  SWIFTSHADER_ICD,
+  type VulkanDriver,
+  type WebGpuAdapterInfo,
+  webgpuAdapterInfo,
+} from './deviceCheck.js';
+export {
   adapterFingerprint,
   cachedSha256,
   sha256File,
@@ -71,6 +81,7 @@ export {
   type LoadStats,
   loadModel,
   Model,
+  releaseCache,
 } from './model.js';
 export { DecodeBuffers, type KvArray, type OutputBuffers } from './outputBuffers.js';
 export {
@@ -81,7 +92,7 @@ export {
   patchingSweep,
 } from './patching.js';
 export { ropeFor, ropeInvFreq, ropeTables } from './rope.js';
-export { CUDA_INSTALL_COMMAND, cudaAvailable, type Device } from './session.js';
+export { CUDA_INSTALL_COMMAND, cudaAvailable, DEVICES, type Device, WEBGPU_ADAPTER_HELP } from './session.js';
 export {
   type Family,
   isGemma,

@@ -483,7 +483,9 @@ export class Model {
       },
       [...new Set(hookSources.map(([, source]) => source))].sort().join(','),
     );
-    const out = await session.run(feeds, fetches);
+    const out = await session.run(feeds, fetches).catch((e: unknown) => {
+      throw this.device === 'webgpu' ? webgpuRunError(e, this.profile) : e;
+    });
     // Outputs written into given buffers are read through the caller's own tensors (views of those buffers).
     const output = (name: string): ort.Tensor => {
       const t = fetches[name] ?? out[name];
@@ -536,6 +538,19 @@ export class Model {
     for (const s of this.sessions.values()) await (await s).release();
     this.sessions.clear();
   }
+}
+
+/**
+ * An adapter without WebGPU's `shader-f16` feature (SwiftShader has none) cannot run the fp16 graphs, nor the
+ * int8/int4 ones, whose activations are fp16: onnxruntime says so at the first kernel, which this turns into
+ * what to do.
+ */
+function webgpuRunError(e: unknown, profile: Profile): unknown {
+  const msg = String((e as Error)?.message ?? e);
+  if (!/requires f16 but the device does not support it/.test(msg)) return e;
+  return new EmlensError(
+    `This WebGPU adapter has no float16 shaders (shader-f16), which the ${profile} profile needs; load the model with profile fp32 (--profile fp32) on webgpu, or use --device cpu.`,
+  );
 }
 
 function allFinite(data: Float32Array): boolean {

@@ -43,6 +43,11 @@ export class DecodeBuffers {
     /** Positions the loop will need at most (prompt + new tokens), if known; capped by `maxPositions`. */
     private readonly capacity: number | undefined,
     private readonly maxPositions: number,
+    /**
+     * Whether to hold host cache buffers (default true). A model whose cache stays on the device
+     * (`Model.deviceCache`, webgpu) writes none: the loop then holds the logits buffer only.
+     */
+    private readonly hostCache = true,
   ) {
     this.logits = new Float32Array(batch * spec.vocabSize);
   }
@@ -54,6 +59,7 @@ export class DecodeBuffers {
         `The decode needs ${length} positions but the graph was built for ${this.maxPositions}; load the model with a larger maxPositions.`,
       );
     }
+    if (!this.hostCache) return { logits: this.logits };
     const i = this.turn;
     this.turn = i === 0 ? 1 : 0;
     if (this.held[i] < length) {
