@@ -2,17 +2,26 @@ import { type Command, Option } from 'commander';
 import { EmlensError } from '../errors.js';
 import type { Profile } from '../model/graph/transformer.js';
 import type { LoadModelOptions } from '../model/model.js';
+import { DEVICES, type Device } from '../model/session.js';
 import { chatTemplateKwargs, positiveInt } from './args.js';
+
+/**
+ * `--device`: cpu, cuda (needs the CUDA provider installed) or webgpu (onnxruntime-node's bundled WebGPU
+ * provider: the KV cache stays on the device).
+ */
+export function deviceOption(description = 'execution provider'): Option {
+  return new Option('--device <device>', description).choices([...DEVICES]).default('cpu');
+}
 
 /** Options every model-loading command shares. */
 export function addModelOptions(cmd: Command): Command {
   return cmd
     .requiredOption('--model <dir>', 'Hugging Face model folder (config.json, *.safetensors, tokenizer.json)')
-    .addOption(new Option('--device <device>', 'execution provider').choices(['cpu', 'cuda']).default('cpu'))
+    .addOption(deviceOption())
     .addOption(
       new Option(
         '--profile <profile>',
-        'graph precision: fp32, fp16, or int8/int4 quantised GEMMs (default: fp32 on cpu, fp16 on cuda)',
+        'graph precision: fp32, fp16, or int8/int4 quantised GEMMs (default: fp32 on cpu and webgpu, fp16 on cuda)',
       ).choices(['fp32', 'fp16', 'int8', 'int4']),
     )
     .option('--threads <n>', 'intra-op threads (default: one per core)', positiveInt)
@@ -39,7 +48,7 @@ export interface ChatTemplateFlags {
 
 export interface ModelFlags {
   readonly model: string;
-  readonly device: 'cpu' | 'cuda';
+  readonly device: Device;
   readonly profile?: Profile;
   readonly threads?: number;
   readonly cacheDir?: string;

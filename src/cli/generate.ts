@@ -31,6 +31,7 @@ interface GenerateFlags extends ModelFlags, ChatTemplateFlags {
   readonly scale: number;
   readonly positions: InterventionPositions;
   readonly raw?: boolean;
+  readonly stats?: boolean;
 }
 
 export function registerGenerate(program: Command): void {
@@ -65,6 +66,7 @@ export function registerGenerate(program: Command): void {
         .choices(['all', 'prompt', 'generated'])
         .default('all'),
     )
+    .option('--stats', 'print the bytes each decode step copied to host memory (stderr)')
     .action(async (flags: GenerateFlags) => {
       checkDirectionFileFlags(flags);
       if (flags.raw && (flags.system ?? flags.chatTemplateKwargs) !== undefined) {
@@ -124,6 +126,12 @@ export function registerGenerate(program: Command): void {
             tokenizer: decoder,
             interventions,
             interventionPositions: flags.positions,
+            onStats: flags.stats
+              ? (s) =>
+                  process.stderr.write(
+                    `emlens: ${model.device} host copies: prefill ${s.prefillHostBytes} B, ${s.steps} decode steps, ${s.steps > 0 ? Math.round(s.stepHostBytes / s.steps) : 0} B/step (max ${s.maxStepHostBytes} B)${model.deviceCache ? '; the KV cache stays on the device' : ', the KV cache included'}\n`,
+                  )
+              : undefined,
             onToken: (row, token) => {
               bar?.increment();
               if (row === 0 && !eos.has(token)) out.write(streamer.push(token));

@@ -1,7 +1,9 @@
 import type { Command } from 'commander';
 import { judgeFile } from '../eval/judgeFile.js';
+import type { Device } from '../model/session.js';
 import { pct } from '../util/format.js';
 import { positiveInt } from './args.js';
+import { deviceOption } from './common.js';
 import { metricList } from './eval.js';
 import { createProgress, type Progress } from './progress.js';
 
@@ -15,7 +17,7 @@ interface JudgeFlags {
   readonly metrics?: string[];
   readonly judgeConcurrency?: number;
   readonly condition?: string;
-  readonly device: 'cpu' | 'cuda';
+  readonly device: Device;
   readonly threads?: number;
   readonly cacheDir?: string;
 }
@@ -45,7 +47,7 @@ export function registerJudge(program: Command): void {
     )
     .option('--judge-concurrency <n>', 'judge calls in flight at once (default 8)', positiveInt)
     .option('--condition <name>', 'condition name in summary.json (default: the responses file name)')
-    .option('--device <device>', 'execution provider of a local judge (cpu or cuda)', 'cpu')
+    .addOption(deviceOption('execution provider of a local judge'))
     .option('--threads <n>', 'intra-op threads of a local judge', positiveInt)
     .option('--cache-dir <dir>', 'where a local judge keeps its built graphs')
     .action(async (flags: JudgeFlags) => {
@@ -61,7 +63,7 @@ export function registerJudge(program: Command): void {
         concurrency: flags.judgeConcurrency,
         condition: flags.condition,
         judgeLoad: {
-          device: flags.device === 'cuda' ? 'cuda' : 'cpu',
+          device: flags.device,
           threads: flags.threads,
           cacheDir: flags.cacheDir,
           onProgress: (m) => process.stderr.write(`emlens: judge: ${m}\n`),

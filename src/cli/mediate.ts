@@ -7,8 +7,9 @@ import { formatMediation, MEDIATION_FILES, writeMediation } from '../interventio
 import { readNeutralTexts } from '../interventions/scoring.js';
 import { claimOutputFiles } from '../io/outputs.js';
 import { type LoadModelOptions, loadModel, type Model } from '../model/model.js';
+import type { Device } from '../model/session.js';
 import { loadTokenizer } from '../text/tokenizer.js';
-import { addChatTemplateOptions, nonNegativeInt, positiveInt } from './common.js';
+import { addChatTemplateOptions, deviceOption, nonNegativeInt, positiveInt } from './common.js';
 import { addRandomControlOptions, finiteNumber, parseFrom } from './interventionCommon.js';
 import { createProgress } from './progress.js';
 
@@ -27,7 +28,7 @@ interface MediateFlags {
   readonly span: 'after-user' | 'content';
   readonly batchSize: number;
   readonly out: string;
-  readonly device: 'cpu' | 'cuda';
+  readonly device: Device;
   readonly threads?: number;
   readonly cacheDir?: string;
   readonly overwrite?: boolean;
@@ -63,7 +64,7 @@ export function registerMediate(program: Command): void {
     .option('--batch-size <n>', 'records per forward pass', positiveInt, 8)
     .option('--out <dir>', 'folder for mediation.json and mediation.md', './mediation-out')
     .option('--overwrite', 'replace the mediation.json and mediation.md of an earlier run in --out')
-    .addOption(new Option('--device <device>', 'execution provider').choices(['cpu', 'cuda']).default('cpu'))
+    .addOption(deviceOption())
     .option('--threads <n>', 'intra-op threads (default: one per core)', positiveInt)
     .option('--cache-dir <dir>', 'where built graphs are kept (default $EMLENS_CACHE_DIR or ~/.cache/emlens)')
     .action(async (flags: MediateFlags) => {

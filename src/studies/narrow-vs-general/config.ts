@@ -24,6 +24,7 @@ import { z } from 'zod';
 import { EmlensError } from '../../errors.js';
 import { pathExists } from '../../io/files.js';
 import { readUserFile } from '../../io/inputFiles.js';
+import type { Device } from '../../model/session.js';
 import type { OrganismManifest } from '../../organisms/make.js';
 
 const name = z.string().regex(/^[A-Za-z0-9_.-]+$/);
@@ -81,7 +82,7 @@ const schema = z
       .strict()
       .optional(),
     seed: int.default(0),
-    device: z.enum(['cpu', 'cuda']).default('cpu'),
+    device: z.enum(['cpu', 'cuda', 'webgpu']).default('cpu'),
     threads: int.positive().optional(),
     batch_size: int.positive().default(8),
     min_divergence: z.number().positive().default(1e-3),
@@ -122,7 +123,7 @@ const EXPECTED: Record<string, string> = {
   'eval.include': 'a list of question id globs',
   'eval.exclude': 'a list of question id globs',
   seed: 'an integer',
-  device: "'cpu' or 'cuda'",
+  device: "'cpu', 'cuda' or 'webgpu'",
   threads: 'a positive integer',
   batch_size: 'a positive integer',
   min_divergence: 'a positive number (nats per token)',
@@ -168,7 +169,7 @@ export interface NarrowVsGeneralConfig {
     readonly exclude?: readonly string[];
   };
   readonly seed: number;
-  readonly device: 'cpu' | 'cuda';
+  readonly device: Device;
   readonly threads?: number;
   readonly batchSize: number;
   readonly minDivergence: number;
