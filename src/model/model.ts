@@ -184,6 +184,12 @@ export class Model {
     // back to host memory, since the binding has no IO binding for it.
     const deviceCache = device === 'webgpu' && ops === 'contrib';
     checkDeviceSupport(spec, device);
+    if (device === 'webgpu' && profile === 'int8') {
+      // measured: the WebGPU provider has no DynamicQuantizeMatMul kernel; every GEMM then ran on the CPU
+      throw new EmlensError(
+        'The int8 profile quantises GEMMs with DynamicQuantizeMatMul, which the WebGPU provider does not run (it falls back to the CPU); use --profile int4 or fp32 on webgpu.',
+      );
+    }
     const maxPositions = opts.maxPositions ?? defaultMaxPositions(spec);
     if (!Number.isInteger(maxPositions) || maxPositions < 1) {
       throw new EmlensError(`maxPositions must be a positive integer, not ${maxPositions}.`);
@@ -220,7 +226,15 @@ export class Model {
     }
     const folder = join(
       opts.cacheDir ?? defaultCacheDir(),
-      cacheKey({ spec, weightsKey, profile, maxPositions }),
+      // a quantised contrib graph keeps an fp32 embedding table (see the graph emitter), so its external data
+      // differs from the onnx graph's and lives in a folder of its own
+      cacheKey({
+        spec,
+        weightsKey,
+        profile,
+        maxPositions,
+        ...(ops === 'contrib' && (profile === 'int8' || profile === 'int4') ? { embedTable: 'fp32' } : {}),
+      }),
     );
     if (adapter && adapter.vision.length > 0) {
       progress(

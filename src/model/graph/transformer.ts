@@ -253,13 +253,15 @@ export async function emitTransformer(
 
   // ---- embeddings (the quantised profiles keep the table in fp16: a Gather reads one row per token, so its
   // precision costs nothing in speed and halves the largest tensor)
-  const embed = quantized
+  // The contrib (WebGPU) graph keeps it in fp32: an fp16 Gather needs shader-f16, which not every adapter has.
+  const halfTable = quantized && ops !== 'contrib';
+  const embed = halfTable
     ? await g.weight('model.embed_tokens.weight.fp16', 'float16', [spec.vocabSize, d], async () =>
         f32ToF16(await read('model.embed_tokens.weight')),
       )
     : await weight('model.embed_tokens.weight', [spec.vocabSize, d], () => read('model.embed_tokens.weight'));
   const gathered = (out?: string) =>
-    quantized
+    halfTable
       ? g.node('Cast', [g.op('Gather', [embed, ids], { axis: { int: 0 } })], {
           outputs: out ? [out] : 1,
           attrs: { to: { int: 1 } },
