@@ -22,6 +22,7 @@ import { profileWeightBytes } from '../src/model/graph/weightBytes.js';
 import { loadModel, type Model } from '../src/model/model.js';
 import { blockGemmShapes, measureMatMulCeiling, peakRssMiB } from './lib/hardware.js';
 import { profilingOptions, readKernelProfile } from './lib/profile.js';
+import { benchIds, decodeRate, prefillRate } from './lib/rates.js';
 import { measureKernels } from './quantKernels.js';
 import {
   benchLog,
@@ -43,8 +44,7 @@ const PROFILES: readonly Profile[] = ['fp32', 'int8', 'int4'];
 const log = benchLog('quantized');
 
 await ensureBenchModel(log);
-const ids = (n: number, seed: number, vocab: number) =>
-  Array.from({ length: n }, (_, i) => (i * 7919 + seed * 104729 + 11) % vocab);
+const ids = benchIds;
 
 /** The CPU's relevant extensions, from /proc/cpuinfo (onnxruntime's MLAS dispatches on the same cpuid bits). */
 async function isa(): Promise<{ flags: string[]; int8Kernel: string }> {
@@ -79,42 +79,17 @@ interface Round {
   batch32: number;
 }
 
-async function decodeRate(m: Model, batch: number, tokens: number): Promise<number> {
-  const stepAt: number[] = [];
-  await generate(
-    m,
-    Array.from({ length: batch }, (_, i) => ids(PROMPT, i + 2, m.spec.vocabSize)),
-    {
-      maxNewTokens: tokens,
-      temperature: 0,
-      eosTokenIds: [],
-      batchSize: batch,
-      onToken: (row) => {
-        if (row === 0) stepAt.push(performance.now());
-      },
-    },
-  );
-  return (batch * (tokens - 1)) / ((stepAt[stepAt.length - 1]! - stepAt[0]!) / 1000);
-}
+const decodeTokensPerS = async (m: Model, batch: number, tokens: number) =>
+  (await decodeRate(m, batch, PROMPT, tokens)).tokensPerS;
 
 async function measureRound(profile: Profile): Promise<Round> {
   const m = await loadModel(modelDir, { cacheDir, profile, onProgress: log });
   try {
     const prefill: Record<number, number> = {};
-    for (const n of LENGTHS) {
-      const x = [ids(n, 1, m.spec.vocabSize)];
-      await m.forward(x); // arena growth
-      let best = Number.POSITIVE_INFINITY;
-      for (let r = 0; r < 2; r++) {
-        const t = performance.now();
-        await m.forward(x);
-        best = Math.min(best, performance.now() - t);
-      }
-      prefill[n] = n / (best / 1000);
-    }
-    await decodeRate(m, 1, 4); // warm-up
-    const decode = await decodeRate(m, 1, NEW_TOKENS);
-    const batch32 = await decodeRate(m, 32, Math.max(4, Math.round(NEW_TOKENS / 2)));
+    for (const n of LENGTHS) prefill[n] = await prefillRate(m, n);
+    await decodeTokensPerS(m, 1, 4); // warm-up
+    const decode = await decodeTokensPerS(m, 1, NEW_TOKENS);
+    const batch32 = await decodeTokensPerS(m, 32, Math.max(4, Math.round(NEW_TOKENS / 2)));
     return { prefill, decode, batch32 };
   } finally {
     await m.dispose();
