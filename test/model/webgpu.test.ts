@@ -5,11 +5,13 @@
  * row alone, no node on the CPU provider, and a decode step that copies the logits only (the KV cache stays on
  * the device).
  */
+import { mkdir, readdir } from 'node:fs/promises';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EmlensError } from '../../src/errors.js';
 import { decodeLoop } from '../../src/generate/decodeLoop.js';
 import { type DecodeStats, generate } from '../../src/generate/generate.js';
-import { nodeAssignment } from '../../src/model/deviceCheck.js';
+import { nodeAssignment, readAssignment } from '../../src/model/deviceCheck.js';
 import type { Intervention } from '../../src/model/interventions.js';
 import { loadModel, type Model, releaseCache } from '../../src/model/model.js';
 import { makeTinyModel, type TinyFamily } from '../../src/model/tiny.js';
@@ -157,6 +159,43 @@ describe.skipIf(!env.ok)(`webgpu device (${env.summary})`, () => {
       }
     });
   }
+
+  it("the all-positions logits graph leaves only its output shape's Shape and Concat to the CPU", async () => {
+    const { dir, cpu } = pair('qwen2');
+    const prof = tmp.join('profile-all');
+    await mkdir(prof);
+    const m = await loadModel(dir, {
+      device: 'webgpu',
+      cacheDir: tmp.join('cache'),
+      sessionOptions: { enableProfiling: true, profileFilePrefix: join(prof, 'p') },
+    });
+    const prompts = [[1, 2, 3], [4]];
+    try {
+      const [g, c] = [
+        await m.forward(prompts, { logits: 'all' }),
+        await cpu.forward(prompts, { logits: 'all' }),
+      ];
+      const V = cpu.spec.vocabSize;
+      for (const [row, pos] of [
+        [0, 0],
+        [0, 1],
+        [0, 2],
+        [1, 2],
+      ] as const) {
+        const at = (row * 3 + pos) * V; // real positions only (row 1 has two of padding)
+        expect(
+          maxAbsDiff(g.logits.data.subarray(at, at + V), c.logits.data.subarray(at, at + V)),
+        ).toBeLessThan(TOL);
+      }
+    } finally {
+      await m.dispose(); // writes the profiles
+    }
+    const { cpuNodes } = await readAssignment((await readdir(prof)).map((f) => join(prof, f)));
+    // The allow-list: `Reshape(logits, Concat(Shape(input_ids), [vocab]))` gives [batch*seq, vocab] its
+    // [batch, seq, vocab] shape; onnxruntime runs shape ops on the CPU by design and no tensor data crosses.
+    // The last-position graphs (prefill and decode) have none at all (above).
+    expect(cpuNodes.map((n) => n.split(' ')[0]).sort()).toEqual(['Concat', 'Shape']);
+  });
 
   it('a decode step copies the logits and the asked hooks to the host, never the KV cache', async () => {
     const { cpu, gpu } = pair('qwen2');
