@@ -1,7 +1,8 @@
 /**
  * Finds a WebGPU adapter for the tests: Dawn over Vulkan, with SwiftShader (Debian's chromium package) as the
  * software adapter of a GPU-less machine. Sets VK_ICD_FILENAMES to SwiftShader's ICD when unset and it is
- * installed, and XDG_RUNTIME_DIR to a private folder when unset (Dawn's Vulkan loader wants one). Without a
+ * installed (so the tests run on SwiftShader even beside a GPU: set VK_ICD_FILENAMES to a GPU driver's
+ * manifest to test that instead), and XDG_RUNTIME_DIR to a private folder when unset (Dawn wants one). Without a
  * loader or driver the WebGPU tests skip, saying why; under CI=true they fail, saying what to install.
  */
 import { existsSync, mkdtempSync } from 'node:fs';
