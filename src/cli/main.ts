@@ -4,7 +4,7 @@ import { registerAblate } from './ablate.js';
 import { registerCollect } from './collect.js';
 import { registerCompare } from './compare.js';
 import { registerDemo } from './demo.js';
-import { registerDirectionCombine, registerDirectionConvert } from './direction.js';
+import { registerDirectionCombine, registerDirectionConvert, registerDirectionPt } from './direction.js';
 import { registerEval } from './eval.js';
 import { registerGenerate } from './generate.js';
 import { registerInfo } from './info.js';
@@ -70,6 +70,7 @@ export function buildProgram(): Command {
   registerCompare(program);
   registerDirectionConvert(program);
   registerDirectionCombine(program);
+  registerDirectionPt(program);
   registerEval(program);
   registerReport(program);
   registerAblate(program);
