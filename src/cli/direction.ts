@@ -254,7 +254,7 @@ export function registerDirectionPt(program: Command): void {
           overwrite: flags.overwrite,
         });
         console.log(
-          `wrote ${r.path}: ${r.layers.length} layers (blocks ${span(r.layers)}) as a ${r.layout} of ${flags.dtype} tensors, d_model ${directionDModel(set)}`,
+          `wrote ${r.path}: ${r.layers.length} layers (blocks ${span(r.layers)}) (layout ${r.layout}, ${flags.dtype}), d_model ${directionDModel(set)}`,
         );
       },
     );

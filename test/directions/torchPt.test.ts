@@ -139,7 +139,7 @@ describe('emlens direction import/export --format pt', () => {
       'stacked',
     ]);
     expect(e.code).toBe(0);
-    expect(e.stdout).toContain(`wrote ${pt}: 4 layers (blocks 0-3) as a stacked of F32 tensors, d_model 8`);
+    expect(e.stdout).toContain(`wrote ${pt}: 4 layers (blocks 0-3) (layout stacked, F32), d_model 8`);
     const t = (await readTorchPt(pt)) as TorchTensor;
     expect(t.shape).toEqual([4, 8]);
     const bad = tmp.join('bad.pt');
