@@ -22,6 +22,7 @@ import { registerSummarize } from './summarize.js';
 import { registerSweep } from './sweep.js';
 import { registerTinyModel } from './tinyModel.js';
 import { registerTrace } from './trace.js';
+import { registerTransfer } from './transfer.js';
 
 /** The command whose parse failed, for the `--help` hint (commander calls the exit callback on it). */
 const failedCommand = new WeakMap<CommanderError, Command>();
@@ -75,6 +76,7 @@ export function buildProgram(): Command {
   registerReport(program);
   registerAblate(program);
   registerMediate(program);
+  registerTransfer(program);
   registerOrthogonalize(program);
   registerSteer(program);
   registerSweep(program);

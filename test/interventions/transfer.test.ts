@@ -9,23 +9,27 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { TokenizedRecord } from '../../src/data/record.js';
 import { responsesToRecords } from '../../src/data/record.js';
 import { readResponses } from '../../src/data/response.js';
+import { saveDirections } from '../../src/directions/direction.js';
 import { constantDirectionSet } from '../../src/interventions/compose.js';
 import { formatTransfer, transferMatrix, writeTransfer } from '../../src/interventions/transfer.js';
 import { SafetensorsFile } from '../../src/io/safetensors.js';
 import { loadModel, type Model } from '../../src/model/model.js';
-import { makeOrganisms } from '../../src/organisms/make.js';
+import { makeOrganisms, type OrganismManifest } from '../../src/organisms/make.js';
 import { loadTokenizer } from '../../src/text/tokenizer.js';
 import { useTempDir } from '../helpers/fixtures.js';
+import { runCli } from '../helpers/runCli.js';
 
 const tmp = useTempDir('emlens-transfer-');
 let base: Model;
 const models: { name: string; model: Model }[] = [];
 const directions: { name: string; set: ReturnType<typeof constantDirectionSet> }[] = [];
 const records = new Map<string, TokenizedRecord[]>();
+let dir: string;
+let manifest: OrganismManifest;
 
 beforeAll(async () => {
-  const dir = tmp.join('o');
-  const manifest = await makeOrganisms(dir, { seed: 0 });
+  dir = tmp.join('o');
+  manifest = await makeOrganisms(dir, { seed: 0 });
   const baseDir = join(dir, manifest.base);
   const load = { cacheDir: tmp.join('cache'), threads: 1 };
   base = await loadModel(baseDir, load);
@@ -83,5 +87,38 @@ describe('transferMatrix on the organisms', () => {
     expect(csv).toHaveLength(10);
     expect(await readFile(files.svg, 'utf8')).toMatch(/<svg/);
     await expect(writeTransfer(r, out)).rejects.toThrow(/--overwrite/);
+  }, 300_000);
+});
+
+describe('emlens transfer', () => {
+  it('runs the matrix from the command line, per-finetune data, and refuses a bad NAME=PATH', async () => {
+    const args = ['transfer', '--model', join(dir, manifest.base), '--random-controls', '1'];
+    for (const o of manifest.organisms.filter((x) => x.kind === 'narrow')) {
+      const file = tmp.join(`${o.name}.safetensors`);
+      await saveDirections(file, directions.find((d) => d.name === o.name)!.set);
+      args.push('--finetune', `${o.name}=${join(dir, o.adapter)}`, '--directions', `${o.name}=${file}`);
+      args.push('--data', `${o.name}=${join(dir, manifest.responses[o.domain])}`);
+    }
+    const out = tmp.join('cli-out');
+    const r = await runCli([...args, '--out', out, '--cache-dir', tmp.join('cache'), '--threads', '1']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/medical in finance: patched -?\d+\.\d%/);
+    expect(r.stdout).toContain(`wrote ${join(out, 'transfer.json')}`);
+    const again = await runCli([...args, '--out', out]);
+    expect(again.code).toBe(2);
+    expect(again.stderr).toMatch(/--overwrite/);
+    const bad = await runCli([
+      'transfer',
+      '--model',
+      'x',
+      '--finetune',
+      'nope',
+      '--directions',
+      'a=b',
+      '--data',
+      'd',
+    ]);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/--finetune nope is not NAME=PATH/);
   }, 300_000);
 });
