@@ -104,6 +104,12 @@ describe('emlens transfer', () => {
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toMatch(/medical in finance: patched -?\d+\.\d%/);
     expect(r.stdout).toContain(`wrote ${join(out, 'transfer.json')}`);
+    // emlens report picks the output folder up as a transfer section
+    const rep = await runCli(['report', out, '--out', tmp.join('report')]);
+    expect(rep.code, rep.stderr).toBe(0);
+    const html = await readFile(tmp.join('report', 'report.html'), 'utf8');
+    expect(html).toContain('Transfer across finetunes');
+    expect(html).toMatch(/direction \\ finetune/);
     const again = await runCli([...args, '--out', out]);
     expect(again.code).toBe(2);
     expect(again.stderr).toMatch(/--overwrite/);
