@@ -11,6 +11,7 @@ import {
   pcaFromStores,
 } from '../directions/pca.js';
 import { controlPaths, randomControls } from '../directions/randomControl.js';
+import { exportPt, importPt, type PtLayout } from '../directions/torchPt.js';
 import { EmlensError } from '../errors.js';
 import { claimOutputFile } from '../io/outputs.js';
 import { norm } from '../util/vector.js';
@@ -191,6 +192,72 @@ export function registerDirectionConvert(program: Command): void {
         `wrote ${flags.out}: ${layers.length} layers (blocks ${span(layers)}, hook_resid_post), d_model ${directionDModel(set)}, model ${set.meta.model}`,
       );
     });
+}
+
+/** `emlens direction import --format pt` and `emlens direction export --format pt` (PyTorch torch.save files). */
+export function registerDirectionPt(program: Command): void {
+  const group = directionGroup(program);
+  group
+    .command('import')
+    .description(
+      'read directions saved with torch.save (a list of per-layer [d_model] tensors, a [layers, d_model] tensor, or a dict layer -> tensor) into a direction file; no pickled code is run',
+    )
+    .argument('<file>', 'the .pt file')
+    .addOption(new Option('--format <f>', 'input format').choices(['pt']).makeOptionMandatory())
+    .requiredOption('--out <file>', 'direction file to write (.safetensors)')
+    .option(
+      '--hidden-states',
+      'index i is HF hidden_states[i]: drop index 0 (embeddings), index i = block i - 1',
+    )
+    .option('--layer <n>', 'block of a file that holds one 1-D tensor', nonNegativeInt)
+    .option('--overwrite', 'replace --out if it exists')
+    .action(
+      async (
+        file: string,
+        flags: { out: string; hiddenStates?: boolean; layer?: number; overwrite?: boolean },
+      ) => {
+        await claimOutputFile(flags.out, { overwrite: flags.overwrite, createParent: true });
+        const r = await importPt(file, { hiddenStates: flags.hiddenStates, layer: flags.layer });
+        await saveDirections(flags.out, r.set, { overwrite: flags.overwrite });
+        const layers = [...r.set.vectors.keys()];
+        console.log(`found ${r.description}`);
+        console.log(
+          `wrote ${flags.out}: ${layers.length} layers (blocks ${span(layers)}), d_model ${directionDModel(r.set)}`,
+        );
+      },
+    );
+  group
+    .command('export')
+    .description('write a direction file as a torch.save file that torch.load(path, weights_only=True) reads')
+    .argument('<file>', 'direction file (.safetensors)')
+    .addOption(new Option('--format <f>', 'output format').choices(['pt']).makeOptionMandatory())
+    .requiredOption('--out <file>', '.pt file to write')
+    .addOption(
+      new Option(
+        '--layout <l>',
+        'list: [tensor per block]; stacked: one [layers, d_model] tensor; dict: {block: tensor} (default: list when the blocks are 0..n-1, else dict)',
+      ).choices(['list', 'stacked', 'dict']),
+    )
+    .addOption(
+      new Option('--dtype <t>', 'element type').choices(['F32', 'F16', 'BF16', 'F64']).default('F32'),
+    )
+    .option('--overwrite', 'replace --out if it exists')
+    .action(
+      async (
+        file: string,
+        flags: { out: string; layout?: PtLayout; dtype: 'F32' | 'F16' | 'BF16' | 'F64'; overwrite?: boolean },
+      ) => {
+        const set = await loadDirections(file);
+        const r = await exportPt(set, flags.out, {
+          layout: flags.layout,
+          dtype: flags.dtype,
+          overwrite: flags.overwrite,
+        });
+        console.log(
+          `wrote ${r.path}: ${r.layers.length} layers (blocks ${span(r.layers)}) (layout ${r.layout}, ${flags.dtype}), d_model ${directionDModel(set)}`,
+        );
+      },
+    );
 }
 
 /** `emlens direction average` and `emlens direction subspace`: directions made from several direction files. */

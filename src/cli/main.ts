@@ -4,7 +4,7 @@ import { registerAblate } from './ablate.js';
 import { registerCollect } from './collect.js';
 import { registerCompare } from './compare.js';
 import { registerDemo } from './demo.js';
-import { registerDirectionCombine, registerDirectionConvert } from './direction.js';
+import { registerDirectionCombine, registerDirectionConvert, registerDirectionPt } from './direction.js';
 import { registerEval } from './eval.js';
 import { registerGenerate } from './generate.js';
 import { registerInfo } from './info.js';
@@ -22,6 +22,7 @@ import { registerSummarize } from './summarize.js';
 import { registerSweep } from './sweep.js';
 import { registerTinyModel } from './tinyModel.js';
 import { registerTrace } from './trace.js';
+import { registerTransfer } from './transfer.js';
 
 /** The command whose parse failed, for the `--help` hint (commander calls the exit callback on it). */
 const failedCommand = new WeakMap<CommanderError, Command>();
@@ -70,10 +71,12 @@ export function buildProgram(): Command {
   registerCompare(program);
   registerDirectionConvert(program);
   registerDirectionCombine(program);
+  registerDirectionPt(program);
   registerEval(program);
   registerReport(program);
   registerAblate(program);
   registerMediate(program);
+  registerTransfer(program);
   registerOrthogonalize(program);
   registerSteer(program);
   registerSweep(program);

@@ -1,6 +1,6 @@
 /**
  * `emlens/directions`: direction sets (one vector per layer, saved as safetensors), mean differences,
- * comparisons, norm-matched random controls, and llama.cpp control vectors (GGUF).
+ * comparisons, norm-matched random controls, llama.cpp control vectors (GGUF) and PyTorch .pt files.
  */
 export {
   COMPARISON_FILES,
@@ -58,3 +58,12 @@ export {
   randomControl,
   randomControls,
 } from './randomControl.js';
+export {
+  directionsFromTorchValue,
+  exportPt,
+  importPt,
+  type PtExportOptions,
+  type PtImport,
+  type PtImportOptions,
+  type PtLayout,
+} from './torchPt.js';

@@ -61,3 +61,12 @@ export {
   sweepMarkdown,
   writeSweep,
 } from './sweep.js';
+export {
+  formatTransfer,
+  TRANSFER_FILES,
+  type TransferCell,
+  type TransferOptions,
+  type TransferResult,
+  transferMatrix,
+  writeTransfer,
+} from './transfer.js';

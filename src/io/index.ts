@@ -1,6 +1,7 @@
 /**
  * `emlens/io`: file formats and safe writes: safetensors (read, write, encode), half floats (f16, bf16),
- * weight folders (one or many safetensors files), atomic writes, and output claims that refuse to clobber.
+ * PyTorch torch.save files (read without running pickled code, and written), weight folders (one or many
+ * safetensors files), atomic writes, and output claims that refuse to clobber.
  */
 export { pathExists, writeAtomic, writeStreamAtomic } from './files.js';
 export {
@@ -23,6 +24,7 @@ export {
   claimResumableFolder,
   writeFolderAtomic,
 } from './outputs.js';
+export { PickleTuple, type PickleValue } from './pickle.js';
 export {
   bytesToFloat32,
   DTYPE_BYTES,
@@ -38,4 +40,16 @@ export {
   type TensorToWrite,
   writeSafetensors,
 } from './safetensors.js';
+export {
+  decodeTorchPt,
+  encodeTorchPt,
+  readTorchPt,
+  type TorchData,
+  type TorchDtype,
+  TorchTensor,
+  type TorchValue,
+  type TorchWritable,
+  torchTensor,
+  writeTorchPt,
+} from './torchPt.js';
 export { type WeightInfo, WeightSource } from './weightSource.js';

@@ -30,6 +30,7 @@ import {
 } from './model.js';
 import { benchmarkSection, demoSection } from './results.js';
 import { summarizeSection } from './summarizeSection.js';
+import { transferSection } from './transfer.js';
 
 /** The version in emlens's package.json (`unknown` where it cannot be read). */
 export function emlensVersion(): string {
@@ -113,6 +114,8 @@ async function buildOne(d: Detected, opts: ReportOptions): Promise<ReportSection
       return [await mediationSection(d.path, d.json, [d.path])];
     case 'sweep':
       return [await sweepSection(d.path, d.json, [d.path])];
+    case 'transfer':
+      return [await transferSection(d.path, d.json, [d.path])];
     case 'summarize':
       return [await summarizeSection(d.path, d.json, [d.path])];
     case 'benchmark':

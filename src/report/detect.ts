@@ -19,7 +19,7 @@ export type Detected =
   /** A direction file, or a folder of them (`files`). */
   | { readonly kind: 'directions'; readonly path: string; readonly files: readonly string[] }
   | {
-      readonly kind: 'comparison' | 'mediation' | 'sweep' | 'summarize';
+      readonly kind: 'comparison' | 'mediation' | 'sweep' | 'summarize' | 'transfer';
       readonly path: string;
       readonly json: string;
     }
@@ -70,6 +70,7 @@ export function isMediationReport(x: unknown): boolean {
 export function classifyJson(x: unknown): InputKind | null {
   if (!isObject(x)) return null;
   if (x.format === STORE_FORMAT) return 'store';
+  if (x.format === 'emlens.transfer/1' && Array.isArray(x.cells)) return 'transfer';
   if (x.format === SUMMARIZE_FORMAT && Array.isArray(x.files)) return 'summarize';
   if (typeof x.condition === 'string' && isObject(x.emRate) && Array.isArray(x.perQuestion)) return 'eval';
   if (isMediationReport(x)) return 'mediation';
@@ -135,6 +136,7 @@ async function detectFile(p: string): Promise<Detected> {
       case 'sweep':
       case 'comparison':
       case 'summarize':
+      case 'transfer':
         return { kind, path: p, json: p };
       case 'benchmark':
         return { kind: 'benchmark', path: p, files: [p], children: [] };
@@ -170,6 +172,7 @@ export async function detectInput(p: string, depth = 2): Promise<Detected> {
     ['sweep.json', 'sweep'],
     ['compare.json', 'comparison'],
     ['summarize.json', 'summarize'],
+    ['transfer.json', 'transfer'],
   ] as const) {
     const json = join(p, file);
     if (classifyJson(await readJson(json)) === kind) return { kind, path: p, json };

@@ -13,6 +13,7 @@ export type InputKind =
   | 'comparison'
   | 'mediation'
   | 'sweep'
+  | 'transfer'
   | 'store'
   | 'benchmark';
 
@@ -25,6 +26,7 @@ export const KIND_TITLES: Readonly<Record<InputKind, string>> = {
   comparison: 'Direction comparisons',
   mediation: 'Mediation',
   sweep: 'Steering sweeps',
+  transfer: 'Transfer across finetunes',
   store: 'Activation stores',
   benchmark: 'Benchmarks and results',
 };
@@ -37,6 +39,7 @@ export const KIND_ORDER: readonly InputKind[] = [
   'comparison',
   'mediation',
   'sweep',
+  'transfer',
   'store',
   'benchmark',
 ];
