@@ -12,6 +12,7 @@ import { registerJudge } from './judge.js';
 import { registerMediate } from './mediate.js';
 import { registerOrganisms } from './organisms.js';
 import { registerOrthogonalize } from './orthogonalize.js';
+import { registerProject } from './project.js';
 import { registerQuestions } from './questions.js';
 import { registerReport } from './report.js';
 import { registerServe } from './serve.js';
@@ -73,6 +74,7 @@ export function buildProgram(): Command {
   registerEval(program);
   registerReport(program);
   registerAblate(program);
+  registerProject(program);
   registerMediate(program);
   registerOrthogonalize(program);
   registerSteer(program);

@@ -47,6 +47,17 @@ export {
   subspaceBasis,
 } from './pca.js';
 export {
+  type LayerProjection,
+  type ProjectionSpec,
+  type ProjectRecordsOptions,
+  projectAt,
+  projectionHooks,
+  projectionSpec,
+  projectRecords,
+  type RecordProjection,
+  rankByProjection,
+} from './projection.js';
+export {
   type ControlSpread,
   controlPaths,
   controlSpread,
@@ -58,3 +69,9 @@ export {
   randomControl,
   randomControls,
 } from './randomControl.js';
+export {
+  type LoadedDirections,
+  loadDirectionOrSubspace,
+  subspaceBasisPaths,
+  subspaceRank,
+} from './subspaceFiles.js';
