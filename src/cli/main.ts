@@ -9,6 +9,7 @@ import { registerEval } from './eval.js';
 import { registerGenerate } from './generate.js';
 import { registerInfo } from './info.js';
 import { registerJudge } from './judge.js';
+import { registerLoraTrajectory } from './loraTrajectory.js';
 import { registerMediate } from './mediate.js';
 import { registerOrganisms } from './organisms.js';
 import { registerOrthogonalize } from './orthogonalize.js';
@@ -75,6 +76,7 @@ export function buildProgram(): Command {
   registerReport(program);
   registerAblate(program);
   registerProject(program);
+  registerLoraTrajectory(program);
   registerMediate(program);
   registerOrthogonalize(program);
   registerSteer(program);
