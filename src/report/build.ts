@@ -18,6 +18,7 @@ import { directionsSection, storesSection } from './activations.js';
 import { type Detected, detectInput } from './detect.js';
 import { comparisonSection, evalSection, mediationSection, sweepSection } from './effects.js';
 import { renderHtml } from './html.js';
+import { loraTrajectorySection } from './loraTrajectorySection.js';
 import { renderMarkdown } from './markdown.js';
 import {
   type InputKind,
@@ -115,6 +116,8 @@ async function buildOne(d: Detected, opts: ReportOptions): Promise<ReportSection
       return [await sweepSection(d.path, d.json, [d.path])];
     case 'summarize':
       return [await summarizeSection(d.path, d.json, [d.path])];
+    case 'lora-trajectory':
+      return [await loraTrajectorySection(d.path, d.json, [d.path])];
     case 'benchmark':
       return [await benchmarkSection(d, (c) => buildOne(c, opts))];
     case 'collection': {

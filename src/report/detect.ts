@@ -19,7 +19,7 @@ export type Detected =
   /** A direction file, or a folder of them (`files`). */
   | { readonly kind: 'directions'; readonly path: string; readonly files: readonly string[] }
   | {
-      readonly kind: 'comparison' | 'mediation' | 'sweep' | 'summarize';
+      readonly kind: 'comparison' | 'mediation' | 'sweep' | 'summarize' | 'lora-trajectory';
       readonly path: string;
       readonly json: string;
     }
@@ -77,6 +77,7 @@ export function classifyJson(x: unknown): InputKind | null {
   if (values.length > 0 && values.every(isMediationReport)) return 'mediation';
   if (Array.isArray(x.rows) && isObject(x.baseline) && 'unit' in x) return 'sweep';
   if (Array.isArray(x.names) && Array.isArray(x.pairs) && Array.isArray(x.layers)) return 'comparison';
+  if (Array.isArray(x.steps) && Array.isArray(x.modules) && Array.isArray(x.ks)) return 'lora-trajectory';
   if (typeof x.benchmark === 'string') return 'benchmark';
   return null;
 }
@@ -135,6 +136,7 @@ async function detectFile(p: string): Promise<Detected> {
       case 'sweep':
       case 'comparison':
       case 'summarize':
+      case 'lora-trajectory':
         return { kind, path: p, json: p };
       case 'benchmark':
         return { kind: 'benchmark', path: p, files: [p], children: [] };
@@ -170,6 +172,7 @@ export async function detectInput(p: string, depth = 2): Promise<Detected> {
     ['sweep.json', 'sweep'],
     ['compare.json', 'comparison'],
     ['summarize.json', 'summarize'],
+    ['lora_trajectory.json', 'lora-trajectory'],
   ] as const) {
     const json = join(p, file);
     if (classifyJson(await readJson(json)) === kind) return { kind, path: p, json };

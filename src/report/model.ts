@@ -13,6 +13,7 @@ export type InputKind =
   | 'comparison'
   | 'mediation'
   | 'sweep'
+  | 'lora-trajectory'
   | 'store'
   | 'benchmark';
 
@@ -25,6 +26,7 @@ export const KIND_TITLES: Readonly<Record<InputKind, string>> = {
   comparison: 'Direction comparisons',
   mediation: 'Mediation',
   sweep: 'Steering sweeps',
+  'lora-trajectory': 'LoRA trajectories',
   store: 'Activation stores',
   benchmark: 'Benchmarks and results',
 };
@@ -37,6 +39,7 @@ export const KIND_ORDER: readonly InputKind[] = [
   'comparison',
   'mediation',
   'sweep',
+  'lora-trajectory',
   'store',
   'benchmark',
 ];

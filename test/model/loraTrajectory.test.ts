@@ -88,6 +88,12 @@ describe('LoRA trajectories', () => {
     const json = JSON.parse(await readFile(join(out, 'lora_trajectory.json'), 'utf8'));
     expect(json.steps).toHaveLength(STEPS);
     expect((await readFile(join(out, 'lora_local_cosine.svg'), 'utf8')).startsWith('<svg')).toBe(true);
+    // emlens report recognises the folder and names the turn
+    const rep = await runCli(['report', out, '--out', tmp.join('report')]);
+    expect(rep.code, rep.stderr).toBe(0);
+    const md = await readFile(join(tmp.join('report'), 'report.md'), 'utf8');
+    expect(md).toMatch(/LoRA trajectory/);
+    expect(md).toMatch(/model\.layers\.1\.mlp\.down_proj: sharpest turn at step 60/);
     const again = await runCli(['lora-trajectory', '--checkpoints', parent, '--out', out]);
     expect(again.code).toBe(2);
     expect(again.stderr).toMatch(/exists/);
