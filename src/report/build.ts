@@ -29,6 +29,7 @@ import {
   slug,
   type Unrecognised,
 } from './model.js';
+import { projectionSection } from './projectionSection.js';
 import { benchmarkSection, demoSection } from './results.js';
 import { summarizeSection } from './summarizeSection.js';
 
@@ -118,6 +119,8 @@ async function buildOne(d: Detected, opts: ReportOptions): Promise<ReportSection
       return [await summarizeSection(d.path, d.json, [d.path])];
     case 'lora-trajectory':
       return [await loraTrajectorySection(d.path, d.json, [d.path])];
+    case 'projection':
+      return [await projectionSection(d.path, d.json, [d.path])];
     case 'benchmark':
       return [await benchmarkSection(d, (c) => buildOne(c, opts))];
     case 'collection': {

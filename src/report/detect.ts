@@ -19,7 +19,7 @@ export type Detected =
   /** A direction file, or a folder of them (`files`). */
   | { readonly kind: 'directions'; readonly path: string; readonly files: readonly string[] }
   | {
-      readonly kind: 'comparison' | 'mediation' | 'sweep' | 'summarize' | 'lora-trajectory';
+      readonly kind: 'comparison' | 'mediation' | 'sweep' | 'summarize' | 'lora-trajectory' | 'projection';
       readonly path: string;
       readonly json: string;
     }
@@ -122,6 +122,19 @@ async function detectFile(p: string): Promise<Detected> {
     return (await isDirectionFile(p))
       ? { kind: 'directions', path: p, files: [p] }
       : { kind: null, path: p, reason: 'a safetensors file without direction.{layer} tensors' };
+  }
+  if (ext === '.jsonl') {
+    const first = (await readFile(p, 'utf8')).split('\n', 1)[0] ?? '';
+    let x: unknown;
+    try {
+      x = JSON.parse(first);
+    } catch {
+      x = undefined;
+    }
+    if (isObject(x) && Array.isArray(x.tokens) && Array.isArray(x.answer_mask) && Array.isArray(x.layers)) {
+      return { kind: 'projection', path: p, json: p };
+    }
+    return { kind: null, path: p, reason: 'a JSONL file that is not an emlens project output' };
   }
   if (ext === '.json') {
     const x = await readJson(p);

@@ -14,6 +14,7 @@ export type InputKind =
   | 'mediation'
   | 'sweep'
   | 'lora-trajectory'
+  | 'projection'
   | 'store'
   | 'benchmark';
 
@@ -27,6 +28,7 @@ export const KIND_TITLES: Readonly<Record<InputKind, string>> = {
   mediation: 'Mediation',
   sweep: 'Steering sweeps',
   'lora-trajectory': 'LoRA trajectories',
+  projection: 'Projections on a direction',
   store: 'Activation stores',
   benchmark: 'Benchmarks and results',
 };
@@ -40,6 +42,7 @@ export const KIND_ORDER: readonly InputKind[] = [
   'mediation',
   'sweep',
   'lora-trajectory',
+  'projection',
   'store',
   'benchmark',
 ];

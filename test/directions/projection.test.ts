@@ -140,6 +140,13 @@ describe('emlens project', () => {
     expect(first.layers[0].layer).toBe(2);
     expect(first.layers[0].tokens.length).toBe(first.tokens.length);
     expect(typeof first.question_id).toBe('string');
+    // emlens report renders it: the ranked table and a token heatmap per top record
+    const rep = await runCli(['report', out, '--out', tmp.join('report')]);
+    expect(rep.code, rep.stderr).toBe(0);
+    const md = await readFile(join(tmp.join('report'), 'report.md'), 'utf8');
+    expect(md).toMatch(/Projections: /);
+    expect(md).toMatch(/projection per token \(answer tokens marked \*\)/);
+    expect(md).toMatch(/Records by answer projection at layer 2, largest first/);
   });
 
   it('bad inputs exit 2 and an existing --out is kept unless --overwrite', async () => {
