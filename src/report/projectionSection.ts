@@ -50,7 +50,14 @@ export async function projectionSection(
     plots.push(
       await drawPlot(
         `${r.id}: projection per token (answer tokens marked *)`,
-        heatmap(cells, { domain: [-m, m], valueTitle: 'projection', labels: false, cellWidth: 18 }),
+        heatmap(cells, {
+          domain: [-m, m],
+          valueTitle: 'projection',
+          xTitle: 'token (position, * = answer)',
+          yTitle: 'layer',
+          labels: false,
+          cellWidth: 18,
+        }),
       ),
     );
   }
