@@ -1,8 +1,9 @@
 import type { Command } from 'commander';
 import type { DirectionSet } from '../directions/direction.js';
+import { loadDirectionOrSubspace } from '../directions/subspaceFiles.js';
 import {
+  checkDirectionsFit,
   composeInterventions,
-  loadDirectionsFor,
   type ModelShape,
   parseLayerList,
 } from '../interventions/compose.js';
@@ -27,13 +28,15 @@ interface AblateFlags extends ModelFlags, AnswerFlags {
 
 /** The interventions of `emlens ablate`: the chosen blocks' residual sites, each once, lose the direction. */
 export function ablateCommandInterventions(
-  set: DirectionSet,
+  set: DirectionSet | readonly DirectionSet[],
   shape: ModelShape,
   flags: Pick<AblateFlags, 'layers' | 'from'>,
 ): Intervention[] {
-  const request = {
-    ablate: [{ direction: set, layers: parseLayerList(flags.layers), from: parseFrom(flags.from) }],
-  };
+  const sets = Array.isArray(set) ? (set as readonly DirectionSet[]) : [set as DirectionSet];
+  const layers = parseLayerList(flags.layers);
+  const from = parseFrom(flags.from);
+  // one request per set: ablations at one site remove the span of all their directions together
+  const request = { ablate: sets.map((direction) => ({ direction, layers, from })) };
   return composeInterventions(request, shape);
 }
 
@@ -48,7 +51,7 @@ export function registerAblate(program: Command): void {
     )
       .requiredOption(
         '--direction <file>',
-        'direction file (direction.{layer} tensors, as emlens direction writes)',
+        'direction file (direction.{layer} tensors, as emlens direction writes), or the --out name of emlens direction subspace (FILE.b0, FILE.b1, ... are read and their whole span is removed)',
       )
       .requiredOption(
         '--layers <list>',
@@ -62,8 +65,17 @@ export function registerAblate(program: Command): void {
   ).action(async (flags: AblateFlags) => {
     // the direction is checked against config.json first, so a bad file is refused before a model is built
     const shape = await readConfig(flags.model);
-    const set = await loadDirectionsFor(flags.direction, shape);
-    const ivs = ablateCommandInterventions(set, shape, flags);
+    const loaded = await loadDirectionOrSubspace(flags.direction);
+    loaded.sets.forEach((s, i) => {
+      checkDirectionsFit(s, shape, `Direction file ${loaded.paths[i]}`);
+    });
+    if (loaded.partOfSubspace) {
+      const { index, rank } = loaded.partOfSubspace;
+      process.stderr.write(
+        `emlens: note: ${flags.direction} is basis vector ${index} of a rank-${rank} subspace; only it is ablated (pass the name given to emlens direction subspace --out to ablate the whole subspace).\n`,
+      );
+    }
+    const ivs = ablateCommandInterventions(loaded.sets, shape, flags);
     const model = await loadModel(flags.model, loadOptions(flags));
     try {
       const from = parseFrom(flags.from);
@@ -71,11 +83,17 @@ export function registerAblate(program: Command): void {
       const pair = await answerPair(model, tokenizer, flags.prompt, ivs, flags);
       console.log(`prompt: ${flags.prompt}`);
       console.log(
-        `ablating ${from === 'own' ? "each layer's direction" : `the direction of layer ${from}`} at ${ivs.length} residual sites\n`,
+        `ablating ${what(loaded.sets.length, from)} at ${new Set(ivs.flatMap((iv) => iv.hooks)).size} residual sites\n`,
       );
       console.log(sideBySide('baseline', pair.baseline, 'ablated', pair.changed));
     } finally {
       await model.dispose();
     }
   });
+}
+
+/** "each layer's direction", "the rank-2 subspace of layer 1", ... */
+function what(rank: number, from: 'own' | number): string {
+  const thing = rank === 1 ? 'direction' : `rank-${rank} subspace`;
+  return from === 'own' ? `each layer's ${thing}` : `the ${thing} of layer ${from}`;
 }

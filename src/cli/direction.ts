@@ -11,6 +11,7 @@ import {
   pcaFromStores,
 } from '../directions/pca.js';
 import { controlPaths, randomControls } from '../directions/randomControl.js';
+import { subspaceBasisPaths } from '../directions/subspaceFiles.js';
 import { exportPt, importPt, type PtLayout } from '../directions/torchPt.js';
 import { EmlensError } from '../errors.js';
 import { claimOutputFile } from '../io/outputs.js';
@@ -58,9 +59,10 @@ export function directionGroup(program: Command): Command {
         .default('mean_diff'),
     )
     .addOption(
-      new Option('--weighting <w>', 'token: every answer token counts once; record: every answer')
-        .choices(['token', 'record'])
-        .default('token'),
+      new Option(
+        '--weighting <w>',
+        'mean_diff only: token, every answer token counts once (default); record, every answer',
+      ).choices(['token', 'record']),
     )
     .option(
       '--random-control <file>',
@@ -85,6 +87,11 @@ export function directionGroup(program: Command): Command {
           'emlens direction needs --pos STORE --neg STORE [--out FILE] (or a subcommand: export-gguf, import-gguf).',
         );
       }
+      if (flags.method !== 'mean_diff' && flags.weighting !== undefined) {
+        throw new EmlensError(
+          `--weighting applies to --method mean_diff only; ${flags.method} pairs record i of --pos with record i of --neg (one row per record), so drop --weighting or use --method mean_diff.`,
+        );
+      }
       const out = flags.out ?? defaultDirectionFile(flags.pos, flags.neg);
       if (!flags.randomControl && flags.randomControls !== 1) {
         throw new EmlensError(
@@ -105,7 +112,7 @@ export function directionGroup(program: Command): Command {
         flags.method === 'mean_diff'
           ? await directionFromStores(flags.pos, flags.neg, {
               hookType: flags.hook,
-              weighting: flags.weighting,
+              weighting: flags.weighting ?? 'token',
             })
           : await pcaFromStores(flags.method, flags.pos, flags.neg, { hookType: flags.hook });
       const zero = zeroLayers(set);
@@ -142,7 +149,7 @@ interface DirectionFlags {
   readonly out?: string;
   readonly hook: string;
   readonly method: 'mean_diff' | PcaMethod;
-  readonly weighting: 'token' | 'record';
+  readonly weighting?: 'token' | 'record';
   readonly randomControl?: string;
   readonly randomControls: number;
   readonly seed: number;
@@ -296,8 +303,7 @@ export function registerDirectionCombine(program: Command): void {
     .action(async (flags: { in: string[]; out: string; rank?: number; overwrite?: boolean }) => {
       const sets = await Promise.all(flags.in.map((f) => loadDirections(f)));
       const basis = directionSubspace(sets, { rank: flags.rank });
-      const ext = extname(flags.out);
-      const paths = basis.map((_, j) => `${flags.out.slice(0, flags.out.length - ext.length)}.b${j}${ext}`);
+      const paths = subspaceBasisPaths(flags.out, basis.length);
       for (const p of paths) await claimOutputFile(p, { overwrite: flags.overwrite, createParent: true });
       for (const [j, set] of basis.entries()) {
         await saveDirections(paths[j]!, set, { overwrite: flags.overwrite }); // one path per basis set

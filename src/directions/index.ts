@@ -47,6 +47,17 @@ export {
   subspaceBasis,
 } from './pca.js';
 export {
+  type LayerProjection,
+  type ProjectionSpec,
+  type ProjectRecordsOptions,
+  projectAt,
+  projectionHooks,
+  projectionSpec,
+  projectRecords,
+  type RecordProjection,
+  rankByProjection,
+} from './projection.js';
+export {
   type ControlSpread,
   controlPaths,
   controlSpread,
@@ -58,6 +69,12 @@ export {
   randomControl,
   randomControls,
 } from './randomControl.js';
+export {
+  type LoadedDirections,
+  loadDirectionOrSubspace,
+  subspaceBasisPaths,
+  subspaceRank,
+} from './subspaceFiles.js';
 export {
   directionsFromTorchValue,
   exportPt,

@@ -18,6 +18,7 @@ import { directionsSection, storesSection } from './activations.js';
 import { type Detected, detectInput } from './detect.js';
 import { comparisonSection, evalSection, mediationSection, sweepSection } from './effects.js';
 import { renderHtml } from './html.js';
+import { loraTrajectorySection } from './loraTrajectorySection.js';
 import { renderMarkdown } from './markdown.js';
 import {
   type InputKind,
@@ -28,6 +29,7 @@ import {
   slug,
   type Unrecognised,
 } from './model.js';
+import { projectionSection } from './projectionSection.js';
 import { benchmarkSection, demoSection } from './results.js';
 import { summarizeSection } from './summarizeSection.js';
 import { transferSection } from './transfer.js';
@@ -118,6 +120,10 @@ async function buildOne(d: Detected, opts: ReportOptions): Promise<ReportSection
       return [await transferSection(d.path, d.json, [d.path])];
     case 'summarize':
       return [await summarizeSection(d.path, d.json, [d.path])];
+    case 'lora-trajectory':
+      return [await loraTrajectorySection(d.path, d.json, [d.path])];
+    case 'projection':
+      return [await projectionSection(d.path, d.json, [d.path])];
     case 'benchmark':
       return [await benchmarkSection(d, (c) => buildOne(c, opts))];
     case 'collection': {

@@ -19,7 +19,14 @@ export type Detected =
   /** A direction file, or a folder of them (`files`). */
   | { readonly kind: 'directions'; readonly path: string; readonly files: readonly string[] }
   | {
-      readonly kind: 'comparison' | 'mediation' | 'sweep' | 'summarize' | 'transfer';
+      readonly kind:
+        | 'comparison'
+        | 'mediation'
+        | 'sweep'
+        | 'summarize'
+        | 'transfer'
+        | 'lora-trajectory'
+        | 'projection';
       readonly path: string;
       readonly json: string;
     }
@@ -78,6 +85,7 @@ export function classifyJson(x: unknown): InputKind | null {
   if (values.length > 0 && values.every(isMediationReport)) return 'mediation';
   if (Array.isArray(x.rows) && isObject(x.baseline) && 'unit' in x) return 'sweep';
   if (Array.isArray(x.names) && Array.isArray(x.pairs) && Array.isArray(x.layers)) return 'comparison';
+  if (Array.isArray(x.steps) && Array.isArray(x.modules) && Array.isArray(x.ks)) return 'lora-trajectory';
   if (typeof x.benchmark === 'string') return 'benchmark';
   return null;
 }
@@ -123,6 +131,19 @@ async function detectFile(p: string): Promise<Detected> {
       ? { kind: 'directions', path: p, files: [p] }
       : { kind: null, path: p, reason: 'a safetensors file without direction.{layer} tensors' };
   }
+  if (ext === '.jsonl') {
+    const first = (await readFile(p, 'utf8')).split('\n', 1)[0] ?? '';
+    let x: unknown;
+    try {
+      x = JSON.parse(first);
+    } catch {
+      x = undefined;
+    }
+    if (isObject(x) && Array.isArray(x.tokens) && Array.isArray(x.answer_mask) && Array.isArray(x.layers)) {
+      return { kind: 'projection', path: p, json: p };
+    }
+    return { kind: null, path: p, reason: 'a JSONL file that is not an emlens project output' };
+  }
   if (ext === '.json') {
     const x = await readJson(p);
     if (x === undefined) return { kind: null, path: p, reason: 'not valid JSON' };
@@ -137,6 +158,7 @@ async function detectFile(p: string): Promise<Detected> {
       case 'comparison':
       case 'summarize':
       case 'transfer':
+      case 'lora-trajectory':
         return { kind, path: p, json: p };
       case 'benchmark':
         return { kind: 'benchmark', path: p, files: [p], children: [] };
@@ -173,6 +195,7 @@ export async function detectInput(p: string, depth = 2): Promise<Detected> {
     ['compare.json', 'comparison'],
     ['summarize.json', 'summarize'],
     ['transfer.json', 'transfer'],
+    ['lora_trajectory.json', 'lora-trajectory'],
   ] as const) {
     const json = join(p, file);
     if (classifyJson(await readJson(json)) === kind) return { kind, path: p, json };

@@ -14,6 +14,8 @@ export type InputKind =
   | 'mediation'
   | 'sweep'
   | 'transfer'
+  | 'lora-trajectory'
+  | 'projection'
   | 'store'
   | 'benchmark';
 
@@ -27,6 +29,8 @@ export const KIND_TITLES: Readonly<Record<InputKind, string>> = {
   mediation: 'Mediation',
   sweep: 'Steering sweeps',
   transfer: 'Transfer across finetunes',
+  'lora-trajectory': 'LoRA trajectories',
+  projection: 'Projections on a direction',
   store: 'Activation stores',
   benchmark: 'Benchmarks and results',
 };
@@ -40,6 +44,8 @@ export const KIND_ORDER: readonly InputKind[] = [
   'mediation',
   'sweep',
   'transfer',
+  'lora-trajectory',
+  'projection',
   'store',
   'benchmark',
 ];

@@ -5,19 +5,16 @@
  * `unit: true` adds to), so values of different layers and files compare in the residual's own units.
  */
 
+import { type ProjectionSpec, projectAt } from '../directions/projection.js';
 import { selectLayers } from '../interventions/compose.js';
 import type { HookName } from '../model/hooks.js';
-import { dotAt, norm } from '../util/vector.js';
+import { norm } from '../util/vector.js';
 import { ApiError } from './apiError.js';
 import { asApiError, type DirectionResolver, type ModelShape, specDirections } from './interventions.js';
 import type { RequestMonitor } from './protocol.js';
 
 /** What the worker needs to project: the layers (ascending) and each one's direction and norm. */
-export interface MonitorSpec {
-  readonly layers: readonly number[];
-  readonly vectors: readonly Float32Array[];
-  readonly norms: readonly number[];
-}
+export type MonitorSpec = ProjectionSpec;
 
 /** Checks a request's monitor and loads its direction; a problem is a 400 naming the field. */
 export async function buildMonitor(
@@ -76,6 +73,6 @@ export function projectRow(
     const t = hooks.get(`blocks.${l}.hook_resid_post`);
     if (!t) throw new Error(`the forward returned no blocks.${l}.hook_resid_post`); // asked for by monitorHooks
     const [, seq, d] = t.dims as [number, number, number]; // [batch, seq, d_model]
-    return dotAt(t.data, (row * seq + pos) * d, m.vectors[i]!) / m.norms[i]!; // i < layers.length = vectors.length
+    return projectAt(t.data, (row * seq + pos) * d, m.vectors[i]!, m.norms[i]!); // i < layers.length = vectors.length
   });
 }

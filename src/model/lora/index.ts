@@ -18,4 +18,12 @@ export {
   targetsModule,
 } from './config.js';
 export { LoraMergedWeights, mergeLora } from './merge.js';
+export {
+  type Checkpoint,
+  findCheckpoints,
+  type LoraTrajectory,
+  loraTrajectory,
+  type ModuleTrajectory,
+  trajectoryPca,
+} from './trajectory.js';
 export { type LoraFactors, type PeftAdapterOptions, writePeftAdapter } from './writer.js';
