@@ -7,6 +7,7 @@ import { registerDemo } from './demo.js';
 import { registerDirectionCombine, registerDirectionConvert } from './direction.js';
 import { registerEval } from './eval.js';
 import { registerGenerate } from './generate.js';
+import { registerGrad } from './grad.js';
 import { registerInfo } from './info.js';
 import { registerJudge } from './judge.js';
 import { registerMediate } from './mediate.js';
@@ -81,6 +82,7 @@ export function buildProgram(): Command {
   registerJudge(program);
   registerSplit(program);
   registerQuestions(program);
+  registerGrad(program);
   return program;
 }
 
