@@ -23,6 +23,7 @@ import { registerSummarize } from './summarize.js';
 import { registerSweep } from './sweep.js';
 import { registerTinyModel } from './tinyModel.js';
 import { registerTrace } from './trace.js';
+import { registerTrainVector } from './trainVector.js';
 
 /** The command whose parse failed, for the `--help` hint (commander calls the exit callback on it). */
 const failedCommand = new WeakMap<CommanderError, Command>();
@@ -83,6 +84,7 @@ export function buildProgram(): Command {
   registerSplit(program);
   registerQuestions(program);
   registerGrad(program);
+  registerTrainVector(program);
   return program;
 }
 

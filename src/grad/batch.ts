@@ -38,10 +38,11 @@ export interface PackedBatch {
   readonly klTotal: number;
 }
 
-export function packBatch(spec: ModelSpec, rows: readonly GradRow[]): PackedBatch {
+/** Packs rows, left-padded to the longest row (or to `minSeq` when longer: one graph for every batch). */
+export function packBatch(spec: ModelSpec, rows: readonly GradRow[], minSeq = 0): PackedBatch {
   if (rows.length === 0) throw new EmlensError('A gradient batch needs at least one row of token ids.');
   const B = rows.length;
-  const S = Math.max(...rows.map((r) => r.ids.length));
+  const S = Math.max(minSeq, ...rows.map((r) => r.ids.length));
   const hd = spec.headDim;
   const kinds = layerKinds(spec);
   rows.forEach((r, b) => {

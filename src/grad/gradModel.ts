@@ -38,6 +38,8 @@ export interface RunOptions {
    * row has KL weights.
    */
   readonly kl?: { readonly scale: number; readonly baseLogProbs?: FloatArray };
+  /** Pad every batch to at least this length, so batches of varying lengths share one graph. */
+  readonly seq?: number;
 }
 
 export interface RunResult {
@@ -137,7 +139,7 @@ export class GradModel {
   /** Losses and gradients over `rows` (see `GradRow`) for the parameters of `o.params`. */
   async run(rows: readonly GradRow[], o: RunOptions): Promise<RunResult> {
     checkParams(this.spec, o.params);
-    const b = packBatch(this.spec, rows);
+    const b = packBatch(this.spec, rows, o.seq);
     if (b.hasKl && !o.kl) throw new EmlensError('Rows with KL weights need the KL options (its scale).');
     const kl = b.hasKl && o.kl !== undefined;
     const key = `grad:${b.batch}x${b.seq}:${kl}:${JSON.stringify(o.params)}`;

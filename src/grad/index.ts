@@ -28,4 +28,12 @@ export {
   steerShape,
 } from './params.js';
 export { broadcastShape, type FloatType, TAPE_OPSET, Tape, type Val } from './tape.js';
+export {
+  CHECKPOINT_FORMAT,
+  type StepLosses,
+  type TrainVectorOptions,
+  type TrainVectorResult,
+  trainSteeringVector,
+} from './train.js';
+export { TRAIN_FILES, type TrainProvenance, trainedDirection, writeTrainOutput } from './trainOutput.js';
 export { type FrozenWeights, frozenWeightsFrom, loadFrozenWeights } from './weights.js';
