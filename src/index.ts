@@ -6,7 +6,7 @@
  * Everything else lives under a subpath, one per area, each holding that area's whole public surface (the
  * core names of the area included): `emlens/model`, `emlens/text`, `emlens/generate`, `emlens/interventions`,
  * `emlens/data`, `emlens/activations`, `emlens/directions`, `emlens/eval`, `emlens/io`, `emlens/organisms`,
- * `emlens/demo`, `emlens/report`, `emlens/serve` and `emlens/studies` (the benchmarks' measurement helpers
+ * `emlens/demo`, `emlens/report`, `emlens/serve`, `emlens/studies` and `emlens/grad` (the benchmarks' measurement helpers
  * live in benchmarks/lib, outside the API).
  */
 

@@ -7,6 +7,7 @@ import { registerDemo } from './demo.js';
 import { registerDirectionCombine, registerDirectionConvert, registerDirectionPt } from './direction.js';
 import { registerEval } from './eval.js';
 import { registerGenerate } from './generate.js';
+import { registerGrad } from './grad.js';
 import { registerInfo } from './info.js';
 import { registerJudge } from './judge.js';
 import { registerLoraTrajectory } from './loraTrajectory.js';
@@ -24,6 +25,7 @@ import { registerSummarize } from './summarize.js';
 import { registerSweep } from './sweep.js';
 import { registerTinyModel } from './tinyModel.js';
 import { registerTrace } from './trace.js';
+import { registerTrainVector } from './trainVector.js';
 import { registerTransfer } from './transfer.js';
 
 /** The command whose parse failed, for the `--help` hint (commander calls the exit callback on it). */
@@ -88,6 +90,8 @@ export function buildProgram(): Command {
   registerJudge(program);
   registerSplit(program);
   registerQuestions(program);
+  registerGrad(program);
+  registerTrainVector(program);
   return program;
 }
 
