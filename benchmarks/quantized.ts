@@ -22,6 +22,7 @@ import { profileWeightBytes } from '../src/model/graph/weightBytes.js';
 import { loadModel, type Model } from '../src/model/model.js';
 import { attentionShare } from './lib/attentionShare.js';
 import { blockGemmShapes, measureMatMulCeiling, peakRssMiB } from './lib/hardware.js';
+import { judgeQuantizedGoals, type QuantizedResult } from './lib/quantGoals.js';
 import { measureKernels } from './quantKernels.js';
 import {
   benchLog,
@@ -285,5 +286,8 @@ const out = {
   fidelity,
   peakRssMiB: peakRssMiB(),
 };
+const goals = judgeQuantizedGoals(out as unknown as QuantizedResult);
 log(`ratios ${JSON.stringify(ratios)}`);
-log(`wrote ${await writeResult(SHORT ? 'quantized-short' : 'quantized', out)}`);
+for (const g of goals)
+  log(`${g.met ? 'met' : 'MISSED'}: ${g.goal}: ${g.measured}${g.bound ? ` (${g.bound})` : ''}`);
+log(`wrote ${await writeResult(SHORT ? 'quantized-short' : 'quantized', { ...out, goals })}`);
