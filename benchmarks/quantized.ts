@@ -11,17 +11,17 @@
  */
 import { spawn } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
-import { cpus } from 'node:os';
+import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { generate } from '../src/generate/generate.js';
 import { readConfig } from '../src/model/config.js';
 import { measureFidelity } from '../src/model/fidelity.js';
 import type { Profile } from '../src/model/graph/transformer.js';
 import { profileWeightBytes } from '../src/model/graph/weightBytes.js';
 import { loadModel, type Model } from '../src/model/model.js';
+import { attentionShare } from './lib/attentionShare.js';
 import { blockGemmShapes, measureMatMulCeiling, peakRssMiB } from './lib/hardware.js';
-import { profilingOptions, readKernelProfile } from './lib/profile.js';
+import { judgeQuantizedGoals, type QuantizedResult } from './lib/quantGoals.js';
 import { benchIds, decodeRate, prefillRate } from './lib/rates.js';
 import { measureKernels } from './quantKernels.js';
 import {
@@ -96,37 +96,6 @@ async function measureRound(profile: Profile): Promise<Round> {
   }
 }
 
-/** Attention's share of kernel time in a 512-token prefill and in decode steps. */
-async function attentionShare(profile: Profile) {
-  const share = async (run: (m: Model) => Promise<unknown>, skip: number) => {
-    const prefix = join(work, `ort-profile-quantized-${profile}`);
-    const m = await loadModel(modelDir, { cacheDir, profile, sessionOptions: profilingOptions(prefix) });
-    try {
-      await run(m);
-    } finally {
-      await m.dispose();
-    }
-    const p = await readKernelProfile(prefix, skip);
-    const attn = p.msPerRunByOp.get('Attention') ?? 0;
-    return {
-      attentionMs: attn,
-      kernelMs: p.totalMsPerRun,
-      share: attn / p.totalMsPerRun,
-      topOps: Object.fromEntries([...p.msPerRunByOp].slice(0, 6).map(([k, v]) => [k, Number(v.toFixed(2))])),
-    };
-  };
-  const x = [ids(512, 1, 151936)];
-  const prefill512 = await share(async (m) => {
-    for (let r = 0; r < 3; r++) await m.forward(x);
-  }, 1);
-  const decode = await share(
-    (m) =>
-      generate(m, [ids(PROMPT, 2, m.spec.vocabSize)], { maxNewTokens: 12, temperature: 0, eosTokenIds: [] }),
-    4,
-  );
-  return { prefill512, decode };
-}
-
 // ---- the HF peer, if asked for
 const python = process.env.EMLENS_BENCH_PYTHON;
 type PeerRound = { prefill: Record<string, number>; decodeTokensPerSecond: number };
@@ -181,10 +150,13 @@ const kernels = await measureKernels({
 log(`fp32 MatMul ceiling ${ceiling.gflops.toFixed(0)} GFLOP/s at 512 rows`);
 
 // ---- interleaved rounds
+const loadAtStart = loadavg().map((x) => Number(x.toFixed(2)));
+const roundLoads: number[] = [];
 const rounds = new Map<Profile, Round[]>(PROFILES.map((p) => [p, []]));
 const peerRounds: PeerRound[] = [];
 for (let r = 0; r < ROUNDS; r++) {
   for (const p of inRoundOrder(PROFILES, r)) {
+    roundLoads.push(Number(loadavg()[0]!.toFixed(2)));
     const got = await measureRound(p);
     rounds.get(p)!.push(got);
     log(
@@ -215,7 +187,7 @@ for (const p of PROFILES) {
     ),
     decode: { tokensPerSecond: best(rs.map((x) => x.decode)), rounds: rs.map((x) => x.decode) },
     decodeBatch32: { tokensPerSecond: best(rs.map((x) => x.batch32)) },
-    attention: await attentionShare(p),
+    attention: await attentionShare({ modelDir, cacheDir, work, profile: p, ops: 'onnx' }),
   };
 }
 const get = (p: Profile) =>
@@ -273,6 +245,11 @@ const out = {
   benchmark: 'quantized',
   date: new Date().toISOString(),
   short: SHORT,
+  loadAverage: {
+    atStart: loadAtStart,
+    atRoundStarts: roundLoads,
+    atEnd: loadavg().map((x) => Number(x.toFixed(2))),
+  },
   machine: { cpus: cpus().length, cpuModel: cpus()[0]?.model, node: process.version, isa: await isa() },
   settings: { rounds: ROUNDS, newTokens: NEW_TOKENS, promptTokens: PROMPT, lengths: LENGTHS },
   ceiling: { fp32MatMulGflops512: ceiling.gflops, kernels },
@@ -283,5 +260,8 @@ const out = {
   fidelity,
   peakRssMiB: peakRssMiB(),
 };
+const goals = judgeQuantizedGoals(out as unknown as QuantizedResult);
 log(`ratios ${JSON.stringify(ratios)}`);
-log(`wrote ${await writeResult(SHORT ? 'quantized-short' : 'quantized', out)}`);
+for (const g of goals)
+  log(`${g.met ? 'met' : 'MISSED'}: ${g.goal}: ${g.measured}${g.bound ? ` (${g.bound})` : ''}`);
+log(`wrote ${await writeResult(SHORT ? 'quantized-short' : 'quantized', { ...out, goals })}`);
