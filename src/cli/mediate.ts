@@ -6,10 +6,10 @@ import { mediation } from '../interventions/mediation.js';
 import { formatMediation, MEDIATION_FILES, writeMediation } from '../interventions/mediationFormat.js';
 import { readNeutralTexts } from '../interventions/scoring.js';
 import { claimOutputFiles } from '../io/outputs.js';
-import { type LoadModelOptions, loadModel, type Model } from '../model/model.js';
+import { loadModel, type Model } from '../model/model.js';
 import type { Device } from '../model/session.js';
 import { loadTokenizer } from '../text/tokenizer.js';
-import { addChatTemplateOptions, deviceOption, nonNegativeInt, positiveInt } from './common.js';
+import { addChatTemplateOptions, deviceOption, loadOptions, nonNegativeInt, positiveInt } from './common.js';
 import { addRandomControlOptions, finiteNumber, parseFrom } from './interventionCommon.js';
 import { createProgress } from './progress.js';
 
@@ -70,12 +70,7 @@ export function registerMediate(program: Command): void {
     .action(async (flags: MediateFlags) => {
       // Before the models load and score, so a refused --out costs nothing; writeMediation checks again.
       await claimOutputFiles(flags.out, MEDIATION_FILES, { overwrite: flags.overwrite });
-      const load: LoadModelOptions = {
-        device: flags.device,
-        threads: flags.threads,
-        cacheDir: flags.cacheDir,
-        onProgress: (m) => process.stderr.write(`emlens: ${m}\n`),
-      };
+      const load = loadOptions({ ...flags, model: flags.base, adapter: undefined });
       const models: Model[] = [];
       try {
         const base = await loadModel(flags.base, load);

@@ -5,14 +5,13 @@ import { EmlensError } from '../errors.js';
 import { loadDirectionsFor, parseLayerList } from '../interventions/compose.js';
 import { formatTransfer, TRANSFER_FILES, transferMatrix, writeTransfer } from '../interventions/transfer.js';
 import { claimOutputFiles } from '../io/outputs.js';
-import { type LoadModelOptions, loadModel, type Model } from '../model/model.js';
+import { loadModel, type Model } from '../model/model.js';
 import { loadTokenizer } from '../text/tokenizer.js';
-import { addChatTemplateOptions, positiveInt } from './common.js';
+import { addChatTemplateOptions, deviceOption, loadOptions, type ModelFlags, positiveInt } from './common.js';
 import { addRandomControlOptions } from './interventionCommon.js';
 import { createProgress } from './progress.js';
 
-interface TransferFlags {
-  readonly model: string;
+interface TransferFlags extends ModelFlags {
   readonly finetune: string[];
   readonly directions: string[];
   readonly data: string[];
@@ -22,9 +21,6 @@ interface TransferFlags {
   readonly span: 'after-user' | 'content';
   readonly batchSize: number;
   readonly out: string;
-  readonly device: 'cpu' | 'cuda';
-  readonly threads?: number;
-  readonly cacheDir?: string;
   readonly overwrite?: boolean;
   readonly chatTemplateKwargs?: Record<string, unknown>;
 }
@@ -64,7 +60,7 @@ export function registerTransfer(program: Command): void {
     .option('--batch-size <n>', 'records per forward pass', positiveInt, 8)
     .option('--out <dir>', 'folder for transfer.json, transfer.csv, transfer.svg/png', './transfer-out')
     .option('--overwrite', 'replace the files of an earlier run in --out')
-    .addOption(new Option('--device <device>', 'execution provider').choices(['cpu', 'cuda']).default('cpu'))
+    .addOption(deviceOption())
     .option('--threads <n>', 'intra-op threads (default: one per core)', positiveInt)
     .option('--cache-dir <dir>', 'where built graphs are kept (default $EMLENS_CACHE_DIR or ~/.cache/emlens)')
     .action(async (flags: TransferFlags) => {
@@ -78,12 +74,7 @@ export function registerTransfer(program: Command): void {
         }
       }
       await claimOutputFiles(flags.out, TRANSFER_FILES, { overwrite: flags.overwrite });
-      const load: LoadModelOptions = {
-        device: flags.device,
-        threads: flags.threads,
-        cacheDir: flags.cacheDir,
-        onProgress: (m) => process.stderr.write(`emlens: ${m}\n`),
-      };
+      const load = loadOptions(flags);
       const models: Model[] = [];
       try {
         const base = await loadModel(flags.model, load);

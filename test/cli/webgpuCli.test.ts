@@ -3,7 +3,10 @@
  * ops that fall back, `trace` writes the CPU's hooks within 1e-4, `generate` prints the CPU's greedy text and,
  * with --stats, a decode step's host copies without the KV cache. Every `--device` flag takes webgpu.
  */
+
+import type { Command } from 'commander';
 import { afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { buildProgram } from '../../src/cli/main.js';
 import { SafetensorsFile } from '../../src/io/safetensors.js';
 import { useTempDir } from '../helpers/fixtures.js';
 import { runCli } from '../helpers/runCli.js';
@@ -19,7 +22,18 @@ function maxAbsDiff(a: Float32Array, b: Float32Array): number {
 }
 
 describe('every --device flag lists webgpu', () => {
-  for (const command of ['trace', 'generate', 'mediate', 'judge', 'serve', 'collect', 'info']) {
+  it('every command of the program that has --device offers webgpu', () => {
+    const missing: string[] = [];
+    const walk = (cmd: Command, path: string): void => {
+      const device = cmd.options.find((o) => o.long === '--device');
+      if (device && !device.argChoices?.includes('webgpu')) missing.push(path);
+      for (const sub of cmd.commands) walk(sub, `${path} ${sub.name()}`);
+    };
+    walk(buildProgram(), 'emlens');
+    expect(missing).toEqual([]);
+  });
+
+  for (const command of ['trace', 'generate', 'mediate', 'judge', 'serve', 'collect', 'info', 'transfer']) {
     it(`${command} --help`, async () => {
       const r = await runCli([command, '--help']);
       expect(r.stdout).toMatch(/--device <device>[\s\S]*"webgpu"/);
