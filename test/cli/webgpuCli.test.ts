@@ -9,17 +9,11 @@ import { afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { buildProgram } from '../../src/cli/main.js';
 import { SafetensorsFile } from '../../src/io/safetensors.js';
 import { useTempDir } from '../helpers/fixtures.js';
+import { maxAbsDiff } from '../helpers/numeric.js';
 import { runCli } from '../helpers/runCli.js';
 import { webgpuTestEnv } from '../helpers/webgpu.js';
 
 const env = webgpuTestEnv();
-
-function maxAbsDiff(a: Float32Array, b: Float32Array): number {
-  expect(a.length).toBe(b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
-  return m;
-}
 
 describe('every --device flag lists webgpu', () => {
   it('every command of the program that has --device offers webgpu', () => {

@@ -7,15 +7,9 @@ import { describe, expect, it } from 'vitest';
 import { loadModel } from '../../src/model/model.js';
 import { makeTinyModel } from '../../src/model/tiny.js';
 import { useTempDir } from '../helpers/fixtures.js';
+import { maxAbsDiff } from '../helpers/numeric.js';
 
 const tmp = useTempDir('emlens-contrib-');
-
-function maxAbsDiff(a: Float32Array, b: Float32Array): number {
-  expect(a.length).toBe(b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
-  return m;
-}
 
 describe('contrib attention op set on the CPU', () => {
   for (const family of ['qwen2', 'mistral', 'qwen3'] as const) {

@@ -9,7 +9,7 @@ import { loadModel, type Model } from '../../src/model/model.js';
 import type { ModelSpec } from '../../src/model/spec.js';
 import { makeTinyModel, type TinyModelOptions } from '../../src/model/tiny.js';
 import { useTempDir } from '../helpers/fixtures.js';
-import { at } from '../helpers/numeric.js';
+import { at, maxAbsDiff } from '../helpers/numeric.js';
 import {
   loadWeights64,
   type ReferenceOutput,
@@ -204,16 +204,6 @@ function tokenIds(n: number, vocab: number, seed: number): number[] {
   ids[1] = 0;
   ids[n - 2] = vocab - 1;
   return ids;
-}
-
-function maxAbsDiff(got: ArrayLike<number>, want: ArrayLike<number>): number {
-  expect(got.length).toBe(want.length);
-  let m = 0;
-  for (let i = 0; i < got.length; i++) {
-    const d = Math.abs(got[i]! - want[i]!); // in range: i < got.length === want.length (checked above)
-    if (!(d <= m)) m = d; // NaN propagates as NaN
-  }
-  return m;
 }
 
 function sub(a: Float64Array, b: Float64Array): Float64Array {

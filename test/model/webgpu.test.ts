@@ -16,18 +16,12 @@ import type { Intervention } from '../../src/model/interventions.js';
 import { loadModel, type Model, releaseCache } from '../../src/model/model.js';
 import { makeTinyModel, type TinyFamily } from '../../src/model/tiny.js';
 import { useTempDir } from '../helpers/fixtures.js';
+import { maxAbsDiff } from '../helpers/numeric.js';
 import { webgpuTestEnv } from '../helpers/webgpu.js';
 
 const env = webgpuTestEnv();
 const FAMILIES = ['qwen2', 'llama', 'gemma3_text'] as const satisfies readonly TinyFamily[];
 const TOL = 1e-4;
-
-function maxAbsDiff(a: Float32Array, b: Float32Array): number {
-  expect(a.length).toBe(b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
-  return m;
-}
 
 /** A fixed direction large enough to change a tiny model's greedy text (each phase its own frequency). */
 function direction(d: number, phase: number): Float32Array {
