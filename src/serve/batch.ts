@@ -10,6 +10,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { projectionHooks } from '../directions/projection.js';
 import { decodeLoop, firstStop } from '../generate/decodeLoop.js';
 import type { FinishReason } from '../generate/generate.js';
 import { checkSamplingParams, sampleRng, sampleToken, topKIndices } from '../generate/sampling.js';
@@ -18,7 +19,7 @@ import type { Model } from '../model/model.js';
 import type { TextTokenizer } from '../text/tokenizer.js';
 import type { Rng } from '../util/random.js';
 import type { FinishEvent, JobSpec, TokenEvent } from './messages.js';
-import { monitorHooks, projectRow } from './monitor.js';
+import { projectRow } from './monitor.js';
 import type { LogprobEntry, PositionsPolicy, TopLogprob } from './protocol.js';
 
 /** Decodes as the server reports text: special tokens kept, no clean-up of spaces (so text only grows). */
@@ -200,7 +201,7 @@ export async function runBatch(
   };
 
   const monitored = jobs.filter((j) => j.monitor !== null);
-  const hookNames = [...new Set(monitored.flatMap((j) => monitorHooks(j.monitor!)))]; // filtered on non-null
+  const hookNames = [...new Set(monitored.flatMap((j) => projectionHooks(j.monitor!)))]; // filtered on non-null
   await decodeLoop(
     model,
     rows.map((r) => r.job.prompt),

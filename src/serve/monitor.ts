@@ -5,11 +5,9 @@
  * `unit: true` adds to), so values of different layers and files compare in the residual's own units.
  */
 
-import { type ProjectionSpec, projectAt } from '../directions/projection.js';
+import { type ProjectionSpec, projectAt, projectionSpec } from '../directions/projection.js';
 import { selectLayers } from '../interventions/compose.js';
 import type { HookName } from '../model/hooks.js';
-import { norm } from '../util/vector.js';
-import { ApiError } from './apiError.js';
 import { asApiError, type DirectionResolver, type ModelShape, specDirections } from './interventions.js';
 import type { RequestMonitor } from './protocol.js';
 
@@ -25,38 +23,7 @@ export async function buildMonitor(
 ): Promise<MonitorSpec> {
   const layers = asApiError(() => selectLayers(m.layers, shape.numLayers), `${param}.layers`);
   const set = await specDirections(m.direction, shape, resolver, `${param}.direction`);
-  const vectors: Float32Array[] = [];
-  const norms: number[] = [];
-  for (const l of layers) {
-    const v = set.vectors.get(l);
-    if (v === undefined) {
-      throw new ApiError(
-        400,
-        `The monitored direction has no vector for layer ${l} (it has layers ${[...set.vectors.keys()].join(', ')}); monitor those layers or use another direction.`,
-        'invalid_request_error',
-        'invalid_value',
-        `${param}.layers`,
-      );
-    }
-    const n = norm(v);
-    if (!(n > 0)) {
-      throw new ApiError(
-        400,
-        `The monitored direction is a zero vector at layer ${l}; a projection on it means nothing, so use a direction with a non-zero norm.`,
-        'invalid_request_error',
-        'invalid_value',
-        `${param}.direction`,
-      );
-    }
-    vectors.push(v);
-    norms.push(n);
-  }
-  return { layers, vectors, norms };
-}
-
-/** The hooks a monitor reads. */
-export function monitorHooks(m: MonitorSpec): HookName[] {
-  return m.layers.map((l) => `blocks.${l}.hook_resid_post` as const);
+  return asApiError(() => projectionSpec(set, layers, 'The monitored direction'), `${param}.layers`);
 }
 
 /**
